@@ -1,0 +1,30 @@
+"""The one root exception type of qae and its few subclasses.
+
+Every error a user can cause (bad file, bad genome, data that does not fit the model) is a
+``QaeError`` whose message is one line naming the problem and the fix. The CLI prints it without a
+traceback and exits with ``exit_code``. Programming errors stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class QaeError(Exception):
+    """Root of every error qae raises on purpose; ``str(err)`` is the one-line message."""
+
+    exit_code: int = 2
+
+
+class InputError(QaeError):
+    """The user's input (model, data, genome, profile, config) is wrong; the message says how."""
+
+
+class ModelError(InputError):
+    """The model file cannot be read, checked or quantized as asked."""
+
+
+class DataError(InputError):
+    """A calibration or evaluation data set does not fit the model."""
+
+
+class GenomeError(InputError):
+    """A genome names an unknown layer or an unsupported value."""
