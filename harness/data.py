@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -94,12 +94,11 @@ def load_dataset(path: str | Path, model: ModelInfo) -> Dataset:
         inputs[spec.name] = np.ascontiguousarray(arr)
     if not count:
         raise DataError(f"{path} holds no samples: give at least one")
-    if labels is not None:
-        if labels.ndim != 1 or len(labels) != count or labels.dtype.kind not in "iu":
-            raise DataError(
-                f"{path}: 'labels' must be a 1-D integer array of {count} class indices, "
-                f"got {labels.dtype} with shape {list(labels.shape)}"
-            )
+    if labels is not None and (labels.ndim != 1 or len(labels) != count or labels.dtype.kind not in "iu"):
+        raise DataError(
+            f"{path}: 'labels' must be a 1-D integer array of {count} class indices, "
+            f"got {labels.dtype} with shape {list(labels.shape)}"
+        )
     return Dataset(path, inputs, labels, hashlib.sha256(raw).hexdigest())
 
 

@@ -78,8 +78,12 @@ def agreement(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, float]
     """(top-1 agreement, mean cosine) of two output batches of the same shape."""
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
-    top1 = float(np.mean(outputs.reshape(len(outputs), -1, outputs.shape[-1]).argmax(-1)
-                         == reference.reshape(len(reference), -1, reference.shape[-1]).argmax(-1)))
+    top1 = float(
+        np.mean(
+            outputs.reshape(len(outputs), -1, outputs.shape[-1]).argmax(-1)
+            == reference.reshape(len(reference), -1, reference.shape[-1]).argmax(-1)
+        )
+    )
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
     return top1, float(np.mean(cos))

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Union
 
 import yaml
 
 from harness.errors import GenomeError
 
-Bits = Union[int, str]
+Bits = Union[int, str]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
 
 WEIGHT_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "fp")
 ACTIVATION_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "dynamic", "fp")
@@ -36,7 +37,7 @@ NATIVE_BITS = (4, 8, 16)
 FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Gene:
     """The precision of one layer. ``activation_bits='dynamic'`` quantizes to 8 bits at run time."""
 
@@ -119,9 +120,7 @@ def parse_gene(data: Any, base: Gene, where: str) -> Gene:
         if field in data:
             value = str(data[field]).strip().lower()
             if value not in allowed:
-                raise GenomeError(
-                    f"{where}: {field} {data[field]!r} is not supported: use one of {', '.join(allowed)}"
-                )
+                raise GenomeError(f"{where}: {field} {data[field]!r} is not supported: use one of {', '.join(allowed)}")
             gene = replace(gene, **{field: value})
     return gene
 
@@ -168,9 +167,7 @@ class Genome:
             if name not in layers:
                 near = _nearest(str(name), layers)
                 hint = f" (did you mean {near!r}?)" if near else ""
-                raise GenomeError(
-                    f"{source}: unknown layer {name!r}{hint}: `qae layers MODEL` lists the layer names"
-                )
+                raise GenomeError(f"{source}: unknown layer {name!r}{hint}: `qae layers MODEL` lists the layer names")
         genes = {}
         for name, op_type in layers.items():
             gene = parse_gene(overrides.get(name), default, f"{source}: layer {name}")
@@ -231,7 +228,8 @@ class Genome:
         counts: dict[Gene, int] = {}
         for gene in self.genes.values():
             counts[gene] = counts.get(gene, 0) + 1
-        default = max(sorted(counts), key=lambda g: counts[g]) if counts else self.default
+        # Ties broken by the gene's JSON, so the file form is the same in every process.
+        default = max(counts, key=lambda g: (counts[g], json.dumps(g.to_dict(), sort_keys=True)), default=self.default)
         base = default.to_dict()
         layers: dict[str, dict[str, Bits]] = {}
         for name in self.genes:

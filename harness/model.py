@@ -128,8 +128,13 @@ def _tensor_specs(values: Any, skip: set[str]) -> list[TensorSpec]:
     return specs
 
 
-def load_model(spec: str | Path, input_shapes: dict[str, list[int]] | None = None) -> ModelInfo:
-    """Load, check and inventory a model; every failure is a one-line ``ModelError``."""
+def load_model(
+    spec: str | Path, input_shapes: dict[str, list[int]] | None = None, require_layers: bool = True
+) -> ModelInfo:
+    """Load, check and inventory a model; every failure is a one-line ``ModelError``.
+
+    ``require_layers=False`` accepts a model with nothing left to quantize (an already quantized one).
+    """
     path, builtin = resolve_model_path(spec)
     try:
         proto = onnx.load(str(path))
@@ -150,7 +155,7 @@ def load_model(spec: str | Path, input_shapes: dict[str, list[int]] | None = Non
     outputs = _tensor_specs(proto.graph.output, set())
     shapes = concrete_input_shapes(inputs, input_shapes)
     layers = inventory(proto, shapes)
-    if not layers:
+    if not layers and require_layers:
         raise ModelError(
             f"{path} has no quantizable layer (MatMul, Gemm or Conv with a constant weight, or an "
             "embedding Gather): there is nothing for qae to quantize"
@@ -158,9 +163,7 @@ def load_model(spec: str | Path, input_shapes: dict[str, list[int]] | None = Non
     return ModelInfo(path, proto, file_sha256(path), layers, inputs, outputs, builtin, shapes)
 
 
-def concrete_input_shapes(
-    inputs: list[TensorSpec], given: dict[str, list[int]] | None
-) -> dict[str, list[int]]:
+def concrete_input_shapes(inputs: list[TensorSpec], given: dict[str, list[int]] | None) -> dict[str, list[int]]:
     """Shapes for one inference: given ones win; a symbolic dimension counts as 1."""
     given = dict(given or {})
     unknown = set(given) - {i.name for i in inputs}

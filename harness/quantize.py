@@ -125,13 +125,13 @@ def activation_qparams(rng: tuple[float, float], gene: Gene) -> QParams:
     lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
     if symmetric:
         span = max(abs(lo), abs(hi)) / qhi
-        scale = np.float32(span if span > 0 else 1.0)
+        scale = np.array(span if span > 0 else 1.0, np.float32)
         if gene.scheme == "power_of_two":
-            scale = _pow2(np.array(scale))[()]
+            scale = _pow2(scale)
         zero = 0
     else:
         span = (hi - lo) / (qhi - qlo)
-        scale = np.float32(span if span > 0 else 1.0)
+        scale = np.array(span if span > 0 else 1.0, np.float32)
         zero = int(np.clip(round(qlo - lo / float(scale)), qlo, qhi))
     return QParams(np.array(scale, np.float32), np.array(zero), qlo, qhi, storage)
 
@@ -204,15 +204,21 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
         overrides.update(act_overrides)
         proto = _static_pass(proto, static, overrides, ranges)
         weight_only = [lay for lay in static if not genome[lay.name].static_activation and lay.activation]
-        _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only])
+        # ORT's QDQ Gather also quantizes the output with the table's (per-row) parameters, which
+        # is wrong for per-row scales and adds nothing otherwise: a Gather layer is weight-only.
+        gathers = [lay.output for lay in static if lay.op_type == "Gather"]
+        _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _insert_clips(proto, clips)
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(proto).topological_sort()  # the quantizers append nodes; checkers want graph order
     _map_quantized_names(proto, result)
-    _stamp(proto, result)
+    _stamp(proto, result, model)
     result.proto = proto
     return result
 
 
-def _stamp(proto: onnx.ModelProto, result: QuantResult) -> None:
+def _stamp(proto: onnx.ModelProto, result: QuantResult, model: ModelInfo) -> None:
     """Record the genome and nominal widths in the file: the file alone cannot tell int8 from 3-bit."""
     import json
 
@@ -221,6 +227,7 @@ def _stamp(proto: onnx.ModelProto, result: QuantResult) -> None:
         "qae.genome_hash": result.genome.hash,
         "qae.nominal_bits": json.dumps(result.nominal_bits, sort_keys=True),
         "qae.emulated_layers": json.dumps(result.emulated_layers),
+        "qae.base_model": f"builtin:{model.builtin}" if model.builtin else f"sha256:{model.sha256}",
     }
     kept = [p for p in proto.metadata_props if p.key not in meta]
     del proto.metadata_props[:]
@@ -241,8 +248,12 @@ def read_stamp(proto: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
 
 def _np_storage(storage: str) -> type:
     return {
-        "QInt8": np.int8, "QUInt8": np.uint8, "QInt16": np.int16, "QUInt16": np.uint16,
-        "QInt4": np.int8, "QUInt4": np.uint8,
+        "QInt8": np.int8,
+        "QUInt8": np.uint8,
+        "QInt16": np.int16,
+        "QUInt16": np.uint16,
+        "QInt4": np.int8,
+        "QUInt4": np.uint8,
     }[storage]
 
 
@@ -303,7 +314,7 @@ def _hold_gemms(proto: onnx.ModelProto, keep: set[str]) -> list[onnx.NodeProto]:
     held = []
     for node in proto.graph.node:
         if node.op_type == "Gemm" and node.name not in keep:
-            node.domain = _HOLD_DOMAIN
+            node.domain, node.op_type = _HOLD_DOMAIN, "HeldGemm"
             held.append(node)
     if held:
         proto.opset_import.append(helper.make_opsetid(_HOLD_DOMAIN, 1))
@@ -313,7 +324,7 @@ def _hold_gemms(proto: onnx.ModelProto, keep: set[str]) -> list[onnx.NodeProto]:
 def _release_gemms(proto: onnx.ModelProto) -> None:
     for node in proto.graph.node:
         if node.domain == _HOLD_DOMAIN:
-            node.domain = ""
+            node.domain, node.op_type = "", "Gemm"
     kept = [op for op in proto.opset_import if op.domain != _HOLD_DOMAIN]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
@@ -335,11 +346,20 @@ def _dynamic_pass(
         held = _hold_gemms(proto, names)
         mine = {lay.weight: overrides[lay.weight] for lay in group}
         quantizer = ONNXQuantizer(
-            proto, per_channel, False, QuantizationMode.IntegerOps, False, QuantType.QInt8, QuantType.QUInt8,
-            None, sorted(names), [], sorted({lay.op_type for lay in group}),
+            proto,
+            per_channel,
+            False,
+            QuantizationMode.IntegerOps,
+            False,
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            None,
+            sorted(names),
+            [],
+            sorted({lay.op_type for lay in group}),
             {"TensorQuantOverrides": mine, "MatMulConstBOnly": True},
         )
-        with _quiet():
+        with _Quiet():
             proto = quantizer.quantize_model()
         if held:
             _release_gemms(proto)
@@ -357,8 +377,15 @@ def _static_pass(
         CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()}
     )
     quantizer = QDQQuantizer(
-        proto, False, False, QuantType.QInt8, QuantType.QUInt8, tensors,
-        sorted({lay.node_name for lay in layers}), [], sorted({lay.op_type for lay in layers}),
+        proto,
+        False,
+        False,
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        tensors,
+        sorted({lay.node_name for lay in layers}),
+        [],
+        sorted({lay.op_type for lay in layers}),
         # Outputs stay float: a layer's precision is that of its inputs, and the next layer
         # quantizes what it reads (otherwise a 16-bit layer would get an 8-bit output for free).
         {
@@ -367,7 +394,7 @@ def _static_pass(
             "OpTypesToExcludeOutputQuantization": sorted({lay.op_type for lay in layers}),
         },
     )
-    with _quiet():
+    with _Quiet():
         return quantizer.quantize_model()
 
 
@@ -431,7 +458,7 @@ def _map_quantized_names(proto: onnx.ModelProto, result: QuantResult) -> None:
     result.nominal_bits = bits
 
 
-class _quiet:
+class _Quiet:
     """ONNX Runtime's quantizers log warnings qae handles itself; keep the user's terminal clean."""
 
     def __enter__(self) -> None:

@@ -70,14 +70,24 @@ def export_tiny_vit(path: Path, dynamo: bool, seed: int = 0) -> Path:
     example = torch.randn(2, 1, 8, 8)
     if dynamo:
         torch.onnx.export(
-            model, (example,), str(path), dynamo=True, opset_version=21,
-            input_names=["pixels"], output_names=["logits"],
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=21,
+            input_names=["pixels"],
+            output_names=["logits"],
             dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=1024)}},
         )
     else:
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=21,
-            input_names=["pixels"], output_names=["logits"],
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=21,
+            input_names=["pixels"],
+            output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path

@@ -1,0 +1,138 @@
+"""``qae layers``, ``qae quantize`` and ``qae evaluate``: one model, one genome, exact numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+from harness.model import ModelInfo, builtin_data, load_model
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("layers", help="list the quantizable layers of a model")
+    p.add_argument("model", help="an .onnx file or builtin:NAME")
+    _shape_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON list on stdout")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("quantize", help="build the quantized model a genome describes")
+    p.add_argument("model", help="an .onnx file or builtin:NAME")
+    p.add_argument("--genome", required=True, help="genome file (YAML or JSON)")
+    p.add_argument("--calib", help="calibration data (.npz); builtins default to their shipped set")
+    p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
+    p.add_argument("-o", "--output", required=True, help="where to write the quantized .onnx")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("evaluate", help="accuracy and exact size of a model on a data set")
+    p.add_argument("model", help="an .onnx file or builtin:NAME")
+    p.add_argument("--data", help="evaluation data (.npz); builtins default to their held-out set")
+    p.add_argument("--reference", help="FP32 model to measure agreement against")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _shape_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1xD2x...",
+        help="shape of one inference for an input with symbolic dimensions (default: 1 for each)",
+    )
+
+
+def parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise InputError(f"--input-shape {item!r} is not NAME=D1xD2x...: e.g. input_ids=1x64") from None
+        if not name or any(d <= 0 for d in shapes[name]):
+            raise InputError(f"--input-shape {item!r} is not NAME=D1xD2x... with positive sizes")
+    return shapes
+
+
+def default_data(model: ModelInfo, given: str | None, kind: str, option: str) -> str:
+    if given:
+        return given
+    if model.builtin:
+        return str(builtin_data(model.builtin, kind))
+    raise InputError(f"{option} is required for a model that is not a builtin: give an .npz file")
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    model = load_model(args.model, parse_shapes(args.input_shape))
+    if args.json:
+        print(json.dumps([layer.to_dict() for layer in model.layers], indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(model.layers)} quantizable layers of {args.model}")
+    for col in ("layer", "op", "weight shape", "params", "MACs"):
+        table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+    for layer in model.layers:
+        table.add_row(
+            layer.name, layer.op_type, "x".join(map(str, layer.weight_shape)), f"{layer.params:,}", f"{layer.macs:,}"
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        f"{sum(lay.params for lay in model.layers):,}",
+        f"{sum(lay.macs for lay in model.layers):,}",
+        style="bold",
+    )
+    Console().print(table)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from harness.pipeline import Workload
+
+    work = Workload.open(args.model, calib=args.calib, method=args.method)
+    genome = work.load_genome(args.genome)
+    result = work.build(genome)
+    out = Path(args.output)
+    from harness.quantize import save_model
+
+    save_model(result, out)
+    summary = {
+        "output": str(out),
+        "genome_hash": genome.hash,
+        "file_bytes": out.stat().st_size,
+        "emulated": result.emulated,
+        "emulated_layers": result.emulated_layers,
+        "calibration_cached": work.ranges_from_cache,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        note = f", emulated layers: {', '.join(result.emulated_layers)}" if result.emulated else ""
+        print(f"wrote {out} ({summary['file_bytes']:,} bytes, genome {genome.hash}{note})", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.pipeline import evaluate_file
+
+    report = evaluate_file(args.model, data=args.data, reference=args.reference)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    acc_name = "top-1 accuracy" if report["metric"] == "top1" else "top-1 agreement with the reference"
+    lines = [f"{acc_name}: {report['accuracy'] * 100:.2f} % on {report['n']} samples"]
+    if report.get("mean_cosine") is not None:
+        lines.append(f"mean cosine to the reference: {report['mean_cosine']:.5f}")
+    lines.append(f"file: {report['file_bytes']:,} bytes; weights at nominal width: {report['weight_bytes']:,} bytes")
+    if report["emulated"]:
+        lines.append(f"emulated widths (accuracy exact, size nominal): {', '.join(report['emulated_layers'])}")
+    print("\n".join(lines))
+    return 0

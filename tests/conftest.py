@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test session gets its own calibration cache, so tests never read a cache
+left by an earlier run or by the user."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["QAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("qae-cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_workload():  # type: ignore[no-untyped-def]
+    from harness.pipeline import Workload
+
+    return Workload.open("builtin:digits-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny ViT exported by the legacy and by the dynamo torch exporter."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from tests.torch_models import export_tiny_vit
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "legacy": export_tiny_vit(root / "legacy.onnx", dynamo=False),
+        "dynamo": export_tiny_vit(root / "dynamo.onnx", dynamo=True),
+    }
