@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""qae device agent: measures models on the device it runs on, the way a benchmark tool would.
+
+Contract
+--------
+* One file, Python >= 3.8, standard library + numpy + the device's runtime (onnxruntime for
+  ``.onnx``; LiteRT for ``.tflite`` via ``ai_edge_litert``, else ``tflite_runtime``). It never imports
+  qae's host code, opens no port and writes nothing secret.
+* ``agent.py serve [--cache-dir DIR] [--sysfs-root ROOT]`` speaks JSON lines on stdin/stdout. Stdout
+  is reserved for the protocol: at start-up the real stdout is moved to a private descriptor and fd 1
+  is pointed at stderr, so a library printing to stdout cannot corrupt a frame. Frames are capped at
+  ``MAX_FRAME`` bytes.
+* The agent speaks first: ``{"type": "hello", "protocol": 1, "agent_version": ..., "pid": ...}``.
+  Requests are ``{"id": N, "op": OP, "args": {...}}``; each gets exactly one reply
+  ``{"id": N, "ok": true, "result": {...}}`` or ``{"id": N, "ok": false, "error": {"kind", "type",
+  "message", "traceback"}}``. ``kind`` REMOTE_ERROR means "the remote code raised"; PROTOCOL means "the
+  protocol broke" (bad frame, unknown op) and the agent exits after saying so. Measurement failures
+  carry their own kinds (MODEL_LOAD, RUN_TIMEOUT, OOM, RUNTIME_MISSING, AGENT_CRASHED).
+* Ops: ``hello`` (handshake facts), ``ping``, ``has_model``, ``put`` (framed, content-addressed
+  upload: models live at ``CACHE/models/<sha256><ext>`` and are verified before they are renamed into
+  place), ``measure``, ``sensors`` and ``bye``.
+* Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
+  dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
+* Energy comes only from a real sensor, labelled with its method; with no sensor it is absent.
+
+This module is longer than qae's usual ~500 lines because the design asks for the agent to be a
+single uploadable file.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: UP031  (%-formatting reads the same on every Python the agent supports)
+import base64
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+AGENT_VERSION = "1.0.0"
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 * 1024 * 1024
+RESULT_MARK = "QAE-RESULT "
+
+
+class AgentFailure(Exception):
+    """A failure with a typed kind (MODEL_LOAD, RUN_TIMEOUT, ...) to report to the host."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------------------------
+# Sensors. Counter sensors (RAPL, an external command printing joules) are polled and their deltas
+# accumulated with wrap-around; power sensors (INA3221, power_supply, a command printing watts) are
+# sampled and integrated with the trapezoid rule.
+# --------------------------------------------------------------------------------------------
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _glob(pattern):
+    import glob
+
+    return sorted(glob.glob(pattern))
+
+
+class Sensor:
+    """Base: ``kind`` is "counter" (read() returns cumulative joules) or "power" (read() in watts)."""
+
+    name = "sensor"
+    kind = "power"
+    method = ""
+
+    def read(self):
+        raise NotImplementedError
+
+    def delta(self, before, after):
+        return after - before
+
+    def describe(self):
+        return {"name": self.name, "kind": self.kind, "method": self.method}
+
+
+class RaplSensor(Sensor):
+    """Intel/AMD RAPL package domains under ``ROOT/sys/class/powercap/intel-rapl:N`` (sub-domains
+    are inside their package, so only top-level packages are summed). The counter wraps at
+    ``max_energy_range_uj``."""
+
+    name = "rapl"
+    kind = "counter"
+
+    def __init__(self, root):
+        base = os.path.join(root, "sys/class/powercap")
+        self.domains = [d for d in _glob(os.path.join(base, "intel-rapl:*"))
+                        if os.path.basename(d).count(":") == 1 and os.path.exists(os.path.join(d, "energy_uj"))]
+        if not self.domains:
+            raise LookupError("no RAPL domain")
+        for d in self.domains:
+            _read_text(os.path.join(d, "energy_uj"))  # raises PermissionError when not root (Linux >= 5.10)
+        self.ranges = []
+        names = []
+        for d in self.domains:
+            rng = os.path.join(d, "max_energy_range_uj")
+            self.ranges.append(int(_read_text(rng)) if os.path.exists(rng) else 2 ** 32)
+            nm = os.path.join(d, "name")
+            names.append(_read_text(nm) if os.path.exists(nm) else os.path.basename(d))
+        self.method = "RAPL energy_uj counter, CPU package domains (%s); not the whole board" % ", ".join(names)
+
+    def read(self):
+        return [int(_read_text(os.path.join(d, "energy_uj"))) for d in self.domains]
+
+    def delta(self, before, after):
+        total = 0
+        for b, a, rng in zip(before, after, self.ranges):
+            total += (a - b) if a >= b else (rng - b + a)  # the counter wrapped once since the last poll
+        return total / 1e6
+
+
+class Ina3221Sensor(Sensor):
+    """Jetson INA3221 board input rail (VDD_IN is already the board total: other rails are never
+    added). JetPack 5-6: hwmon ``in*_label`` with ``in*_input`` (mV) and ``curr*_input`` (mA);
+    JetPack <= 4: iio ``rail_name_K`` with ``in_powerK_input`` (mW)."""
+
+    name = "ina3221"
+    kind = "power"
+    RAILS = ("VDD_IN", "POM_5V_IN")
+
+    def __init__(self, root, rail=None):
+        wanted = (rail,) if rail else self.RAILS
+        self.read_fn: Any = None
+        for label_path in _glob(os.path.join(root, "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label")):
+            label = _read_text(label_path)
+            if label in wanted:
+                d = os.path.dirname(label_path)
+                idx = os.path.basename(label_path)[2:-len("_label")]
+                mv, ma = os.path.join(d, "in%s_input" % idx), os.path.join(d, "curr%s_input" % idx)
+                self.read_fn = lambda mv=mv, ma=ma: float(_read_text(mv)) * float(_read_text(ma)) / 1e6
+                self.method = "Jetson INA3221 rail %s (whole board input), hwmon mV x mA" % label
+                break
+        if self.read_fn is None:
+            for name_path in _glob(os.path.join(root, "sys/bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_*")):
+                label = _read_text(name_path)
+                if label in wanted:
+                    idx = name_path.rsplit("_", 1)[1]
+                    p = os.path.join(os.path.dirname(name_path), "in_power%s_input" % idx)
+                    self.read_fn = lambda p=p: float(_read_text(p)) / 1e3
+                    self.method = "Jetson INA3221 rail %s (whole board input), iio in_power (mW)" % label
+                    break
+        if self.read_fn is None:
+            raise LookupError("no INA3221 rail %s" % "/".join(wanted))
+        self.read_fn()
+
+    def read(self):
+        return self.read_fn()
+
+
+class PowerSupplySensor(Sensor):
+    """Linux/Android battery: ``current_now`` (uA) x ``voltage_now`` (uV). Drivers disagree on the
+    sign of a discharging current, so the magnitude is used; it is battery-level and coarse, and
+    while charging it misses what the charger supplies."""
+
+    name = "power_supply"
+    kind = "power"
+
+    def __init__(self, root):
+        self.dir = ""
+        for d in _glob(os.path.join(root, "sys/class/power_supply/*")):
+            if all(os.path.exists(os.path.join(d, f)) for f in ("current_now", "voltage_now")):
+                self.dir = d
+                break
+        if not self.dir:
+            raise LookupError("no power_supply with current_now and voltage_now")
+        status_path = os.path.join(self.dir, "status")
+        status = _read_text(status_path) if os.path.exists(status_path) else "unknown"
+        self.method = ("power_supply %s current_now x voltage_now, |sign| normalised (battery-level, coarse; "
+                       "status %s)" % (os.path.basename(self.dir), status))
+        self.read()
+
+    def read(self):
+        ua = float(_read_text(os.path.join(self.dir, "current_now")))
+        uv = float(_read_text(os.path.join(self.dir, "voltage_now")))
+        return abs(ua) * uv / 1e12
+
+
+class CommandSensor(Sensor):
+    """A user's meter script: ``argv`` run without a shell, its last output line a number in joules
+    (a cumulative counter) or watts (instantaneous power)."""
+
+    name = "command"
+
+    def __init__(self, argv, unit):
+        if not argv or unit not in ("J", "W"):
+            raise ValueError("a command sensor needs argv and unit J or W")
+        self.argv = [str(a) for a in argv]
+        self.kind = "counter" if unit == "J" else "power"
+        self.method = "external command %s printing %s" % (os.path.basename(self.argv[0]),
+                                                           "joules" if unit == "J" else "watts")
+        self.read()
+
+    def read(self):
+        out = subprocess.run(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
+                             check=True).stdout.decode()
+        return float(out.strip().splitlines()[-1].split()[0])
+
+
+def make_sensor(spec, root):
+    """The sensor a host asked for: None or "none" -> None; "auto" -> the first that works of RAPL,
+    INA3221, power_supply; a name; or a dict ``{kind: command, argv: [...], unit: J|W}`` or
+    ``{kind: ina3221, rail: NAME}``. Raises LookupError when a named sensor is not there."""
+    if spec in (None, "none", ""):
+        return None
+    if isinstance(spec, dict):
+        kind = spec.get("kind")
+        if kind == "command":
+            return CommandSensor(spec.get("argv"), spec.get("unit", "J"))
+        if kind == "ina3221":
+            return Ina3221Sensor(root, spec.get("rail"))
+        return make_sensor(kind, root)
+    makers = {"rapl": RaplSensor, "ina3221": Ina3221Sensor, "power_supply": PowerSupplySensor}
+    if spec == "auto":
+        for make in makers.values():
+            try:
+                return make(root)
+            except (LookupError, OSError, ValueError):
+                continue
+        return None
+    if spec not in makers:
+        raise LookupError("unknown sensor %r (rapl, ina3221, power_supply, command, auto, none)" % spec)
+    try:
+        return makers[spec](root)
+    except (OSError, ValueError) as exc:
+        raise LookupError("sensor %s is not readable: %s" % (spec, exc)) from exc
+
+
+def discover_sensors(root):
+    found = []
+    for name in ("rapl", "ina3221", "power_supply"):
+        try:
+            found.append(make_sensor(name, root).describe())
+        except LookupError as exc:
+            if "not readable" in str(exc):
+                found.append({"name": name, "error": str(exc)})
+    return found
+
+
+class EnergyMeter:
+    """Energy over a window: a thread polls the sensor every ``interval`` s, accumulating counter
+    deltas (so wraps between polls are seen) or integrating power samples."""
+
+    def __init__(self, sensor, interval=0.05):
+        self.sensor = sensor
+        self.interval = interval
+        self.joules = 0.0
+        self.samples = 0
+        self.t_first = self.t_last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        last, t_last = self.sensor.read(), time.perf_counter()
+        self.t_first = self.t_last = t_last
+        self.samples = 1
+        while True:
+            stopping = self._stop.wait(self.interval)
+            now, t_now = self.sensor.read(), time.perf_counter()
+            self.samples += 1
+            if self.sensor.kind == "counter":
+                self.joules += self.sensor.delta(last, now)
+            else:
+                self.joules += 0.5 * (last + now) * (t_now - t_last)
+            last, t_last = now, t_now
+            self.t_last = t_now
+            if stopping:
+                return
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        """(joules, seconds) between the first and the last sample: the window actually covered."""
+        self._stop.set()
+        self._thread.join()
+        return self.joules, self.t_last - self.t_first
+
+
+# --------------------------------------------------------------------------------------------
+# Environment facts
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def governor(root="/"):
+    path = os.path.join(root, "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    try:
+        return _read_text(path)
+    except OSError:
+        return None
+
+
+def temperatures(root="/"):
+    temps = {}
+    for zone in _glob(os.path.join(root, "sys/class/thermal/thermal_zone*")):
+        try:
+            temps[_read_text(os.path.join(zone, "type"))] = int(_read_text(os.path.join(zone, "temp"))) / 1000.0
+        except (OSError, ValueError):
+            continue
+    return temps
+
+
+def runtimes():
+    found = {}
+    try:
+        import onnxruntime as ort
+
+        found["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
+    except Exception as exc:  # any import failure means "not usable here"
+        found["onnxruntime"] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    for mod in ("ai_edge_litert", "tflite_runtime"):
+        attr = mod + ".interpreter"
+        try:
+            m = __import__(attr, fromlist=["Interpreter"])
+            found[mod] = {"version": getattr(sys.modules.get(mod), "__version__", getattr(m, "__version__", "?"))}
+        except Exception as exc:
+            found[mod] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    try:
+        import numpy
+
+        found["numpy"] = {"version": numpy.__version__}
+    except Exception as exc:
+        found["numpy"] = {"error": str(exc)}
+    return found
+
+
+def handshake(root):
+    return {
+        "agent_version": AGENT_VERSION,
+        "protocol": PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "runtimes": runtimes(),
+        "sensors": discover_sensors(root),
+        "governor": governor(root),
+        "temperatures_c": temperatures(root),
+        "time": time.time(),
+        "pid": os.getpid(),
+    }
+
+
+def rss_bytes(field="VmRSS"):
+    """Resident memory of this process from /proc (``VmHWM`` is the peak); getrusage elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# The measurement child
+# --------------------------------------------------------------------------------------------
+
+
+def _die_with_parent():
+    """Ask Linux to SIGKILL this child when the agent dies, so no measurement outlives it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _stats(times_ms):
+    import numpy as np
+
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
+            "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+_NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+             "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def _random_input(np, shape, dtype, rng):
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 2, shape).astype(dtype)  # indices: small values stay in range
+
+
+class OrtRunner:
+    def __init__(self, path, s, profile=False):
+        try:
+            import onnxruntime as ort
+        except Exception as exc:
+            raise AgentFailure("RUNTIME_MISSING", "onnxruntime is not importable: %s" % exc) from exc
+        import numpy as np
+
+        self.version = ort.__version__
+        opts = ort.SessionOptions()
+        if s.get("threads"):
+            opts.intra_op_num_threads = int(s["threads"])
+            opts.inter_op_num_threads = 1
+        if profile:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(s["_tmp"], "ort_profile")
+        available = ort.get_available_providers()
+        providers = s.get("providers") or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise AgentFailure("RUNTIME_MISSING", "execution providers %s are not in this onnxruntime (has %s)"
+                               % (", ".join(missing), ", ".join(available)))
+        try:
+            self.sess = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as exc:
+            raise AgentFailure("MODEL_LOAD", "onnxruntime cannot load the model: %s" % str(exc)[:500]) from exc
+        self.providers = self.sess.get_providers()
+        rng = np.random.default_rng(0)
+        self.feed = {i.name: _random_input(np, i.shape, _NP_TYPES.get(i.type, "float32"), rng)
+                     for i in self.sess.get_inputs()}
+
+    def run(self):
+        self.sess.run(None, self.feed)
+
+    def op_times(self, runs):
+        """Mean kernel time per node (ms) from ORT's profile of ``runs`` runs."""
+        for _ in range(runs):
+            self.run()
+        path = self.sess.end_profiling()
+        with open(path) as f:
+            events = json.load(f)
+        os.unlink(path)
+        total: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for ev in events:
+            name = ev.get("name", "")
+            if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = name[: -len("_kernel_time")]
+                total[node] = total.get(node, 0.0) + ev.get("dur", 0) / 1000.0
+                count[node] = count.get(node, 0) + 1
+        return {k: total[k] / count[k] for k in total}
+
+
+class LiteRunner:
+    def __init__(self, path, s):
+        interpreter = None
+        errors = []
+        for mod in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+            try:
+                interpreter = __import__(mod, fromlist=["Interpreter"]).Interpreter
+                top = mod.split(".")[0]
+                self.version = "%s %s" % (top, getattr(sys.modules[top], "__version__", "?"))
+                break
+            except Exception as exc:
+                errors.append("%s: %s" % (mod, exc))
+        if interpreter is None:
+            raise AgentFailure("RUNTIME_MISSING", "no LiteRT runtime: " + "; ".join(errors))
+        import numpy as np
+
+        try:
+            kw = {"num_threads": int(s["threads"])} if s.get("threads") else {}
+            self.it = interpreter(model_path=path, **kw)
+            self.it.allocate_tensors()
+        except Exception as exc:
+            raise AgentFailure("MODEL_LOAD", "LiteRT cannot load the model: %s" % str(exc)[:500]) from exc
+        self.providers = ["LiteRT CPU"]
+        rng = np.random.default_rng(0)
+        for d in self.it.get_input_details():
+            self.it.set_tensor(d["index"], _random_input(np, list(d["shape"]), np.dtype(d["dtype"]).name, rng))
+
+    def run(self):
+        self.it.invoke()
+
+    def op_times(self, runs):
+        return None
+
+
+def measure_child(req):
+    """Runs in a fresh process: load, first run, warm-up, timed runs, memory, energy."""
+    s = req["settings"]
+    parent = req.get("agent_pid", os.getppid())
+    if s.get("affinity"):
+        os.sched_setaffinity(0, set(int(c) for c in s["affinity"]))
+    import numpy  # noqa: F401  (imported before the baseline so it is not counted as model memory)
+
+    path = req["model_path"]
+    profile = bool(s.get("profile_ops")) and path.endswith(".onnx")
+    if path.endswith(".tflite"):
+        t0 = time.perf_counter()
+        baseline = rss_bytes()
+        runner: Any = LiteRunner(path, s)
+    else:
+        try:
+            import onnxruntime  # noqa: F401
+        except Exception as exc:
+            raise AgentFailure("RUNTIME_MISSING", "onnxruntime is not importable: %s" % exc) from exc
+        baseline = rss_bytes()
+        t0 = time.perf_counter()
+        runner = OrtRunner(path, s)
+    load_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    runner.run()
+    first_ms = (time.perf_counter() - t0) * 1000
+
+    warm_n, t_w = 0, time.perf_counter()
+    while warm_n < int(s.get("warmup_runs", 1)) or time.perf_counter() - t_w < float(s.get("warmup_seconds", 0.5)):
+        runner.run()
+        warm_n += 1
+    warm_s = time.perf_counter() - t_w
+
+    sensor = req.get("_sensor")
+    meter = EnergyMeter(sensor) if sensor is not None else None
+    if meter:
+        meter.start()
+    runs, min_s, max_s = int(s.get("runs", 50)), float(s.get("min_seconds", 1.0)), float(s.get("max_seconds", 150.0))
+    times = []
+    t_start = time.perf_counter()
+    clock = time.perf_counter
+    while True:
+        t0 = clock()
+        runner.run()
+        t1 = clock()
+        times.append((t1 - t0) * 1000)
+        if len(times) >= runs and t1 - t_start >= min_s:
+            break
+        if t1 - t_start >= max_s:
+            break
+        if len(times) % 64 == 0 and os.getppid() != parent:
+            os._exit(3)  # the agent is gone: nobody will read this result
+    timed_s = clock() - t_start
+    energy = None
+    if meter:
+        joules, window = meter.stop()
+        energy = {"joules": joules, "window_s": window, "samples": meter.samples,
+                  "per_inference_j": joules / len(times)}
+    peak = rss_bytes("VmHWM")
+    op_times = None
+    if profile:
+        prof = OrtRunner(path, s, profile=True)
+        op_times = prof.op_times(max(1, min(len(times), 20)))
+    return {
+        "latency_ms": _stats(times), "load_ms": load_ms, "first_run_ms": first_ms,
+        "warmup": {"runs": warm_n, "seconds": warm_s}, "timed_seconds": timed_s,
+        "peak_memory_bytes": peak, "baseline_memory_bytes": baseline, "memory_growth_bytes": max(0, peak - baseline),
+        "energy": energy, "op_times_ms": op_times,
+        "runtime": {"name": "onnxruntime" if path.endswith(".onnx") else "litert", "version": runner.version,
+                    "providers": runner.providers},
+    }
+
+
+def child_main():
+    _die_with_parent()
+    try:
+        req = json.loads(sys.stdin.read())
+        if os.getppid() != req.get("agent_pid", os.getppid()):
+            os._exit(3)  # the agent died before PR_SET_PDEATHSIG took hold: nobody will read this result
+        if req.get("sensor") not in (None, "none"):
+            req["_sensor"] = make_sensor(req["sensor"], req.get("sysfs_root", "/"))
+        out = {"ok": True, "result": measure_child(req)}
+    except AgentFailure as exc:
+        out = {"ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
+    except MemoryError:
+        out = {"ok": False, "error": {"kind": "OOM", "message": "the runtime ran out of memory"}}
+    except Exception as exc:
+        out = {"ok": False, "error": {"kind": "REMOTE_ERROR", "type": type(exc).__name__, "message": str(exc)[:2000],
+                                      "traceback": traceback.format_exc()[-4000:]}}
+    sys.stdout.write(RESULT_MARK + json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# The server loop
+# --------------------------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(self, cache_dir, sysfs_root, out):
+        self.cache = os.path.abspath(os.path.expanduser(cache_dir))
+        self.models = os.path.join(self.cache, "models")
+        self.tmp = os.path.join(self.cache, "tmp")
+        for d in (self.models, self.tmp):
+            os.makedirs(d, exist_ok=True)
+        self.root = sysfs_root
+        self.out = out
+        self.measured = 0
+
+    def send(self, frame):
+        data = (json.dumps(frame, separators=(",", ":")) + "\n").encode()
+        if len(data) > MAX_FRAME:
+            frame = {"id": frame.get("id"), "ok": False,
+                     "error": {"kind": "PROTOCOL", "message": "reply of %d bytes exceeds the frame cap" % len(data)}}
+            data = (json.dumps(frame) + "\n").encode()
+        self.out.write(data)
+        self.out.flush()
+
+    def model_path(self, sha, ext):
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise AgentFailure("PROTOCOL", "bad sha256 %r" % sha[:80])
+        if ext not in (".onnx", ".tflite"):
+            raise AgentFailure("PROTOCOL", "model extension %r is neither .onnx nor .tflite" % ext[:20])
+        return os.path.join(self.models, sha + ext)
+
+    def op_hello(self, args):
+        return handshake(self.root)
+
+    def op_ping(self, args):
+        return {"time": time.time()}
+
+    def op_has_model(self, args):
+        return {"present": os.path.exists(self.model_path(args["sha256"], args["ext"]))}
+
+    def op_put(self, args):
+        final = self.model_path(args["sha256"], args["ext"])
+        part = final + ".part"
+        data = base64.b64decode(args["data"])
+        mode = "r+b" if args["offset"] and os.path.exists(part) else "wb"
+        with open(part, mode) as f:
+            f.seek(args["offset"])
+            f.write(data)
+        if not args.get("last"):
+            return {"received": args["offset"] + len(data)}
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != args["sha256"]:
+            os.unlink(part)
+            raise AgentFailure("UPLOAD", "upload corrupted: sha256 %s, expected %s" % (h.hexdigest(), args["sha256"]))
+        os.replace(part, final)
+        return {"stored": final, "bytes": os.path.getsize(final)}
+
+    def op_sensors(self, args):
+        sensor = make_sensor(args.get("sensor", "auto"), self.root)
+        if sensor is None:
+            return {"sensor": None}
+        return {"sensor": sensor.describe(), "reading": sensor.read()}
+
+    def op_measure(self, args):
+        s = dict(args["settings"])
+        path = self.model_path(args["sha256"], args["ext"])
+        if not os.path.exists(path):
+            raise AgentFailure("UPLOAD", "model %s is not on the device; upload it first" % args["sha256"][:12])
+        cooldown = float(s.get("cooldown_s") or 0)
+        if cooldown and self.measured:
+            time.sleep(cooldown)  # let clocks and temperature settle between models
+        self.measured += 1
+        sensor_spec = args.get("sensor")
+        idle_power = None
+        sensor = None
+        if sensor_spec not in (None, "none"):
+            try:
+                sensor = make_sensor(sensor_spec, self.root)
+            except (LookupError, ValueError) as exc:
+                raise AgentFailure("SENSOR", str(exc)) from exc
+        idle_s = float(s.get("idle_seconds", 1.0))
+        if sensor is not None and idle_s > 0:
+            meter = EnergyMeter(sensor)
+            meter.start()
+            time.sleep(idle_s)
+            joules, window = meter.stop()
+            idle_power = joules / window
+        s["_tmp"] = self.tmp
+        req = {"model_path": path, "settings": s, "agent_pid": os.getpid(),
+               "sensor": sensor_spec if sensor is not None else None, "sysfs_root": self.root}
+        env_before = {"governor": governor(self.root), "temperatures_c": temperatures(self.root)}
+        t0 = time.perf_counter()
+        res = run_child(req, float(s.get("timeout_s", 120.0)))
+        res["agent_seconds"] = time.perf_counter() - t0
+        if res.get("energy") is not None and sensor is not None:
+            e = res["energy"]
+            e["method"] = sensor.method
+            e["sensor"] = sensor.name
+            e["idle_power_w"] = idle_power
+            if idle_power is not None:
+                n = res["latency_ms"]["n"]
+                e["net_per_inference_j"] = (e["joules"] - idle_power * e["window_s"]) / n
+        res["environment"] = {
+            "agent_version": AGENT_VERSION, "python": platform.python_version(), "os": platform.platform(),
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "runtime": res.pop("runtime"),
+            "governor": env_before["governor"], "temperatures_c_before": env_before["temperatures_c"],
+            "temperatures_c_after": temperatures(self.root),
+        }
+        res["method"] = {
+            "runs_min": int(s.get("runs", 50)), "min_seconds": float(s.get("min_seconds", 1.0)),
+            "max_seconds": float(s.get("max_seconds", 150.0)), "warmup_runs_min": int(s.get("warmup_runs", 1)),
+            "warmup_seconds_min": float(s.get("warmup_seconds", 0.5)), "warmup": res.pop("warmup"),
+            "threads": s.get("threads"), "affinity": s.get("affinity"), "cooldown_s": cooldown,
+            "timeout_s": float(s.get("timeout_s", 120.0)), "timed_seconds": res["timed_seconds"],
+            "process": "fresh child process per model", "clock": "time.perf_counter around each run",
+            "idle_seconds": idle_s if sensor is not None else None, "profile_ops": bool(s.get("profile_ops")),
+            "agent_seconds": res.pop("agent_seconds"),
+        }
+        return res
+
+    def serve(self, inp):
+        self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": AGENT_VERSION, "pid": os.getpid()})
+        while True:
+            line = inp.readline(MAX_FRAME + 1)
+            if not line:
+                return 0
+            rid = None
+            try:
+                if len(line) > MAX_FRAME:
+                    raise AgentFailure("PROTOCOL", "request frame exceeds %d bytes" % MAX_FRAME)
+                try:
+                    req = json.loads(line)
+                    rid, op, args = req["id"], req["op"], req.get("args") or {}
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise AgentFailure("PROTOCOL", "bad request frame: %s" % exc) from exc
+                if op == "bye":
+                    self.send({"id": rid, "ok": True, "result": {}})
+                    return 0
+                handler = getattr(self, "op_" + str(op), None)
+                if handler is None:
+                    raise AgentFailure("PROTOCOL", "unknown op %r" % op)
+                self.send({"id": rid, "ok": True, "result": handler(args)})
+            except AgentFailure as exc:
+                self.send({"id": rid, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}})
+                if exc.kind == "PROTOCOL":
+                    return 2
+            except RemoteError as exc:
+                self.send({"id": rid, "ok": False, "error": exc.err})
+            except Exception as exc:
+                self.send({"id": rid, "ok": False, "error": {
+                    "kind": "REMOTE_ERROR", "type": type(exc).__name__, "message": str(exc)[:2000],
+                    "traceback": traceback.format_exc()[-4000:]}})
+
+
+def run_child(req, timeout):
+    """Run one measurement in a fresh interpreter; a hard timeout kills it (RUN_TIMEOUT)."""
+    proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(json.dumps(req).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AgentFailure("RUN_TIMEOUT", "measurement did not finish within its %.1f s timeout" % timeout) from None
+    for line in reversed(out.decode(errors="replace").splitlines()):
+        if line.startswith(RESULT_MARK):
+            reply = json.loads(line[len(RESULT_MARK):])
+            if reply["ok"]:
+                return reply["result"]
+            e = reply["error"]
+            if e["kind"] == "REMOTE_ERROR":
+                raise RemoteError(e)
+            raise AgentFailure(e["kind"], e["message"])
+    tail = err.decode(errors="replace").strip()[-500:]
+    if proc.returncode == -signal.SIGKILL:
+        raise AgentFailure("OOM", "measurement child was killed (SIGKILL, likely the out-of-memory killer): %s" % tail)
+    if "MemoryError" in tail or "std::bad_alloc" in tail:
+        raise AgentFailure("OOM", "measurement child ran out of memory: %s" % tail)
+    raise AgentFailure("AGENT_CRASHED", "measurement child exited with status %s and no result: %s"
+                       % (proc.returncode, tail))
+
+
+class RemoteError(Exception):
+    """A REMOTE_ERROR from the child, passed through with its type and traceback."""
+
+    def __init__(self, err):
+        super().__init__(err.get("message"))
+        self.err = err
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[0] if argv else "serve"
+    opts = {"--cache-dir": os.path.join("~", ".cache", "qae", "agent"), "--sysfs-root": "/"}
+    rest = argv[1:]
+    while rest:
+        key = rest.pop(0)
+        if key not in opts or not rest:
+            sys.stderr.write("usage: agent.py serve|child|info [--cache-dir DIR] [--sysfs-root ROOT]\n")
+            return 2
+        opts[key] = rest.pop(0)
+    if cmd == "child":
+        child_main()
+        return 0
+    if cmd == "info":
+        print(json.dumps(handshake(opts["--sysfs-root"]), indent=1))
+        return 0
+    # Keep the protocol stream private: anything else printing to fd 1 lands on stderr instead.
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out = os.fdopen(proto_fd, "wb", buffering=0)
+    agent = Agent(opts["--cache-dir"], opts["--sysfs-root"], out)
+    try:
+        return agent.serve(sys.stdin.buffer)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
