@@ -1,0 +1,320 @@
+"""The hardware profile file: its JSON schema, loading, and the one-line errors of a bad file.
+
+A profile is YAML. Every number is a mapping ``{value: X, source: "..."}`` so that no number is
+without its origin (a document, a paper, "derived: ...", "estimate: ..." or "calibrated on DEVICE
+at DATE"). Validation is jsonschema's; this module only turns its first error into one line that
+names the field, e.g. ``profiles/x.yaml: throughput_gmacs.int8 must be > 0 (got -3)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from harness.errors import InputError
+
+#: Precisions a profile can name: compute and storage types, plus ``dynamic`` activations.
+PRECISIONS = ("fp32", "fp16", "int16", "int8", "int4")
+ACT_PRECISIONS = (*PRECISIONS, "dynamic")
+
+PROFILES_DIR = Path(__file__).resolve().parent
+CALIBRATED_DIR = PROFILES_DIR / "calibrated"
+
+_SOURCE = {"type": "string", "minLength": 3}
+
+
+def _num(minimum: float = 0.0, exclusive: bool = False) -> dict[str, Any]:
+    bound = {"exclusiveMinimum": minimum} if exclusive else {"minimum": minimum}
+    return {
+        "type": "object",
+        "required": ["value", "source"],
+        "additionalProperties": False,
+        "properties": {"value": {"type": "number", **bound}, "source": _SOURCE},
+    }
+
+
+POS = _num(0.0, exclusive=True)
+NONNEG = _num(0.0)
+
+
+def _table(item: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {"type": "object", "propertyNames": {"enum": list(keys)}, "additionalProperties": item}
+
+
+FALLBACK = {
+    "type": "object",
+    "required": ["action"],
+    "additionalProperties": False,
+    "properties": {
+        "action": {"enum": ["dequantize", "slower_unit"]},
+        "to": {"enum": list(PRECISIONS)},
+        "unit": {"type": "string"},
+        "throughput_gmacs": POS,
+        "penalty_us": NONNEG,
+        "energy_per_mac_pj": NONNEG,
+        "note": {"type": "string"},
+    },
+    "allOf": [
+        {"if": {"properties": {"action": {"const": "dequantize"}}}, "then": {"required": ["to"]}},
+        {
+            "if": {"properties": {"action": {"const": "slower_unit"}}},
+            "then": {"required": ["unit", "throughput_gmacs", "penalty_us", "energy_per_mac_pj"]},
+        },
+    ],
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "name", "description", "float_type", "native", "throughput_gmacs", "memory", "overhead",
+        "conversion", "dequantize_ns_per_element", "weight_only_ns_per_element", "fallback", "energy",
+        "budgets", "uncertainty", "process_nm",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+        "description": {"type": "string"},
+        "device": {"type": "string"},
+        "runtime": {"type": "string"},
+        "process_nm": POS,
+        "float_type": {"enum": ["fp32", "fp16"]},
+        "native": {
+            "type": "object",
+            "required": ["weights", "activations"],
+            "additionalProperties": False,
+            "properties": {
+                "weights": {"type": "array", "items": {"enum": list(PRECISIONS)}, "minItems": 1},
+                "activations": {"type": "array", "items": {"enum": list(ACT_PRECISIONS)}, "minItems": 1},
+            },
+        },
+        # Sustained multiply-accumulates per second (1e9) of the layer kernel at each compute precision.
+        "throughput_gmacs": _table(POS, PRECISIONS),
+        "memory": {
+            "type": "object",
+            "required": ["dram_bandwidth_gbs", "onchip_bytes", "runtime_overhead_bytes"],
+            "additionalProperties": False,
+            "properties": {"dram_bandwidth_gbs": POS, "onchip_bytes": NONNEG, "runtime_overhead_bytes": NONNEG},
+        },
+        "overhead": {
+            "type": "object",
+            "required": ["per_layer_us", "per_inference_us", "other_op_us", "other_ns_per_element"],
+            "additionalProperties": False,
+            "properties": {
+                "per_layer_us": NONNEG, "per_inference_us": NONNEG, "other_op_us": NONNEG,
+                "other_ns_per_element": NONNEG,
+            },
+        },
+        "conversion": {
+            "type": "object",
+            "required": ["per_op_us", "ns_per_element", "dynamic_ns_per_element"],
+            "additionalProperties": False,
+            "properties": {"per_op_us": NONNEG, "ns_per_element": NONNEG, "dynamic_ns_per_element": NONNEG},
+        },
+        "dequantize_ns_per_element": _table(NONNEG, PRECISIONS),
+        "weight_only_ns_per_element": _table(NONNEG, PRECISIONS),
+        # Extra cost per dequantized weight beyond what fits on chip (the fallback's output spills).
+        "dequantize_spill_ns_per_element": _table(NONNEG, PRECISIONS),
+        # Where a per-tensor scale dequantizes faster than per-channel scales (optional).
+        "dequantize_per_tensor_ns_per_element": _table(NONNEG, PRECISIONS),
+        "fallback": _table(FALLBACK, ACT_PRECISIONS),
+        "energy": {
+            "type": "object",
+            "required": ["per_mac_pj", "dram_pj_per_byte", "onchip_pj_per_byte", "static_power_w",
+                         "active_power_w"],
+            "additionalProperties": False,
+            "properties": {
+                "per_mac_pj": _table(POS, PRECISIONS),
+                "dram_pj_per_byte": POS, "onchip_pj_per_byte": NONNEG,
+                "static_power_w": NONNEG, "active_power_w": NONNEG,
+            },
+        },
+        "budgets": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"latency_ms": POS, "energy_mj": POS, "memory_mb": POS},
+        },
+        # Relative error of a prediction (one standard deviation), a default until calibrated.
+        "uncertainty": POS,
+        "calibration": {"type": "object"},
+    },
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+@dataclass
+class Profile:
+    """A validated profile. ``data`` is the parsed YAML (numbers still with their sources)."""
+
+    name: str
+    path: Path | None
+    data: dict[str, Any]
+
+    def num(self, *keys: str) -> float:
+        """The value of the number at ``keys`` (e.g. ``num("memory", "dram_bandwidth_gbs")``)."""
+        node: Any = self.data
+        for key in keys:
+            node = node[key]
+        return float(node["value"])
+
+    def table(self, key: str, sub: str | None = None) -> dict[str, float]:
+        node = self.data[key] if sub is None else self.data[key][sub]
+        return {k: float(v["value"]) for k, v in node.items()}
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.data.get("calibration")
+
+    @property
+    def calibration_id(self) -> str | None:
+        cal = self.calibration
+        return None if cal is None else str(cal.get("id"))
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """Default budgets in qae's units: latency_ms, energy_j, memory_bytes."""
+        b = self.data.get("budgets", {})
+        out: dict[str, float] = {}
+        if "latency_ms" in b:
+            out["latency_ms"] = float(b["latency_ms"]["value"])
+        if "energy_mj" in b:
+            out["energy_j"] = float(b["energy_mj"]["value"]) / 1e3
+        if "memory_mb" in b:
+            out["memory_bytes"] = float(b["memory_mb"]["value"]) * 1e6
+        return out
+
+    def copy(self) -> Profile:
+        return Profile(self.name, self.path, copy.deepcopy(self.data))
+
+
+def _field(path: Any) -> str:
+    parts = [str(p) for p in path]
+    if parts and parts[-1] == "value":  # a number's value: name the number, not its wrapper
+        parts = parts[:-1]
+    return ".".join(parts) or "(top level)"
+
+
+def error_line(err: jsonschema.ValidationError) -> str:
+    """One line for a schema error, naming the field and what it must be."""
+    where = _field(err.absolute_path)
+    v, kw = err.validator, err.validator_value
+    if v == "required":
+        missing = [k for k in kw if k not in (err.instance or {})]
+        name = missing[0] if missing else "?"
+        full = f"{where}.{name}" if err.absolute_path else name
+        return f"missing field {full}"
+    if v == "exclusiveMinimum":
+        return f"{where} must be > {kw:g} (got {err.instance!r})"
+    if v == "minimum":
+        return f"{where} must be >= {kw:g} (got {err.instance!r})"
+    if v == "enum":
+        kind = "precision" if set(kw) & set(ACT_PRECISIONS) else "value"
+        return f"{where}: unknown {kind} {err.instance!r}: use one of {', '.join(map(str, kw))}"
+    if v == "propertyNames":
+        bad = err.instance if isinstance(err.instance, str) else "?"
+        return f"{where}: unknown precision {bad!r}: use one of {', '.join(PRECISIONS)}"
+    if v == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return f"{where}: unknown field {extra[0] if extra else '?'!r}"
+    if v == "type":
+        return f"{where} must be a {kw} (got {err.instance!r})"
+    return f"{where}: {err.message}"
+
+
+def validate(data: Any, source: str) -> None:
+    """Raise ``InputError`` with one line naming the first bad field; the order is deterministic."""
+    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if not errors:
+        return
+    err = errors[0]
+    # A propertyNames failure reports at the parent: name the offending key as the field.
+    if err.validator == "propertyNames" or (err.parent is not None and err.parent.validator == "propertyNames"):
+        parent = err.parent if err.parent is not None else err
+        keys = [k for k in parent.instance if k not in PRECISIONS]
+        where = _field(parent.absolute_path)
+        raise InputError(f"{source}: {where}: unknown precision {keys[0] if keys else '?'!r}: "
+                         f"use one of {', '.join(PRECISIONS)}")
+    raise InputError(f"{source}: {error_line(err)}")
+
+
+def parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{source} is not valid YAML{at}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: a profile must be a mapping of fields")
+    validate(data, source)
+    _check_consistency(data, source)
+    return data
+
+
+def _check_consistency(data: dict[str, Any], source: str) -> None:
+    """What the schema cannot say: every precision the profile computes in has a throughput."""
+    thr = data["throughput_gmacs"]
+    for p in [data["float_type"], *(w for w in data["native"]["weights"])]:
+        if p not in thr:
+            raise InputError(f"{source}: missing field throughput_gmacs.{p} (a native precision needs one)")
+    for p, fb in data["fallback"].items():
+        if fb["action"] == "dequantize" and fb["to"] not in thr:
+            raise InputError(f"{source}: missing field throughput_gmacs.{fb['to']} (fallback.{p}.to)")
+    for p in thr:
+        if p not in data["energy"]["per_mac_pj"]:
+            raise InputError(f"{source}: missing field energy.per_mac_pj.{p} (it has a throughput)")
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """``NAME`` -> profiles/NAME.yaml or profiles/calibrated/NAME.yaml; a path is taken as is."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or "/" in text:
+        if not path.is_file():
+            raise InputError(f"profile file {text} not found: `qae profiles list` shows the profiles")
+        return path
+    for folder in (PROFILES_DIR, CALIBRATED_DIR):
+        candidate = folder / f"{text}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(p["name"] for p in list_profiles())
+    raise InputError(f"unknown profile {text!r}: use one of {known}, or give a .yaml path")
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load and validate a profile by name or path; every failure is a one-line ``InputError``."""
+    path = resolve(name_or_path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"profile file {path} cannot be read ({exc.strerror}): check the path") from None
+    data = parse(text, _display(path))
+    return Profile(str(data["name"]), path, data)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROFILES_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+def list_profiles() -> list[dict[str, Any]]:
+    """Shipped and calibrated profiles: name, path, kind (base|calibrated), description."""
+    out = []
+    for kind, folder in (("base", PROFILES_DIR), ("calibrated", CALIBRATED_DIR)):
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                data = {}
+            out.append({"name": path.stem, "path": str(path), "kind": kind,
+                        "description": str(data.get("description", "")).strip().splitlines()[0:1] or [""]})
+    for row in out:
+        row["description"] = row["description"][0]
+    return out
