@@ -18,7 +18,9 @@ from harness.errors import QaeError
 #: Modules whose ``register(subparsers)`` adds commands, in the order ``qae --help`` lists them.
 COMMAND_MODULES = [
     "harness.cli_model",
-    "harness.cli_demo",
+    "harness.cli_profiles",
+    "harness.cli_devices",
+    "harness.cli_search",
 ]
 
 

@@ -46,6 +46,8 @@ class QuantResult:
     #: quantized weight initializer name -> nominal bits (what the weight would take packed)
     nominal_bits: dict[str, int] = field(default_factory=dict)
     emulated_layers: list[str] = field(default_factory=list)
+    #: The TensorQuantOverrides handed to ONNX Runtime, JSON-able (quant types by name)
+    overrides: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def emulated(self) -> bool:
@@ -195,6 +197,7 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
                 s, z = float(aq.scale), int(aq.zero_point)
                 clips[tensor] = ((aq.qlo - z) * s, (aq.qhi - z) * s)
 
+    result.overrides = _jsonable({**weight_overrides, **act_overrides})
     dynamic = [lay for lay in layers if genome[lay.name].dynamic]
     static = [lay for lay in layers if not genome[lay.name].dynamic]
     if dynamic:
@@ -244,6 +247,16 @@ def read_stamp(proto: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
     bits = json.loads(props.get("qae.nominal_bits", "{}"))
     emulated = json.loads(props.get("qae.emulated_layers", "[]"))
     return {str(k): int(v) for k, v in bits.items()}, [str(e) for e in emulated]
+
+
+def _jsonable(overrides: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for tensor, entries in overrides.items():
+        out[tensor] = [
+            {k: (v.name if hasattr(v, "name") else v.item() if hasattr(v, "item") else v) for k, v in e.items()}
+            for e in entries
+        ]
+    return out
 
 
 def _np_storage(storage: str) -> type:

@@ -1,0 +1,350 @@
+"""The run archive: one SQLite file per run holding everything a search saw, with provenance.
+
+Contract:
+- ``runs`` has one row: the full configuration and the engine state after the last tell. A killed
+  run resumes from that state, so the state and the evaluations it counts are written in the same
+  transaction (``Archive.record``): after a crash either both or neither are there.
+- ``candidates`` holds each genome once per target (hash, full genome, generation, parents).
+- ``value_log`` holds every objective value with its source (``measured``, ``predicted``,
+  ``computed``, ``simulated``) and the details that back it (device or profile, calibration id,
+  expected error, method). Values are appended, never relabelled or overwritten; the newest value
+  of a source is the current one, and the merge rule (measured beats predicted) is applied when
+  reading, not stored.
+- ``errors`` holds typed error records (error kind, message) per candidate and target.
+- The Pareto front is never stored: it is derived from these tables when asked.
+
+Thread safety: one ``Archive`` per thread or process; SQLite serialises writers (WAL mode).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+
+SCHEMA_VERSION = 1
+SOURCES = ("measured", "simulated", "predicted", "computed")
+#: For ranking, a source earlier in this list beats a later one for the same candidate and target.
+MERGE_ORDER = ("measured", "simulated", "predicted", "computed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS engine_state (
+    target TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    genome TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    emulated INTEGER NOT NULL,
+    feasible INTEGER,
+    violation REAL,
+    record TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS value_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    value REAL NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated', 'predicted', 'computed')),
+    detail TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS value_log_candidate ON value_log (target, hash);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    error_kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    evaluations INTEGER NOT NULL,
+    hypervolume REAL NOT NULL,
+    cache_hit_rate REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, generation)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Value:
+    """One objective value and where it comes from."""
+
+    value: float
+    source: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, **self.detail}
+
+
+@dataclass
+class Candidate:
+    target: str
+    hash: str
+    seq: int
+    genome: dict[str, Any]
+    generation: int
+    emulated: bool
+    feasible: bool | None
+    violation: float | None
+    values: dict[str, Value]
+
+
+class Archive:
+    """A run's SQLite archive; see the module docstring for what each table guarantees."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Archive:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no archive at {path}: give a run folder that `qae search` wrote")
+        try:
+            archive = cls(path)
+            archive.config()
+        except sqlite3.DatabaseError:
+            raise InputError(f"{path} is not a qae archive (SQLite error): give a run folder qae wrote") from None
+        return archive
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing: BEGIN IMMEDIATE takes the write lock up front, so no writer interleaves."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- run ------------------------------------------------------------------------------------
+    def start(self, config: dict[str, Any]) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, config, status, created, updated) VALUES (1, ?, 'running', ?, ?)",
+                (json.dumps(config, sort_keys=True), now, now),
+            )
+
+    def config(self) -> dict[str, Any]:
+        row = self._db.execute("SELECT config FROM runs WHERE id = 1").fetchone()
+        if row is None:
+            raise InputError(f"{self.path} holds no run: start one with `qae search`")
+        return dict(json.loads(row[0]))
+
+    def set_status(self, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, updated = ? WHERE id = 1", (status, time.time()))
+
+    def status(self) -> str:
+        row = self._db.execute("SELECT status FROM runs WHERE id = 1").fetchone()
+        return str(row[0]) if row else "absent"
+
+    # -- engine state ---------------------------------------------------------------------------
+    def engine_state(self, target: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT state FROM engine_state WHERE target = ?", (target,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    # -- writing a told evaluation ---------------------------------------------------------------
+    def record(
+        self,
+        target: str,
+        genome_hash: str,
+        genome: dict[str, Any],
+        generation: int,
+        emulated: bool,
+        feasible: bool | None,
+        violation: float | None,
+        values: dict[str, Value],
+        errors: list[tuple[str, str]],
+        engine_state: dict[str, Any],
+        engine_generation: int,
+        engine_record: dict[str, Any] | None = None,
+    ) -> None:
+        """Store one evaluation and the engine state that counts it, in one transaction.
+
+        ``engine_record`` is the engine's own record of the evaluation; with it the engine state can
+        leave completed records out (they are rebuilt from this table on resume).
+        """
+        now = time.time()
+        with self.transaction() as db:
+            seq = db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO candidates (target, hash, seq, genome, generation, emulated, feasible, violation, "
+                "record, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    genome_hash,
+                    seq,
+                    json.dumps(genome, sort_keys=True),
+                    generation,
+                    int(emulated),
+                    None if feasible is None else int(feasible),
+                    violation,
+                    None if engine_record is None else json.dumps(engine_record),
+                    now,
+                ),
+            )
+            self._insert_values(db, target, genome_hash, values, now)
+            for kind, message in errors:
+                db.execute(
+                    "INSERT INTO errors (target, hash, error_kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                    (target, genome_hash, kind, message, now),
+                )
+            self._save_state(db, target, engine_state, engine_generation, now)
+
+    def save_engine_state(self, target: str, state: dict[str, Any], generation: int) -> None:
+        with self.transaction() as db:
+            self._save_state(db, target, state, generation, time.time())
+
+    def add_values(self, target: str, genome_hash: str, values: dict[str, Value]) -> None:
+        """Append values (a measurement arriving later, a re-prediction): never overwrites."""
+        with self.transaction() as db:
+            self._insert_values(db, target, genome_hash, values, time.time())
+
+    def add_history(self, target: str, generation: int, evaluations: int, hypervolume: float, hit_rate: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO history (target, generation, evaluations, hypervolume, cache_hit_rate, "
+                "created) VALUES (?, ?, ?, ?, ?, ?)",
+                (target, generation, evaluations, hypervolume, hit_rate, time.time()),
+            )
+
+    @staticmethod
+    def _insert_values(
+        db: sqlite3.Connection, target: str, genome_hash: str, values: dict[str, Value], now: float
+    ) -> None:
+        for objective, v in values.items():
+            if v.source not in SOURCES:
+                raise ValueError(f"unknown value source {v.source!r}")
+            db.execute(
+                "INSERT INTO value_log (target, hash, objective, value, source, detail, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (target, genome_hash, objective, float(v.value), v.source, json.dumps(v.detail, sort_keys=True), now),
+            )
+
+    @staticmethod
+    def _save_state(db: sqlite3.Connection, target: str, state: dict[str, Any], generation: int, now: float) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO engine_state (target, state, generation, updated) VALUES (?, ?, ?, ?)",
+            (target, json.dumps(state), generation, now),
+        )
+        db.execute("UPDATE runs SET updated = ? WHERE id = 1", (now,))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def engine_records(self, target: str) -> list[dict[str, Any]]:
+        """The engine's records of a target's evaluations, in the order they were told."""
+        rows = self._db.execute(
+            "SELECT record FROM candidates WHERE target = ? AND record IS NOT NULL ORDER BY seq", (target,)
+        ).fetchall()
+        return [dict(json.loads(r[0])) for r in rows]
+
+    def targets(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT target FROM candidates ORDER BY target").fetchall()
+        return [r[0] for r in rows]
+
+    def candidates(self, target: str) -> list[Candidate]:
+        """Every candidate of a target with its current values under the merge rule."""
+        rows = self._db.execute(
+            "SELECT hash, seq, genome, generation, emulated, feasible, violation FROM candidates WHERE target = ? "
+            "ORDER BY seq",
+            (target,),
+        ).fetchall()
+        values = self._current_values(target)
+        return [
+            Candidate(
+                target,
+                h,
+                seq,
+                json.loads(g),
+                gen,
+                bool(emu),
+                None if feas is None else bool(feas),
+                viol,
+                values.get(h, {}),
+            )
+            for h, seq, g, gen, emu, feas, viol in rows
+        ]
+
+    def _current_values(self, target: str) -> dict[str, dict[str, Value]]:
+        rank = {s: i for i, s in enumerate(MERGE_ORDER)}
+        best: dict[str, dict[str, tuple[int, int, Value]]] = {}
+        rows = self._db.execute(
+            "SELECT id, hash, objective, value, source, detail FROM value_log WHERE target = ? ORDER BY id",
+            (target,),
+        )
+        for row_id, h, objective, value, source, detail in rows:
+            entry = (rank[source], -row_id, Value(value, source, json.loads(detail)))
+            current = best.setdefault(h, {}).get(objective)
+            # Measured beats predicted; among the same source, the newest wins.
+            if current is None or entry[:2] < current[:2]:
+                best[h][objective] = entry
+        return {h: {o: e[2] for o, e in objs.items()} for h, objs in best.items()}
+
+    def value_history(self, target: str, genome_hash: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT objective, value, source, detail, created FROM value_log WHERE target = ? AND hash = ? ORDER BY id",
+            (target, genome_hash),
+        ).fetchall()
+        return [{"objective": o, "value": v, "source": s, **json.loads(d), "created": c} for o, v, s, d, c in rows]
+
+    def errors(self, target: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT target, hash, error_kind, message FROM errors"
+        args: tuple[Any, ...] = ()
+        if target is not None:
+            sql += " WHERE target = ?"
+            args = (target,)
+        return [{"target": t, "hash": h, "error_kind": k, "message": m} for t, h, k, m in self._db.execute(sql, args)]
+
+    def history(self, target: str) -> list[dict[str, float]]:
+        rows = self._db.execute(
+            "SELECT generation, evaluations, hypervolume, cache_hit_rate FROM history WHERE target = ? "
+            "ORDER BY generation",
+            (target,),
+        ).fetchall()
+        return [{"generation": g, "evaluations": e, "hypervolume": hv, "cache_hit_rate": r} for g, e, hv, r in rows]
+
+    def count(self, target: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0])
