@@ -32,6 +32,13 @@ def register(sub: Any) -> None:
     p.add_argument("model", help="an .onnx file or builtin:NAME")
     p.add_argument("--data", help="evaluation data (.npz); builtins default to their held-out set")
     p.add_argument("--reference", help="FP32 model to measure agreement against")
+    p.add_argument(
+        "--metric",
+        default="auto",
+        choices=["auto", "classification", "agreement", "embedding"],
+        help="auto: a builtin's own metric, else top-1 with labels, else agreement with --reference; "
+        "embedding: mean-pooled token embeddings, top-1 retrieval agreement and mean cosine",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
@@ -123,11 +130,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.pipeline import evaluate_file
 
-    report = evaluate_file(args.model, data=args.data, reference=args.reference)
+    report = evaluate_file(args.model, data=args.data, reference=args.reference, metric=args.metric)
     if args.json:
         print(json.dumps(report))
         return 0
-    acc_name = "top-1 accuracy" if report["metric"] == "top1" else "top-1 agreement with the reference"
+    acc_name = {
+        "top1": "top-1 accuracy",
+        "retrieval_top1_agreement": "top-1 retrieval agreement with the reference",
+    }.get(report["metric"], "top-1 agreement with the reference")
     lines = [f"{acc_name}: {report['accuracy'] * 100:.2f} % on {report['n']} samples"]
     if report.get("mean_cosine") is not None:
         lines.append(f"mean cosine to the reference: {report['mean_cosine']:.5f}")

@@ -1,7 +1,9 @@
 """Accuracy and exact size of a (quantized) model, with ONNX Runtime on this host.
 
 Accuracy is top-1 against labels when the data has them; otherwise it is agreement with a
-reference (FP32) model: top-1 agreement and the mean cosine of the outputs. Sizes are counted, not
+reference (FP32) model: top-1 agreement and the mean cosine of the outputs. A sentence-embedding
+workload asks for ``metric="embedding"``: outputs are token embeddings, mean-pooled with the
+attention mask, and accuracy is top-1 retrieval agreement (see ``embedding_agreement``). Sizes are counted, not
 estimated: ``file_bytes`` is the file, ``weight_bytes`` counts every quantized layer weight at its
 nominal packed width (an emulated 3-bit weight counts 3 bits, though the file stores 8) and every
 other initializer at its stored size.
@@ -19,9 +21,11 @@ import numpy as np
 import onnx
 
 from harness.data import Dataset
-from harness.errors import ModelError
+from harness.errors import InputError, ModelError
 
 EVAL_BATCH = 256
+#: ``auto``: ``classification`` when the data has labels, else ``agreement``.
+METRICS = ("auto", "classification", "agreement", "embedding")
 
 
 @dataclass
@@ -89,6 +93,47 @@ def agreement(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, float]
     return top1, float(np.mean(cos))
 
 
+def mean_pool(outputs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Mean over tokens of ``[N, seq, dim]`` outputs, counting only tokens whose mask is nonzero.
+
+    This is sentence-transformers' pooling for all-MiniLM-L6-v2. A row with no token counts as zero.
+    """
+    if outputs.ndim != 3:
+        raise ModelError(
+            f"the embedding metric needs token embeddings [N, seq, dim], the model gives {list(outputs.shape)}: "
+            "use --metric agreement"
+        )
+    weights = np.ones(outputs.shape[:2]) if mask is None else (mask != 0).astype(np.float64)
+    if weights.shape != outputs.shape[:2]:
+        raise ModelError(f"attention_mask {list(weights.shape)} does not match the outputs {list(outputs.shape)}")
+    summed = np.einsum("nt,ntd->nd", weights, outputs.astype(np.float64))
+    return summed / np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def embedding_agreement(outputs: np.ndarray, reference: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """(top-1 retrieval agreement, mean cosine) of pooled sentence embeddings against a reference.
+
+    Mean cosine: between each sentence's pooled embedding and the reference's. Retrieval agreement:
+    each sentence queries all the others by cosine; the share of queries whose nearest neighbour is
+    the same under ``outputs`` as under ``reference``. Needs at least two sentences.
+    """
+    a, b = _unit(mean_pool(outputs, mask)), _unit(mean_pool(reference, mask))
+    if len(a) < 2:
+        raise ModelError("retrieval agreement needs at least two evaluation samples: give a larger data set")
+    cosine = float(np.mean(np.sum(a * b, axis=1)))
+    nearest = []
+    for emb in (a, b):
+        sim = emb @ emb.T
+        np.fill_diagonal(sim, -np.inf)  # a query never retrieves itself
+        nearest.append(sim.argmax(axis=1))
+    return float(np.mean(nearest[0] == nearest[1])), cosine
+
+
 def sizes(proto: onnx.ModelProto, file_bytes: int, nominal_bits: dict[str, int] | None = None) -> SizeReport:
     nominal_bits = nominal_bits or {}
     weight = stored = 0
@@ -122,16 +167,30 @@ def evaluate(
     emulated_layers: list[str] | None = None,
     reference_outputs: np.ndarray | None = None,
     threads: int | None = None,
+    metric: str = "auto",
 ) -> EvalReport:
+    """Score ``proto`` on ``data``; ``metric`` is one of ``METRICS`` (see the module docstring)."""
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not supported: use one of {', '.join(METRICS)}")
+    if metric == "embedding" and reference_outputs is None:
+        raise ModelError("the embedding metric compares with a reference model: pass --reference FP32.onnx")
     sess = session(proto, threads)
     outputs = run_outputs(sess, data)
     size = sizes(proto, file_bytes, nominal_bits)
-    top1 = cosine = labelled = None
-    if reference_outputs is not None:
+    top1: float | None = None
+    cosine = labelled = None
+    if metric == "embedding" and reference_outputs is not None:
+        top1, cosine = embedding_agreement(outputs, reference_outputs, data.inputs.get("attention_mask"))
+    elif reference_outputs is not None:
         top1, cosine = agreement(outputs, reference_outputs)
-    if data.labels is not None:
+    if data.labels is not None and metric in ("auto", "classification"):
         labelled = float(np.mean(outputs.reshape(len(outputs), -1).argmax(-1) == data.labels))
+    if metric == "embedding" and top1 is not None:
+        accuracy, metric = top1, "retrieval_top1_agreement"
+    elif labelled is not None:
         accuracy, metric = labelled, "top1"
+    elif metric == "classification":
+        raise ModelError("the classification metric needs labels: give data with a 'labels' array")
     elif top1 is not None:
         accuracy, metric = top1, "top1_agreement"
     else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,10 @@ from harness.errors import ModelError
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-BUILTINS = {"digits-vit": "digits_vit"}
+BUILTINS = {"digits-vit": "digits_vit", "minilm-l6": "minilm_l6"}
+#: Builtins whose model is too big to ship: a module whose ``ensure_model()`` exports it on first
+#: use (from an optional extra) and returns its path. Their data still ships in ``BUILTIN_DIR``.
+EXPORTED_BUILTINS = {"minilm-l6": "harness.builtin.minilm"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ def resolve_model_path(spec: str | Path) -> tuple[Path, str | None]:
         if name not in BUILTINS:
             known = ", ".join(f"builtin:{n}" for n in sorted(BUILTINS))
             raise ModelError(f"unknown builtin model {text!r}: use one of {known}")
+        if name in EXPORTED_BUILTINS:
+            return Path(importlib.import_module(EXPORTED_BUILTINS[name]).ensure_model()), name
         return BUILTIN_DIR / BUILTINS[name] / "model.onnx", name
     path = Path(text)
     if not path.is_file():
@@ -100,6 +107,12 @@ def resolve_model_path(spec: str | Path) -> tuple[Path, str | None]:
 def builtin_data(name: str, kind: str) -> Path:
     """The shipped calibration (``calib``) or evaluation (``eval``) set of a builtin model."""
     return BUILTIN_DIR / BUILTINS[name] / f"{kind}.npz"
+
+
+def builtin_meta(name: str) -> dict[str, Any]:
+    """A builtin's ``meta.json`` (its declared ``metric``, default ``input_shapes``...); {} if none."""
+    path = BUILTIN_DIR / BUILTINS[name] / "meta.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def file_sha256(path: Path) -> str:
@@ -153,6 +166,8 @@ def load_model(
     inits = {t.name for t in proto.graph.initializer}
     inputs = _tensor_specs(proto.graph.input, inits)
     outputs = _tensor_specs(proto.graph.output, set())
+    if builtin:  # a builtin may declare shapes for its symbolic dims (MiniLM: 64 tokens); given ones win
+        input_shapes = {**builtin_meta(builtin).get("input_shapes", {}), **(input_shapes or {})}
     shapes = concrete_input_shapes(inputs, input_shapes)
     layers = inventory(proto, shapes)
     if not layers and require_layers:

@@ -17,9 +17,9 @@ import onnx
 from harness.calibration import Ranges, activation_ranges
 from harness.data import Dataset, load_dataset
 from harness.errors import InputError, ModelError
-from harness.evaluate import EvalReport, evaluate, run_outputs, session
+from harness.evaluate import METRICS, EvalReport, evaluate, run_outputs, session
 from harness.genome import Gene, Genome
-from harness.model import ModelInfo, builtin_data, load_model
+from harness.model import BUILTINS, ModelInfo, builtin_data, builtin_meta, load_model
 from harness.quantize import QuantResult, quantize, read_stamp
 
 
@@ -31,6 +31,7 @@ class Workload:
     ranges_from_cache: bool
     method: str = "minmax"
     eval_data: Dataset | None = None
+    metric: str = "auto"
     _reference: np.ndarray | None = None
 
     @classmethod
@@ -41,12 +42,15 @@ class Workload:
         eval_data: str | Path | None = None,
         method: str = "minmax",
         input_shapes: dict[str, list[int]] | None = None,
+        metric: str = "auto",
     ) -> Workload:
+        """``metric``: one of ``harness.evaluate.METRICS``; ``auto`` takes a builtin's declared one."""
         model = load_model(spec, input_shapes)
+        metric = resolve_metric(metric, model.builtin)
         calib_path = calib or _builtin_default(model, "calib", "--calib")
         calib_set = load_dataset(calib_path, model)
         ranges, cached = activation_ranges(model, calib_set, method)
-        work = cls(model, calib_set, ranges, cached, method)
+        work = cls(model, calib_set, ranges, cached, method, metric=metric)
         if eval_data is not None or model.builtin:
             work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model)
         return work
@@ -88,7 +92,19 @@ class Workload:
             emulated_layers=None if result is None else result.emulated_layers,
             reference_outputs=self.reference_outputs,
             threads=threads,
+            metric=self.metric,
         )
+
+
+def resolve_metric(metric: str, builtin: str | None) -> str:
+    """``auto`` becomes the metric a builtin declares in its meta.json (e.g. ``embedding``), if any."""
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not supported: use one of {', '.join(METRICS)}")
+    if metric == "auto" and builtin:
+        declared = builtin_meta(builtin).get("metric")
+        if declared in METRICS:  # digits-vit declares "top1", which "auto" already means with labels
+            return str(declared)
+    return metric
 
 
 def _builtin_default(model: ModelInfo, kind: str, option: str) -> str:
@@ -97,11 +113,15 @@ def _builtin_default(model: ModelInfo, kind: str, option: str) -> str:
     raise InputError(f"{option} is required for a model that is not a builtin: give an .npz file")
 
 
-def evaluate_file(spec: str, data: str | None = None, reference: str | None = None) -> dict[str, Any]:
-    """Evaluate a model file as the CLI does; a qae-quantized builtin finds its data and reference."""
+def evaluate_file(
+    spec: str, data: str | None = None, reference: str | None = None, metric: str = "auto"
+) -> dict[str, Any]:
+    """Evaluate a model file as the CLI does; a qae-quantized builtin finds its data, reference and metric."""
     model = load_model(spec, require_layers=False)
     props = {p.key: p.value for p in model.proto.metadata_props}
     base = props.get("qae.base_model")
+    base_builtin = base.split(":", 1)[1] if base and base.startswith("builtin:") else None
+    metric = resolve_metric(metric, model.builtin or (base_builtin if base_builtin in BUILTINS else None))
     if data is None:
         if model.builtin:
             data = str(builtin_data(model.builtin, "eval"))
@@ -125,6 +145,7 @@ def evaluate_file(spec: str, data: str | None = None, reference: str | None = No
         nominal_bits=nominal,
         emulated_layers=emulated,
         reference_outputs=ref_outputs,
+        metric=metric,
     )
     return report.to_dict()
 

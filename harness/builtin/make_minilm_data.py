@@ -1,0 +1,182 @@
+"""Build the shipped text set of ``builtin:minilm-l6``: ``python -m harness.builtin.make_minilm_data``.
+
+Sentences are the first sentences of the docstrings (module, class, function, method) of a fixed
+list of Python standard library modules: varied English that ships with every Python, so nothing
+is downloaded. They are cleaned, kept at 6..40 words, deduplicated, shuffled with a fixed seed and
+split into a calibration and an evaluation set. The package's own tokenizer turns them into token
+ids padded to 64, so every sample has the same shape. Written to ``harness/builtin/minilm_l6/``:
+
+- ``sentences.json``: the text of each split with the docstring it came from;
+- ``calib.npz`` / ``eval.npz``: ``input_ids``, ``attention_mask``, ``token_type_ids``, int64
+  ``[N, 64]`` (no labels: quality is agreement with the FP32 model);
+- ``meta.json``: what the workload is and how to score it (``"metric": "embedding"``).
+
+Docstrings change between Python versions, so the shipped files, not this script, are the data
+set; the script records the Python version it ran on and is deterministic for a given one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import random
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.atomic import atomic_path, atomic_write_text
+
+OUT_DIR = Path(__file__).resolve().parent / "minilm_l6"
+SEED = 20241127
+N_CALIB = 64
+N_EVAL = 400
+MIN_WORDS, MAX_WORDS = 6, 40
+
+#: A fixed list, in this order; a module that fails to import on some platform is skipped.
+_MODULE_NAMES = (
+    "abc argparse ast asyncio.base_events asyncio.locks asyncio.queues asyncio.tasks base64 bisect "
+    "calendar cmd codecs collections colorsys compileall concurrent.futures configparser contextlib copy "
+    "csv dataclasses datetime decimal difflib dis doctest email.message email.utils enum filecmp "
+    "fileinput fnmatch fractions ftplib functools getopt gettext glob graphlib gzip heapq hmac "
+    "html.parser http.client http.cookiejar http.cookies http.server imaplib importlib inspect io "
+    "ipaddress json.decoder json.encoder linecache locale logging logging.handlers lzma mailbox "
+    "mimetypes modulefinder multiprocessing.pool netrc numbers operator optparse os pathlib pdb "
+    "pickle pkgutil platform plistlib poplib pprint profile pstats py_compile pydoc queue quopri "
+    "random re reprlib runpy sched secrets selectors shelve shlex shutil smtplib socket socketserver "
+    "sqlite3 ssl statistics string subprocess sysconfig tabnanny tarfile tempfile textwrap threading "
+    "timeit tokenize trace traceback types typing unittest.case unittest.mock urllib.parse "
+    "urllib.request urllib.robotparser uuid warnings wave weakref webbrowser wsgiref.simple_server "
+    "xml.dom.minidom xml.etree.ElementTree xmlrpc.client zipfile zipimport zoneinfo"
+)
+MODULES = tuple(_MODULE_NAMES.split())
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'][.!?])\s+(?=[A-Z])")
+_CODE_LIKE = re.compile(r"[=<>{}\[\]|\\$@#*_`~^]|::|\.\.|\w\(\)|\w\.\w")
+
+
+def first_sentence(doc: str) -> str | None:
+    """The first sentence of a docstring's first paragraph, on one line; None if it is not prose."""
+    para = inspect.cleandoc(doc).split("\n\n", 1)[0]
+    text = " ".join(para.split())
+    text = _SENTENCE_END.split(text, 1)[0]
+    words = text.split()
+    if not (MIN_WORDS <= len(words) <= MAX_WORDS) or not text.endswith("."):
+        return None
+    if not text[0].isupper() or not text.isascii() or _CODE_LIKE.search(text):
+        return None  # signatures, doctest lines, reST markup and dotted names are not English
+    return text
+
+
+def _docstrings(module_name: str) -> list[tuple[str, str]]:
+    """(qualified name, docstring) of a module, its public classes and functions and their methods."""
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # a module missing on this platform (e.g. no _ssl) is skipped
+        return []
+    out = [(module_name, module.__doc__ or "")]
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj):
+            out.append((f"{module_name}.{name}", obj.__doc__ or ""))
+            for attr, member in sorted(vars(obj).items()):
+                if not attr.startswith("_") and inspect.isfunction(member):
+                    out.append((f"{module_name}.{name}.{attr}", member.__doc__ or ""))
+        elif inspect.isfunction(obj):
+            out.append((f"{module_name}.{name}", obj.__doc__ or ""))
+    return out
+
+
+def collect() -> list[dict[str, str]]:
+    """Every usable sentence once (first source wins), in module-list order."""
+    seen: set[str] = set()
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated aliases (typing.io) warn when their docs are read
+        pairs = [pair for module_name in MODULES for pair in _docstrings(module_name)]
+    for source, doc in pairs:
+        text = first_sentence(doc) if doc else None
+        if text is None or text.lower() in seen:
+            continue
+        seen.add(text.lower())
+        found.append({"text": text, "source": source})
+    return found
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    enc = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
+    return {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def build(out_dir: Path = OUT_DIR, seed: int = SEED) -> dict[str, Any]:
+    """Collect, select, tokenize and write the data set; returns the meta written."""
+    from importlib.metadata import version
+
+    from harness.builtin import minilm
+
+    tokenizer = minilm.load_tokenizer()
+    pool = collect()
+    # Sentences the tokenizer would cut are dropped, so every sample is a whole sentence.
+    pool = [s for s in pool if len(tokenizer(s["text"])["input_ids"]) <= minilm.MAX_LENGTH]
+    need = N_CALIB + N_EVAL
+    if len(pool) < need:
+        raise SystemExit(f"only {len(pool)} usable sentences, {need} needed: extend MODULES")
+    random.Random(seed).shuffle(pool)
+    splits = {"calib": pool[:N_CALIB], "eval": pool[N_CALIB:need]}
+    for kind, rows in splits.items():
+        arrays = tokenize(tokenizer, [r["text"] for r in rows], minilm.MAX_LENGTH)
+        with atomic_path(out_dir / f"{kind}.npz") as tmp, open(tmp, "wb") as f:
+            # Compressed: token ids are mostly padding, so 400 x 64 int64 shrinks from 200 kB to ~14 kB.
+            np.savez_compressed(
+                f,
+                input_ids=arrays["input_ids"],
+                attention_mask=arrays["attention_mask"],
+                token_type_ids=arrays["token_type_ids"],
+            )
+    source = {
+        "python": sys.version.split()[0],
+        "modules": MODULES,
+        "rule": f"first sentence of module/class/function/method docstrings, {MIN_WORDS}..{MAX_WORDS} words, "
+        "ASCII prose only, deduplicated case-insensitively",
+        "seed": seed,
+        "candidates": len(pool),
+    }
+    atomic_write_text(
+        out_dir / "sentences.json", json.dumps({"source": source, **splits}, indent=1, ensure_ascii=True) + "\n"
+    )
+    meta = {
+        "name": f"builtin:{minilm.NAME}",
+        "task": "sentence embeddings (all-MiniLM-L6-v2), quality = agreement with the FP32 model",
+        "metric": "embedding",
+        "metric_detail": "mean-pooled (attention_mask) last_hidden_state; accuracy = top-1 retrieval "
+        "agreement (nearest other eval sentence by cosine, quantized vs FP32); mean_cosine = pooled mean cosine",
+        "input_shapes": {name: [1, minilm.MAX_LENGTH] for name in minilm.INPUTS},
+        "max_length": minilm.MAX_LENGTH,
+        "splits": {"calib": N_CALIB, "eval": N_EVAL},
+        "tokenizer": f"{minilm.DISTRIBUTION} {version(minilm.DISTRIBUTION)} (transformers {version('transformers')})",
+        "rebuild": "python -m harness.builtin.make_minilm_data",
+    }
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=1) + "\n")
+    for name in ("calib.npz", "eval.npz", "sentences.json", "meta.json"):
+        (out_dir / name).chmod(0o644)  # atomic writes create 0600 files; package data must be world-readable
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    meta = build(args.out, args.seed)
+    print(f"wrote {args.out}: {meta['splits']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
