@@ -17,10 +17,20 @@ Contract
   protocol broke" (bad frame, unknown op) and the agent exits after saying so. Measurement failures
   carry their own kinds (MODEL_LOAD, RUN_TIMEOUT, OOM, RUNTIME_MISSING, AGENT_CRASHED).
 * Ops: ``hello`` (handshake facts), ``ping``, ``has_model``, ``put`` (framed, content-addressed
-  upload: models live at ``CACHE/models/<sha256><ext>`` and are verified before they are renamed into
-  place), ``measure``, ``sensors`` and ``bye``.
+  upload: models live at ``CACHE/models/<sha256><ext>`` (``.onnx``/``.tflite``), input data at
+  ``CACHE/data/<sha256>.npz``; both are verified before they are renamed into place), ``measure``,
+  ``infer``, ``fetch``, ``sensors`` and ``bye``.
 * Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
   dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
+* ``infer`` runs an uploaded model on an uploaded ``.npz`` (arrays matched to model inputs by name,
+  ``labels`` ignored) in the same kind of child (mode ``infer``) and keeps the FIRST output, reduced
+  (``none`` or ``mean_pool``), as float32 little-endian bytes in ``CACHE/results/<id>.f32``. The
+  reply carries shape, n, seconds, runtime and a sha256 of the bytes; the bytes come inline (base64)
+  when they are at most ``INLINE_MAX``, else the host pulls them with ``fetch`` {result_id, offset}
+  in ``FETCH_CHUNK`` pieces (each reply under the frame cap). The file is deleted after its last
+  piece is fetched, and any older result is deleted when the next ``infer`` starts. Outputs over
+  ``MAX_RESULT`` bytes are refused (use a reduce or fewer inputs). ``.tflite`` inference is not
+  implemented yet (UNSUPPORTED).
 * Energy comes only from a real sensor, labelled with its method; with no sensor it is absent.
 
 This module is longer than qae's usual ~500 lines because the design asks for the agent to be a
@@ -43,10 +53,16 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.0.0"
+AGENT_VERSION = "1.1.0"
 PROTOCOL_VERSION = 1
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
+INLINE_MAX = 1 << 20  # result bytes sent inline in the ``infer`` reply
+FETCH_CHUNK = 4 << 20  # result bytes per ``fetch`` reply (base64: ~5.4 MiB, under the frame cap)
+MAX_RESULT = 1 << 30  # larger outputs are refused: reduce them on the device first
+MODEL_EXTS = (".onnx", ".tflite")
+DATA_EXTS = (".npz",)
+REDUCES = ("none", "mean_pool")
 
 
 class AgentFailure(Exception):
@@ -425,7 +441,7 @@ def _random_input(np, shape, dtype, rng):
 
 
 class OrtRunner:
-    def __init__(self, path, s, profile=False):
+    def __init__(self, path, s, profile=False, random_feed=True):
         try:
             import onnxruntime as ort
         except Exception as exc:
@@ -451,6 +467,9 @@ class OrtRunner:
         except Exception as exc:
             raise AgentFailure("MODEL_LOAD", "onnxruntime cannot load the model: %s" % str(exc)[:500]) from exc
         self.providers = self.sess.get_providers()
+        self.feed = {}
+        if not random_feed:
+            return
         rng = np.random.default_rng(0)
         self.feed = {i.name: _random_input(np, i.shape, _NP_TYPES.get(i.type, "float32"), rng)
                      for i in self.sess.get_inputs()}
@@ -584,6 +603,134 @@ def measure_child(req):
     }
 
 
+def _feed_arrays(np, arrays, inputs):
+    """Match data arrays to model inputs by name and check them; returns ({name: array}, n).
+
+    ``inputs`` is a list of (name, shape, dtype name). Arrays are cast within their kind (float64 ->
+    float32, int32 -> int64); a float array for an integer input (or the reverse), a missing name,
+    a rank or fixed-dimension mismatch, or arrays of different lengths raise ValueError."""
+    have = sorted(k for k in arrays if k != "labels")
+    feed = {}
+    for name, shape, dtype in inputs:
+        if name not in arrays or name == "labels":
+            raise ValueError("model input %r has no array of that name in the data file (it has: %s); arrays are "
+                             "matched to model inputs by name" % (name, ", ".join(have) or "nothing"))
+        a = arrays[name]
+        want = np.dtype(dtype)
+        if a.dtype != want:
+            if a.dtype.kind != want.kind and not (a.dtype.kind in "iub" and want.kind in "iub"):
+                raise ValueError("data array %r is %s but model input %r is %s" % (name, a.dtype, name, want))
+            a = a.astype(want)
+        if len(shape) != a.ndim:
+            raise ValueError("data array %r has shape %s but model input %r has rank %d %s"
+                             % (name, list(a.shape), name, len(shape), list(shape)))
+        for axis, (d, got) in enumerate(zip(shape, a.shape)):
+            if axis > 0 and isinstance(d, int) and d > 0 and d != got:
+                raise ValueError("data array %r has shape %s but model input %r needs %s (axis %d)"
+                                 % (name, list(a.shape), name, list(shape), axis))
+        feed[name] = a
+    lengths = set(a.shape[0] for a in feed.values())
+    if len(lengths) != 1:
+        raise ValueError("data arrays for the model inputs have different lengths: %s"
+                         % {k: int(v.shape[0]) for k, v in feed.items()})
+    return feed, lengths.pop()
+
+
+def _reduce(np, out, reduce, mask):
+    """The FIRST output of one batch, reduced: ``none`` as is; ``mean_pool`` the mean over axis 1
+    weighted by ``mask`` [b, T] (unweighted without a mask), [b, T, D] -> [b, D]."""
+    out = np.asarray(out)
+    if out.dtype.kind not in "fiub":
+        raise ValueError("the model's first output is %s, not numeric" % out.dtype)
+    if reduce == "none":
+        return out.astype("<f4")
+    if out.ndim < 3:
+        raise ValueError("reduce mean_pool needs a first output of rank >= 3 [N, T, D], got shape %s"
+                         % list(out.shape))
+    x = out.astype(np.float64)
+    if mask is None:
+        return x.mean(axis=1).astype("<f4")
+    m = np.asarray(mask).astype(np.float64)
+    if m.shape != x.shape[:2]:
+        raise ValueError("mask shape %s does not match the output's first two axes %s"
+                         % (list(m.shape), list(x.shape[:2])))
+    m = m.reshape(m.shape + (1,) * (x.ndim - 2))
+    return ((x * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)).astype("<f4")
+
+
+def infer_child(req):
+    """Runs in a fresh process: load the model and the data, run every input in batches, keep the
+    first output reduced, and write it as float32 little-endian bytes to ``req["result_path"]``."""
+    import numpy as np
+
+    s = req["settings"]
+    reduce = s.get("reduce") or "none"
+    mask_name = s.get("mask_input")
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as exc:
+        raise AgentFailure("RUNTIME_MISSING", "onnxruntime is not importable: %s" % exc) from exc
+    t0 = time.perf_counter()
+    runner = OrtRunner(req["model_path"], s, random_feed=False)
+    load_ms = (time.perf_counter() - t0) * 1000
+    sess = runner.sess
+    inputs = [(i.name, list(i.shape), _NP_TYPES.get(i.type, "float32")) for i in sess.get_inputs()]
+    with np.load(req["data_path"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    feed, n = _feed_arrays(np, arrays, inputs)
+    mask = None
+    if reduce == "mean_pool" and mask_name:
+        if mask_name not in arrays:
+            raise ValueError("mask_input %r is not an array in the data file (it has: %s)"
+                             % (mask_name, ", ".join(sorted(arrays))))
+        mask = arrays[mask_name]
+        if mask.dtype.kind not in "iub" or mask.ndim != 2 or mask.shape[0] != n:
+            raise ValueError("mask %r must be an integer array [N, T] with N = %d, got %s %s"
+                             % (mask_name, n, mask.dtype, list(mask.shape)))
+    fixed = inputs[0][1][0] if inputs and inputs[0][1] else None
+    batch = fixed if isinstance(fixed, int) and fixed > 0 else max(1, int(s.get("batch") or 64))
+    out_name = sess.get_outputs()[0].name
+    parts = []
+    parent = req.get("agent_pid", os.getppid())
+    t_run = time.perf_counter()
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        chunk = {k: v[start:stop] for k, v in feed.items()}
+        real = stop - start
+        if real < batch and fixed == batch:  # a fixed batch: pad with the last row, drop its outputs
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - real, axis=0)]) for k, v in chunk.items()}
+        try:
+            out = sess.run([out_name], chunk)[0]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc):
+                raise AgentFailure("OOM", "the runtime ran out of memory: %s" % str(exc)[:500]) from exc
+            raise ValueError("the runtime failed on inputs %d-%d: %s" % (start, stop, str(exc)[:800])) from exc
+        if np.ndim(out) == 0 or np.shape(out)[0] != len(next(iter(chunk.values()))):
+            raise ValueError("the first output %r has shape %s: its first axis is not the batch"
+                             % (out_name, list(np.shape(out))))
+        parts.append(_reduce(np, np.asarray(out)[:real], reduce, None if mask is None else mask[start:stop]))
+        if os.getppid() != parent:
+            os._exit(3)  # the agent is gone: nobody will read this result
+    seconds = time.perf_counter() - t_run
+    result = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype="<f4")
+    if result.nbytes > MAX_RESULT:
+        raise ValueError("the output is %d bytes, over the %d-byte limit: reduce it on the device (reduce "
+                         "mean_pool) or send fewer inputs" % (result.nbytes, MAX_RESULT))
+    data = result.tobytes()
+    part = req["result_path"] + ".part"
+    with open(part, "wb") as f:
+        f.write(data)
+    os.replace(part, req["result_path"])
+    return {
+        "shape": [int(d) for d in result.shape], "dtype": "float32", "nbytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(), "n": int(n), "seconds": seconds, "load_ms": load_ms,
+        "batch": int(batch), "batches": len(parts), "output_name": out_name,
+        "runtime": {"name": "onnxruntime", "version": runner.version, "providers": runner.providers},
+    }
+
+
 def child_main():
     _die_with_parent()
     try:
@@ -592,7 +739,10 @@ def child_main():
             os._exit(3)  # the agent died before PR_SET_PDEATHSIG took hold: nobody will read this result
         if req.get("sensor") not in (None, "none"):
             req["_sensor"] = make_sensor(req["sensor"], req.get("sysfs_root", "/"))
-        out = {"ok": True, "result": measure_child(req)}
+        if req.get("mode", "measure") == "infer":
+            out = {"ok": True, "result": infer_child(req)}
+        else:
+            out = {"ok": True, "result": measure_child(req)}
     except AgentFailure as exc:
         out = {"ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
     except MemoryError:
@@ -613,8 +763,10 @@ class Agent:
     def __init__(self, cache_dir, sysfs_root, out):
         self.cache = os.path.abspath(os.path.expanduser(cache_dir))
         self.models = os.path.join(self.cache, "models")
+        self.data = os.path.join(self.cache, "data")
+        self.results = os.path.join(self.cache, "results")
         self.tmp = os.path.join(self.cache, "tmp")
-        for d in (self.models, self.tmp):
+        for d in (self.models, self.data, self.results, self.tmp):
             os.makedirs(d, exist_ok=True)
         self.root = sysfs_root
         self.out = out
@@ -630,11 +782,24 @@ class Agent:
         self.out.flush()
 
     def model_path(self, sha, ext):
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise AgentFailure("PROTOCOL", "bad sha256 %r" % sha[:80])
-        if ext not in (".onnx", ".tflite"):
-            raise AgentFailure("PROTOCOL", "model extension %r is neither .onnx nor .tflite" % ext[:20])
+        """Where a model lives: ``CACHE/models/<sha256><ext>``, ext ``.onnx`` or ``.tflite``."""
+        _check_sha(sha)
+        if ext not in MODEL_EXTS:
+            raise AgentFailure("PROTOCOL", "model extension %r is neither .onnx nor .tflite" % str(ext)[:20])
         return os.path.join(self.models, sha + ext)
+
+    def blob_path(self, sha, ext):
+        """Where an uploaded file lives: a model (see ``model_path``) or input data at
+        ``CACHE/data/<sha256>.npz``; any other extension is a PROTOCOL failure."""
+        if ext in DATA_EXTS:
+            _check_sha(sha)
+            return os.path.join(self.data, sha + ext)
+        return self.model_path(sha, ext)
+
+    def result_path(self, rid):
+        if not isinstance(rid, str) or len(rid) != 32 or any(c not in "0123456789abcdef" for c in rid):
+            raise AgentFailure("PROTOCOL", "bad result_id %r" % str(rid)[:80])
+        return os.path.join(self.results, rid + ".f32")
 
     def op_hello(self, args):
         return handshake(self.root)
@@ -643,10 +808,10 @@ class Agent:
         return {"time": time.time()}
 
     def op_has_model(self, args):
-        return {"present": os.path.exists(self.model_path(args["sha256"], args["ext"]))}
+        return {"present": os.path.exists(self.blob_path(args["sha256"], args["ext"]))}
 
     def op_put(self, args):
-        final = self.model_path(args["sha256"], args["ext"])
+        final = self.blob_path(args["sha256"], args["ext"])
         part = final + ".part"
         data = base64.b64decode(args["data"])
         mode = "r+b" if args["offset"] and os.path.exists(part) else "wb"
@@ -728,6 +893,71 @@ class Agent:
         }
         return res
 
+    def op_infer(self, args):
+        """Run the data file ``data_sha256`` through the model in a fresh child; see the module
+        docstring for the reply (inline bytes or a ``result_id`` to ``fetch``)."""
+        s = dict(args.get("settings") or {})
+        path = self.model_path(args["sha256"], args["ext"])
+        data_path = self.blob_path(args["data_sha256"], ".npz")
+        reduce = s.get("reduce") or "none"
+        if reduce not in REDUCES:
+            raise ValueError("reduce %r is not one of %s" % (reduce, ", ".join(REDUCES)))
+        for p, what in ((path, "model"), (data_path, "data file")):
+            if not os.path.exists(p):
+                raise AgentFailure("UPLOAD", "%s %s is not on the device; upload it first"
+                                   % (what, os.path.basename(p)[:12]))
+        if path.endswith(".tflite"):
+            raise AgentFailure("UNSUPPORTED", "on-device inference of .tflite models is not implemented in "
+                               "agent %s (only .onnx with onnxruntime)" % AGENT_VERSION)
+        for old in os.listdir(self.results):  # a host that died mid-fetch left it: nobody will ask again
+            try:
+                os.unlink(os.path.join(self.results, old))
+            except OSError:
+                pass
+        rid = hashlib.sha256(os.urandom(32)).hexdigest()[:32]
+        result_path = self.result_path(rid)
+        s["_tmp"] = self.tmp
+        req = {"mode": "infer", "model_path": path, "data_path": data_path, "result_path": result_path,
+               "settings": s, "agent_pid": os.getpid()}
+        timeout = float(s.get("timeout_s", 120.0))
+        t0 = time.perf_counter()
+        res = run_child(req, timeout, "inference")
+        res["agent_seconds"] = time.perf_counter() - t0
+        res["environment"] = {
+            "agent_version": AGENT_VERSION, "python": platform.python_version(), "os": platform.platform(),
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "runtime": res.pop("runtime"),
+            "governor": governor(self.root),
+        }
+        res["method"] = {"reduce": reduce, "mask_input": s.get("mask_input"), "batch": res.pop("batch"),
+                         "batches": res.pop("batches"), "threads": s.get("threads"), "timeout_s": timeout,
+                         "output": res.pop("output_name"), "process": "fresh child process per call"}
+        if res["nbytes"] <= INLINE_MAX:
+            with open(result_path, "rb") as f:
+                res["data"] = base64.b64encode(f.read()).decode()
+            os.unlink(result_path)
+        else:
+            res["result_id"] = rid
+        return res
+
+    def op_fetch(self, args):
+        """Up to ``FETCH_CHUNK`` bytes of a stored ``infer`` result from ``offset``; the result is
+        deleted once its last byte has been sent."""
+        path = self.result_path(args.get("result_id"))
+        offset = int(args.get("offset", 0))
+        if not os.path.exists(path):
+            raise AgentFailure("UPLOAD", "result %s is not on the device (already fetched, or replaced by a "
+                               "later infer)" % str(args.get("result_id"))[:12])
+        total = os.path.getsize(path)
+        if offset < 0 or offset > total:
+            raise ValueError("offset %d is outside the result (%d bytes)" % (offset, total))
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(FETCH_CHUNK)
+        last = offset + len(data) >= total
+        if last:
+            os.unlink(path)
+        return {"offset": offset, "total": total, "last": last, "data": base64.b64encode(data).decode()}
+
     def serve(self, inp):
         self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": AGENT_VERSION, "pid": os.getpid()})
         while True:
@@ -762,8 +992,14 @@ class Agent:
                     "traceback": traceback.format_exc()[-4000:]}})
 
 
-def run_child(req, timeout):
-    """Run one measurement in a fresh interpreter; a hard timeout kills it (RUN_TIMEOUT)."""
+def _check_sha(sha):
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise AgentFailure("PROTOCOL", "bad sha256 %r" % str(sha)[:80])
+
+
+def run_child(req, timeout, what="measurement"):
+    """Run one measurement (or inference: ``req["mode"]``) in a fresh interpreter; a hard timeout
+    kills it (RUN_TIMEOUT)."""
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "child"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -771,7 +1007,7 @@ def run_child(req, timeout):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise AgentFailure("RUN_TIMEOUT", "measurement did not finish within its %.1f s timeout" % timeout) from None
+        raise AgentFailure("RUN_TIMEOUT", "%s did not finish within its %.1f s timeout" % (what, timeout)) from None
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith(RESULT_MARK):
             reply = json.loads(line[len(RESULT_MARK):])
@@ -783,11 +1019,11 @@ def run_child(req, timeout):
             raise AgentFailure(e["kind"], e["message"])
     tail = err.decode(errors="replace").strip()[-500:]
     if proc.returncode == -signal.SIGKILL:
-        raise AgentFailure("OOM", "measurement child was killed (SIGKILL, likely the out-of-memory killer): %s" % tail)
+        raise AgentFailure("OOM", "%s child was killed (SIGKILL, likely the out-of-memory killer): %s" % (what, tail))
     if "MemoryError" in tail or "std::bad_alloc" in tail:
-        raise AgentFailure("OOM", "measurement child ran out of memory: %s" % tail)
-    raise AgentFailure("AGENT_CRASHED", "measurement child exited with status %s and no result: %s"
-                       % (proc.returncode, tail))
+        raise AgentFailure("OOM", "%s child ran out of memory: %s" % (what, tail))
+    raise AgentFailure("AGENT_CRASHED", "%s child exited with status %s and no result: %s"
+                       % (what, proc.returncode, tail))
 
 
 class RemoteError(Exception):

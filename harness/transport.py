@@ -11,6 +11,10 @@ keep a connection and an agent process open between calls and re-opens them afte
   plus ``clock_offset_s`` and ``rtt_s``; it raises ``DeviceError`` (with ``kind``) on failure.
 * ``measure(model_path, settings)`` never raises for a device or model failure: it returns a
   ``MeasureRecord`` with ``ok=False``, an ``error_kind`` and a one-line ``message``.
+* ``infer(model_path, data_path, settings)`` runs the ``.npz`` inputs through the model ON the
+  device and returns an ``InferRecord`` with the first output (reduced as asked) as a float32
+  array; like ``measure`` it never raises for a device, runtime, model or data failure. A simulated
+  transport answers UNSUPPORTED: it has no runtime to run inputs on.
 * ``close()`` ends the agent and the connection; calling it twice is harmless.
 
 Measured numbers are labelled ``measured``; a simulated transport labels its numbers ``simulated``.
@@ -24,9 +28,11 @@ import json
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from harness.devices import DeviceConfig
 from harness.errors import QaeError
@@ -73,9 +79,11 @@ class MeasureSettings:
     max_seconds: float = 150.0
     idle_seconds: float = 1.0
     genome: Any = None
+    #: the float model a genome applies to (for a simulated device's cost model); never sent to a device
+    base_model: str | None = None
 
     def to_agent(self, device: DeviceConfig) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "genome"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("genome", "base_model")}
         d["threads"] = self.threads if self.threads is not None else device.threads
         aff = self.affinity if self.affinity is not None else device.affinity
         d["affinity"] = list(aff) if aff is not None else None
@@ -118,6 +126,64 @@ class MeasureRecord:
         return cls(ok=False, source=source, device=device, error_kind=kind, message=message, **kw)
 
 
+@dataclass
+class InferSettings:
+    """How to run inputs on the device. ``batch`` is the inputs per run (a model with a fixed batch
+    dimension uses that instead); ``reduce`` is ``"none"`` (the raw first output, e.g. logits) or
+    ``"mean_pool"`` (mean over axis 1, [N, T, D] -> [N, D], weighted by the integer mask array named
+    ``mask_input`` in the data file, e.g. ``attention_mask``; unweighted when it is ``None``).
+    ``timeout_s`` is the hard limit on the inference child; ``threads`` defaults to the device's."""
+
+    timeout_s: float = 120.0
+    threads: int | None = None
+    batch: int = 64
+    reduce: str = "none"
+    mask_input: str | None = None
+
+    def to_agent(self, device: DeviceConfig) -> dict[str, Any]:
+        d = asdict(self)
+        d["threads"] = self.threads if self.threads is not None else device.threads
+        d["providers"] = list(device.providers)
+        return d
+
+
+@dataclass
+class InferRecord:
+    """One on-device inference or one failure. ``outputs`` is the (reduced) first output as a
+    float32 array with ``n`` rows, or ``None`` on failure; ``to_dict`` gives its shape and dtype
+    instead of the values. ``source`` is ``measured`` when the device computed it. ``seconds`` is the
+    time the runtime spent running all inputs (model load excluded). ``error_kind`` is ``None``
+    exactly when ``ok``: MODEL_LOAD, DATA_LOAD (the host cannot read the data file), RUN_TIMEOUT,
+    OOM, RUNTIME_MISSING, REMOTE_ERROR (e.g. data arrays that do not match the model's inputs),
+    PROTOCOL, UPLOAD, CONNECT, AGENT_CRASHED, UNSUPPORTED."""
+
+    ok: bool
+    source: str
+    device: str
+    model_sha256: str | None = None
+    data_sha256: str | None = None
+    outputs: np.ndarray | None = None
+    n: int = 0
+    seconds: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    error_kind: str | None = None
+    message: str = ""
+    uploaded_bytes: int = 0
+    method: dict[str, Any] = field(default_factory=dict)
+    phases_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(replace(self, outputs=None))
+        d.pop("outputs")
+        d["output_shape"] = list(self.outputs.shape) if self.outputs is not None else None
+        d["output_dtype"] = str(self.outputs.dtype) if self.outputs is not None else None
+        return d
+
+    @classmethod
+    def failure(cls, device: str, kind: str, message: str, source: str = "measured", **kw: Any) -> InferRecord:
+        return cls(ok=False, source=source, device=device, error_kind=kind, message=message, **kw)
+
+
 class Transport:
     """Interface; see the module docstring for the contract."""
 
@@ -127,6 +193,9 @@ class Transport:
         raise NotImplementedError
 
     def measure(self, model_path: Path, settings: MeasureSettings) -> MeasureRecord:
+        raise NotImplementedError
+
+    def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -317,9 +386,11 @@ class AgentTransport(Transport):
         facts["transport"] = self.device.transport
         return facts
 
-    def upload(self, client: AgentClient, path: Path, sha: str) -> int:
-        """Send the model unless the device already has it by sha256; returns bytes sent."""
-        ext = path.suffix if path.suffix in (".onnx", ".tflite") else ".onnx"
+    def upload(self, client: AgentClient, path: Path, sha: str, ext: str | None = None) -> int:
+        """Send the model (or, with ``ext=".npz"``, a data file) unless the device already has it by
+        sha256; returns bytes sent."""
+        if ext is None:
+            ext = path.suffix if path.suffix in (".onnx", ".tflite") else ".onnx"
         timeout = self.device.upload_timeout_s
         if client.call("has_model", {"sha256": sha, "ext": ext}, timeout, "upload")["present"]:
             return 0
@@ -377,6 +448,83 @@ class AgentTransport(Transport):
             op_times_ms=res.get("op_times_ms"), method=res.get("method", {}), environment=env,
             uploaded_bytes=uploaded, phases_s=phases, energy=energy,
         )
+
+    def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:
+        """Upload the model and the data once each (by sha256), run ``infer`` on the agent, and pull
+        the output bytes (inline, or by ``fetch`` in chunks), checked against the agent's sha256."""
+        model_path, data_path = Path(model_path), Path(data_path)
+        name = self.device.name
+        try:
+            sha = model_sha256(model_path)
+        except OSError as exc:
+            return InferRecord.failure(name, "MODEL_LOAD", f"cannot read {model_path}: {exc}")
+        if data_path.suffix != ".npz":
+            return InferRecord.failure(name, "DATA_LOAD", f"data file {data_path} is not an .npz", model_sha256=sha)
+        try:
+            data_sha = model_sha256(data_path)
+        except OSError as exc:
+            return InferRecord.failure(name, "DATA_LOAD", f"cannot read {data_path}: {exc}", model_sha256=sha)
+        phases: dict[str, float] = {}
+        uploaded = 0
+        phase = "connect"
+        t = time.perf_counter()
+        try:
+            client = self._session()
+            phases["connect"] = time.perf_counter() - t
+            phase, t = "upload", time.perf_counter()
+            uploaded = self.upload(client, model_path, sha)
+            uploaded += self.upload(client, data_path, data_sha, ".npz")
+            phases["upload"] = time.perf_counter() - t
+            phase, t = "measure", time.perf_counter()  # "measure": a silent agent here is a RUN_TIMEOUT
+            ext = model_path.suffix if model_path.suffix in (".onnx", ".tflite") else ".onnx"
+            res = client.call("infer", {"sha256": sha, "ext": ext, "data_sha256": data_sha,
+                                        "settings": settings.to_agent(self.device)},
+                              settings.timeout_s + 30.0, "measure")
+            phases["infer"] = time.perf_counter() - t
+            phase, t = "fetch", time.perf_counter()
+            raw, pieces = self._result_bytes(client, res)
+            phases["fetch"] = time.perf_counter() - t
+            outputs = np.frombuffer(raw, dtype="<f4").reshape([int(d) for d in res["shape"]]).astype(np.float32)
+        except DeviceError as exc:
+            phases[phase] = time.perf_counter() - t
+            if self.client is not None and self.client.dead:
+                self._drop()
+            return InferRecord.failure(name, exc.kind, exc.detail, model_sha256=sha, data_sha256=data_sha,
+                                       uploaded_bytes=uploaded, phases_s=phases)
+        except (KeyError, TypeError, ValueError) as exc:  # a reply that does not describe its bytes
+            return InferRecord.failure(name, "PROTOCOL", f"malformed infer reply: {type(exc).__name__}: {exc}",
+                                       model_sha256=sha, data_sha256=data_sha, uploaded_bytes=uploaded,
+                                       phases_s=phases)
+        env = res.get("environment", {})
+        env["transport"] = self.device.transport
+        method = dict(res.get("method", {}))
+        method["load_ms"] = res.get("load_ms")
+        method["transfer"] = f"fetch in {pieces} pieces" if pieces else "inline"
+        return InferRecord(ok=True, source="measured", device=name, model_sha256=sha, data_sha256=data_sha,
+                           outputs=outputs, n=int(res["n"]), seconds=float(res["seconds"]), environment=env,
+                           uploaded_bytes=uploaded, method=method, phases_s=phases)
+
+    def _result_bytes(self, client: AgentClient, res: dict[str, Any]) -> tuple[bytes, int]:
+        """The output bytes of an ``infer`` reply and the number of ``fetch`` calls (0: inline),
+        checked against the reply's size and sha256 (a mismatch is PROTOCOL)."""
+        parts: list[bytes] = []
+        if "data" in res:
+            raw = base64.b64decode(res["data"])
+        else:
+            got = 0
+            while True:
+                piece = client.call("fetch", {"result_id": res["result_id"], "offset": got},
+                                    self.device.upload_timeout_s, "fetch")
+                data = base64.b64decode(piece["data"])
+                parts.append(data)
+                got += len(data)
+                if piece.get("last") or not data:
+                    break
+            raw = b"".join(parts)
+        if len(raw) != int(res["nbytes"]) or hashlib.sha256(raw).hexdigest() != res["sha256"]:
+            raise DeviceError("PROTOCOL", f"inference result corrupted in transfer ({len(raw)} bytes, "
+                              f"expected {res['nbytes']})")
+        return raw, len(parts)
 
     def close(self) -> None:
         self._drop()

@@ -27,7 +27,15 @@ import numpy as np
 
 from harness.devices import DeviceConfig
 from harness.errors import InputError
-from harness.transport import DeviceError, MeasureRecord, MeasureSettings, Transport, model_sha256
+from harness.transport import (
+    DeviceError,
+    InferRecord,
+    InferSettings,
+    MeasureRecord,
+    MeasureSettings,
+    Transport,
+    model_sha256,
+)
 
 SimFn = Callable[[Path, MeasureSettings], dict[str, Any]]
 
@@ -93,7 +101,7 @@ class SimulatedTransport(Transport):
                 from profiles import load_profile  # type: ignore[attr-defined]
             except ImportError:
                 from profiles.schema import load_profile
-            model = load_model(model_path)
+            model = load_model(_base_model(model_path, settings), require_layers=False)
             genome = settings.genome
             if genome is None:
                 genome = Genome.uniform(Gene(weight_bits="fp", activation_bits="fp"),
@@ -140,5 +148,31 @@ class SimulatedTransport(Transport):
             method=method, environment={"transport": "simulated", "simulated": True},
         )
 
+    def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:
+        """Always an UNSUPPORTED failure record: a simulated device has no runtime to run inputs on."""
+        try:
+            sha: str | None = model_sha256(Path(model_path))
+        except OSError:
+            sha = None
+        return InferRecord.failure(
+            self.device.name, "UNSUPPORTED", f"simulated device {self.device.name} has no runtime to run inputs "
+            "on: on-device accuracy needs a real device (transport local or ssh)", source="simulated",
+            model_sha256=sha, environment={"transport": "simulated", "simulated": True})
+
     def close(self) -> None:
         self.closed = True
+
+
+def _base_model(model_path: Path, settings: MeasureSettings) -> str:
+    """The float model whose layers a genome describes: a quantized file has no float layers left, so
+    a simulated device costs the genome over its base (``settings.base_model``, or the builtin the
+    file's qae stamp names)."""
+    if settings.genome is None:
+        return str(model_path)
+    if settings.base_model:
+        return settings.base_model
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    base = props.get("qae.base_model", "")
+    return base if base.startswith("builtin:") else str(model_path)
