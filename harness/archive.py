@@ -81,6 +81,57 @@ CREATE TABLE IF NOT EXISTS errors (
     message TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'done', 'failed')),
+    device TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    device TEXT NOT NULL,
+    predicted REAL NOT NULL,
+    measured REAL NOT NULL,
+    fit_n INTEGER NOT NULL,
+    calibration_id TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fits (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    calibration_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    hashes TEXT NOT NULL,
+    in_sample_mape REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    target TEXT NOT NULL,
+    device TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_accuracy (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    device TEXT NOT NULL,
+    accuracy REAL,
+    mean_cosine REAL,
+    host_accuracy REAL,
+    metric TEXT,
+    error_kind TEXT,
+    message TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
 CREATE TABLE IF NOT EXISTS history (
     target TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -345,6 +396,202 @@ class Archive:
             (target,),
         ).fetchall()
         return [{"generation": g, "evaluations": e, "hypervolume": hv, "cache_hit_rate": r} for g, e, hv, r in rows]
+
+    # -- hardware in the loop ---------------------------------------------------------------------
+    def queue_job(self, target: str, genome_hash: str) -> bool:
+        """Queue a measurement once per candidate and target; False if it was queued before."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO jobs (target, hash, status, created, updated) VALUES (?, ?, 'queued', ?, ?)",
+                (target, genome_hash, now, now),
+            )
+            return cur.rowcount == 1
+
+    def jobs(self, target: str, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT hash, status, device, attempts FROM jobs WHERE target = ?"
+        args: tuple[Any, ...] = (target,)
+        if status:
+            sql += " AND status = ?"
+            args += (status,)
+        return [
+            {"hash": h, "status": st, "device": d, "attempts": a}
+            for h, st, d, a in self._db.execute(sql + " ORDER BY created", args)
+        ]
+
+    def finish_job(
+        self,
+        target: str,
+        genome_hash: str,
+        device: str,
+        values: dict[str, Value],
+        gap: dict[str, Any] | None,
+        engine_update: tuple[dict[str, Any], dict[str, Any], int] | None,
+    ) -> None:
+        """A measurement lands: its values, the job marked done, the gap and the revised engine record, at once."""
+        now = time.time()
+        with self.transaction() as db:
+            self._insert_values(db, target, genome_hash, values, now)
+            db.execute(
+                "UPDATE jobs SET status = 'done', device = ?, attempts = attempts + 1, updated = ? "
+                "WHERE target = ? AND hash = ?",
+                (device, now, target, genome_hash),
+            )
+            if gap is not None:
+                db.execute(
+                    "INSERT INTO gaps (target, generation, hash, device, predicted, measured, fit_n, calibration_id, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        target,
+                        gap["generation"],
+                        genome_hash,
+                        device,
+                        gap["predicted"],
+                        gap["measured"],
+                        gap["fit_n"],
+                        gap.get("calibration_id"),
+                        now,
+                    ),
+                )
+            if engine_update is not None:
+                record, state, generation = engine_update
+                self._update_record(db, target, genome_hash, record)
+                self._save_state(db, target, state, generation, now)
+
+    def fail_job(self, target: str, genome_hash: str, device: str, kind: str, message: str, final: bool) -> None:
+        """A measurement failed: the error is kept; a final failure closes the job, else it stays queued."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, device = ?, attempts = attempts + 1, updated = ? "
+                "WHERE target = ? AND hash = ?",
+                ("failed" if final else "queued", device, now, target, genome_hash),
+            )
+            db.execute(
+                "INSERT INTO errors (target, hash, error_kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                (target, genome_hash, kind, f"{device}: {message}"[:2000], now),
+            )
+
+    def revise(
+        self,
+        target: str,
+        updates: list[tuple[str, dict[str, Value], dict[str, Any]]],
+        state: dict[str, Any],
+        generation: int,
+        fit: dict[str, Any] | None = None,
+    ) -> None:
+        """Re-predictions after a refit: new values and revised engine records, with the fit, at once."""
+        now = time.time()
+        with self.transaction() as db:
+            if fit is not None:
+                db.execute(
+                    "INSERT INTO fits (target, generation, n, calibration_id, method, hashes, in_sample_mape, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        target,
+                        fit["generation"],
+                        fit["n"],
+                        fit["calibration_id"],
+                        fit["method"],
+                        json.dumps(fit["hashes"]),
+                        fit.get("in_sample_mape"),
+                        now,
+                    ),
+                )
+            for genome_hash, values, record in updates:
+                self._insert_values(db, target, genome_hash, values, now)
+                self._update_record(db, target, genome_hash, record)
+            self._save_state(db, target, state, generation, now)
+
+    @staticmethod
+    def _update_record(db: sqlite3.Connection, target: str, genome_hash: str, record: dict[str, Any]) -> None:
+        db.execute(
+            "UPDATE candidates SET record = ? WHERE target = ? AND hash = ?", (json.dumps(record), target, genome_hash)
+        )
+
+    def add_event(self, target: str, device: str | None, kind: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (target, device, kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                (target, device, kind, message, time.time()),
+            )
+
+    def events(self, target: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT target, device, kind, message, created FROM events", tuple[str, ...]()
+        if target is not None:
+            sql, args = sql + " WHERE target = ?", (target,)
+        return [
+            {"target": t, "device": d, "kind": k, "message": m, "created": c}
+            for t, d, k, m, c in self._db.execute(sql + " ORDER BY created", args)
+        ]
+
+    def gaps(self, target: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT generation, hash, device, predicted, measured, fit_n, calibration_id FROM gaps WHERE target = ? "
+            "ORDER BY created",
+            (target,),
+        )
+        return [
+            {"generation": g, "hash": h, "device": d, "predicted": p, "measured": m, "fit_n": n, "calibration_id": c}
+            for g, h, d, p, m, n, c in rows
+        ]
+
+    def fits(self, target: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT generation, n, calibration_id, method, hashes, in_sample_mape FROM fits WHERE target = ? "
+            "ORDER BY created",
+            (target,),
+        )
+        return [
+            {"generation": g, "n": n, "calibration_id": c, "method": m, "hashes": json.loads(h), "in_sample_mape": e}
+            for g, n, c, m, h, e in rows
+        ]
+
+    def latest_value(self, target: str, genome_hash: str, objective: str, source: str) -> Value | None:
+        row = self._db.execute(
+            "SELECT value, source, detail FROM value_log "
+            "WHERE target = ? AND hash = ? AND objective = ? AND source = ? ORDER BY id DESC LIMIT 1",
+            (target, genome_hash, objective, source),
+        ).fetchone()
+        return None if row is None else Value(row[0], row[1], json.loads(row[2]))
+
+    def set_device_accuracy(self, target: str, genome_hash: str, device: str, row: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO device_accuracy (target, hash, device, accuracy, mean_cosine, host_accuracy, "
+                "metric, error_kind, message, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    genome_hash,
+                    device,
+                    row.get("accuracy"),
+                    row.get("mean_cosine"),
+                    row.get("host_accuracy"),
+                    row.get("metric"),
+                    row.get("error_kind"),
+                    row.get("message"),
+                    time.time(),
+                ),
+            )
+
+    def device_accuracy(self, target: str) -> dict[str, dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT hash, device, accuracy, mean_cosine, host_accuracy, metric, error_kind, message "
+            "FROM device_accuracy WHERE target = ?",
+            (target,),
+        )
+        return {
+            h: {
+                "device": d,
+                "accuracy": a,
+                "mean_cosine": c,
+                "host_accuracy": ha,
+                "metric": m,
+                "error_kind": k,
+                "message": msg,
+            }
+            for h, d, a, c, ha, m, k, msg in rows
+        }
 
     def count(self, target: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0])

@@ -31,6 +31,7 @@ def register(sub: Any) -> None:
         help="latency=MS, energy=MJ, memory=MB, size=KB, accuracy=LOSS; overrides the profile's",
     )
     _common(p)
+    _devices(p)
     p.add_argument("--emulated", action="store_true", help="also search emulated widths (2, 3, 6 bits)")
     p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder")
     p.set_defaults(func=cmd_search)
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-device", action="store_true", help="skip measuring on this machine (local device)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -64,6 +66,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="evaluation worker processes")
     p.add_argument("--out", help="run folder (default results/MODEL-TIMESTAMP)")
+
+
+def _devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="measure on this device during the search (repeat; devices of one profile form a pool)")
+    p.add_argument("--devices", metavar="FILE", help="devices.yaml (default $QAE_DEVICES, else ./devices.yaml)")
+    p.add_argument("--measure-per-gen", type=int, default=3, metavar="K",
+                   help="measurements per generation and device group (default %(default)s)")
+    p.add_argument("--measure-runs", type=int, default=20, help="timed runs per measurement (default %(default)s)")
+    p.add_argument("--measure-seconds", type=float, default=0.3,
+                   help="minimum timed seconds per measurement (default %(default)s)")
+
+
+def _hil(args: argparse.Namespace) -> dict[str, Any]:
+    if args.measure_per_gen < 0 or args.measure_runs < 1 or args.measure_seconds < 0:
+        raise InputError("--measure-per-gen must be >= 0, --measure-runs >= 1 and --measure-seconds >= 0")
+    return {"per_generation": args.measure_per_gen, "runs": args.measure_runs, "min_seconds": args.measure_seconds}
 
 
 def _weights(text: str | None) -> dict[str, float] | None:
@@ -91,8 +110,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _run(cfg, out, resume=True)
     if not args.model:
         raise InputError("give a MODEL (an .onnx file or builtin:NAME), or --resume RUN")
-    if not args.profile:
-        raise InputError("give at least one --profile (see `qae profiles list`)")
+    if not args.profile and not args.device:
+        raise InputError("give at least one --profile (see `qae profiles list`) or --device")
     if args.generations < 1 or args.population < 2 or args.workers < 1:
         raise InputError("--generations must be >= 1, --population >= 2 and --workers >= 1")
     cfg = SearchConfig(
@@ -107,6 +126,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         emulated=args.emulated,
+        devices=list(args.device),
+        devices_file=args.devices,
+        hil=_hil(args),
     )
     out = Path(args.out) if args.out else default_out(args.model)
     if (out / "archive.sqlite").exists():
@@ -125,6 +147,7 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
         TimeRemainingColumn,
     )
 
+    from harness.devices import get_device
     from harness.model import load_model
     from harness.report import build_report
     from harness.searcher import Progress as Step
@@ -132,6 +155,8 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
     from profiles import load_profile
 
     load_model(cfg.model)  # an unknown or broken model fails here, before any work
+    for name in cfg.devices:
+        get_device(name, cfg.devices_file)  # so does an unknown device
     for name in cfg.profiles:
         load_profile(name)  # so does an unknown profile
     from harness.searcher import OBJECTIVES
@@ -157,8 +182,14 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
         for name in cfg.profiles:
             tasks[name] = bar.add_task("", total=cfg.generations, target=name, evals=0, hv="-", best="-", hit="-")
 
+        def task_for(target: str) -> Any:
+            if target not in tasks:
+                tasks[target] = bar.add_task("", total=cfg.generations, target=target, evals=0, hv="-", best="-",
+                                             hit="-")
+            return tasks[target]
+
         def on_progress(step: Step) -> None:
-            task = tasks.get(step.target) or next(iter(tasks.values()))
+            task = task_for(step.target)
             best = (
                 (
                     f"{step.best.get('accuracy', 0) * 100:.1f}% / {step.best.get('size', 0) / 1e3:.1f}KB / "
@@ -170,13 +201,13 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
             bar.update(
                 task,
                 completed=step.generation,
-                evals=step.evaluations,
+                evals=step.evaluations if step.measured is None else f"{step.evaluations} ({step.measured} measured)",
                 hv=f"{step.hypervolume:.3f}",
                 best=best,
                 hit=f"{step.hit_rate * 100:.0f}%",
             )
 
-        archive = run_search(cfg, out, resume=resume, on_progress=on_progress)
+        archive = run_search(cfg, out, resume=resume, on_progress=on_progress, say=lambda m: bar.console.print(m))
     archive.close()
     report = build_report(out)
     _summary(console, out)
@@ -253,6 +284,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         population=args.population,
         seed=args.seed,
         workers=args.workers,
+        devices=[] if args.no_device else ["local"],
+        hil={"per_generation": 3, "runs": 20, "min_seconds": 0.3},
     )
     out = Path(args.out) if args.out else default_out("builtin:digits-vit")
     if (out / "archive.sqlite").exists():

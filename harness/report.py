@@ -267,6 +267,47 @@ def plot_heatmap(front: Front, layers: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_calibration(archive: Archive, target: str, path: Path) -> bool:
+    """Measured vs predicted latency, and the prediction error per generation, for a device group."""
+    from harness.hil import gap_summary
+
+    gaps = archive.gaps(target)
+    if not gaps:
+        return False
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    meas = np.array([g["measured"] for g in gaps])
+    pred = np.array([g["predicted"] for g in gaps])
+    gen = np.array([g["generation"] for g in gaps])
+    sc = ax.scatter(meas, pred, c=gen, cmap="plasma", s=28, edgecolors="black", linewidths=0.4)
+    lo, hi = float(min(meas.min(), pred.min())) * 0.8, float(max(meas.max(), pred.max())) * 1.25
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="prediction = measurement")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="#9c9", alpha=0.3, label="±10 %")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency, p50 (ms)")
+    ax.set_ylabel("predicted just before measuring (ms)")
+    ax.set_title(f"{target}: predicted vs measured", fontsize=10)
+    fig.colorbar(sc, ax=ax, label="generation")
+    ax.legend(fontsize=8, loc="upper left")
+    rows = gap_summary(gaps)
+    bx.plot([r["generation"] for r in rows], [r["mape"] * 100 for r in rows], marker="o", color="#c33")
+    for r in rows:
+        bx.annotate(
+            f"n={r['n']}", (r["generation"], r["mape"] * 100), xytext=(3, 4), textcoords="offset points", fontsize=7
+        )
+    bx.set_xlabel("generation")
+    bx.set_ylabel("mean |error| on newly measured (%)")
+    bx.set_title("cost model error as measurements come in (online re-fit)", fontsize=10)
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _gene(c: Candidate, layer: str) -> dict[str, Any]:
     default = c.genome.get("default", {})
     return {**default, **c.genome.get("layers", {}).get(layer, {})}
@@ -297,6 +338,8 @@ def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
             plot_front(front, run / f"front_{slug}.png", baselines)
             plot_heatmap(front, layers, run / f"heatmap_{slug}.png")
             images += [f"front_{slug}.png", f"heatmap_{slug}.png"]
+            if plot_calibration(archive, front.target, run / f"calibration_{slug}.png"):
+                images.append(f"calibration_{slug}.png")
         plot_hypervolume({t: archive.history(t) for t in targets}, run / "hypervolume.png")
         images.append("hypervolume.png")
         page = _html(run, cfg, fronts, archive, objectives)
@@ -375,6 +418,7 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         parts.append(_img(run, f"front_{slug}.png"))
         parts.append(_table(front, objectives))
         parts.append(_img(run, f"heatmap_{slug}.png"))
+        parts.append(_devices_html(run, archive, front, slug))
         errors = archive.errors(front.target)
         if errors:
             parts.append(
@@ -382,6 +426,62 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
                 f"{html.escape(errors[0]['message'][:200])}</p>"
             )
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
+    """Hardware in the loop: measured share of the front, device events, fits, on-device accuracy."""
+    jobs = archive.jobs(front.target)
+    if not jobs:
+        return ""
+    measured = sum(
+        1 for c in front.points if c.values.get("latency") and c.values["latency"].source in ("measured", "simulated")
+    )
+    parts = [
+        f"<h3>Measured on the devices of {html.escape(front.target)}</h3>",
+        f"<p>{measured} of {len(front.points)} front points have measured latency; "
+        f"{sum(j['status'] == 'done' for j in jobs)} measurements in all, "
+        f"{sum(j['status'] == 'queued' for j in jobs)} still waiting for a device.</p>",
+        _img(run, f"calibration_{slug}.png"),
+    ]
+    events = archive.events(front.target)
+    if events:
+        items = "".join(f"<li><b>{html.escape(e['kind'])}</b> {html.escape(e['message'])}</li>" for e in events)
+        parts.append(f"<p>Device events:</p><ul>{items}</ul>")
+    fits = archive.fits(front.target)
+    if fits:
+        fit_rows = "".join(
+            f"<tr><td>{f['generation']}</td><td>{f['n']}</td><td class='l'>{html.escape(f['method'])}</td>"
+            f"<td class='l'>{html.escape(f['calibration_id'])}</td>"
+            f"<td>{(f['in_sample_mape'] or 0) * 100:.1f}</td></tr>"
+            for f in fits
+        )
+        parts.append(
+            "<p>Online re-fits of the cost model:</p><table><tr><th>generation</th><th>measurements</th>"
+            f"<th>method</th><th>calibration id</th><th>in-sample MAPE (%)</th></tr>{fit_rows}</table>"
+        )
+    acc = archive.device_accuracy(front.target)
+    if acc:
+        rows: list[str] = []
+        for h, a in acc.items():
+            if a["accuracy"] is None:
+                rows.append(
+                    f"<tr><td class='l'><code>{h}</code></td><td class='l' colspan=4>"
+                    f"{html.escape(str(a['error_kind']))}: {html.escape(str(a['message']))[:160]}</td></tr>"
+                )
+                continue
+            gap = (a["accuracy"] - (a["host_accuracy"] or 0)) * 100
+            flag = " style='background:#fdd'" if abs(gap) > 1 else ""
+            rows.append(
+                f"<tr{flag}><td class='l'><code>{h}</code></td><td>{a['host_accuracy'] * 100:.2f}</td>"
+                f"<td>{a['accuracy'] * 100:.2f}</td><td>{gap:+.2f}{' ⚠ over 1 point' if flag else ''}</td>"
+                f"<td class='l'>{html.escape(a['device'])}</td></tr>"
+            )
+        parts.append(
+            "<p>Accuracy on the device vs on the host (final front):</p><table><tr><th>candidate</th>"
+            "<th>host (%)</th><th>device (%)</th><th>gap (pts)</th><th>device</th></tr>"
+            f"{''.join(rows)}</table>"
+        )
     return "\n".join(parts)
 
 

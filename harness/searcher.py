@@ -71,6 +71,9 @@ class SearchConfig:
     emulated: bool = False
     scheme: str = "symmetric"
     granularity: str = "per_channel"
+    devices: list[str] = field(default_factory=list)
+    devices_file: str | None = None
+    hil: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,6 +140,7 @@ class HostEvaluator:
                 "method": cfg.method,
                 "onnxruntime": onnxruntime.__version__,
                 "threads": 1,
+                "metric": getattr(work, "metric", "auto"),
             }
         )
         self.pool: ProcessPoolExecutor | None = None
@@ -252,36 +256,52 @@ def _gene_value(gene: Gene) -> tuple[Any, ...]:
     return (gene.weight_bits, gene.activation_bits, gene.scheme, gene.granularity)
 
 
-def objective_values(
-    host: dict[str, Any], fp32_accuracy: float, target: Target, genome: Genome
-) -> tuple[dict[str, Value], dict[str, float]]:
-    """(values with provenance, raw objective numbers in engine units) for one evaluated genome."""
-    pred = target.table.predict(genome)
+def host_values(host: dict[str, Any]) -> dict[str, Value]:
+    """Accuracy and size of a built candidate, computed on this host."""
     emulated = bool(host.get("emulated"))
     computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "metric": host["metric"], "emulated": emulated}
-    predicted = {
-        "profile": pred.profile,
-        "calibration_id": pred.calibration_id,
-        "expected_error": pred.uncertainty,
-        "emulated": emulated,
-    }
     values = {
         "accuracy": Value(float(host["accuracy"]), "computed", computed),
         "size": Value(float(host["weight_bytes"]), "computed", {**computed, "unit": "bytes", "nominal": True}),
-        "latency": Value(pred.latency_ms, "predicted", {**predicted, "unit": "ms"}),
-        "energy": Value(pred.energy_j * 1e3, "predicted", {**predicted, "unit": "mJ"}),
-        "memory": Value(pred.memory_bytes, "predicted", {**predicted, "unit": "bytes"}),
     }
     if host.get("mean_cosine") is not None:
         values["mean_cosine"] = Value(float(host["mean_cosine"]), "computed", computed)
-    raw = {
-        "accuracy": fp32_accuracy - float(host["accuracy"]),
-        "size": float(host["weight_bytes"]),
-        "latency": pred.latency_ms,
-        "energy": pred.energy_j * 1e3,
-        "memory": pred.memory_bytes,
+    return values
+
+
+def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, Value]:
+    """Latency, energy and memory predicted by ``table`` (a cost table, possibly re-fitted online)."""
+    pred = table.predict(genome)
+    detail = {
+        "profile": pred.profile,
+        "calibration_id": pred.calibration_id,
+        "expected_error": pred.uncertainty,
+        "emulated": genome.emulated,
+        "fit_n": fit_n,
     }
-    return values, raw
+    return {
+        "latency": Value(pred.latency_ms, "predicted", {**detail, "unit": "ms"}),
+        "energy": Value(pred.energy_j * 1e3, "predicted", {**detail, "unit": "mJ"}),
+        "memory": Value(pred.memory_bytes, "predicted", {**detail, "unit": "bytes"}),
+    }
+
+
+def raw_objectives(values: dict[str, Value], fp32_accuracy: float) -> dict[str, float]:
+    """Objective numbers in engine units (all minimised) from the current values of a candidate."""
+    raw = {name: float(values[name].value) for name in OBJECTIVES if name in values}
+    raw["accuracy"] = fp32_accuracy - float(values["accuracy"].value)
+    return raw
+
+
+def evaluation_of(
+    values: dict[str, Value], fp32_accuracy: float, objectives: Sequence[str], budgets: dict[str, float]
+) -> tuple[Any, float]:
+    """(the engine's Evaluation, total budget violation) for a candidate's current values."""
+    from search import Evaluation
+
+    raw = raw_objectives(values, fp32_accuracy)
+    viol = violations(raw, budgets)
+    return Evaluation.ok([raw[o] for o in objectives], viol), float(sum(max(v, 0.0) for v in viol))
 
 
 def violations(raw: dict[str, float], budgets: dict[str, float]) -> list[float]:
@@ -305,12 +325,54 @@ class Progress:
     hit_rate: float
     best: dict[str, float]
     elapsed_s: float
+    measured: int | None = None
+
+
+def device_targets(
+    cfg: SearchConfig, work: Workload, archive: Archive, out: Path, say: Callable[[str], None]
+) -> list[Any]:
+    """Group the --device devices by hardware profile; each group is one measured target."""
+    from harness.devices import DeviceConfig, get_device
+    from harness.hil import DeviceTarget, HilSettings
+    from profiles import load_profile
+
+    groups: dict[str, list[DeviceConfig]] = {}
+    for name in cfg.devices:
+        device = get_device(name, cfg.devices_file)
+        profile_name = device.profile or ("host-cpu" if device.transport == "local" else None)
+        if profile_name is None:
+            raise InputError(
+                f"device {name} has no profile: set `profile:` for it in devices.yaml "
+                "(`qae profiles list` shows the profiles)"
+            )
+        groups.setdefault(profile_name, []).append(device)
+    targets = []
+    for profile_name, devices in groups.items():
+        profile = load_profile(profile_name)
+        targets.append(
+            DeviceTarget(
+                "+".join(d.name for d in devices),
+                devices,
+                profile,
+                work,
+                archive,
+                out,
+                {**profile.budgets, **cfg.budgets},
+                HilSettings(**cfg.hil),
+                say,
+            )
+        )
+    return targets
 
 
 def run_search(
-    cfg: SearchConfig, out: Path, resume: bool = False, on_progress: Callable[[Progress], None] | None = None
+    cfg: SearchConfig,
+    out: Path,
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    say: Callable[[str], None] = print,
 ) -> Archive:
-    """Run (or resume) the search for every target profile; returns the archive."""
+    """Run (or resume) the search for every target profile and device group; returns the archive."""
     from search import Engine, EngineConfig, Record, SearchError, SearchSpace
 
     for name in cfg.objectives:
@@ -321,10 +383,11 @@ def run_search(
     work = Workload.open(cfg.model, calib=cfg.calib, eval_data=cfg.data, method=cfg.method)
     if work.eval_data is None:
         raise InputError("--data is required for a model that is not a builtin: give an evaluation .npz")
-    targets = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
+    targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
     archive = Archive(out / "archive.sqlite")
     if not resume:
         archive.start({**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names})
+    targets += device_targets(cfg, work, archive, out, say)
     evaluator = HostEvaluator(work, cfg)
     fp32 = work.evaluate(None).accuracy
     choices = layer_choices(work, cfg)
@@ -355,39 +418,99 @@ def run_search(
                     engine = Engine(space, engine_cfg)
             except SearchError as exc:
                 raise InputError(f"cannot resume the run in {out} ({exc}): start a new run with --out") from None
-            _drive(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress)
+            _Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress).run()
         archive.set_status("finished")
     finally:
         evaluator.close()
+        for target in targets:
+            if hasattr(target, "close"):
+                target.close()
     return archive
 
 
-def _drive(
-    engine: Any,
-    space: Any,
-    work: Workload,
-    evaluator: HostEvaluator,
-    target: Target,
-    cfg: SearchConfig,
-    fp32: float,
-    archive: Archive,
-    started: float,
-    on_progress: Callable[[Progress], None] | None,
-) -> None:
-    from search import Evaluation
+class _Driver:
+    """The ask/evaluate/tell loop of one target, with the hardware-in-the-loop hooks of a device group."""
 
-    layer_ops = work.layer_ops
-    while not engine.done:
-        batch = engine.ask()
-        if not batch:
-            break
-        genomes = [Genome.from_dict({"layers": _layers_dict(space.decode(g))}, layer_ops) for g in batch]
-        hosts = evaluator.evaluate(genomes)
+    def __init__(
+        self,
+        engine: Any,
+        space: Any,
+        work: Workload,
+        evaluator: HostEvaluator,
+        target: Any,
+        cfg: SearchConfig,
+        fp32: float,
+        archive: Archive,
+        started: float,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        from harness.hil import DeviceTarget
+
+        self.engine, self.space, self.work, self.evaluator = engine, space, work, evaluator
+        self.target, self.cfg, self.fp32, self.archive = target, cfg, fp32, archive
+        self.started, self.on_progress = started, on_progress
+        self.hil: DeviceTarget | None = target if isinstance(target, DeviceTarget) else None
+        self.key_of: dict[str, Any] = {}
+        self.hash_by_key: dict[Any, str] = {}
+        self.genomes: dict[str, Genome] = {}
+        stored = {c.hash: c.genome for c in archive.candidates(target.name)}
+        for record, genome_hash in zip(archive.engine_records(target.name), stored):
+            self._remember(tuple(int(x) for x in record["genome"]), genome_hash)
+
+    def _remember(self, key: Any, genome_hash: str, genome: Genome | None = None) -> None:
+        self.key_of[genome_hash] = key
+        self.hash_by_key[key] = genome_hash
+        if genome is not None:
+            self.genomes[genome_hash] = genome
+
+    def genome_of(self, genome_hash: str) -> Genome:
+        if genome_hash not in self.genomes:
+            key = self.key_of[genome_hash]
+            self.genomes[genome_hash] = Genome.from_dict(
+                {"layers": _layers_dict(self.space.decode(key))}, self.work.layer_ops
+            )
+        return self.genomes[genome_hash]
+
+    def hash_of(self, key: Any) -> str:
+        return self.hash_by_key[tuple(int(x) for x in key)]
+
+    def objective(self, genome: Genome, values: dict[str, Value]) -> Any:
+        return evaluation_of(values, self.fp32, self.cfg.objectives, self.target.budgets)[0]
+
+    def run(self) -> None:
+        engine, hil = self.engine, self.hil
+        if hil is not None:
+            requeued = hil.requeue_unfinished(self.genome_of, engine.generation + 1)
+            if requeued:
+                hil.say(f"{hil.name}: {requeued} unfinished measurements queued again")
+        while not engine.done:
+            batch = engine.ask()
+            if not batch:
+                break
+            self._evaluate(batch)
+            if hil is not None:
+                generation = engine.generation
+                hil.poll(engine, self.key_of, self.objective, generation)
+                hil.revive()
+                hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
+                hil.schedule(engine, self.hash_of, self.genome_of, generation + 1)
+            self._progress()
+        if hil is not None:
+            self._finish()
+
+    def _predict(self, genome: Genome, table: Any, fit_n: int) -> dict[str, Value]:
+        return prediction_values(genome, table, fit_n)
+
+    def _evaluate(self, batch: list[Any]) -> None:
+        engine, target, archive = self.engine, self.target, self.archive
+        genomes = [Genome.from_dict({"layers": _layers_dict(self.space.decode(g))}, self.work.layer_ops) for g in batch]
+        hosts = self.evaluator.evaluate(genomes)
+        fit_n = self.hil.fit_n if self.hil is not None else 0
         for g, genome, host in zip(batch, genomes, hosts):
+            self._remember(tuple(g), genome.hash, genome)
+            generation = engine.generation + 1
             if "error_kind" in host:
-                evaluation = Evaluation.failure(host["message"])
-                generation = engine.generation + 1
-                engine.tell([g], [evaluation])
+                engine.tell([g], [Evaluation_failure(host["message"])])
                 archive.record(
                     target.name,
                     genome.hash,
@@ -401,12 +524,9 @@ def _drive(
                     *_state(engine, g),
                 )
                 continue
-            values, raw = objective_values(host, fp32, target, genome)
-            viol = violations(raw, target.budgets)
-            evaluation = Evaluation.ok([raw[o] for o in cfg.objectives], viol)
-            generation = engine.generation + 1
+            values = {**host_values(host), **prediction_values(genome, target.table, fit_n)}
+            evaluation, total = evaluation_of(values, self.fp32, self.cfg.objectives, target.budgets)
             engine.tell([g], [evaluation])
-            total = float(sum(max(v, 0.0) for v in viol))
             archive.record(
                 target.name,
                 genome.hash,
@@ -419,22 +539,56 @@ def _drive(
                 [],
                 *_state(engine, g),
             )
-        hv = front_hypervolume(archive, target.name, cfg.objectives, fp32)
-        archive.add_history(target.name, engine.generation, engine.n_evaluations, hv, evaluator.cache.hit_rate)
-        if on_progress:
-            best = _best(archive, target.name)
-            on_progress(
-                Progress(
-                    target.name,
-                    engine.generation,
-                    cfg.generations,
-                    engine.n_evaluations,
-                    hv,
-                    evaluator.cache.hit_rate,
-                    best,
-                    time.time() - started,
-                )
+            if self.hil is not None:
+                self.hil.poll(engine, self.key_of, self.objective, generation)
+
+    def _finish(self) -> None:
+        """After the last generation: measure every front point (the front may move as they land)."""
+        hil, engine = self.hil, self.engine
+        assert hil is not None
+        generation = engine.generation + 1
+        for _ in range(hil.settings.final_rounds):
+            hil.poll(engine, self.key_of, self.objective, generation, block=True)
+            hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
+            front = engine.front(feasible_only=True) or engine.front(feasible_only=False)
+            picked = hil.schedule(engine, self.hash_of, self.genome_of, generation, limit=len(front))
+            if not picked and not hil.inflight:
+                break
+        hil.poll(engine, self.key_of, self.objective, generation, block=True)
+        front = engine.front(feasible_only=True) or engine.front(feasible_only=False)
+        hashes = [self.hash_of(r.genome) for r in front]
+        host = {c.hash: c.values["accuracy"].value for c in self.archive.candidates(hil.name) if "accuracy" in c.values}
+        hil.device_accuracy(hashes, self.genome_of, host)
+        self._progress()
+
+    def _progress(self) -> None:
+        engine, target = self.engine, self.target
+        hv = front_hypervolume(self.archive, target.name, self.cfg.objectives, self.fp32)
+        self.archive.add_history(
+            target.name, engine.generation, engine.n_evaluations, hv, self.evaluator.cache.hit_rate
+        )
+        if not self.on_progress:
+            return
+        measured = len(self.archive.jobs(target.name, "done")) if self.hil is not None else None
+        self.on_progress(
+            Progress(
+                target.name,
+                engine.generation,
+                self.cfg.generations,
+                engine.n_evaluations,
+                hv,
+                self.evaluator.cache.hit_rate,
+                _best(self.archive, target.name),
+                time.time() - self.started,
+                measured,
             )
+        )
+
+
+def Evaluation_failure(message: str) -> Any:  # noqa: N802 (reads as the engine's constructor)
+    from search import Evaluation
+
+    return Evaluation.failure(message)
 
 
 def _state(engine: Any, genome: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:

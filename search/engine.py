@@ -28,7 +28,7 @@ Not thread-safe: one engine belongs to one driver loop.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -211,6 +211,21 @@ class Engine:
         self._told.update(staged)
         if self._batch and len(self._told) == len(self._batch):
             self._complete_batch()
+
+    def revise(self, genome: Sequence[int], result: Evaluation) -> None:
+        """Replace the evaluation of an already told genome (a measurement replacing a prediction).
+
+        The record keeps its generation, origin and parents; the new objectives take effect at the
+        next survival and in ``front()``. Revising is not counted as an evaluation.
+        """
+        g = tuple(int(x) for x in genome)
+        checked = self._checked(result)
+        if g in self._told:
+            self._told[g] = checked
+        elif g in self._records:
+            self._records[g] = replace(self._records[g], evaluation=checked)
+        else:
+            raise SearchError(f"revise: genome {g!r} has not been told")
 
     def records(self) -> list[Record]:
         """Every told evaluation, in the order asked (complete batches, then the open one)."""
