@@ -13,6 +13,9 @@ target. Each generation:
 4. with new measurements the cost model is re-fitted (a scale on the base profile with few points,
    the full robust fit of ``profiles.fit`` with enough) and unmeasured candidates are re-predicted.
 
+A device that is this host (transport ``local``) is measured between generations instead, while
+the host-side evaluation waits: both would otherwise share the same cores.
+
 Faults: a device failing for device reasons has its job moved to a healthy device of the group;
 with none left the search continues on predictions and says so; a device that answers a handshake
 again is used again. Jobs live in the archive, so a resumed run queues unfinished ones again and
@@ -128,6 +131,9 @@ class DeviceTarget:
         self.base_table = CostTable(work.model.layers, base_profile, self.graph)
         self.table: Any = ScaledTable(self.base_table, 1.0, None, None)
         self.pool = DevicePool(devices)
+        # A device that is this host shares its CPU with the host-side evaluation: measuring it while
+        # candidates are evaluated would time the contention, so it is measured between generations.
+        self.shares_host = any(d.transport == "local" for d in devices)
         self.inflight: dict[str, _Inflight] = {}
         self.waiting: dict[str, tuple[Genome, int]] = {}
         self.fit_n = 0

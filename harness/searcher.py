@@ -494,6 +494,8 @@ class _Driver:
                 hil.revive()
                 hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
                 hil.schedule(engine, self.hash_of, self.genome_of, generation + 1)
+                if hil.shares_host:  # measure this host in a quiet window, not under the evaluation load
+                    hil.poll(engine, self.key_of, self.objective, generation + 1, block=True)
             self._progress()
         if hil is not None:
             self._finish()
