@@ -239,7 +239,8 @@ def layer_sensitivity(work: Workload, evaluator: HostEvaluator, cfg: SearchConfi
 
 
 def _bits(v: Any) -> float:
-    return {"fp": 32.0, "dynamic": 8.0}.get(v, float(v)) if isinstance(v, str) else float(v)
+    named = {"fp": 32.0, "dynamic": 8.0}
+    return named[v] if v in named else float(v)
 
 
 def choice_distance(a: Any, b: Any) -> float:
@@ -373,6 +374,7 @@ def run_search(
     say: Callable[[str], None] = print,
 ) -> Archive:
     """Run (or resume) the search for every target profile and device group; returns the archive."""
+    from harness.search_driver import Driver
     from search import Engine, EngineConfig, Record, SearchError, SearchSpace
 
     for name in cfg.objectives:
@@ -418,7 +420,7 @@ def run_search(
                     engine = Engine(space, engine_cfg)
             except SearchError as exc:
                 raise InputError(f"cannot resume the run in {out} ({exc}): start a new run with --out") from None
-            _Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress).run()
+            Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress).run()
         archive.set_status("finished")
     finally:
         evaluator.close()
@@ -426,171 +428,6 @@ def run_search(
             if hasattr(target, "close"):
                 target.close()
     return archive
-
-
-class _Driver:
-    """The ask/evaluate/tell loop of one target, with the hardware-in-the-loop hooks of a device group."""
-
-    def __init__(
-        self,
-        engine: Any,
-        space: Any,
-        work: Workload,
-        evaluator: HostEvaluator,
-        target: Any,
-        cfg: SearchConfig,
-        fp32: float,
-        archive: Archive,
-        started: float,
-        on_progress: Callable[[Progress], None] | None,
-    ) -> None:
-        from harness.hil import DeviceTarget
-
-        self.engine, self.space, self.work, self.evaluator = engine, space, work, evaluator
-        self.target, self.cfg, self.fp32, self.archive = target, cfg, fp32, archive
-        self.started, self.on_progress = started, on_progress
-        self.hil: DeviceTarget | None = target if isinstance(target, DeviceTarget) else None
-        self.key_of: dict[str, Any] = {}
-        self.hash_by_key: dict[Any, str] = {}
-        self.genomes: dict[str, Genome] = {}
-        stored = {c.hash: c.genome for c in archive.candidates(target.name)}
-        for record, genome_hash in zip(archive.engine_records(target.name), stored):
-            self._remember(tuple(int(x) for x in record["genome"]), genome_hash)
-
-    def _remember(self, key: Any, genome_hash: str, genome: Genome | None = None) -> None:
-        self.key_of[genome_hash] = key
-        self.hash_by_key[key] = genome_hash
-        if genome is not None:
-            self.genomes[genome_hash] = genome
-
-    def genome_of(self, genome_hash: str) -> Genome:
-        if genome_hash not in self.genomes:
-            key = self.key_of[genome_hash]
-            self.genomes[genome_hash] = Genome.from_dict(
-                {"layers": _layers_dict(self.space.decode(key))}, self.work.layer_ops
-            )
-        return self.genomes[genome_hash]
-
-    def hash_of(self, key: Any) -> str:
-        return self.hash_by_key[tuple(int(x) for x in key)]
-
-    def objective(self, genome: Genome, values: dict[str, Value]) -> Any:
-        return evaluation_of(values, self.fp32, self.cfg.objectives, self.target.budgets)[0]
-
-    def run(self) -> None:
-        engine, hil = self.engine, self.hil
-        if hil is not None:
-            requeued = hil.requeue_unfinished(self.genome_of, engine.generation + 1)
-            if requeued:
-                hil.say(f"{hil.name}: {requeued} unfinished measurements queued again")
-        while not engine.done:
-            batch = engine.ask()
-            if not batch:
-                break
-            self._evaluate(batch)
-            if hil is not None:
-                generation = engine.generation
-                hil.poll(engine, self.key_of, self.objective, generation)
-                hil.revive()
-                hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
-                hil.schedule(engine, self.hash_of, self.genome_of, generation + 1)
-                if hil.shares_host:  # measure this host in a quiet window, not under the evaluation load
-                    hil.poll(engine, self.key_of, self.objective, generation + 1, block=True)
-            self._progress()
-        if hil is not None:
-            self._finish()
-
-    def _predict(self, genome: Genome, table: Any, fit_n: int) -> dict[str, Value]:
-        return prediction_values(genome, table, fit_n)
-
-    def _evaluate(self, batch: list[Any]) -> None:
-        engine, target, archive = self.engine, self.target, self.archive
-        genomes = [Genome.from_dict({"layers": _layers_dict(self.space.decode(g))}, self.work.layer_ops) for g in batch]
-        hosts = self.evaluator.evaluate(genomes)
-        fit_n = self.hil.fit_n if self.hil is not None else 0
-        for g, genome, host in zip(batch, genomes, hosts):
-            self._remember(tuple(g), genome.hash, genome)
-            generation = engine.generation + 1
-            if "error_kind" in host:
-                engine.tell([g], [Evaluation_failure(host["message"])])
-                archive.record(
-                    target.name,
-                    genome.hash,
-                    genome.to_dict(),
-                    generation,
-                    genome.emulated,
-                    False,
-                    None,
-                    {},
-                    [(host["error_kind"], host["message"])],
-                    *_state(engine, g),
-                )
-                continue
-            values = {**host_values(host), **prediction_values(genome, target.table, fit_n)}
-            evaluation, total = evaluation_of(values, self.fp32, self.cfg.objectives, target.budgets)
-            engine.tell([g], [evaluation])
-            archive.record(
-                target.name,
-                genome.hash,
-                genome.to_dict(),
-                generation,
-                genome.emulated,
-                total == 0.0,
-                total,
-                values,
-                [],
-                *_state(engine, g),
-            )
-            if self.hil is not None:
-                self.hil.poll(engine, self.key_of, self.objective, generation)
-
-    def _finish(self) -> None:
-        """After the last generation: measure every front point (the front may move as they land)."""
-        hil, engine = self.hil, self.engine
-        assert hil is not None
-        generation = engine.generation + 1
-        for _ in range(hil.settings.final_rounds):
-            hil.poll(engine, self.key_of, self.objective, generation, block=True)
-            hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
-            front = engine.front(feasible_only=True) or engine.front(feasible_only=False)
-            picked = hil.schedule(engine, self.hash_of, self.genome_of, generation, limit=len(front))
-            if not picked and not hil.inflight:
-                break
-        hil.poll(engine, self.key_of, self.objective, generation, block=True)
-        front = engine.front(feasible_only=True) or engine.front(feasible_only=False)
-        hashes = [self.hash_of(r.genome) for r in front]
-        host = {c.hash: c.values["accuracy"].value for c in self.archive.candidates(hil.name) if "accuracy" in c.values}
-        hil.device_accuracy(hashes, self.genome_of, host)
-        self._progress()
-
-    def _progress(self) -> None:
-        engine, target = self.engine, self.target
-        hv = front_hypervolume(self.archive, target.name, self.cfg.objectives, self.fp32)
-        self.archive.add_history(
-            target.name, engine.generation, engine.n_evaluations, hv, self.evaluator.cache.hit_rate
-        )
-        if not self.on_progress:
-            return
-        measured = len(self.archive.jobs(target.name, "done")) if self.hil is not None else None
-        self.on_progress(
-            Progress(
-                target.name,
-                engine.generation,
-                self.cfg.generations,
-                engine.n_evaluations,
-                hv,
-                self.evaluator.cache.hit_rate,
-                _best(self.archive, target.name),
-                time.time() - self.started,
-                measured,
-            )
-        )
-
-
-def Evaluation_failure(message: str) -> Any:  # noqa: N802 (reads as the engine's constructor)
-    from search import Evaluation
-
-    return Evaluation.failure(message)
 
 
 def _state(engine: Any, genome: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:
