@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = population_rate(out)
     print(f"  cost model: table {rate['table_build_ms']:.1f} ms, then 100 genomes in "
           f"{rate['predict_100_genomes_ms']:.2f} ms")
-    result = {"benchmark": "costmodel", "profile": str(out), "elapsed_s": elapsed, **report, "population": rate}
+    from benchmarks.common import environment
+
+    result = {"benchmark": "costmodel", "profile": str(out), "elapsed_s": elapsed, **report, "population": rate,
+              "environment": environment()}
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "costmodel.json", json.dumps(result, indent=1, default=str))
     return 0

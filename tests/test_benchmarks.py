@@ -1,0 +1,62 @@
+"""Smoke test of the benchmark suite: the search-quality comparison on a tiny synthetic table.
+
+No timing is asserted: only that every method runs under the shared budget counting and that the
+JSON and summary have the shape ``make bench`` promises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_search, common, summary
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_search_quality_json_shape(results: Path) -> None:
+    assert bench_search.main(["--synthetic", "--budgets", "20,40", "--seeds", "2"]) == 0
+    data = json.loads((results / "search_quality.json").read_text())
+    assert set(data["median_hv_ratio"]) == {"20", "40"}
+    for row in data["median_hv_ratio"].values():
+        assert set(row) == set(bench_search.METHODS)
+        for ratio in row.values():
+            assert 0.0 <= ratio <= 1.0 + 1e-9
+    for name, run in data["runs"].items():
+        assert all(used <= 40 for used in run["evaluations_used"]), name
+    assert data["seeds"] == [0, 1]
+    assert {"machine", "date", "onnxruntime"} <= set(data["environment"])
+    path = summary.write_summary(results)
+    text = path.read_text()
+    assert "## Search quality" in text and "| qae |" in text
+
+
+def test_oracle_counts_distinct_genomes_once() -> None:
+    table = bench_search.synthetic_table()
+    oracle = bench_search.Oracle(table, budget=2)
+    genomes = list(table.rows)
+    oracle(genomes[0])
+    oracle(genomes[0])
+    oracle(genomes[1])
+    assert oracle.count == 2 and oracle.calls == 3
+    oracle(genomes[1])  # a repeat is free even when the budget is spent
+    with pytest.raises(bench_search.BudgetSpent):
+        oracle(genomes[2])
+
+
+def test_every_method_stays_within_budget() -> None:
+    table = bench_search.synthetic_table()
+    for name, runner in bench_search.RUNNERS.items():
+        oracle = bench_search.Oracle(table, budget=15)
+        try:
+            runner(oracle, 0)
+        except bench_search.BudgetSpent:
+            pass
+        assert 0 < oracle.count <= 15, name
+        assert len(set(oracle.order)) == oracle.count
