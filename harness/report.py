@@ -371,15 +371,14 @@ def _baseline_hashes(cfg: dict[str, Any], layers: list[str], archive: Archive) -
     """Uniform baselines present in the archive, found by their genome contents."""
     from harness.searcher import BASELINES
 
-    out = {}
+    out: dict[str, str] = {}
     for target in archive.targets():
         for c in archive.candidates(target):
-            genes = {json.dumps(_gene(c, name), sort_keys=True) for name in layers}
-            if len(genes) != 1:
-                continue
-            gene = json.loads(genes.pop())
+            genes = [_gene(c, name) for name in layers]
             for name, (w, a) in BASELINES.items():
-                if gene.get("weight_bits") == w and gene.get("activation_bits") in (a, "fp" if w == "fp" else a):
+                # an embedding Gather has no activation: its gene reads "fp" there (genome normalisation)
+                if genes and all(g.get("weight_bits") == w and g.get("activation_bits") in (a, "fp") for g in genes) \
+                        and any(g.get("activation_bits") == a for g in genes):
                     out[name] = c.hash
         break
     return out

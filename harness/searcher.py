@@ -50,7 +50,9 @@ MENU: tuple[tuple[Any, Any], ...] = (
     (16, 16),
 )
 EMULATED_MENU: tuple[tuple[Any, Any], ...] = ((6, 8), (3, 8), (2, "fp"), (3, "fp"))
-BASELINES = {"w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp")}
+#: Uniform genomes every initial population holds: static int8, int4 weights, float, and dynamic int8
+#: (ONNX Runtime's strongest simple baseline; FACTS.md).
+BASELINES = {"w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp"), "w8-dynamic": (8, "dynamic")}
 #: From high to low precision: sensitivity-guided genomes lower the least sensitive layers first.
 SENSITIVITY_LADDER = ((8, 8), (4, 8))
 
@@ -200,10 +202,14 @@ def layer_choices(work: Workload, cfg: SearchConfig) -> list[list[Gene]]:
     out = []
     for layer in work.model.layers:
         genes: list[Gene] = []
-        for w, a in menu:
-            gene = normalise(Gene(w, a, cfg.scheme, cfg.granularity), layer.op_type, layer.name)
-            if gene not in genes:
-                genes.append(gene)
+        # An embedding table has one row per token: per-row scales cost 4 bytes a row, which on a
+        # 30k-token vocabulary outweighs what they buy, so per-tensor is offered there too.
+        granularities = [cfg.granularity] + (["per_tensor"] if layer.op_type == "Gather" else [])
+        for granularity in dict.fromkeys(granularities):
+            for w, a in menu:
+                gene = normalise(Gene(w, a, cfg.scheme, granularity), layer.op_type, layer.name)
+                if gene not in genes:
+                    genes.append(gene)
         out.append(genes)
     return out
 
