@@ -61,7 +61,7 @@ class DeviceConfig:
         return d
 
 
-LOCAL = DeviceConfig(name="local", transport="local", python=sys.executable, sensor="auto")
+LOCAL = DeviceConfig(name="local", transport="local", python=sys.executable, sensor="auto", profile="host-cpu")
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "transport": (str,), "host": (str,), "port": (int,), "user": (str,), "key_file": (str,),
