@@ -41,7 +41,9 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A cache of its own: with the reference run's fitness cache every evaluation would be a hit and
+    # the run could finish between two polls, before the kill lands.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "QAE_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen(
         [
             sys.executable,
