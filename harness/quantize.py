@@ -211,6 +211,7 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
         # is wrong for per-row scales and adds nothing otherwise: a Gather layer is weight-only.
         gathers = [lay.output for lay in static if lay.op_type == "Gather"]
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
+        _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
     from onnxruntime.quantization.onnx_model import ONNXModel
 
@@ -430,6 +431,72 @@ def _strip_activation_qdq(proto: onnx.ModelProto, tensors: list[str]) -> None:
     for node in remove:
         proto.graph.node.remove(node)
     _drop_unused_initializers(proto)
+
+
+_GATHERABLE = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+
+
+def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> None:
+    """Gather the integer rows first, then dequantize only those: DequantizeLinear -> Gather would
+    dequantize the whole embedding table on every inference (30k x 384 values for MiniLM).
+
+    Per-tensor: Gather(Wq) -> DequantizeLinear. Per-row (axis 0): the rows' scales and zero points
+    are gathered too and applied as (q - zp) * scale. 4-bit tables keep the plain path (ONNX Runtime's
+    Gather takes no int4 data).
+    """
+    if not gather_nodes:
+        return
+    inits = {t.name: t for t in proto.graph.initializer}
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    nodes = list(proto.graph.node)
+    new_nodes: list[onnx.NodeProto] = []
+    dropped: set[str] = set()
+    for node in nodes:
+        dq = producers.get(node.input[0]) if node.name in gather_nodes and node.op_type == "Gather" else None
+        q = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if dq is None or q is None or q.data_type not in _GATHERABLE or dq.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        scale = inits[dq.input[1]]
+        zp = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        ids, out, tag = node.input[1], node.output[0], node.name
+        rows = f"{out}__qae_rows"
+        new_nodes.append(helper.make_node("Gather", [q.name, ids], [rows], name=f"{tag}/gather_q", axis=0))
+        per_row = len(scale.dims) == 1 and scale.dims[0] > 1
+        if not per_row:
+            new_nodes.append(helper.make_node("DequantizeLinear", [rows, scale.name] + ([zp] if zp else []), [out],
+                                              name=f"{tag}/dequantize"))
+        elif axis == 0:
+            axes = f"{out}__qae_axes"
+            proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
+            to = scale.data_type
+            new_nodes += [
+                helper.make_node("Cast", [rows], [f"{rows}_f"], name=f"{tag}/cast", to=to),
+                helper.make_node("Gather", [scale.name, ids], [f"{out}__qae_s"], name=f"{tag}/gather_s", axis=0),
+                helper.make_node("Unsqueeze", [f"{out}__qae_s", axes], [f"{out}__qae_s1"], name=f"{tag}/unsqueeze_s"),
+            ]
+            centred = f"{rows}_f"
+            if zp:
+                new_nodes += [
+                    helper.make_node("Gather", [zp, ids], [f"{out}__qae_z"], name=f"{tag}/gather_z", axis=0),
+                    helper.make_node("Cast", [f"{out}__qae_z"], [f"{out}__qae_zf"], name=f"{tag}/cast_z", to=to),
+                    helper.make_node("Unsqueeze", [f"{out}__qae_zf", axes], [f"{out}__qae_z1"],
+                                     name=f"{tag}/unsqueeze_z"),
+                    helper.make_node("Sub", [f"{rows}_f", f"{out}__qae_z1"], [f"{rows}_c"], name=f"{tag}/centre"),
+                ]
+                centred = f"{rows}_c"
+            new_nodes.append(helper.make_node("Mul", [centred, f"{out}__qae_s1"], [out], name=f"{tag}/scale"))
+        else:  # scales along another axis: not an embedding layout, keep the plain path
+            new_nodes.pop()
+            new_nodes.append(node)
+            continue
+        dropped.add(dq.output[0])
+    still_used = {name for n in new_nodes for name in n.input}
+    kept = [n for n in new_nodes if not (n.op_type == "DequantizeLinear" and n.output[0] in dropped
+                                         and n.output[0] not in still_used)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
 
 
 def _insert_clips(proto: onnx.ModelProto, clips: dict[str, tuple[float, float]]) -> None:
