@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.model import ModelInfo, builtin_data, load_model
+from harness.model import load_model
 
 
 def register(sub: Any) -> None:
@@ -64,14 +64,6 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]]:
         if not name or any(d <= 0 for d in shapes[name]):
             raise InputError(f"--input-shape {item!r} is not NAME=D1xD2x... with positive sizes")
     return shapes
-
-
-def default_data(model: ModelInfo, given: str | None, kind: str, option: str) -> str:
-    if given:
-        return given
-    if model.builtin:
-        return str(builtin_data(model.builtin, kind))
-    raise InputError(f"{option} is required for a model that is not a builtin: give an .npz file")
 
 
 def cmd_layers(args: argparse.Namespace) -> int:

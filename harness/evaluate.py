@@ -12,7 +12,6 @@ other initializer at its stored size.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,11 +207,3 @@ def evaluate(
         mean_cosine=cosine,
         labelled_accuracy=labelled,
     )
-
-
-def serialized_size(proto: onnx.ModelProto) -> int:
-    return proto.ByteSize()
-
-
-def file_size(path: str | Path) -> int:
-    return os.path.getsize(path)

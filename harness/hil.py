@@ -24,7 +24,6 @@ no measurement is stored twice.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -525,7 +524,3 @@ def gap_summary(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if g["measured"] > 0:
             by_gen.setdefault(int(g["generation"]), []).append(abs(g["predicted"] / g["measured"] - 1))
     return [{"generation": k, "n": len(v), "mape": float(np.mean(v))} for k, v in sorted(by_gen.items())]
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from harness.calibration import Ranges, activation_ranges
 from harness.data import Dataset, load_dataset
@@ -153,10 +152,3 @@ def evaluate_file(
 def _same_io(model: ModelInfo, ref: ModelInfo) -> None:
     if [i.name for i in model.inputs] != [i.name for i in ref.inputs]:
         raise ModelError("the reference model has other inputs than the model: give its FP32 original")
-
-
-def save_proto(proto: onnx.ModelProto, path: Path) -> None:
-    from harness.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))

@@ -140,14 +140,16 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
         )
     if front.points:
         lat = np.array([c.values["latency"].value for c in front.points])
-        measured = np.array([c.values["latency"].source == "measured" for c in front.points])
+        source = np.array([c.values["latency"].source for c in front.points])
         xs = np.array([c.values["size"].value / 1e3 for c in front.points])
         ys = np.array([c.values["accuracy"].value * 100 for c in front.points])
         vmin, vmax = float(lat.min()), float(lat.max()) if lat.max() > lat.min() else float(lat.min()) + 1e-9
         sc = None
+        # Each provenance its own marker: a simulated device's numbers are neither measured nor predicted.
         for mask, marker, label in (
-            (~measured, "o", "front, latency predicted"),
-            (measured, "*", "front, latency measured"),
+            (source == "predicted", "o", "front, latency predicted"),
+            (source == "simulated", "D", "front, latency simulated"),
+            (source == "measured", "*", "front, latency measured"),
         ):
             if mask.any():
                 sc = ax.scatter(
@@ -158,7 +160,7 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
                     vmin=vmin,
                     vmax=vmax,
                     marker=marker,
-                    s=70 if marker == "o" else 160,
+                    s={"o": 70, "D": 55}.get(marker, 160),
                     edgecolors="black",
                     linewidths=0.6,
                     label=label,
@@ -438,7 +440,8 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
     )
     parts = [
         f"<h3>Measured on the devices of {html.escape(front.target)}</h3>",
-        f"<p>{measured} of {len(front.points)} front points have measured latency; "
+        f"<p>{measured} of {len(front.points)} front points have latency from the device (measured, or simulated "
+             "on a simulated device); "
         f"{sum(j['status'] == 'done' for j in jobs)} measurements in all, "
         f"{sum(j['status'] == 'queued' for j in jobs)} still waiting for a device.</p>",
         _img(run, f"calibration_{slug}.png"),
