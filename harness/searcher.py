@@ -10,6 +10,7 @@ reaches the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 from harness.archive import Archive, Value
 from harness.errors import InputError, QaeError
 from harness.evalcache import EvalCache, settings_hash
-from harness.genome import Gene, Genome, normalise
+from harness.genome import Bits, Gene, Genome, normalise
 from harness.pipeline import Workload
 
 OBJECTIVES = ("accuracy", "size", "latency", "energy", "memory")
@@ -52,9 +53,14 @@ MENU: tuple[tuple[Any, Any], ...] = (
 EMULATED_MENU: tuple[tuple[Any, Any], ...] = ((6, 8), (3, 8), (2, "fp"), (3, "fp"))
 #: Uniform genomes every initial population holds: static int8, int4 weights, float, and dynamic int8
 #: (ONNX Runtime's strongest simple baseline; FACTS.md).
-BASELINES = {"w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp"), "w8-dynamic": (8, "dynamic")}
+BASELINES: dict[str, tuple[Bits, Bits]] = {
+    "w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp"), "w8-dynamic": (8, "dynamic"),
+}
 #: From high to low precision: sensitivity-guided genomes lower the least sensitive layers first.
 SENSITIVITY_LADDER = ((8, 8), (4, 8))
+#: Fallback genomes: the dynamic baseline with this many of its most sensitive layers reading float
+#: activations (a negative number is that fraction of the layers).
+FALLBACK_COUNTS = (1, 2, -0.125)
 
 
 @dataclass
@@ -202,14 +208,19 @@ def layer_choices(work: Workload, cfg: SearchConfig) -> list[list[Gene]]:
     out = []
     for layer in work.model.layers:
         genes: list[Gene] = []
+        gather = layer.op_type == "Gather"
         # An embedding table has one row per token: per-row scales cost 4 bytes a row, which on a
-        # 30k-token vocabulary outweighs what they buy, so per-tensor is offered there too.
-        granularities = [cfg.granularity] + (["per_tensor"] if layer.op_type == "Gather" else [])
+        # 30k-token vocabulary outweighs what they buy, so per-tensor is offered there too. Its values
+        # are rarely centred on zero (MiniLM's words span -0.51..1.05) and only the gathered rows are
+        # dequantized, so an asymmetric grid costs nothing at run time: it is offered as well.
+        granularities = [cfg.granularity] + (["per_tensor"] if gather else [])
+        schemes = [cfg.scheme] + (["asymmetric"] if gather else [])
         for granularity in dict.fromkeys(granularities):
-            for w, a in menu:
-                gene = normalise(Gene(w, a, cfg.scheme, granularity), layer.op_type, layer.name)
-                if gene not in genes:
-                    genes.append(gene)
+            for scheme in dict.fromkeys(schemes):
+                for w, a in menu:
+                    gene = normalise(Gene(w, a, scheme, granularity), layer.op_type, layer.name)
+                    if gene not in genes:
+                        genes.append(gene)
         out.append(genes)
     return out
 
@@ -247,6 +258,42 @@ def layer_sensitivity(work: Workload, evaluator: HostEvaluator, cfg: SearchConfi
 def _bits(v: Any) -> float:
     named = {"fp": 32.0, "dynamic": 8.0}
     return named[v] if v in named else float(v)
+
+
+def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[float] | None = None) -> list[Any]:
+    """The seeded baselines as choice values. ``w8-dynamic`` is ONNX Runtime's ``quantize_dynamic``
+    as a user would run it: per-channel int8 matmuls, embedding tables per-tensor asymmetric.
+
+    With ``sensitivity`` (one score per layer, high = sensitive), fallback genomes follow it: the
+    dynamic baseline with its ``FALLBACK_COUNTS`` most sensitive layers reading float activations
+    over their int8 weights (the same bytes; what accuracy-driven tuning does when it excludes
+    nodes from activation quantization, one step of it per genome).
+    """
+    from search.space import PerLayer
+
+    layers = work.model.layers
+    out: list[Any] = []
+    dynamic: list[tuple[Any, ...]] = []
+    for name, (w, a) in BASELINES.items():
+        value = (w, a, cfg.scheme, cfg.granularity)
+        if name == "w8-dynamic":
+            table = _gene_value(normalise(Gene(w, a, "asymmetric", "per_tensor"), "Gather", "embedding"))
+            dynamic = [table if lay.op_type == "Gather" else value for lay in layers]
+            out.append(PerLayer(tuple(dynamic)))
+        else:
+            out.append(value)
+    if sensitivity is None or not dynamic:
+        return out
+    # an embedding table reads indices: it has no activation to keep in float
+    order = [i for i in sorted(range(len(layers)), key=lambda i: (-sensitivity[i], i)) if dynamic[i][1] != "fp"]
+    counts = sorted({min(len(order), int(c) if c > 0 else math.ceil(-c * len(order))) for c in FALLBACK_COUNTS} - {0})
+    for count in counts:
+        values = list(dynamic)
+        for i in order[:count]:
+            w, _, scheme, granularity = dynamic[i]
+            values[i] = _gene_value(normalise(Gene(w, "fp", scheme, granularity), layers[i].op_type, layers[i].name))
+        out.append(PerLayer(tuple(values)))
+    return out
 
 
 def choice_distance(a: Any, b: Any) -> float:
@@ -405,7 +452,7 @@ def run_search(
     started = time.time()
     try:
         for target in targets:
-            baselines = [(*v, cfg.scheme, cfg.granularity) for v in BASELINES.values()]
+            baselines = baseline_values(work, cfg, sensitivity)
             engine_cfg = EngineConfig(
                 n_objectives=len(cfg.objectives),
                 n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,15 @@ from search.errors import SearchError
 Genome = tuple[int, ...]
 #: Distance between two choice values; used to fall back to the nearest allowed choice.
 ChoiceDistance = Callable[[Any, Any], float]
+
+
+@dataclass(frozen=True)
+class PerLayer:
+    """A baseline value per layer, where one uniform value would not say it: e.g. ONNX Runtime's
+    dynamic int8, whose matmuls and embedding tables are quantized differently. ``uniform`` takes it
+    like a single value (layers lacking their value fall back to the nearest choice)."""
+
+    values: tuple[Any, ...]
 
 
 def _canonical_json(value: Any) -> str:
@@ -94,20 +104,24 @@ class SearchSpace:
         return None
 
     def uniform(self, value: Any) -> Genome | None:
-        """The genome that gives every layer ``value``.
+        """The genome that gives every layer ``value`` (or, for a ``PerLayer``, each layer its own).
 
         Layers that do not allow ``value`` take the nearest allowed choice under ``distance``
         (ties go to the lower index); without a ``distance`` the uniform genome does not exist
         and None is returned, so callers skip that baseline.
         """
+        if isinstance(value, PerLayer) and len(value.values) != self.n_layers:
+            raise SearchError(f"search space: a per-layer baseline has {len(value.values)} values for "
+                              f"{self.n_layers} layers")
         genome: list[int] = []
         for layer in range(self.n_layers):
-            index = self.index_of(layer, value)
+            wanted = value.values[layer] if isinstance(value, PerLayer) else value
+            index = self.index_of(layer, wanted)
             if index is None:
                 if self.distance is None:
                     return None
                 dist = self.distance
-                index = min(range(len(self.choices[layer])), key=lambda i: (dist(value, self.choices[layer][i]), i))
+                index = min(range(len(self.choices[layer])), key=lambda i: (dist(wanted, self.choices[layer][i]), i))
             genome.append(index)
         return tuple(genome)
 

@@ -109,3 +109,39 @@ def test_dynamic_int8_keeps_embeddings(work: Any) -> None:
     assert report.mean_cosine > 0.98
     assert 0.5 < report.accuracy <= 1.0
     assert report.weight_bytes < work.model.path.stat().st_size / 3  # int8 everywhere, word embeddings included
+
+
+def test_seeded_dynamic_baseline_is_onnxruntimes(work: Any, tmp_path: Path) -> None:
+    """Every search's first population holds ONNX Runtime's quantize_dynamic int8 (per-channel matmuls,
+    per-tensor asymmetric embedding tables): the same weight bytes, the same fidelity to FP32."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from harness.evaluate import evaluate
+    from harness.genome import Genome
+    from harness.searcher import BASELINES, SearchConfig, _layers_dict, baseline_values, choice_distance, layer_choices
+    from search.space import SearchSpace
+
+    cfg = SearchConfig(model="builtin:minilm-l6", profiles=["host-cpu"])
+    choices = layer_choices(work, cfg)
+    names = [layer.name for layer in work.model.layers]
+    space = SearchSpace(names, [[(g.weight_bits, g.activation_bits, g.scheme, g.granularity) for g in genes]
+                                for genes in choices], distance=choice_distance)
+    seed = space.uniform(baseline_values(work, cfg)[list(BASELINES).index("w8-dynamic")])
+    assert seed is not None
+    genome = Genome.from_dict({"layers": _layers_dict(space.decode(seed))}, work.layer_ops)
+    ours = work.evaluate(work.build(genome), threads=1)
+
+    ort_path = tmp_path / "dynamic.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(work.model.path, ort_path, per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(logging.NOTSET)
+    theirs = evaluate(onnx.load(str(ort_path)), work.eval_data, file_bytes=ort_path.stat().st_size,
+                      reference_outputs=work.reference_outputs, metric=work.metric, threads=1)
+    assert ours.weight_bytes == theirs.weight_bytes
+    assert ours.mean_cosine == pytest.approx(theirs.mean_cosine, abs=2e-4)

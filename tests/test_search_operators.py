@@ -23,7 +23,7 @@ from search.operators import (
     TournamentSelection,
     UniformCrossover,
 )
-from search.space import SearchSpace, genome_key
+from search.space import PerLayer, SearchSpace, genome_key
 
 sizes_strategy = st.lists(st.integers(1, 12), min_size=1, max_size=25)
 
@@ -129,6 +129,15 @@ def test_uniform_falls_back_to_nearest_with_a_distance() -> None:
     space = SearchSpace(["a", "b"], [[8, 4, 32], [8, 32]], distance=lambda x, y: abs(x - y))
     assert space.uniform(4) == (1, 0)  # 4 is not allowed on b: nearest is 8
     assert space.uniform(32) == (2, 1)
+
+
+def test_a_per_layer_baseline_takes_each_layer_its_own_value() -> None:
+    space = SearchSpace(["a", "b"], [[8, 4, 32], [8, 32]], distance=lambda x, y: abs(x - y))
+    assert space.uniform(PerLayer((4, 32))) == (1, 1)
+    assert space.uniform(PerLayer((32, 4))) == (2, 0)  # 4 is not allowed on b: nearest is 8
+    with pytest.raises(SearchError, match="2 layers"):
+        space.uniform(PerLayer((4,)))
+    assert baseline_genomes(space, [8, PerLayer((4, 32))]) == [(0, 0), (1, 1)]
 
 
 def test_keys_are_stable_across_processes() -> None:
