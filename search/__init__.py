@@ -25,6 +25,7 @@ from search.operators import (
     UniformCrossover,
 )
 from search.space import Genome, SearchSpace, genome_key
+from search.surrogate import Screening, SurrogateScreening
 
 __all__ = [
     "AdaptiveMutation",
@@ -41,9 +42,11 @@ __all__ = [
     "Ranked",
     "Record",
     "Repair",
+    "Screening",
     "SearchError",
     "SearchSpace",
     "Selection",
+    "SurrogateScreening",
     "TournamentSelection",
     "UniformCrossover",
     "budget_violation",

@@ -17,7 +17,10 @@ Lifecycle (pymoo style: thin public methods over protected steps):
   over parents + offspring, elitist), adapts the mutation and counts a generation. Survival uses
   the asked order, not the told order, so asynchronous evaluation does not change the run.
 - Offspring are never genomes already asked in this run (all generations): the budget buys only
-  new evaluations. If no new genome can be found the space counts as exhausted and the run stops.
+  new evaluations. With a ``surrogate`` screening (the default) the operators breed a pool many
+  times the batch and the screening picks the children worth evaluating (``search.surrogate``);
+  it is refitted from the told records each time, so it adds no state. If no new genome can be
+  found the space counts as exhausted and the run stops.
 - Everything a resume needs is in ``state_dict()``: population, pending batch and partial results,
   all told records, generation, RNG bit-generator state, mutation state. The engine keeps nothing
   else between calls. Configuration (operators included) is not state: pass the same config back.
@@ -53,6 +56,7 @@ from search.operators import (
 )
 from search.rng import encode_rng_state, restore_rng
 from search.space import Genome, SearchSpace
+from search.surrogate import Screening, SurrogateScreening
 
 STATE_FORMAT = 1
 #: A proposed genome with its origin and parents (see ``search.evaluation.ORIGINS``).
@@ -67,7 +71,8 @@ class EngineConfig:
     limit (then set ``max_evaluations``, or stop the loop yourself). ``baselines`` are choice values
     (e.g. the w8a8, w4a8 and fp genes) turned into uniform genomes; ``sensitivity`` is one score per
     layer (low = robust to lower precision), used with ``sensitivity_ladder`` (choice values from
-    high to low precision) at the ``sensitivity_depths`` fractions of layers.
+    high to low precision) at the ``sensitivity_depths`` fractions of layers. ``surrogate``
+    screens bred children by predicted merit before they are asked (None: every bred child is asked).
     """
 
     n_objectives: int
@@ -89,6 +94,8 @@ class EngineConfig:
     repair: Repair = field(default_factory=ClipRepair)
     #: Tries per wanted child before the engine falls back to random genomes, then gives up.
     dedup_attempts: int = 50
+    #: Picks which bred children get evaluated (see ``search.surrogate``); None evaluates them all.
+    surrogate: Screening | None = field(default_factory=SurrogateScreening)
 
     def __post_init__(self) -> None:
         if self.n_objectives < 1:
@@ -124,6 +131,7 @@ class EngineConfig:
             "crossover": describe(self.crossover),
             "mutation": describe(self.mutation),
             "repair": describe(self.repair),
+            "surrogate": describe(self.surrogate) if self.surrogate is not None else None,
         }
 
 
@@ -414,10 +422,30 @@ class Engine:
         return Ranked(tuple(self._population), rank, crowding)
 
     def _offspring(self, n: int) -> list[Made]:
-        config, space, rng = self.config, self.space, self._rng
+        config, space = self.config, self.space
         seen: set[Genome] = set(self._records)
         if len(seen) >= space.size:
             return []
+        screening = config.surrogate
+        records = list(self._records.values())
+        if screening is None or not screening.active(records):
+            children = self._bred(n, seen)
+            return children + self._random(n - len(children), seen)
+        # Breed a pool many times the batch, let the screening pick what is worth evaluating.
+        unscreened = min(n, round(screening.explore * n))
+        size = n * screening.pool_factor
+        n_random = round(screening.random_share * (size - unscreened))
+        pool = self._bred(size - n_random, seen)
+        pool += self._random(size - len(pool), seen)
+        kept, rest = pool[:unscreened], pool[unscreened:]
+        picked = screening.choose(self._rng, [g for g, _, _ in rest], records, n - len(kept), space)
+        if len(set(picked)) != len(picked) or not all(0 <= i < len(rest) for i in picked):
+            raise SearchError(f"screening {describe(screening)} returned bad indices")
+        return kept + [rest[i] for i in picked[: n - len(kept)]]
+
+    def _bred(self, n: int, seen: set[Genome]) -> list[Made]:
+        """Up to ``n`` unseen children of the operators (added to ``seen``)."""
+        config, space, rng = self.config, self.space, self._rng
         ranked = self._ranked_population()
         children: list[Made] = []
         attempts = 0
@@ -435,10 +463,18 @@ class Engine:
                 if child not in seen and len(children) < n:
                     seen.add(child)
                     children.append((child, "crossover" if crossed else "mutation", (a, b)))
-        # A converged population can keep producing known genomes; random genomes keep the budget
-        # useful instead of stopping early while unseen genomes remain.
+        return children
+
+    def _random(self, n: int, seen: set[Genome]) -> list[Made]:
+        """Up to ``n`` unseen uniformly random genomes (added to ``seen``).
+
+        A converged population can keep producing known genomes; random genomes keep the budget
+        useful instead of stopping early while unseen genomes remain.
+        """
+        space, rng = self.space, self._rng
+        children: list[Made] = []
         attempts = 0
-        while len(children) < n and len(seen) < space.size and attempts < config.dedup_attempts * n:
+        while len(children) < n and len(seen) < space.size and attempts < self.config.dedup_attempts * n:
             attempts += 1
             child = space.random(rng)
             if child not in seen:
