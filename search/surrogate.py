@@ -6,12 +6,12 @@ the variation operators, sees a pool of unseen candidate children (bred by the u
 crossover and mutation, plus some random genomes) and the told records, and picks which ``n`` of
 them the engine asks for.
 
-``SurrogateScreening`` fits one Bayesian linear regression per objective (and one for the total
-constraint violation, once some told candidate violates a constraint) on a one-hot encoding of the
-genome: one weight per (layer, choice), with weight and noise precisions estimated from the data.
-Objectives that are sums over layers (weight bytes) are fitted exactly, nearly additive ones
-(latency, accuracy loss) approximately; the residual spread and the weights' uncertainty give each
-prediction a standard deviation. Children are then picked greedily
+``SurrogateScreening`` fits one Bayesian linear regression (scikit-learn's ``BayesianRidge``) per
+objective (and one for the total constraint violation, once some told candidate violates a
+constraint) on a one-hot encoding of the genome: one weight per (layer, choice), with weight and
+noise precisions estimated from the data. Objectives that are sums over layers (weight bytes) are
+fitted exactly, nearly additive ones (latency, accuracy loss) approximately; the residual spread and
+the weights' uncertainty give each prediction a standard deviation. Children are then picked greedily
 by expected hypervolume improvement over the told feasible front (objectives normalised by the
 told range, reference point 1.1), estimated from draws of the predictive distribution; a draw
 predicted infeasible improves nothing. Each pick joins the front at its mean prediction before the
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import moocore
 import numpy as np
+from sklearn.linear_model import BayesianRidge
 
 from search import nsga2
 from search.evaluation import Record
@@ -72,54 +73,22 @@ def one_hot(genomes: Sequence[Genome], space: SearchSpace) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LinearModel:
-    """Bayesian linear regression on one-hot features, one per target column (MacKay's evidence
-    updates, as sklearn's BayesianRidge: weight and noise precisions are estimated from the data).
+    """Bayesian linear regression on one-hot features, one scikit-learn ``BayesianRidge`` per target
+    column (weight and noise precisions estimated from the data by evidence maximisation).
 
-    Every target gets its own weight precision ``alpha`` and noise precision ``beta``; the fit is
-    done once in the eigenbasis of the centred Gram matrix, shared by all targets. ``predict``
-    returns the mean and the predictive standard deviation (noise plus the weights' uncertainty;
-    directions the data never saw keep the prior's variance ``1 / alpha``).
+    ``predict`` returns the mean and the predictive standard deviation (noise plus the weights'
+    uncertainty, so choices the data never saw are less certain).
     """
 
-    mean_x: np.ndarray
-    mean_y: np.ndarray
-    basis: np.ndarray  # (features, features): eigenvectors of Xc^T Xc
-    coef: np.ndarray  # (features, targets)
-    weight_var: np.ndarray  # (features, targets): posterior variance along each eigenvector
-    noise_var: np.ndarray  # (targets,)
+    models: tuple[BayesianRidge, ...]
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, iterations: int = 100) -> LinearModel:
-        n = x.shape[0]
-        mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - mean_x, y - mean_y
-        eig, basis = np.linalg.eigh(xc.T @ xc)
-        eig = np.clip(eig, 0.0, None)
-        proj = basis.T @ (xc.T @ yc)  # (features, targets)
-        tiny = 1e-12
-        alpha = np.ones(y.shape[1])
-        beta = 1.0 / np.maximum(yc.var(axis=0), tiny)
-        for _ in range(iterations):
-            shrink = beta[None, :] * eig[:, None] + alpha[None, :]  # posterior precision per direction
-            w_eig = beta[None, :] * proj / shrink
-            gamma = (beta[None, :] * eig[:, None] / shrink).sum(axis=0)  # effective parameters
-            rss = ((yc - xc @ (basis @ w_eig)) ** 2).sum(axis=0)
-            new_alpha = gamma / np.maximum((w_eig**2).sum(axis=0), tiny)
-            new_beta = np.maximum(n - gamma, tiny) / np.maximum(rss, tiny * n)
-            new_alpha, new_beta = np.clip(new_alpha, tiny, 1e12), np.clip(new_beta, tiny, 1e12)
-            done = np.allclose(new_alpha, alpha, rtol=1e-4) and np.allclose(new_beta, beta, rtol=1e-4)
-            alpha, beta = new_alpha, new_beta
-            if done:
-                break
-        shrink = beta[None, :] * eig[:, None] + alpha[None, :]
-        coef = basis @ (beta[None, :] * proj / shrink)
-        return cls(mean_x, mean_y, basis, coef, 1.0 / shrink, 1.0 / beta)
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> LinearModel:
+        return cls(tuple(BayesianRidge().fit(x, y[:, j]) for j in range(y.shape[1])))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        xc = x - self.mean_x
-        mean = xc @ self.coef + self.mean_y
-        var = (xc @ self.basis) ** 2 @ self.weight_var + self.noise_var[None, :]
-        return mean, np.sqrt(var)
+        pairs = [m.predict(x, return_std=True) for m in self.models]
+        return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
 
 
 class SurrogateScreening(Screening):
