@@ -317,7 +317,7 @@ def run_qae(oracle: Oracle, seed: int, probes: bool = True, baselines: bool = Tr
             sensitivity.append(oracle.cosine_loss(probe))
     cfg = EngineConfig(
         n_objectives=3, pop_size=POP_SIZE, seed=seed,
-        baselines=((8, 8), (4, 8), ("fp", "fp")) if baselines else (),
+        baselines=((8, 8), (4, 8), ("fp", "fp"), (8, "dynamic")) if baselines else (),
         sensitivity=tuple(sensitivity) if sensitivity is not None else None,
         sensitivity_ladder=((8, 8), (4, 8)) if probes else (),
     )
