@@ -465,6 +465,12 @@ def compare(table: Table, budgets: Sequence[int], seeds: Sequence[int],
     true_front = table.true_front()
     true_hv = table.hv(true_front)
     front_set = {tuple(r) for r in true_front.tolist()}
+    # The true-front vector whose loss costs the most hypervolume: a run that never evaluates it
+    # cannot pass 1 - share, whatever else it finds.
+    shares = [1.0 - table.hv(np.delete(true_front, i, axis=0)) / true_hv for i in range(len(true_front))]
+    key = int(np.argmax(shares))
+    key_vector = tuple(true_front[key].tolist())
+    key_genomes = [g for g, r in table.rows.items() if tuple(r.tolist()) == key_vector]
     top = max(budgets)
     runs: dict[str, dict[str, Any]] = {}
     for name in methods:
@@ -473,6 +479,7 @@ def compare(table: Table, budgets: Sequence[int], seeds: Sequence[int],
         calls: list[int] = []
         used: list[int] = []
         found: list[int] = []
+        key_found: list[bool] = []
         t0 = time.perf_counter()
         for seed in seeds:
             oracle = Oracle(table, top)
@@ -482,6 +489,7 @@ def compare(table: Table, budgets: Sequence[int], seeds: Sequence[int],
                 pass
             used.append(oracle.count)
             found.append(len(front_set & {tuple(table.rows[g].tolist()) for g in oracle.order}))
+            key_found.append(any(g in oracle.seen for g in key_genomes))
             calls.append(oracle.calls)
             for b in budgets:
                 pts = np.array([table.rows[g] for g in oracle.order[:b]])
@@ -499,9 +507,13 @@ def compare(table: Table, budgets: Sequence[int], seeds: Sequence[int],
             "proposals_made": calls,
             "median_counting_every_proposal": {str(b): statistics.median(v) for b, v in per_call.items()},
             "true_front_vectors_found": found,
+            "largest_contribution_found": key_found,
             "seconds": time.perf_counter() - t0,
         }
     return {"true_front_hv": true_hv, "true_front_size": len(true_front), "true_front_vectors": len(front_set),
+            "largest_contribution": {"vector": list(key_vector), "share": shares[key],
+                                     "genomes": [list(g) for g in key_genomes],
+                                     "next_share": sorted(shares)[-2] if len(shares) > 1 else 0.0},
             "runs": runs}
 
 
