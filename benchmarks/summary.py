@@ -100,14 +100,15 @@ def _why(d: dict[str, Any], budgets: list[str]) -> list[str]:
         if not view:
             continue
         runs = view["runs"]
-        key = view.get("largest_contribution")
+        key = view.get("most_accurate_corner")
         if key:
-            hits = "; ".join(f"{m} {sum(r['largest_contribution_found'])}/{len(r['largest_contribution_found'])}"
-                             for m, r in runs.items() if "largest_contribution_found" in r)
-            out.append(f"- {label}: the true-front point {_vec(key['vector'], label)} alone holds "
-                       f"{key['share'] * 100:.1f} % of the true front's hypervolume (the next largest "
-                       f"{key['next_share'] * 100:.1f} %); a run that never evaluates it stays below "
-                       f"{(1 - key['share']) * 100:.1f} %. Runs that evaluated it within {top}: {hits}.")
+            hits = "; ".join(f"{m} {sum(r['most_accurate_corner_found'])}/{len(r['most_accurate_corner_found'])}"
+                             for m, r in runs.items() if "most_accurate_corner_found" in r)
+            out.append(f"- {label}: the {key['points']} true-front point(s) at the lowest {label} "
+                       f"({key['first_objective']:+.4f}; genomes {key['genomes']}) alone hold "
+                       f"{key['share'] * 100:.1f} % of the true front's hypervolume: a run that never evaluates "
+                       f"one of them stays below {(1 - key['share']) * 100:.1f} %. Runs that evaluated one within "
+                       f"{top} evaluations: {hits}.")
         for abl in ABLATIONS:
             if abl not in runs:
                 continue
@@ -118,11 +119,6 @@ def _why(d: dict[str, Any], budgets: list[str]) -> list[str]:
     out += ["- Optuna's sampler repeats genomes (see the proposal counts above); under distinct-genome counting the "
             "repeats are free, which favours it over an engine that never re-asks a genome.", ""]
     return out
-
-
-def _vec(v: list[float], label: str) -> str:
-    loss, size, latency = v
-    return f"({label} {loss:+.4f}, {size / 1e3:.1f} kB, {latency:.4f} ms)"
 
 
 def _hv_rows(runs: dict[str, Any], budgets: list[str], found: bool = False) -> list[str]:

@@ -31,13 +31,13 @@ def test_search_quality_json_shape(results: Path) -> None:
     for name, run in data["runs"].items():
         assert all(used <= 40 for used in run["evaluations_used"]), name
     assert data["seeds"] == [0, 1]
-    key = data["largest_contribution"]
-    assert 0.0 < key["share"] <= 1.0 and key["next_share"] <= key["share"] and key["genomes"]
-    assert all(len(run["largest_contribution_found"]) == 2 for run in data["runs"].values())
+    key = data["most_accurate_corner"]
+    assert 0.0 < key["share"] <= 1.0 and len(key["genomes"]) >= key["points"] >= 1
+    assert all(len(run["most_accurate_corner_found"]) == 2 for run in data["runs"].values())
     assert {"machine", "date", "onnxruntime"} <= set(data["environment"])
     path = summary.write_summary(results)
     text = path.read_text()
-    assert "## Search quality" in text and "| qae |" in text and "alone holds" in text
+    assert "## Search quality" in text and "| qae |" in text and "alone hold " in text
 
 
 def test_oracle_counts_distinct_genomes_once() -> None:
