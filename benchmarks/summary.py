@@ -101,7 +101,7 @@ def _why(d: dict[str, Any], budgets: list[str]) -> list[str]:
             continue
         runs = view["runs"]
         key = view.get("most_accurate_corner")
-        if key:
+        if key and key["share"] >= 0.01:  # only where missing the corner costs something
             hits = "; ".join(f"{m} {sum(r['most_accurate_corner_found'])}/{len(r['most_accurate_corner_found'])}"
                              for m, r in runs.items() if "most_accurate_corner_found" in r)
             out.append(f"- {label}: the {key['points']} true-front point(s) at the lowest {label} "
