@@ -95,16 +95,13 @@ class Driver:
                 generation = engine.generation
                 hil.poll(engine, self.key_of, self.objective, generation)
                 hil.revive()
-                hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
+                hil.refit(engine, self.key_of, self.genome_of, self.objective, prediction_values, generation)
                 hil.schedule(engine, self.hash_of, self.genome_of, generation + 1)
                 if hil.shares_host:  # measure this host in a quiet window, not under the evaluation load
                     hil.poll(engine, self.key_of, self.objective, generation + 1, block=True)
             self._progress()
         if hil is not None:
             self._finish()
-
-    def _predict(self, genome: Genome, table: Any, fit_n: int) -> dict[str, Value]:
-        return prediction_values(genome, table, fit_n)
 
     def _evaluate(self, batch: list[Any]) -> None:
         engine, target, archive = self.engine, self.target, self.archive
@@ -115,36 +112,17 @@ class Driver:
             self._remember(tuple(g), genome.hash, genome)
             generation = engine.generation + 1
             if "error_kind" in host:
-                engine.tell([g], [Evaluation.failure(host["message"])])
-                archive.record(
-                    target.name,
-                    genome.hash,
-                    genome.to_dict(),
-                    generation,
-                    genome.emulated,
-                    False,
-                    None,
-                    {},
-                    [(host["error_kind"], host["message"])],
-                    *_state(engine, g),
-                )
-                continue
-            values = {**host_values(host), **prediction_values(genome, target.table, fit_n)}
-            evaluation, total = evaluation_of(values, self.fp32, self.cfg.objectives, target.budgets)
+                evaluation = Evaluation.failure(host["message"])
+                feasible, total, values = False, None, {}
+                errors = [(host["error_kind"], host["message"])]
+            else:
+                values = {**host_values(host), **prediction_values(genome, target.table, fit_n)}
+                evaluation, total = evaluation_of(values, self.fp32, self.cfg.objectives, target.budgets)
+                feasible, errors = total == 0.0, []
             engine.tell([g], [evaluation])
-            archive.record(
-                target.name,
-                genome.hash,
-                genome.to_dict(),
-                generation,
-                genome.emulated,
-                total == 0.0,
-                total,
-                values,
-                [],
-                *_state(engine, g),
-            )
-            if self.hil is not None:
+            archive.record(target.name, genome.hash, genome.to_dict(), generation, genome.emulated, feasible, total,
+                           values, errors, *_state(engine, g))
+            if self.hil is not None and not errors:
                 self.hil.poll(engine, self.key_of, self.objective, generation)
 
     def _finish(self) -> None:
@@ -154,7 +132,7 @@ class Driver:
         generation = engine.generation + 1
         for _ in range(hil.settings.final_rounds):
             hil.poll(engine, self.key_of, self.objective, generation, block=True)
-            hil.refit(engine, self.key_of, self.genome_of, self.objective, self._predict, generation)
+            hil.refit(engine, self.key_of, self.genome_of, self.objective, prediction_values, generation)
             front = engine.front(feasible_only=True) or engine.front(feasible_only=False)
             picked = hil.schedule(engine, self.hash_of, self.genome_of, generation, limit=len(front))
             if not picked and not hil.inflight:

@@ -337,6 +337,26 @@ def model_sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
+class _Progress:
+    """What one device call has done so far: seconds per phase (``start`` closes the phase in progress,
+    so the phase an error cut short keeps its time so far) and the bytes uploaded."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.uploaded = 0
+        self.current = ""
+        self._t = 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self.current, self._t = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self.current:
+            self.phases[self.current] = time.perf_counter() - self._t
+            self.current = ""
+
+
 class AgentTransport(Transport):
     """A transport that talks to the real agent; subclasses only start it (``_open_pipe``)."""
 
@@ -406,35 +426,40 @@ class AgentTransport(Transport):
                 if last:
                     return sent
 
+    def _open(self, progress: _Progress, files: list[tuple[Path, str, str | None]]) -> AgentClient:
+        """Connect, then upload each (path, sha256, ext) the agent lacks."""
+        progress.start("connect")
+        client = self._session()
+        progress.start("upload")
+        for path, sha, ext in files:
+            progress.uploaded += self.upload(client, path, sha, ext)
+        return client
+
+    def _after_error(self, progress: _Progress) -> None:
+        progress.stop()
+        if self.client is not None and self.client.dead:
+            self._drop()
+
     def measure(self, model_path: Path, settings: MeasureSettings) -> MeasureRecord:
         model_path = Path(model_path)
         name = self.device.name
-        phases: dict[str, float] = {}
         try:
             sha = model_sha256(model_path)
         except OSError as exc:
             return MeasureRecord.failure(name, "MODEL_LOAD", f"cannot read {model_path}: {exc}")
-        uploaded = 0
-        phase = "connect"
-        t = time.perf_counter()
+        progress = _Progress()
         try:
-            client = self._session()
-            phases["connect"] = time.perf_counter() - t
-            phase, t = "upload", time.perf_counter()
-            uploaded = self.upload(client, model_path, sha)
-            phases["upload"] = time.perf_counter() - t
-            phase, t = "measure", time.perf_counter()
+            client = self._open(progress, [(model_path, sha, None)])
+            progress.start("measure")
             ext = model_path.suffix if model_path.suffix in (".onnx", ".tflite") else ".onnx"
             wait = settings.timeout_s + settings.cooldown_s + settings.idle_seconds + 30.0
             res = client.call("measure", {"sha256": sha, "ext": ext, "settings": settings.to_agent(self.device),
                                           "sensor": self.device.sensor}, wait, "measure")
-            phases["measure"] = time.perf_counter() - t
+            progress.stop()
         except DeviceError as exc:
-            phases[phase] = time.perf_counter() - t
-            if self.client is not None and self.client.dead:
-                self._drop()
-            return MeasureRecord.failure(name, exc.kind, exc.detail, model_sha256=sha, uploaded_bytes=uploaded,
-                                         phases_s=phases)
+            self._after_error(progress)
+            return MeasureRecord.failure(name, exc.kind, exc.detail, model_sha256=sha, uploaded_bytes=progress.uploaded,
+                                         phases_s=progress.phases)
         energy = res.get("energy")
         env = res.get("environment", {})
         env["transport"] = self.device.transport
@@ -446,7 +471,7 @@ class AgentTransport(Transport):
             energy_method=energy["method"] if energy else None,
             idle_power_w=energy.get("idle_power_w") if energy else None,
             op_times_ms=res.get("op_times_ms"), method=res.get("method", {}), environment=env,
-            uploaded_bytes=uploaded, phases_s=phases, energy=energy,
+            uploaded_bytes=progress.uploaded, phases_s=progress.phases, energy=energy,
         )
 
     def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:
@@ -464,37 +489,27 @@ class AgentTransport(Transport):
             data_sha = model_sha256(data_path)
         except OSError as exc:
             return InferRecord.failure(name, "DATA_LOAD", f"cannot read {data_path}: {exc}", model_sha256=sha)
-        phases: dict[str, float] = {}
-        uploaded = 0
-        phase = "connect"
-        t = time.perf_counter()
+        progress = _Progress()
         try:
-            client = self._session()
-            phases["connect"] = time.perf_counter() - t
-            phase, t = "upload", time.perf_counter()
-            uploaded = self.upload(client, model_path, sha)
-            uploaded += self.upload(client, data_path, data_sha, ".npz")
-            phases["upload"] = time.perf_counter() - t
-            phase, t = "measure", time.perf_counter()  # "measure": a silent agent here is a RUN_TIMEOUT
+            client = self._open(progress, [(model_path, sha, None), (data_path, data_sha, ".npz")])
+            progress.start("infer")
             ext = model_path.suffix if model_path.suffix in (".onnx", ".tflite") else ".onnx"
+            # error phase "measure": a silent agent here is a RUN_TIMEOUT
             res = client.call("infer", {"sha256": sha, "ext": ext, "data_sha256": data_sha,
                                         "settings": settings.to_agent(self.device)},
                               settings.timeout_s + 30.0, "measure")
-            phases["infer"] = time.perf_counter() - t
-            phase, t = "fetch", time.perf_counter()
+            progress.start("fetch")
             raw, pieces = self._result_bytes(client, res)
-            phases["fetch"] = time.perf_counter() - t
+            progress.stop()
             outputs = np.frombuffer(raw, dtype="<f4").reshape([int(d) for d in res["shape"]]).astype(np.float32)
         except DeviceError as exc:
-            phases[phase] = time.perf_counter() - t
-            if self.client is not None and self.client.dead:
-                self._drop()
+            self._after_error(progress)
             return InferRecord.failure(name, exc.kind, exc.detail, model_sha256=sha, data_sha256=data_sha,
-                                       uploaded_bytes=uploaded, phases_s=phases)
+                                       uploaded_bytes=progress.uploaded, phases_s=progress.phases)
         except (KeyError, TypeError, ValueError) as exc:  # a reply that does not describe its bytes
             return InferRecord.failure(name, "PROTOCOL", f"malformed infer reply: {type(exc).__name__}: {exc}",
-                                       model_sha256=sha, data_sha256=data_sha, uploaded_bytes=uploaded,
-                                       phases_s=phases)
+                                       model_sha256=sha, data_sha256=data_sha, uploaded_bytes=progress.uploaded,
+                                       phases_s=progress.phases)
         env = res.get("environment", {})
         env["transport"] = self.device.transport
         method = dict(res.get("method", {}))
@@ -502,7 +517,7 @@ class AgentTransport(Transport):
         method["transfer"] = f"fetch in {pieces} pieces" if pieces else "inline"
         return InferRecord(ok=True, source="measured", device=name, model_sha256=sha, data_sha256=data_sha,
                            outputs=outputs, n=int(res["n"]), seconds=float(res["seconds"]), environment=env,
-                           uploaded_bytes=uploaded, method=method, phases_s=phases)
+                           uploaded_bytes=progress.uploaded, method=method, phases_s=progress.phases)
 
     def _result_bytes(self, client: AgentClient, res: dict[str, Any]) -> tuple[bytes, int]:
         """The output bytes of an ``infer`` reply and the number of ``fetch`` calls (0: inline),
