@@ -31,14 +31,17 @@ import abc
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import moocore
 import numpy as np
-from sklearn.linear_model import BayesianRidge
 
 from search import nsga2
 from search.evaluation import Record
 from search.space import Genome, SearchSpace
+
+if TYPE_CHECKING:  # scikit-learn costs ~0.9 s to import: only a screening run pays it
+    from sklearn.linear_model import BayesianRidge
 
 
 class Screening(abc.ABC):
@@ -84,6 +87,8 @@ class LinearModel:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray) -> LinearModel:
+        from sklearn.linear_model import BayesianRidge
+
         return cls(tuple(BayesianRidge().fit(x, y[:, j]) for j in range(y.shape[1])))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
