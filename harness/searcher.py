@@ -56,6 +56,11 @@ EMULATED_MENU: tuple[tuple[Any, Any], ...] = ((6, 8), (3, 8), (2, "fp"), (3, "fp
 BASELINES: dict[str, tuple[Bits, Bits]] = {
     "w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp"), "w8-dynamic": (8, "dynamic"),
 }
+#: (scheme, granularity) of embedding tables where a baseline's tool differs from the run's:
+#: quantize_dynamic builds per-tensor asymmetric tables.
+BASELINE_TABLES: dict[str, tuple[str, str]] = {"w8-dynamic": ("asymmetric", "per_tensor")}
+#: The baseline fallback genomes start from.
+FALLBACK_BASE = "w8-dynamic"
 #: From high to low precision: sensitivity-guided genomes lower the least sensitive layers first.
 SENSITIVITY_LADDER = ((8, 8), (4, 8))
 #: Fallback genomes: the dynamic baseline with this many of its most sensitive layers reading float
@@ -261,11 +266,11 @@ def _bits(v: Any) -> float:
 
 
 def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[float] | None = None) -> list[Any]:
-    """The seeded baselines as choice values. ``w8-dynamic`` is ONNX Runtime's ``quantize_dynamic``
-    as a user would run it: per-channel int8 matmuls, embedding tables per-tensor asymmetric.
+    """The seeded baselines as choice values (a ``PerLayer`` where ``BASELINE_TABLES`` gives embedding
+    tables their own grid: ``w8-dynamic`` is then ONNX Runtime's ``quantize_dynamic`` as a user runs it).
 
     With ``sensitivity`` (one score per layer, high = sensitive), fallback genomes follow it: the
-    dynamic baseline with its ``FALLBACK_COUNTS`` most sensitive layers reading float activations
+    ``FALLBACK_BASE`` baseline with its ``FALLBACK_COUNTS`` most sensitive layers reading float activations
     over their int8 weights (the same bytes; what accuracy-driven tuning does when it excludes
     nodes from activation quantization, one step of it per genome).
     """
@@ -276,12 +281,13 @@ def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[flo
     dynamic: list[tuple[Any, ...]] = []
     for name, (w, a) in BASELINES.items():
         value = (w, a, cfg.scheme, cfg.granularity)
-        if name == "w8-dynamic":
-            table = _gene_value(normalise(Gene(w, a, "asymmetric", "per_tensor"), "Gather", "embedding"))
-            dynamic = [table if lay.op_type == "Gather" else value for lay in layers]
-            out.append(PerLayer(tuple(dynamic)))
-        else:
-            out.append(value)
+        per_layer = [value] * len(layers)
+        if name in BASELINE_TABLES:
+            table = _gene_value(normalise(Gene(w, a, *BASELINE_TABLES[name]), "Gather", "embedding"))
+            per_layer = [table if lay.op_type == "Gather" else value for lay in layers]
+        out.append(PerLayer(tuple(per_layer)) if per_layer != [value] * len(layers) else value)
+        if name == FALLBACK_BASE:
+            dynamic = per_layer
     if sensitivity is None or not dynamic:
         return out
     # an embedding table reads indices: it has no activation to keep in float
