@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic import atomic_write_text
-from harness.genome import Gene, Genome
-from harness.model import load_model
-from profiles.calibrate import default_suite, run
+from harness.core.atomic import atomic_write_text
+from harness.core.genome import Gene, Genome
+from harness.core.model import load_model
+from harness.run.calibrate import default_suite, run
 from profiles.costmodel import CostTable, GraphStats
 from profiles.schema import load_profile
 

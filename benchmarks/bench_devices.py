@@ -2,7 +2,7 @@
 
 Every device is a separate SSH connection to 127.0.0.1 (OpenSSH ``sshd`` when installed, else the
 in-process paramiko server of tests/sshd.py), with its own agent process and model store; the
-``harness.pool.DevicePool`` keeps them all busy. Each device first measures the model once (connect,
+``harness.devices.pool.DevicePool`` keeps them all busy. Each device first measures the model once (connect,
 agent start, upload: not timed); then the same number of measurements per device is submitted at
 once and timed. Reported per device count: measurements per second (host wall), the dispatch overhead
 ratio (per measurement: host wall of the job / the agent's own measurement time, median) and the
@@ -29,14 +29,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
-from harness.transport import MeasureSettings  # noqa: E402
+from harness.devices.transport import MeasureSettings  # noqa: E402
 
 SETTINGS = MeasureSettings(runs=20, min_seconds=0.3, warmup_runs=1, warmup_seconds=0.05, timeout_s=60, threads=1)
 
 
 def run_count(n: int, server_port: int, keys: Any, known_hosts: Path, root: Path, model: Path,
               per_device: int) -> dict[str, Any]:
-    from harness.pool import DevicePool, HealthStore
+    from harness.devices.pool import DevicePool, HealthStore
     from tests.sshd import ssh_device
 
     devices = [ssh_device(server_port, keys, known_hosts, root / f"dev{n}-{i}", name=f"loop{i}") for i in range(n)]
@@ -78,7 +78,7 @@ def run_count(n: int, server_port: int, keys: Any, known_hosts: Path, root: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.model import resolve_model_path
+    from harness.core.model import resolve_model_path
     from tests.sshd import OpenSshServer, ParamikoServer, have_sshd, make_keys, write_known_hosts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

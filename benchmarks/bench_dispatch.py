@@ -20,9 +20,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.devices import DeviceConfig  # noqa: E402
-from harness.model import resolve_model_path  # noqa: E402
-from harness.transport import MeasureSettings, Transport, connect  # noqa: E402
+from harness.core.model import resolve_model_path  # noqa: E402
+from harness.devices.config import DeviceConfig  # noqa: E402
+from harness.devices.connect import connect  # noqa: E402
+from harness.devices.transport import MeasureSettings, Transport  # noqa: E402
 
 SETTINGS = MeasureSettings(runs=50, min_seconds=3.0, warmup_runs=1, warmup_seconds=0.2, timeout_s=60)
 REPEATS = 3

@@ -6,7 +6,7 @@ simple baseline, FACTS.md); ``quantize_static`` QDQ w8a8 and QDQ w4a8 per-channe
 only, via nodes_to_quantize, calibrated on the workload's calibration sentences); and
 ``MatMulNBitsQuantizer`` 4-bit, block 32, symmetric, accuracy level 4.
 
-The front: ``qae search`` (``harness.searcher.run_search``) on MiniLM with the calibrated
+The front: ``qae search`` (``harness.run.search.run_search``) on MiniLM with the calibrated
 ``host-cpu-local`` profile predicting latency (objectives accuracy, size, latency), then the Pareto
 set of every candidate it evaluated under (1 - mean cosine, weight bytes, predicted latency), the
 quantities this comparison is about. Every baseline and front point is evaluated with qae's own
@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from benchmarks import common
-from harness.transport import MeasureSettings
+from harness.devices.transport import MeasureSettings
 
 WORKLOAD = "builtin:minilm-l6"
 PROFILE = "host-cpu-local"
@@ -109,7 +109,7 @@ def make_baselines(work: Any, root: Path) -> dict[str, Path]:
 
 
 def score(work: Any, path: Path) -> dict[str, Any]:
-    from harness.evaluate import evaluate
+    from harness.quant.evaluate import evaluate
 
     proto = onnx.load(str(path))
     rep = evaluate(proto, work.eval_data, file_bytes=path.stat().st_size, reference_outputs=work.reference_outputs,
@@ -119,7 +119,8 @@ def score(work: Any, path: Path) -> dict[str, Any]:
 
 
 def search(population: int, generations: int, workers: int, out: Path) -> tuple[Any, float]:
-    from harness.searcher import SearchConfig, run_search
+    from harness.run.config import SearchConfig
+    from harness.run.search import run_search
 
     cfg = SearchConfig(model=WORKLOAD, profiles=[PROFILE], population=population, generations=generations,
                        seed=SEED, workers=workers)
@@ -160,8 +161,8 @@ def pick_measured(front: list[dict[str, Any]], baselines: dict[str, dict[str, An
 def measure_all(paths: dict[str, Path], root: Path) -> dict[str, dict[str, Any]]:
     """p50 latency of every model: ``PASSES`` passes in alternating orders on one local agent, lowest p50
     kept (one pass can catch a noisy neighbour: identical models have differed by 20 % between passes)."""
-    from harness.devices import DeviceConfig
-    from harness.transport import connect
+    from harness.devices.config import DeviceConfig
+    from harness.devices.connect import connect
 
     fixed = {k: fixed_shapes(p, root / f"m-{k}.onnx") for k, p in paths.items()}
     out: dict[str, dict[str, Any]] = {k: {"p50_ms": [], "errors": []} for k in paths}
@@ -216,7 +217,7 @@ def judge(baselines: dict[str, dict[str, Any]], front: list[dict[str, Any]]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from harness.builtin import minilm
-    from harness.pipeline import Workload
+    from harness.quant.workload import Workload
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a tiny search (population 6, 2 generations)")

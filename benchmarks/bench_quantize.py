@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write_result
-from harness.model import builtin_data
-from harness.pipeline import Workload
+from harness.core.model import builtin_data
+from harness.quant.workload import Workload
 
 logging.getLogger().setLevel(logging.ERROR)  # ORT's quantize_static nags about pre-processing
 W8A8 = {"weight_bits": 8, "activation_bits": 8, "scheme": "symmetric", "granularity": "per_channel"}

@@ -33,6 +33,9 @@ even the uniform baselines); they are not part of the issue's bars. Each run als
 proposals a method made (repeats included) and the median ratio when every proposal counts.
 
     python -m benchmarks.bench_search [--quick] [--budgets 100,200,400] [--seeds 5] [--fresh-table]
+
+One module because it is one benchmark script: the enumerated true front, the competitors and the
+report are read together.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from harness.atomic import atomic_write_text
+from harness.core.atomic import atomic_write_text
 
 WORKLOAD = "builtin:digits-vit"
 PROFILE = "host-cpu-local"
@@ -150,8 +153,8 @@ def build_table(results: Path, fresh: bool = False, workers: int = 2) -> Table:
     """Load the stored table if its key matches, else evaluate every genome (minutes) and store it."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from harness.pipeline import Workload
-    from harness.searcher import _evaluate_genome, _worker_init
+    from harness.quant.workload import Workload
+    from harness.run.evaluation import evaluate_genome, worker_init
     from profiles import load_profile
     from profiles.costmodel import CostTable, GraphStats
 
@@ -172,11 +175,11 @@ def build_table(results: Path, fresh: bool = False, workers: int = 2) -> Table:
     t0 = time.perf_counter()
     payload = [genome_dict(g, groups) for g in genomes]
     if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(WORKLOAD, None, None, "minmax")) as ex:
-            hosts = list(ex.map(_evaluate_genome, payload, chunksize=16))
+        with ProcessPoolExecutor(workers, initializer=worker_init, initargs=(WORKLOAD, None, None, "minmax")) as ex:
+            hosts = list(ex.map(evaluate_genome, payload, chunksize=16))
     else:
-        _worker_init(WORKLOAD, None, None, "minmax")
-        hosts = [_evaluate_genome(p) for p in payload]
+        worker_init(WORKLOAD, None, None, "minmax")
+        hosts = [evaluate_genome(p) for p in payload]
     elapsed = time.perf_counter() - t0
     rows = []
     for g, data, host in zip(genomes, payload, hosts):
@@ -276,9 +279,9 @@ def _bits(v: Any) -> float:
 
 
 def choice_distance(a: Sequence[Any], b: Sequence[Any]) -> float:
-    """harness.searcher.choice_distance on (weight, activation) pairs.
+    """harness.run.search.choice_distance on (weight, activation) pairs.
 
-    Re-stated here because harness.searcher._bits evaluates ``float("fp")`` eagerly (dict.get's
+    Re-stated here because harness.run.search._bits evaluates ``float("fp")`` eagerly (dict.get's
     default) and raises whenever a uniform baseline has to fall back to a nearest choice.
     """
     w = abs(np.log2(_bits(a[0])) - np.log2(_bits(b[0])))
@@ -295,7 +298,7 @@ def _probe(table: Table, group: int, choice: int) -> Genome:
 
 
 def run_qae(oracle: Oracle, seed: int, probes: bool = True, baselines: bool = True) -> None:
-    """search.Engine configured as harness.searcher.run_search does (baselines, sensitivity).
+    """search.Engine configured as harness.run.search.run_search does (baselines, sensitivity).
 
     ``probes=False`` / ``baselines=False`` are the ablations: no sensitivity probes and guided genomes,
     and no uniform baselines either (a plain random first population).

@@ -1,7 +1,7 @@
 """Evaluation throughput: candidates per second, calibration reuse, cache hit rate, time outside ORT.
 
 For digits-vit and MiniLM (``builtin:minilm-l6``, skipped when its extra is missing):
-- candidates per second: random genomes from qae's per-layer menu (``harness.searcher.layer_choices``),
+- candidates per second: random genomes from qae's per-layer menu (``harness.run.search.layer_choices``),
   each built from the cached calibration ranges and evaluated on the workload's evaluation data, one
   thread, one after the other, as a ``qae search --workers 1`` does on a cache miss;
 - the share of that time spent outside ONNX Runtime's inference (``InferenceSession.run`` is timed by
@@ -63,8 +63,9 @@ class RunTimer:
 
 
 def random_genomes(work: Any, n: int, seed: int) -> list[Any]:
-    from harness.genome import Genome
-    from harness.searcher import SearchConfig, layer_choices
+    from harness.core.genome import Genome
+    from harness.run.config import SearchConfig
+    from harness.run.seeds import layer_choices
 
     choices = layer_choices(work, SearchConfig(model="-", profiles=[]))
     rng = np.random.default_rng(seed)
@@ -79,8 +80,8 @@ def random_genomes(work: Any, n: int, seed: int) -> list[Any]:
 
 def throughput(spec: str, n: int) -> dict[str, Any]:
     """Build and evaluate ``n`` random genomes of ``spec`` on one thread; times split by phase."""
-    from harness.calibration import _calibrate
-    from harness.pipeline import Workload
+    from harness.quant.calibration import compute_ranges
+    from harness.quant.workload import Workload
 
     work = Workload.open(spec)
     _ = work.reference_outputs  # FP32 reference once, as a search does before its first candidate
@@ -101,7 +102,7 @@ def throughput(spec: str, n: int) -> dict[str, Any]:
         total = time.perf_counter() - t_all
     # calibration reuse: calibrate (uncached) + build vs build from the cached ranges
     t0 = time.perf_counter()
-    _calibrate(work.model, work.calib, work.method)
+    compute_ranges(work.model, work.calib, work.method)
     calib_s = time.perf_counter() - t0
     build_med = statistics.median(build_s)
     return {
@@ -124,8 +125,9 @@ def throughput(spec: str, n: int) -> dict[str, Any]:
 
 def cache_hit_rate(generations: int, population: int) -> dict[str, Any]:
     """A real ``qae search`` (digits-vit, two targets) in a fresh cache folder: fitness-cache hit rate."""
-    from harness.archive import Archive
-    from harness.searcher import SearchConfig, run_search
+    from harness.run.archive import Archive
+    from harness.run.config import SearchConfig
+    from harness.run.search import run_search
 
     old = os.environ.get("QAE_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="qae-bench-cache-") as tmp:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import atomic_write_text
+from harness.core.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from harness.atomic import atomic_write_text
+from harness.core.atomic import atomic_write_text
 
 METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "random", "greedy_sensitivity")
 ABLATIONS = ("qae_no_sensitivity", "qae_unseeded")
@@ -171,7 +171,8 @@ def throughput_section(d: dict[str, Any]) -> list[str]:
 def devices_section(d: dict[str, Any]) -> list[str]:
     out = ["## Devices (`python -m benchmarks.bench_devices`)", "", _env(d), "",
            f"Loopback SSH devices ({d['server']} on 127.0.0.1, one connection and agent each), model {d['model']}, "
-           f"{d['per_device']} measurements per device submitted at once to `harness.pool.DevicePool`; settings "
+           f"{d['per_device']} measurements per device submitted at once to "
+           f"`harness.devices.pool.DevicePool`; settings "
            f"runs={d['settings']['runs']}, min_seconds={d['settings']['min_seconds']}, "
            f"threads={d['settings']['threads']}.", "",
            "| devices | measurements | measurements/s | speed-up vs 1 | dispatch overhead (host wall / agent time, "

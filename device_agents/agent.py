@@ -35,6 +35,9 @@ Contract
 
 This module is longer than qae's usual ~500 lines because the design asks for the agent to be a
 single uploadable file.
+
+One file by design (DESIGN.md): it is uploaded to the device and run there alone, standard library
+and numpy only, so it cannot be split into a package.
 """
 
 from __future__ import annotations

@@ -21,14 +21,13 @@ predicting a population is a table lookup and a sum (``predict_many``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from harness.genome import Gene, Genome
-from harness.model import LayerSpec, ModelInfo
+from profiles.protocols import GeneLike, GenomeLike, LayerLike, ModelLike
 from profiles.schema import Profile
 
 #: Nodes that cost nothing at run time (removed by graph optimisation, or constants).
@@ -43,11 +42,9 @@ class GraphStats:
     other_elements: int = 0
 
     @classmethod
-    def of(cls, model: ModelInfo) -> GraphStats:
-        from harness.model import _shape_map
-
+    def of(cls, model: ModelLike) -> GraphStats:
         layer_nodes = {layer.node_name for layer in model.layers}
-        shapes = _shape_map(model.proto, model.shapes_used)
+        shapes = model.tensor_shapes()
         ops = elements = 0
         for node in model.proto.graph.node:
             if node.name in layer_nodes or node.op_type in _FREE_OPS:
@@ -59,7 +56,7 @@ class GraphStats:
         return cls(ops, elements)
 
 
-def precision_tokens(gene: Gene) -> tuple[str, str, str]:
+def precision_tokens(gene: GeneLike) -> tuple[str, str, str]:
     """(weight type, activation type, granularity) as the target stores them: emulated widths count
     as int8; granularity is ``channel`` or ``tensor`` (it matters where weights are dequantized)."""
     gran = "tensor" if gene.granularity == "per_tensor" else "channel"
@@ -74,7 +71,7 @@ def precision_tokens(gene: Gene) -> tuple[str, str, str]:
     return wt, f"int{bits if bits in (4, 8, 16) else 8}", gran
 
 
-def layer_io(layer: LayerSpec) -> tuple[float, float]:
+def layer_io(layer: LayerLike) -> tuple[float, float]:
     """Elements of the layer's input and output activations per inference, from MACs and weight shape."""
     if layer.macs <= 0 or layer.op_type == "Gather":
         return 0.0, 0.0
@@ -154,7 +151,7 @@ class LayerCost:
     compute: str
 
 
-def layer_cost(layer: LayerSpec, wt: str, at: str, profile: Profile, gran: str = "channel") -> LayerCost:
+def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel") -> LayerCost:
     """The cost of one layer on one execution path (see the module docstring for the formula)."""
     p = path_of(wt, at, profile)
     in_el, out_el = layer_io(layer)
@@ -241,7 +238,7 @@ class CostTable:
     Built once per (layers, profile, graph); immutable afterwards and safe to share between threads.
     """
 
-    def __init__(self, layers: list[LayerSpec], profile: Profile, graph: GraphStats | None = None) -> None:
+    def __init__(self, layers: Sequence[LayerLike], profile: Profile, graph: GraphStats | None = None) -> None:
         self.layers = list(layers)
         self.profile = profile
         self.graph = graph or GraphStats()
@@ -268,7 +265,7 @@ class CostTable:
         self.power_w = float(e["static_power_w"]["value"]) + float(e["active_power_w"]["value"])
         self.runtime_bytes = profile.num("memory", "runtime_overhead_bytes")
 
-    def classes(self, genome: Genome) -> np.ndarray:
+    def classes(self, genome: GenomeLike) -> np.ndarray:
         return np.array([_CLASS_INDEX[precision_tokens(genome[lay.name])] for lay in self.layers], dtype=np.int64)
 
     def totals(self, idx: np.ndarray) -> np.ndarray:
@@ -282,12 +279,12 @@ class CostTable:
         memory = self.wbytes[rows, idx].sum(axis=1) + peak_act + transient + self.runtime_bytes
         return np.stack([lat_us / 1e3, energy, memory], axis=1)
 
-    def predict_many(self, genomes: Iterable[Genome]) -> np.ndarray:
+    def predict_many(self, genomes: Iterable[GenomeLike]) -> np.ndarray:
         """(latency_ms, energy_j, memory_bytes) per genome: a population of 100 in about a millisecond."""
         idx = np.stack([self.classes(g) for g in genomes])
         return self.totals(idx)
 
-    def predict(self, genome: Genome) -> Prediction:
+    def predict(self, genome: GenomeLike) -> Prediction:
         idx = self.classes(genome)
         lat_ms, energy, memory = self.totals(idx[None, :])[0]
         rows = []
@@ -313,7 +310,9 @@ class CostTable:
         )
 
 
-def predict(layers: list[LayerSpec], genome: Genome, profile: Profile, graph: GraphStats | None = None) -> Prediction:
+def predict(
+    layers: Sequence[LayerLike], genome: GenomeLike, profile: Profile, graph: GraphStats | None = None
+) -> Prediction:
     """Predicted latency, energy and memory of ``genome`` over ``layers`` on ``profile``.
 
     ``graph`` adds the genome-independent rest of the model (``GraphStats.of(model)``); without it the
@@ -322,6 +321,6 @@ def predict(layers: list[LayerSpec], genome: Genome, profile: Profile, graph: Gr
     return CostTable(layers, profile, graph).predict(genome)
 
 
-def predict_model(model: ModelInfo, genome: Genome, profile: Profile) -> Prediction:
+def predict_model(model: ModelLike, genome: GenomeLike, profile: Profile) -> Prediction:
     """``predict`` over a whole loaded model, rest of the graph included."""
     return predict(model.layers, genome, profile, GraphStats.of(model))

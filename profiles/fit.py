@@ -10,14 +10,16 @@ measurement cannot drag the fit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from harness.model import LayerSpec
 from profiles.costmodel import GraphStats, layer_cost
+from profiles.errors import ProfileError
+from profiles.protocols import LayerLike
 from profiles.schema import Profile
 
 
@@ -28,7 +30,7 @@ class Sample:
     id: str
     workload: str
     role: str  # fit | heldout
-    layers: list[LayerSpec]
+    layers: Sequence[LayerLike]
     classes: list[tuple[str, str, str]]
     graph: GraphStats
     measured_ms: float
@@ -110,9 +112,7 @@ def fit(samples: list[Sample], base: Profile) -> tuple[Profile, dict[str, Any]]:
     """Fit ``base``'s coefficients to the ``fit`` samples; returns the fitted profile and a report."""
     train = [s for s in samples if s.role == "fit"]
     if len(train) < 3:
-        from harness.errors import InputError
-
-        raise InputError(f"calibration has {len(train)} usable fit measurements: at least 3 are needed")
+        raise ProfileError(f"calibration has {len(train)} usable fit measurements: at least 3 are needed")
     prof = base.copy()
     params = fit_params(prof)
     x0 = to_vector(prof, params)

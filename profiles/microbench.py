@@ -1,7 +1,7 @@
 """Models for calibration: single-layer micro-benchmarks and a larger transformer, built with onnx.helper.
 
 Every model here is a float ONNX model with a symbolic ``batch`` first dimension and a matching
-random calibration set, so that it goes through the same quantizer (``harness.pipeline.Workload``)
+random calibration set, so that it goes through the same quantizer (``harness.quant.workload.Workload``)
 as a user's model: what the calibration measures is what the search will build. Seeds are fixed:
 the same call gives byte-identical models, which is what makes a calibration resumable.
 """

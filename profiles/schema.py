@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from harness.errors import InputError
+from profiles.errors import ProfileError
 
 #: Precisions a profile can name: compute and storage types, plus ``dynamic`` activations.
 PRECISIONS = ("fp32", "fp16", "int16", "int8", "int4")
@@ -227,7 +227,7 @@ def error_line(err: jsonschema.ValidationError) -> str:
 
 
 def validate(data: Any, source: str) -> None:
-    """Raise ``InputError`` with one line naming the first bad field; the order is deterministic."""
+    """Raise ``ProfileError`` with one line naming the first bad field; the order is deterministic."""
     errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if not errors:
         return
@@ -237,9 +237,9 @@ def validate(data: Any, source: str) -> None:
         parent = err.parent if err.parent is not None else err
         keys = [k for k in parent.instance if k not in PRECISIONS]
         where = _field(parent.absolute_path)
-        raise InputError(f"{source}: {where}: unknown precision {keys[0] if keys else '?'!r}: "
+        raise ProfileError(f"{source}: {where}: unknown precision {keys[0] if keys else '?'!r}: "
                          f"use one of {', '.join(PRECISIONS)}")
-    raise InputError(f"{source}: {error_line(err)}")
+    raise ProfileError(f"{source}: {error_line(err)}")
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
@@ -248,9 +248,9 @@ def parse(text: str, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{source} is not valid YAML{at}: fix the syntax") from None
+        raise ProfileError(f"{source} is not valid YAML{at}: fix the syntax") from None
     if not isinstance(data, dict):
-        raise InputError(f"{source}: a profile must be a mapping of fields")
+        raise ProfileError(f"{source}: a profile must be a mapping of fields")
     validate(data, source)
     _check_consistency(data, source)
     return data
@@ -261,13 +261,13 @@ def _check_consistency(data: dict[str, Any], source: str) -> None:
     thr = data["throughput_gmacs"]
     for p in [data["float_type"], *(w for w in data["native"]["weights"])]:
         if p not in thr:
-            raise InputError(f"{source}: missing field throughput_gmacs.{p} (a native precision needs one)")
+            raise ProfileError(f"{source}: missing field throughput_gmacs.{p} (a native precision needs one)")
     for p, fb in data["fallback"].items():
         if fb["action"] == "dequantize" and fb["to"] not in thr:
-            raise InputError(f"{source}: missing field throughput_gmacs.{fb['to']} (fallback.{p}.to)")
+            raise ProfileError(f"{source}: missing field throughput_gmacs.{fb['to']} (fallback.{p}.to)")
     for p in thr:
         if p not in data["energy"]["per_mac_pj"]:
-            raise InputError(f"{source}: missing field energy.per_mac_pj.{p} (it has a throughput)")
+            raise ProfileError(f"{source}: missing field energy.per_mac_pj.{p} (it has a throughput)")
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -276,23 +276,23 @@ def resolve(name_or_path: str | Path) -> Path:
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or "/" in text:
         if not path.is_file():
-            raise InputError(f"profile file {text} not found: `qae profiles list` shows the profiles")
+            raise ProfileError(f"profile file {text} not found: `qae profiles list` shows the profiles")
         return path
     for folder in (PROFILES_DIR, CALIBRATED_DIR):
         candidate = folder / f"{text}.yaml"
         if candidate.is_file():
             return candidate
     known = ", ".join(p["name"] for p in list_profiles())
-    raise InputError(f"unknown profile {text!r}: use one of {known}, or give a .yaml path")
+    raise ProfileError(f"unknown profile {text!r}: use one of {known}, or give a .yaml path")
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Load and validate a profile by name or path; every failure is a one-line ``InputError``."""
+    """Load and validate a profile by name or path; every failure is a one-line ``ProfileError``."""
     path = resolve(name_or_path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InputError(f"profile file {path} cannot be read ({exc.strerror}): check the path") from None
+        raise ProfileError(f"profile file {path} cannot be read ({exc.strerror}): check the path") from None
     data = parse(text, _display(path))
     return Profile(str(data["name"]), path, data)
 

@@ -26,6 +26,9 @@ Lifecycle (pymoo style: thin public methods over protected steps):
   else between calls. Configuration (operators included) is not state: pass the same config back.
 
 Not thread-safe: one engine belongs to one driver loop.
+
+One module (~500 lines) because the engine's ask/tell steps share its state and its resume format;
+the operators, survival and surrogate live in their own modules.
 """
 
 from __future__ import annotations

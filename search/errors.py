@@ -1,7 +1,7 @@
 """The one exception type the search engine raises on purpose.
 
 ``search`` may not import ``harness`` (it stays device- and runtime-free), so it cannot subclass
-``harness.errors.QaeError``; the harness wraps a ``SearchError`` into its own ``InputError`` at the
+``harness.core.errors.QaeError``; the harness wraps a ``SearchError`` into its own ``InputError`` at the
 boundary. Messages are one line naming the problem.
 """
 

@@ -2,7 +2,7 @@
 
 A genome is ``tuple[int, ...]`` with one index per layer into that layer's list of allowed choices.
 Choices are opaque to the engine (in practice a gene such as ``(weight_bits, activation_bits,
-scheme, granularity)`` or a ``harness.genome.Gene``); the engine compares them only with ``==``
+scheme, granularity)`` or a ``harness.core.genome.Gene``); the engine compares them only with ``==``
 and never looks inside. Keeping genomes as small integer tuples makes them hashable, cheap to
 copy and trivially JSON-serialisable, which is what resume needs.
 

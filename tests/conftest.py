@@ -16,7 +16,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def digits_workload():  # type: ignore[no-untyped-def]
-    from harness.pipeline import Workload
+    from harness.quant.workload import Workload
 
     return Workload.open("builtin:digits-vit")
 

@@ -254,7 +254,7 @@ def ssh_device(port: int, keys: Keys, known_hosts: Path, cache: Path, **kw: Any)
     import getpass
     import sys
 
-    from harness.devices import DeviceConfig
+    from harness.devices.config import DeviceConfig
 
     base: dict[str, Any] = dict(
         name=kw.pop("name", "ssh-test"), transport="ssh", host="127.0.0.1", port=port, user=getpass.getuser(),

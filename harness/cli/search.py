@@ -1,0 +1,294 @@
+"""``qae search``, ``qae report``, ``qae export`` and ``qae demo``: the search and what comes out of it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.cli.common import add_calib, add_data, add_devices_file, add_model
+from harness.core.errors import InputError
+
+DEMO_PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("search", help="evolve per-layer precision: a Pareto front per target profile")
+    add_model(p, "an .onnx file or builtin:NAME (omit with --resume)", optional=True)
+    p.add_argument("--profile", action="append", default=[], help="target profile (repeat for several)")
+    add_calib(p)
+    add_data(p)
+    p.add_argument(
+        "--objectives",
+        default="accuracy,size,latency",
+        help="comma-separated subset of accuracy,size,latency,energy,memory (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="latency=MS, energy=MJ, memory=MB, size=KB, accuracy=LOSS; overrides the profile's",
+    )
+    _common(p)
+    _devices(p)
+    p.add_argument("--emulated", action="store_true", help="also search emulated widths (2, 3, 6 bits)")
+    p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("report", help="rebuild report.html, the PNGs and front.json of a run")
+    p.add_argument("run", help="a run folder written by qae search")
+    p.add_argument("--weights", default=None, help="recommendation weights, e.g. accuracy=2,size=1,latency=1")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write a front point's genome, ORT overrides and quantized model")
+    p.add_argument("run", help="a run folder written by qae search")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--pick", metavar="ID", help="candidate id (genome hash, or a unique prefix)")
+    pick.add_argument("--best", action="store_true", help="the recommended point (default)")
+    p.add_argument("--target", help="target profile of the front (default: the first)")
+    p.add_argument("-o", "--output", help="output folder (default RUN/export-ID)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the embedded default end to end: builtin:digits-vit on three NPU/CPU profiles")
+    p.add_argument("--out", help="run folder (default results/digits-vit-TIMESTAMP)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--population", type=int, default=20)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-device", action="store_true", help="skip measuring on this machine (local device)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generations", type=int, default=12)
+    p.add_argument("--population", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="evaluation worker processes")
+    p.add_argument("--out", help="run folder (default results/MODEL-TIMESTAMP)")
+
+
+def _devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="measure on this device during the search (repeat; devices of one profile form a pool)")
+    add_devices_file(p)
+    p.add_argument("--measure-per-gen", type=int, default=3, metavar="K",
+                   help="measurements per generation and device group (default %(default)s)")
+    p.add_argument("--measure-runs", type=int, default=20, help="timed runs per measurement (default %(default)s)")
+    p.add_argument("--measure-seconds", type=float, default=0.3,
+                   help="minimum timed seconds per measurement (default %(default)s)")
+
+
+def _hil(args: argparse.Namespace) -> dict[str, Any]:
+    if args.measure_per_gen < 0 or args.measure_runs < 1 or args.measure_seconds < 0:
+        raise InputError("--measure-per-gen must be >= 0, --measure-runs >= 1 and --measure-seconds >= 0")
+    return {"per_generation": args.measure_per_gen, "runs": args.measure_runs, "min_seconds": args.measure_seconds}
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, _, raw = item.partition("=")
+        try:
+            out[name.strip()] = float(raw)
+        except ValueError:
+            raise InputError(f"--weights {text!r} is not NAME=NUMBER,...: e.g. accuracy=2,size=1") from None
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from harness.run.archive import Archive
+    from harness.run.config import SearchConfig, default_out, parse_budgets
+
+    if args.resume:
+        out = Path(args.resume)
+        archive = Archive.open_existing(out / "archive.sqlite")
+        cfg = SearchConfig.from_dict(archive.config())
+        archive.close()
+        return _run(cfg, out, resume=True)
+    if not args.model:
+        raise InputError("give a MODEL (an .onnx file or builtin:NAME), or --resume RUN")
+    if not args.profile and not args.device:
+        raise InputError("give at least one --profile (see `qae profiles list`) or --device")
+    if args.generations < 1 or args.population < 2 or args.workers < 1:
+        raise InputError("--generations must be >= 1, --population >= 2 and --workers >= 1")
+    cfg = SearchConfig(
+        model=args.model,
+        profiles=list(args.profile),
+        calib=args.calib,
+        data=args.data,
+        objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+        budgets=parse_budgets(args.budget),
+        generations=args.generations,
+        population=args.population,
+        seed=args.seed,
+        workers=args.workers,
+        emulated=args.emulated,
+        devices=list(args.device),
+        devices_file=args.devices,
+        hil=_hil(args),
+    )
+    out = Path(args.out) if args.out else default_out(args.model)
+    if (out / "archive.sqlite").exists():
+        raise InputError(f"{out} already holds a run: use --resume {out}, or another --out")
+    return _run(cfg, out, resume=False)
+
+
+def _run(cfg: Any, out: Path, resume: bool) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from harness.core.model import load_model
+    from harness.devices.config import get_device
+    from harness.report.html import build_report
+    from harness.run.evaluation import Progress as Step
+    from harness.run.search import run_search
+    from profiles import load_profile
+
+    load_model(cfg.model)  # an unknown or broken model fails here, before any work
+    for name in cfg.devices:
+        get_device(name, cfg.devices_file)  # so does an unknown device
+    for name in cfg.profiles:
+        load_profile(name)  # so does an unknown profile
+    from harness.run.config import OBJECTIVES
+
+    for name in cfg.objectives:
+        if name not in OBJECTIVES:
+            raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
+    console = Console(stderr=True)
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.fields[target]:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "gen | {task.fields[evals]} evals | HV {task.fields[hv]} | best {task.fields[best]} | "
+            "cache {task.fields[hit]}"
+        ),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    ) as bar:
+        for name in cfg.profiles:
+            tasks[name] = bar.add_task("", total=cfg.generations, target=name, evals=0, hv="-", best="-", hit="-")
+
+        def task_for(target: str) -> Any:
+            if target not in tasks:
+                tasks[target] = bar.add_task("", total=cfg.generations, target=target, evals=0, hv="-", best="-",
+                                             hit="-")
+            return tasks[target]
+
+        def on_progress(step: Step) -> None:
+            task = task_for(step.target)
+            best = (
+                (
+                    f"{step.best.get('accuracy', 0) * 100:.1f}% / {step.best.get('size', 0) / 1e3:.1f}KB / "
+                    f"{step.best.get('latency', 0):.3f}ms"
+                )
+                if step.best
+                else "-"
+            )
+            bar.update(
+                task,
+                completed=step.generation,
+                evals=step.evaluations if step.measured is None else f"{step.evaluations} ({step.measured} measured)",
+                hv=f"{step.hypervolume:.3f}",
+                best=best,
+                hit=f"{step.hit_rate * 100:.0f}%",
+            )
+
+        archive = run_search(cfg, out, resume=resume, on_progress=on_progress, say=lambda m: bar.console.print(m))
+    archive.close()
+    report = build_report(out)
+    _summary(console, out)
+    console.print(f"report: {report}")
+    return 0
+
+
+def _summary(console: Any, out: Path) -> None:
+    fronts = json.loads((out / "front.json").read_text())["targets"]
+    for target, front in fronts.items():
+        note = "" if front["feasible"] else " (no candidate met the budgets; closest kept)"
+        console.print(f"{target}: {len(front['points'])} points on the front{note}; recommended {front['recommended']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report.html import build_report
+
+    path = build_report(Path(args.run), _weights(args.weights))
+    print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.core.atomic import atomic_write_text
+    from harness.quant.quantize import save_model
+    from harness.quant.workload import Workload
+    from harness.report.html import build_report
+
+    run = Path(args.run)
+    build_report(run)
+    fronts = json.loads((run / "front.json").read_text())["targets"]
+    if not fronts:
+        raise InputError(f"{run} has no evaluated candidate to export")
+    target = args.target or next(iter(fronts))
+    if target not in fronts:
+        raise InputError(f"--target {target!r} is not in this run: use one of {', '.join(fronts)}")
+    points = fronts[target]["points"]
+    if args.pick:
+        chosen = [p for p in points if p["id"].startswith(args.pick)]
+        if len(chosen) != 1:
+            raise InputError(
+                f"--pick {args.pick!r} matches {len(chosen)} front points: give a longer id from front.json"
+            )
+        point = chosen[0]
+    else:
+        point = next((p for p in points if p["id"] == fronts[target]["recommended"]), None)
+        if point is None:
+            raise InputError(f"{run} has no front point on {target} to export")
+    from harness.run.archive import Archive
+
+    archive = Archive.open_existing(run / "archive.sqlite")
+    cfg = archive.config()
+    archive.close()
+    work = Workload.open(cfg["model"], calib=cfg.get("calib"), eval_data=cfg.get("data"), method=cfg["method"])
+    genome = work.genome(point["genome"])
+    result = work.build(genome)
+    dest = Path(args.output) if args.output else run / f"export-{point['id'][:12]}"
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest / "genome.yaml", genome.to_yaml())
+    atomic_write_text(dest / "overrides.json", json.dumps({"TensorQuantOverrides": result.overrides}, indent=1))
+    save_model(result, dest / "model.onnx")
+    atomic_write_text(dest / "objectives.json", json.dumps(point["objectives"], indent=1))
+    print(dest)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harness.run.config import SearchConfig, default_out
+
+    cfg = SearchConfig(
+        model="builtin:digits-vit",
+        profiles=list(DEMO_PROFILES),
+        generations=args.generations,
+        population=args.population,
+        seed=args.seed,
+        workers=args.workers,
+        devices=[] if args.no_device else ["local"],
+        hil={"per_generation": 3, "runs": 20, "min_seconds": 0.3},
+    )
+    out = Path(args.out) if args.out else default_out("builtin:digits-vit")
+    if (out / "archive.sqlite").exists():
+        raise InputError(f"{out} already holds a run: give another --out")
+    return _run(cfg, out, resume=False)

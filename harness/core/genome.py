@@ -1,0 +1,249 @@
+"""Genomes: one precision gene per quantizable layer, with a canonical form and a hash.
+
+A genome file (YAML or JSON) has a ``default`` gene and a ``layers`` mapping of per-layer
+overrides; a field a layer omits takes the default's, and a field the default omits takes
+``BASE_GENE``'s. Resolution is total: every layer of the model gets a full gene, so two files that
+mean the same quantization have the same canonical form and the same hash.
+
+Normalisation (so the hash is about what gets built, not how it was spelled):
+- ``weight_bits: fp`` leaves the layer unquantized, so its activation, scheme and granularity are
+  reset to the base values.
+- An embedding Gather has no activation input (its input is indices): its activation is ``fp``.
+- A Conv with ``dynamic`` activations is quantized per tensor: ONNX Runtime's dynamic quantizer
+  builds ConvInteger with one weight scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from harness.core.errors import GenomeError
+
+Bits = Union[int, str]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
+
+WEIGHT_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "fp")
+ACTIVATION_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "dynamic", "fp")
+SCHEMES = ("symmetric", "asymmetric", "power_of_two")
+GRANULARITIES = ("per_channel", "per_tensor")
+#: Widths ONNX has a real integer type for; the others are emulated in int8 storage.
+NATIVE_BITS = (4, 8, 16)
+FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
+
+
+@dataclass(frozen=True)
+class Gene:
+    """The precision of one layer. ``activation_bits='dynamic'`` quantizes to 8 bits at run time."""
+
+    weight_bits: Bits = 8
+    activation_bits: Bits = 8
+    scheme: str = "symmetric"
+    granularity: str = "per_channel"
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits != "fp"
+
+    @property
+    def static_activation(self) -> bool:
+        return isinstance(self.activation_bits, int)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.activation_bits == "dynamic"
+
+    @property
+    def weight_storage_bits(self) -> int:
+        """Bits per weight in the ONNX file (emulated widths are stored in int8)."""
+        if not self.quantized:
+            return 32
+        if self.dynamic:  # MatMulInteger / ConvInteger take 8-bit weights only
+            return 8
+        bits = int(self.weight_bits)
+        return bits if bits in NATIVE_BITS else 8
+
+    @property
+    def emulated(self) -> bool:
+        """True when a width is held in a wider storage type than its nominal one."""
+        if not self.quantized:
+            return False
+        if self.weight_storage_bits != int(self.weight_bits):
+            return True
+        return self.static_activation and int(self.activation_bits) not in NATIVE_BITS
+
+    def to_dict(self) -> dict[str, Bits]:
+        return asdict(self)
+
+
+BASE_GENE = Gene()
+
+
+def _parse_bits(value: Any, allowed: tuple[Bits, ...], where: str, field: str) -> Bits:
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    elif isinstance(value, str):
+        value = value.strip().lower()
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise GenomeError(f"{where}: {field} {value!r} is not supported: use one of {choices}")
+    return value
+
+
+def parse_gene(data: Any, base: Gene, where: str) -> Gene:
+    """Fill a (partial) gene mapping from ``base``; errors name ``where`` and the allowed values."""
+    if data is None:
+        return base
+    if not isinstance(data, Mapping):
+        raise GenomeError(f"{where}: a gene must be a mapping with fields {', '.join(FIELDS)}")
+    unknown = set(data) - set(FIELDS)
+    if unknown:
+        raise GenomeError(f"{where}: unknown field {sorted(unknown)[0]!r}: use {', '.join(FIELDS)}")
+    gene = base
+    if "weight_bits" in data:
+        gene = replace(gene, weight_bits=_parse_bits(data["weight_bits"], WEIGHT_BITS, where, "weight_bits"))
+    if "activation_bits" in data:
+        gene = replace(
+            gene,
+            activation_bits=_parse_bits(data["activation_bits"], ACTIVATION_BITS, where, "activation_bits"),
+        )
+    for field, allowed in (("scheme", SCHEMES), ("granularity", GRANULARITIES)):
+        if field in data:
+            value = str(data[field]).strip().lower()
+            if value not in allowed:
+                raise GenomeError(f"{where}: {field} {data[field]!r} is not supported: use one of {', '.join(allowed)}")
+            gene = replace(gene, **{field: value})
+    return gene
+
+
+def normalise(gene: Gene, op_type: str, where: str) -> Gene:
+    """Bring a gene to the one form that means what will be built (see the module docstring)."""
+    if not gene.quantized:
+        return Gene("fp", "fp", BASE_GENE.scheme, BASE_GENE.granularity)
+    if op_type == "Gather" and gene.activation_bits != "fp":
+        gene = replace(gene, activation_bits="fp")
+    if gene.dynamic and op_type == "Conv" and gene.granularity != "per_tensor":
+        gene = replace(gene, granularity="per_tensor")
+    if gene.dynamic and int(gene.weight_bits) > 8:
+        raise GenomeError(
+            f"{where}: activation_bits dynamic needs weight_bits of 8 or fewer "
+            f"(ONNX Runtime's integer kernels take 8-bit weights), got {gene.weight_bits}"
+        )
+    return gene
+
+
+class Genome:
+    """A full assignment of genes to the layers of one model. Immutable by convention."""
+
+    def __init__(self, default: Gene, genes: Mapping[str, Gene]) -> None:
+        self.default = default
+        self.genes: dict[str, Gene] = dict(genes)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, layers: Mapping[str, str], source: str = "genome") -> Genome:
+        """Build from a parsed file; ``layers`` maps each layer name to its op type."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise GenomeError(f"{source}: a genome must be a mapping with 'default' and 'layers'")
+        unknown = set(data) - {"default", "layers"}
+        if unknown:
+            raise GenomeError(f"{source}: unknown key {sorted(unknown)[0]!r}: a genome has 'default' and 'layers'")
+        default = parse_gene(data.get("default"), BASE_GENE, f"{source}: default")
+        overrides = data.get("layers") or {}
+        if not isinstance(overrides, Mapping):
+            raise GenomeError(f"{source}: 'layers' must map layer names to genes")
+        for name in overrides:
+            if name not in layers:
+                near = _nearest(str(name), layers)
+                hint = f" (did you mean {near!r}?)" if near else ""
+                raise GenomeError(f"{source}: unknown layer {name!r}{hint}: `qae layers MODEL` lists the layer names")
+        genes = {}
+        for name, op_type in layers.items():
+            gene = parse_gene(overrides.get(name), default, f"{source}: layer {name}")
+            genes[name] = normalise(gene, op_type, f"{source}: layer {name}")
+        return cls(default, genes)
+
+    @classmethod
+    def load(cls, path: str | Path, layers: Mapping[str, str]) -> Genome:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise GenomeError(f"genome file {path} cannot be read ({exc.strerror}): check the path") from None
+        try:
+            data = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise GenomeError(f"genome file {path} is not valid YAML or JSON{at}: fix the syntax") from None
+        return cls.from_dict(data, layers, source=str(path))
+
+    @classmethod
+    def uniform(cls, gene: Gene, layers: Mapping[str, str]) -> Genome:
+        return cls.from_dict({"default": gene.to_dict()}, layers)
+
+    # -- views --------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Gene:
+        return self.genes[name]
+
+    def __iter__(self) -> Iterable[str]:  # type: ignore[override]
+        return iter(self.genes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Genome) and self.genes == other.genes
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    @property
+    def emulated_layers(self) -> list[str]:
+        return [name for name, gene in self.genes.items() if gene.emulated]
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.emulated_layers)
+
+    def canonical_json(self) -> str:
+        """Every layer's full gene, sorted: what the hash is taken over."""
+        body = {name: self.genes[name].to_dict() for name in sorted(self.genes)}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file form: the most common gene as default, and only the fields that differ."""
+        counts: dict[Gene, int] = {}
+        for gene in self.genes.values():
+            counts[gene] = counts.get(gene, 0) + 1
+        # Ties broken by the gene's JSON, so the file form is the same in every process.
+        default = max(counts, key=lambda g: (counts[g], json.dumps(g.to_dict(), sort_keys=True)), default=self.default)
+        base = default.to_dict()
+        layers: dict[str, dict[str, Bits]] = {}
+        for name in self.genes:
+            diff = {k: v for k, v in self.genes[name].to_dict().items() if base[k] != v}
+            if diff:
+                layers[name] = diff
+        return {"default": base, "layers": layers}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _nearest(name: str, candidates: Iterable[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None

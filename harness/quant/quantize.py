@@ -1,0 +1,560 @@
+"""Genome -> quantized ONNX model, built by ONNX Runtime's quantizers from cached ranges.
+
+The steps, each for a reason:
+1. Every quantized layer gets its own activation tensor (an Identity per consumer), because
+   ONNX Runtime's overrides are per tensor and q/k/v share one input but may differ in precision.
+2. qae computes every scale and zero point itself (weights from the weights, activations from the
+   cached calibration ranges) and hands them to ONNX Runtime as ``TensorQuantOverrides``. That is
+   what makes power-of-two scales exact and the emulated widths (2, 3, 5, 6 bits) exact: their
+   weights are rounded onto the b-bit grid and stored in int8 with the b-bit scale.
+3. Layers with ``dynamic`` activations go through ONNX Runtime's dynamic quantizer
+   (DynamicQuantizeLinear + MatMulInteger/ConvInteger) first, on the float graph.
+4. Layers with static activations (and weight-only layers) go through the QDQ quantizer at opset 21.
+5. Weight-only layers (``activation_bits: fp``) lose their activation Q/DQ pair; emulated
+   activation widths get a Clip before their QuantizeLinear, since QuantizeLinear only saturates
+   to the storage type.
+
+One module (~550 lines) because every path from a genome to an ONNX model (QDQ, dynamic, weight-
+only, emulated widths, embedding tables) shares the per-layer planning and the final graph edits.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from harness.core.atomic import atomic_path
+from harness.core.errors import ModelError
+from harness.core.genome import NATIVE_BITS, Gene, Genome
+from harness.core.model import LayerSpec, ModelInfo
+from harness.quant.calibration import Ranges
+
+OPSET = 21
+_HOLD_DOMAIN = "ai.qae.hold"
+
+
+@dataclass
+class QuantResult:
+    """A quantized model and what qae knows of it that the file alone does not say."""
+
+    proto: onnx.ModelProto
+    genome: Genome
+    #: quantized weight initializer name -> nominal bits (what the weight would take packed)
+    nominal_bits: dict[str, int] = field(default_factory=dict)
+    emulated_layers: list[str] = field(default_factory=list)
+    #: The TensorQuantOverrides handed to ONNX Runtime, JSON-able (quant types by name)
+    overrides: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.emulated_layers)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale/zero point (scalars or per-channel arrays) and the integer grid they map onto."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qlo: int
+    qhi: int
+    storage: str  # a QuantType name: QInt8, QUInt4, ...
+
+
+def _storage(bits: int, signed: bool) -> str:
+    base = {4: "Int4", 8: "Int8", 16: "Int16"}[bits]
+    return ("Q" if signed else "QU") + base
+
+
+def _pow2(scale: np.ndarray) -> np.ndarray:
+    return np.exp2(np.ceil(np.log2(scale))).astype(np.float32)
+
+
+def grid(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The integer range of a ``bits``-wide value: restricted symmetric or full unsigned."""
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return -qmax, qmax
+    return 0, 2**bits - 1
+
+
+def weight_qparams(w: np.ndarray, gene: Gene, axis: int) -> QParams:
+    """Per-channel (along ``axis``) or per-tensor scale and zero point for a weight."""
+    bits = int(gene.weight_bits)
+    symmetric = gene.scheme != "asymmetric"
+    qlo, qhi = grid(bits, symmetric)
+    storage = _storage(gene.weight_storage_bits, symmetric)
+    if gene.granularity == "per_channel":
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        wmin, wmax = w.min(axis=reduce), w.max(axis=reduce)
+    else:
+        wmin, wmax = np.array(w.min()), np.array(w.max())
+    wmin = np.minimum(wmin, 0).astype(np.float64)
+    wmax = np.maximum(wmax, 0).astype(np.float64)
+    if symmetric:
+        span = np.maximum(np.abs(wmin), np.abs(wmax)) / qhi
+        scale = np.where(span > 0, span, 1.0).astype(np.float32)
+        if gene.scheme == "power_of_two":
+            scale = _pow2(scale)
+        zero = np.zeros_like(scale, dtype=np.int64)
+    else:
+        span = (wmax - wmin) / (qhi - qlo)
+        scale = np.where(span > 0, span, 1.0).astype(np.float32)
+        zero = np.clip(np.round(qlo - wmin / scale), qlo, qhi).astype(np.int64)
+    return QParams(scale, zero, qlo, qhi, storage)
+
+
+def fake_quantize(w: np.ndarray, qp: QParams, axis: int | None) -> np.ndarray:
+    """Round ``w`` onto its grid, so that the quantizer's own rounding lands on exact b-bit values."""
+    scale, zero = qp.scale, qp.zero_point
+    if axis is not None and scale.ndim == 1:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    q = np.clip(np.round(w / scale) + zero, qp.qlo, qp.qhi)
+    return ((q - zero) * scale).astype(np.float32)
+
+
+def activation_qparams(rng: tuple[float, float], gene: Gene) -> QParams:
+    bits = int(gene.activation_bits)
+    symmetric = gene.scheme != "asymmetric"
+    qlo, qhi = grid(bits, symmetric)
+    storage = _storage(bits if bits in NATIVE_BITS else 8, symmetric)
+    lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
+    if symmetric:
+        span = max(abs(lo), abs(hi)) / qhi
+        scale = np.array(span if span > 0 else 1.0, np.float32)
+        if gene.scheme == "power_of_two":
+            scale = _pow2(scale)
+        zero = 0
+    else:
+        span = (hi - lo) / (qhi - qlo)
+        scale = np.array(span if span > 0 else 1.0, np.float32)
+        zero = int(np.clip(round(qlo - lo / float(scale)), qlo, qhi))
+    return QParams(np.array(scale, np.float32), np.array(zero), qlo, qhi, storage)
+
+
+def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
+    """Build the quantized model for ``genome``; the float model in ``model`` is left untouched."""
+    from onnxruntime.quantization import QuantType
+
+    proto = copy.deepcopy(model.proto)
+    _ensure_opset(proto)
+    _name_nodes(proto)
+    layers = [layer for layer in model.layers if genome[layer.name].quantized]
+    node_names = {layer.name: layer.node_name for layer in model.layers}
+    ranges = dict(ranges)
+    act_tensor = _split_activations(proto, [lay for lay in layers if lay.activation], node_names, ranges)
+    inits = {t.name: t for t in proto.graph.initializer}
+
+    result = QuantResult(proto, genome)
+    weight_overrides: dict[str, list[dict[str, Any]]] = {}
+    act_overrides: dict[str, list[dict[str, Any]]] = {}
+    clips: dict[str, tuple[float, float]] = {}
+    for layer in layers:
+        gene = genome[layer.name]
+        if gene.emulated:
+            result.emulated_layers.append(layer.name)
+        w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
+        qp = weight_qparams(w, gene, layer.channel_axis)
+        per_channel = gene.granularity == "per_channel"
+        wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
+        inits[layer.weight].CopyFrom(numpy_helper.from_array(wq.astype(w.dtype), layer.weight))
+        qtype = QuantType[qp.storage]
+        if per_channel:
+            weight_overrides[layer.weight] = [
+                {"axis": layer.channel_axis, "quant_type": qtype, "scale": float(s), "zero_point": int(z)}
+                if i == 0
+                else {"scale": float(s), "zero_point": int(z)}
+                for i, (s, z) in enumerate(zip(qp.scale.ravel(), qp.zero_point.ravel()))
+            ]
+        else:
+            weight_overrides[layer.weight] = [
+                {"quant_type": qtype, "scale": float(qp.scale), "zero_point": int(qp.zero_point)}
+            ]
+        result.nominal_bits[layer.weight] = int(gene.weight_bits)
+        if gene.static_activation and layer.activation:
+            tensor = act_tensor[layer.name]
+            if tensor not in ranges:
+                raise ModelError(
+                    f"no calibration range for the input of layer {layer.name}: recalibrate "
+                    "(delete the cache under $QAE_CACHE_DIR) with data that reaches this layer"
+                )
+            aq = activation_qparams(ranges[tensor], gene)
+            dtype = _np_storage(aq.storage)
+            act_overrides[tensor] = [
+                {
+                    "quant_type": QuantType[aq.storage],
+                    "scale": np.array(aq.scale, np.float32),
+                    "zero_point": np.array(aq.zero_point, dtype),
+                }
+            ]
+            if int(gene.activation_bits) not in NATIVE_BITS:
+                s, z = float(aq.scale), int(aq.zero_point)
+                clips[tensor] = ((aq.qlo - z) * s, (aq.qhi - z) * s)
+
+    result.overrides = _jsonable({**weight_overrides, **act_overrides})
+    dynamic = [lay for lay in layers if genome[lay.name].dynamic]
+    static = [lay for lay in layers if not genome[lay.name].dynamic]
+    if dynamic:
+        proto = _dynamic_pass(proto, dynamic, genome, weight_overrides)
+    if static:
+        overrides = {k: v for k, v in weight_overrides.items() if k in {lay.weight for lay in static}}
+        overrides.update(act_overrides)
+        proto = _static_pass(proto, static, overrides, ranges)
+        weight_only = [lay for lay in static if not genome[lay.name].static_activation and lay.activation]
+        # ORT's QDQ Gather also quantizes the output with the table's (per-row) parameters, which
+        # is wrong for per-row scales and adds nothing otherwise: a Gather layer is weight-only.
+        gathers = [lay.output for lay in static if lay.op_type == "Gather"]
+        _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
+        _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
+        _insert_clips(proto, clips)
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(proto).topological_sort()  # the quantizers append nodes; checkers want graph order
+    _map_quantized_names(proto, result)
+    _stamp(proto, result, model)
+    result.proto = proto
+    return result
+
+
+def _stamp(proto: onnx.ModelProto, result: QuantResult, model: ModelInfo) -> None:
+    """Record the genome and nominal widths in the file: the file alone cannot tell int8 from 3-bit."""
+    import json
+
+    meta = {
+        "qae.genome": result.genome.canonical_json(),
+        "qae.genome_hash": result.genome.hash,
+        "qae.nominal_bits": json.dumps(result.nominal_bits, sort_keys=True),
+        "qae.emulated_layers": json.dumps(result.emulated_layers),
+        "qae.base_model": f"builtin:{model.builtin}" if model.builtin else f"sha256:{model.sha256}",
+    }
+    kept = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in meta.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+
+
+def read_stamp(proto: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
+    """(nominal bits by initializer, emulated layers) from a file qae wrote; empty for others."""
+    import json
+
+    props = {p.key: p.value for p in proto.metadata_props}
+    bits = json.loads(props.get("qae.nominal_bits", "{}"))
+    emulated = json.loads(props.get("qae.emulated_layers", "[]"))
+    return {str(k): int(v) for k, v in bits.items()}, [str(e) for e in emulated]
+
+
+def _jsonable(overrides: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for tensor, entries in overrides.items():
+        out[tensor] = [
+            {k: (v.name if hasattr(v, "name") else v.item() if hasattr(v, "item") else v) for k, v in e.items()}
+            for e in entries
+        ]
+    return out
+
+
+def _np_storage(storage: str) -> type:
+    return {
+        "QInt8": np.int8,
+        "QUInt8": np.uint8,
+        "QInt16": np.int16,
+        "QUInt16": np.uint16,
+        "QInt4": np.int8,
+        "QUInt4": np.uint8,
+    }[storage]
+
+
+def _ensure_opset(proto: onnx.ModelProto) -> None:
+    for op in proto.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            if op.version < OPSET:
+                try:
+                    converted = onnx.version_converter.convert_version(proto, OPSET)
+                except Exception as exc:
+                    raise ModelError(
+                        f"the model's opset {op.version} cannot be raised to {OPSET} ({type(exc).__name__}): "
+                        f"re-export it with opset_version={OPSET}"
+                    ) from None
+                proto.CopyFrom(converted)
+            return
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    used = {n.name for n in proto.graph.node if n.name}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"qae_{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _split_activations(
+    proto: onnx.ModelProto, layers: list[LayerSpec], node_names: dict[str, str], ranges: Ranges
+) -> dict[str, str]:
+    """Give each layer its own activation tensor through an Identity; returns layer -> tensor."""
+    nodes = {n.name: n for n in proto.graph.node}
+    out: dict[str, str] = {}
+    new_nodes: list[tuple[int, onnx.NodeProto]] = []
+    position = {n.name: i for i, n in enumerate(proto.graph.node)}
+    for layer in layers:
+        assert layer.activation is not None
+        node = nodes[node_names[layer.name]]
+        tensor = f"{layer.activation}__qae_{layer.name}"
+        ident = helper.make_node("Identity", [layer.activation], [tensor], name=f"qae_act/{layer.name}")
+        for i, name in enumerate(node.input):
+            if name == layer.activation:
+                node.input[i] = tensor
+                break
+        if layer.activation in ranges:
+            ranges[tensor] = ranges[layer.activation]
+        new_nodes.append((position[node.name], ident))
+        out[layer.name] = tensor
+    for index, ident in sorted(new_nodes, key=lambda t: -t[0]):
+        proto.graph.node.insert(index, ident)
+    return out
+
+
+def _hold_gemms(proto: onnx.ModelProto, keep: set[str]) -> list[onnx.NodeProto]:
+    """Hide Gemm nodes from the dynamic quantizer, which turns every Gemm into MatMul+Add."""
+    held = []
+    for node in proto.graph.node:
+        if node.op_type == "Gemm" and node.name not in keep:
+            node.domain, node.op_type = _HOLD_DOMAIN, "HeldGemm"
+            held.append(node)
+    if held:
+        proto.opset_import.append(helper.make_opsetid(_HOLD_DOMAIN, 1))
+    return held
+
+
+def _release_gemms(proto: onnx.ModelProto) -> None:
+    for node in proto.graph.node:
+        if node.domain == _HOLD_DOMAIN:
+            node.domain, node.op_type = "", "Gemm"
+    kept = [op for op in proto.opset_import if op.domain != _HOLD_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+
+
+def _dynamic_pass(
+    proto: onnx.ModelProto, layers: list[LayerSpec], genome: Genome, overrides: dict[str, list[dict[str, Any]]]
+) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantizationMode, QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+    # The dynamic quantizer reads per-channel overrides only when per_channel is on for the whole
+    # run, so per-channel and per-tensor layers go through it in two runs.
+    for per_channel in (True, False):
+        group = [lay for lay in layers if (genome[lay.name].granularity == "per_channel") == per_channel]
+        if not group:
+            continue
+        names = {lay.node_name for lay in group}
+        held = _hold_gemms(proto, names)
+        mine = {lay.weight: overrides[lay.weight] for lay in group}
+        quantizer = ONNXQuantizer(
+            proto,
+            per_channel,
+            False,
+            QuantizationMode.IntegerOps,
+            False,
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            None,
+            sorted(names),
+            [],
+            sorted({lay.op_type for lay in group}),
+            {"TensorQuantOverrides": mine, "MatMulConstBOnly": True},
+        )
+        with _Quiet():
+            proto = quantizer.quantize_model()
+        if held:
+            _release_gemms(proto)
+    return proto
+
+
+def _static_pass(
+    proto: onnx.ModelProto, layers: list[LayerSpec], overrides: dict[str, list[dict[str, Any]]], ranges: Ranges
+) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+    from onnxruntime.quantization.calibrate import TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    tensors = TensorsData(
+        CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()}
+    )
+    quantizer = QDQQuantizer(
+        proto,
+        False,
+        False,
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        tensors,
+        sorted({lay.node_name for lay in layers}),
+        [],
+        sorted({lay.op_type for lay in layers}),
+        # Outputs stay float: a layer's precision is that of its inputs, and the next layer
+        # quantizes what it reads (otherwise a 16-bit layer would get an 8-bit output for free).
+        {
+            "TensorQuantOverrides": overrides,
+            "ActivationSymmetric": False,
+            "OpTypesToExcludeOutputQuantization": sorted({lay.op_type for lay in layers}),
+        },
+    )
+    with _Quiet():
+        return quantizer.quantize_model()
+
+
+def _strip_activation_qdq(proto: onnx.ModelProto, tensors: list[str]) -> None:
+    """Remove the Q/DQ pair on each tensor, reconnecting its consumers to the float tensor."""
+    if not tensors:
+        return
+    targets = set(tensors)
+    q_nodes = {n.input[0]: n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in targets}
+    remove = []
+    for tensor, qnode in q_nodes.items():
+        dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == qnode.output[0]]
+        for dnode in dq:
+            for node in proto.graph.node:
+                for i, name in enumerate(node.input):
+                    if name == dnode.output[0]:
+                        node.input[i] = tensor
+            remove.append(dnode)
+        remove.append(qnode)
+    for node in remove:
+        proto.graph.node.remove(node)
+    _drop_unused_initializers(proto)
+
+
+_GATHERABLE = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+
+
+def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> None:
+    """Gather the integer rows first, then dequantize only those: DequantizeLinear -> Gather would
+    dequantize the whole embedding table on every inference (30k x 384 values for MiniLM).
+
+    Per-tensor: Gather(Wq) -> DequantizeLinear. Per-row (axis 0): the rows' scales and zero points
+    are gathered too and applied as (q - zp) * scale. 4-bit tables keep the plain path (ONNX Runtime's
+    Gather takes no int4 data).
+    """
+    if not gather_nodes:
+        return
+    inits = {t.name: t for t in proto.graph.initializer}
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    nodes = list(proto.graph.node)
+    new_nodes: list[onnx.NodeProto] = []
+    dropped: set[str] = set()
+    for node in nodes:
+        dq = producers.get(node.input[0]) if node.name in gather_nodes and node.op_type == "Gather" else None
+        q = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if dq is None or q is None or q.data_type not in _GATHERABLE or dq.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        scale = inits[dq.input[1]]
+        zp = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        ids, out, tag = node.input[1], node.output[0], node.name
+        rows = f"{out}__qae_rows"
+        new_nodes.append(helper.make_node("Gather", [q.name, ids], [rows], name=f"{tag}/gather_q", axis=0))
+        per_row = len(scale.dims) == 1 and scale.dims[0] > 1
+        if not per_row:
+            new_nodes.append(helper.make_node("DequantizeLinear", [rows, scale.name] + ([zp] if zp else []), [out],
+                                              name=f"{tag}/dequantize"))
+        elif axis == 0:
+            axes = f"{out}__qae_axes"
+            proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
+            to = scale.data_type
+            new_nodes += [
+                helper.make_node("Cast", [rows], [f"{rows}_f"], name=f"{tag}/cast", to=to),
+                helper.make_node("Gather", [scale.name, ids], [f"{out}__qae_s"], name=f"{tag}/gather_s", axis=0),
+                helper.make_node("Unsqueeze", [f"{out}__qae_s", axes], [f"{out}__qae_s1"], name=f"{tag}/unsqueeze_s"),
+            ]
+            centred = f"{rows}_f"
+            if zp:
+                new_nodes += [
+                    helper.make_node("Gather", [zp, ids], [f"{out}__qae_z"], name=f"{tag}/gather_z", axis=0),
+                    helper.make_node("Cast", [f"{out}__qae_z"], [f"{out}__qae_zf"], name=f"{tag}/cast_z", to=to),
+                    helper.make_node("Unsqueeze", [f"{out}__qae_zf", axes], [f"{out}__qae_z1"],
+                                     name=f"{tag}/unsqueeze_z"),
+                    helper.make_node("Sub", [f"{rows}_f", f"{out}__qae_z1"], [f"{rows}_c"], name=f"{tag}/centre"),
+                ]
+                centred = f"{rows}_c"
+            new_nodes.append(helper.make_node("Mul", [centred, f"{out}__qae_s1"], [out], name=f"{tag}/scale"))
+        else:  # scales along another axis: not an embedding layout, keep the plain path
+            new_nodes.pop()
+            new_nodes.append(node)
+            continue
+        dropped.add(dq.output[0])
+    still_used = {name for n in new_nodes for name in n.input}
+    kept = [n for n in new_nodes if not (n.op_type == "DequantizeLinear" and n.output[0] in dropped
+                                         and n.output[0] not in still_used)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+
+
+def _insert_clips(proto: onnx.ModelProto, clips: dict[str, tuple[float, float]]) -> None:
+    """Clip(x, lo, hi) before the QuantizeLinear of each emulated-width activation."""
+    for tensor, (lo, hi) in clips.items():
+        for index, node in enumerate(proto.graph.node):
+            if node.op_type == "QuantizeLinear" and node.input[0] == tensor:
+                clipped = f"{tensor}__clip"
+                lo_name, hi_name = f"{tensor}__clip_lo", f"{tensor}__clip_hi"
+                proto.graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(np.array(lo, np.float32), lo_name),
+                        numpy_helper.from_array(np.array(hi, np.float32), hi_name),
+                    ]
+                )
+                clip = helper.make_node("Clip", [tensor, lo_name, hi_name], [clipped], name=f"qae_clip/{tensor}")
+                node.input[0] = clipped
+                proto.graph.node.insert(index, clip)
+                break
+
+
+def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
+    used = {name for n in proto.graph.node for name in n.input}
+    used |= {o.name for o in proto.graph.output}
+    keep = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+
+
+def _map_quantized_names(proto: onnx.ModelProto, result: QuantResult) -> None:
+    """The quantizers rename weights (``W_quantized``, ``W_Transposed_quantized``): follow them."""
+    bits = {}
+    names = {t.name for t in proto.graph.initializer}
+    for weight, nominal in result.nominal_bits.items():
+        for candidate in (f"{weight}_quantized", f"{weight}_Transposed_quantized", weight):
+            if candidate in names:
+                bits[candidate] = nominal
+                break
+    result.nominal_bits = bits
+
+
+class _Quiet:
+    """ONNX Runtime's quantizers log warnings qae handles itself; keep the user's terminal clean."""
+
+    def __enter__(self) -> None:
+        self._level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().setLevel(self._level)
+
+
+def save_model(result: QuantResult, out: str | Path) -> Path:
+    """Write atomically: a failed or interrupted write leaves no file behind."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        onnx.save(result.proto, str(tmp))
+    return out

@@ -1,0 +1,600 @@
+"""The run archive: one SQLite file per run holding everything a search saw, with provenance.
+
+Contract:
+- ``runs`` has one row: the full configuration and the engine state after the last tell. A killed
+  run resumes from that state, so the state and the evaluations it counts are written in the same
+  transaction (``Archive.record``): after a crash either both or neither are there.
+- ``candidates`` holds each genome once per target (hash, full genome, generation, parents).
+- ``value_log`` holds every objective value with its source (``measured``, ``predicted``,
+  ``computed``, ``simulated``) and the details that back it (device or profile, calibration id,
+  expected error, method). Values are appended, never relabelled or overwritten; the newest value
+  of a source is the current one, and the merge rule (measured beats predicted) is applied when
+  reading, not stored.
+- ``errors`` holds typed error records (error kind, message) per candidate and target.
+- The Pareto front is never stored: it is derived from these tables when asked.
+
+Thread safety: one ``Archive`` per thread or process; SQLite serialises writers (WAL mode).
+
+One module (~600 lines) because the SQLite schema, its transactions and the typed rows it returns
+must change together; nothing else touches the database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import InputError
+
+SCHEMA_VERSION = 1
+SOURCES = ("measured", "simulated", "predicted", "computed")
+#: For ranking, a source earlier in this list beats a later one for the same candidate and target.
+MERGE_ORDER = ("measured", "simulated", "predicted", "computed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS engine_state (
+    target TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    genome TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    emulated INTEGER NOT NULL,
+    feasible INTEGER,
+    violation REAL,
+    record TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS value_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    value REAL NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated', 'predicted', 'computed')),
+    detail TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS value_log_candidate ON value_log (target, hash);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    error_kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'done', 'failed')),
+    device TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    device TEXT NOT NULL,
+    predicted REAL NOT NULL,
+    measured REAL NOT NULL,
+    fit_n INTEGER NOT NULL,
+    calibration_id TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fits (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    calibration_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    hashes TEXT NOT NULL,
+    in_sample_mape REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    target TEXT NOT NULL,
+    device TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_accuracy (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    device TEXT NOT NULL,
+    accuracy REAL,
+    mean_cosine REAL,
+    host_accuracy REAL,
+    metric TEXT,
+    error_kind TEXT,
+    message TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS history (
+    target TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    evaluations INTEGER NOT NULL,
+    hypervolume REAL NOT NULL,
+    cache_hit_rate REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, generation)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Value:
+    """One objective value and where it comes from."""
+
+    value: float
+    source: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, **self.detail}
+
+
+@dataclass
+class Candidate:
+    target: str
+    hash: str
+    seq: int
+    genome: dict[str, Any]
+    generation: int
+    emulated: bool
+    feasible: bool | None
+    violation: float | None
+    values: dict[str, Value]
+
+
+class Archive:
+    """A run's SQLite archive; see the module docstring for what each table guarantees."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Archive:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no archive at {path}: give a run folder that `qae search` wrote")
+        try:
+            archive = cls(path)
+            archive.config()
+        except sqlite3.DatabaseError:
+            raise InputError(f"{path} is not a qae archive (SQLite error): give a run folder qae wrote") from None
+        return archive
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing: BEGIN IMMEDIATE takes the write lock up front, so no writer interleaves."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- run ------------------------------------------------------------------------------------
+    def start(self, config: dict[str, Any]) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, config, status, created, updated) VALUES (1, ?, 'running', ?, ?)",
+                (json.dumps(config, sort_keys=True), now, now),
+            )
+
+    def config(self) -> dict[str, Any]:
+        row = self._db.execute("SELECT config FROM runs WHERE id = 1").fetchone()
+        if row is None:
+            raise InputError(f"{self.path} holds no run: start one with `qae search`")
+        return dict(json.loads(row[0]))
+
+    def set_status(self, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, updated = ? WHERE id = 1", (status, time.time()))
+
+    def status(self) -> str:
+        row = self._db.execute("SELECT status FROM runs WHERE id = 1").fetchone()
+        return str(row[0]) if row else "absent"
+
+    # -- engine state ---------------------------------------------------------------------------
+    def engine_state(self, target: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT state FROM engine_state WHERE target = ?", (target,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    # -- writing a told evaluation ---------------------------------------------------------------
+    def record(
+        self,
+        target: str,
+        genome_hash: str,
+        genome: dict[str, Any],
+        generation: int,
+        emulated: bool,
+        feasible: bool | None,
+        violation: float | None,
+        values: dict[str, Value],
+        errors: list[tuple[str, str]],
+        engine_state: dict[str, Any],
+        engine_generation: int,
+        engine_record: dict[str, Any] | None = None,
+    ) -> None:
+        """Store one evaluation and the engine state that counts it, in one transaction.
+
+        ``engine_record`` is the engine's own record of the evaluation; with it the engine state can
+        leave completed records out (they are rebuilt from this table on resume).
+        """
+        now = time.time()
+        with self.transaction() as db:
+            seq = db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO candidates (target, hash, seq, genome, generation, emulated, feasible, violation, "
+                "record, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    genome_hash,
+                    seq,
+                    json.dumps(genome, sort_keys=True),
+                    generation,
+                    int(emulated),
+                    None if feasible is None else int(feasible),
+                    violation,
+                    None if engine_record is None else json.dumps(engine_record),
+                    now,
+                ),
+            )
+            self._insert_values(db, target, genome_hash, values, now)
+            for kind, message in errors:
+                db.execute(
+                    "INSERT INTO errors (target, hash, error_kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                    (target, genome_hash, kind, message, now),
+                )
+            self._save_state(db, target, engine_state, engine_generation, now)
+
+    def save_engine_state(self, target: str, state: dict[str, Any], generation: int) -> None:
+        with self.transaction() as db:
+            self._save_state(db, target, state, generation, time.time())
+
+    def add_values(self, target: str, genome_hash: str, values: dict[str, Value]) -> None:
+        """Append values (a measurement arriving later, a re-prediction): never overwrites."""
+        with self.transaction() as db:
+            self._insert_values(db, target, genome_hash, values, time.time())
+
+    def add_history(self, target: str, generation: int, evaluations: int, hypervolume: float, hit_rate: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO history (target, generation, evaluations, hypervolume, cache_hit_rate, "
+                "created) VALUES (?, ?, ?, ?, ?, ?)",
+                (target, generation, evaluations, hypervolume, hit_rate, time.time()),
+            )
+
+    @staticmethod
+    def _insert_values(
+        db: sqlite3.Connection, target: str, genome_hash: str, values: dict[str, Value], now: float
+    ) -> None:
+        for objective, v in values.items():
+            if v.source not in SOURCES:
+                raise ValueError(f"unknown value source {v.source!r}")
+            db.execute(
+                "INSERT INTO value_log (target, hash, objective, value, source, detail, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (target, genome_hash, objective, float(v.value), v.source, json.dumps(v.detail, sort_keys=True), now),
+            )
+
+    @staticmethod
+    def _save_state(db: sqlite3.Connection, target: str, state: dict[str, Any], generation: int, now: float) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO engine_state (target, state, generation, updated) VALUES (?, ?, ?, ?)",
+            (target, json.dumps(state), generation, now),
+        )
+        db.execute("UPDATE runs SET updated = ? WHERE id = 1", (now,))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def engine_records(self, target: str) -> list[dict[str, Any]]:
+        """The engine's records of a target's evaluations, in the order they were told."""
+        rows = self._db.execute(
+            "SELECT record FROM candidates WHERE target = ? AND record IS NOT NULL ORDER BY seq", (target,)
+        ).fetchall()
+        return [dict(json.loads(r[0])) for r in rows]
+
+    def targets(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT target FROM candidates ORDER BY target").fetchall()
+        return [r[0] for r in rows]
+
+    def candidates(self, target: str) -> list[Candidate]:
+        """Every candidate of a target with its current values under the merge rule."""
+        rows = self._db.execute(
+            "SELECT hash, seq, genome, generation, emulated, feasible, violation FROM candidates WHERE target = ? "
+            "ORDER BY seq",
+            (target,),
+        ).fetchall()
+        values = self._current_values(target)
+        return [
+            Candidate(
+                target,
+                h,
+                seq,
+                json.loads(g),
+                gen,
+                bool(emu),
+                None if feas is None else bool(feas),
+                viol,
+                values.get(h, {}),
+            )
+            for h, seq, g, gen, emu, feas, viol in rows
+        ]
+
+    def _current_values(self, target: str) -> dict[str, dict[str, Value]]:
+        rank = {s: i for i, s in enumerate(MERGE_ORDER)}
+        best: dict[str, dict[str, tuple[int, int, Value]]] = {}
+        rows = self._db.execute(
+            "SELECT id, hash, objective, value, source, detail FROM value_log WHERE target = ? ORDER BY id",
+            (target,),
+        )
+        for row_id, h, objective, value, source, detail in rows:
+            entry = (rank[source], -row_id, Value(value, source, json.loads(detail)))
+            current = best.setdefault(h, {}).get(objective)
+            # Measured beats predicted; among the same source, the newest wins.
+            if current is None or entry[:2] < current[:2]:
+                best[h][objective] = entry
+        return {h: {o: e[2] for o, e in objs.items()} for h, objs in best.items()}
+
+    def value_history(self, target: str, genome_hash: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT objective, value, source, detail, created FROM value_log WHERE target = ? AND hash = ? ORDER BY id",
+            (target, genome_hash),
+        ).fetchall()
+        return [{"objective": o, "value": v, "source": s, **json.loads(d), "created": c} for o, v, s, d, c in rows]
+
+    def errors(self, target: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT target, hash, error_kind, message FROM errors"
+        args: tuple[Any, ...] = ()
+        if target is not None:
+            sql += " WHERE target = ?"
+            args = (target,)
+        return [{"target": t, "hash": h, "error_kind": k, "message": m} for t, h, k, m in self._db.execute(sql, args)]
+
+    def history(self, target: str) -> list[dict[str, float]]:
+        rows = self._db.execute(
+            "SELECT generation, evaluations, hypervolume, cache_hit_rate FROM history WHERE target = ? "
+            "ORDER BY generation",
+            (target,),
+        ).fetchall()
+        return [{"generation": g, "evaluations": e, "hypervolume": hv, "cache_hit_rate": r} for g, e, hv, r in rows]
+
+    # -- hardware in the loop ---------------------------------------------------------------------
+    def queue_job(self, target: str, genome_hash: str) -> bool:
+        """Queue a measurement once per candidate and target; False if it was queued before."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO jobs (target, hash, status, created, updated) VALUES (?, ?, 'queued', ?, ?)",
+                (target, genome_hash, now, now),
+            )
+            return cur.rowcount == 1
+
+    def jobs(self, target: str, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT hash, status, device, attempts FROM jobs WHERE target = ?"
+        args: tuple[Any, ...] = (target,)
+        if status:
+            sql += " AND status = ?"
+            args += (status,)
+        return [
+            {"hash": h, "status": st, "device": d, "attempts": a}
+            for h, st, d, a in self._db.execute(sql + " ORDER BY created", args)
+        ]
+
+    def finish_job(
+        self,
+        target: str,
+        genome_hash: str,
+        device: str,
+        values: dict[str, Value],
+        gap: dict[str, Any] | None,
+        engine_update: tuple[dict[str, Any], dict[str, Any], int] | None,
+    ) -> None:
+        """A measurement lands: its values, the job marked done, the gap and the revised engine record, at once."""
+        now = time.time()
+        with self.transaction() as db:
+            self._insert_values(db, target, genome_hash, values, now)
+            db.execute(
+                "UPDATE jobs SET status = 'done', device = ?, attempts = attempts + 1, updated = ? "
+                "WHERE target = ? AND hash = ?",
+                (device, now, target, genome_hash),
+            )
+            if gap is not None:
+                db.execute(
+                    "INSERT INTO gaps (target, generation, hash, device, predicted, measured, fit_n, calibration_id, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        target,
+                        gap["generation"],
+                        genome_hash,
+                        device,
+                        gap["predicted"],
+                        gap["measured"],
+                        gap["fit_n"],
+                        gap.get("calibration_id"),
+                        now,
+                    ),
+                )
+            if engine_update is not None:
+                record, state, generation = engine_update
+                self._update_record(db, target, genome_hash, record)
+                self._save_state(db, target, state, generation, now)
+
+    def fail_job(self, target: str, genome_hash: str, device: str, kind: str, message: str, final: bool) -> None:
+        """A measurement failed: the error is kept; a final failure closes the job, else it stays queued."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, device = ?, attempts = attempts + 1, updated = ? "
+                "WHERE target = ? AND hash = ?",
+                ("failed" if final else "queued", device, now, target, genome_hash),
+            )
+            db.execute(
+                "INSERT INTO errors (target, hash, error_kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                (target, genome_hash, kind, f"{device}: {message}"[:2000], now),
+            )
+
+    def revise(
+        self,
+        target: str,
+        updates: list[tuple[str, dict[str, Value], dict[str, Any]]],
+        state: dict[str, Any],
+        generation: int,
+        fit: dict[str, Any] | None = None,
+    ) -> None:
+        """Re-predictions after a refit: new values and revised engine records, with the fit, at once."""
+        now = time.time()
+        with self.transaction() as db:
+            if fit is not None:
+                db.execute(
+                    "INSERT INTO fits (target, generation, n, calibration_id, method, hashes, in_sample_mape, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        target,
+                        fit["generation"],
+                        fit["n"],
+                        fit["calibration_id"],
+                        fit["method"],
+                        json.dumps(fit["hashes"]),
+                        fit.get("in_sample_mape"),
+                        now,
+                    ),
+                )
+            for genome_hash, values, record in updates:
+                self._insert_values(db, target, genome_hash, values, now)
+                self._update_record(db, target, genome_hash, record)
+            self._save_state(db, target, state, generation, now)
+
+    @staticmethod
+    def _update_record(db: sqlite3.Connection, target: str, genome_hash: str, record: dict[str, Any]) -> None:
+        db.execute(
+            "UPDATE candidates SET record = ? WHERE target = ? AND hash = ?", (json.dumps(record), target, genome_hash)
+        )
+
+    def add_event(self, target: str, device: str | None, kind: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (target, device, kind, message, created) VALUES (?, ?, ?, ?, ?)",
+                (target, device, kind, message, time.time()),
+            )
+
+    def events(self, target: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT target, device, kind, message, created FROM events", tuple[str, ...]()
+        if target is not None:
+            sql, args = sql + " WHERE target = ?", (target,)
+        return [
+            {"target": t, "device": d, "kind": k, "message": m, "created": c}
+            for t, d, k, m, c in self._db.execute(sql + " ORDER BY created", args)
+        ]
+
+    def gaps(self, target: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT generation, hash, device, predicted, measured, fit_n, calibration_id FROM gaps WHERE target = ? "
+            "ORDER BY created",
+            (target,),
+        )
+        return [
+            {"generation": g, "hash": h, "device": d, "predicted": p, "measured": m, "fit_n": n, "calibration_id": c}
+            for g, h, d, p, m, n, c in rows
+        ]
+
+    def fits(self, target: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT generation, n, calibration_id, method, hashes, in_sample_mape FROM fits WHERE target = ? "
+            "ORDER BY created",
+            (target,),
+        )
+        return [
+            {"generation": g, "n": n, "calibration_id": c, "method": m, "hashes": json.loads(h), "in_sample_mape": e}
+            for g, n, c, m, h, e in rows
+        ]
+
+    def latest_value(self, target: str, genome_hash: str, objective: str, source: str) -> Value | None:
+        row = self._db.execute(
+            "SELECT value, source, detail FROM value_log "
+            "WHERE target = ? AND hash = ? AND objective = ? AND source = ? ORDER BY id DESC LIMIT 1",
+            (target, genome_hash, objective, source),
+        ).fetchone()
+        return None if row is None else Value(row[0], row[1], json.loads(row[2]))
+
+    def set_device_accuracy(self, target: str, genome_hash: str, device: str, row: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO device_accuracy (target, hash, device, accuracy, mean_cosine, host_accuracy, "
+                "metric, error_kind, message, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    genome_hash,
+                    device,
+                    row.get("accuracy"),
+                    row.get("mean_cosine"),
+                    row.get("host_accuracy"),
+                    row.get("metric"),
+                    row.get("error_kind"),
+                    row.get("message"),
+                    time.time(),
+                ),
+            )
+
+    def device_accuracy(self, target: str) -> dict[str, dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT hash, device, accuracy, mean_cosine, host_accuracy, metric, error_kind, message "
+            "FROM device_accuracy WHERE target = ?",
+            (target,),
+        )
+        return {
+            h: {
+                "device": d,
+                "accuracy": a,
+                "mean_cosine": c,
+                "host_accuracy": ha,
+                "metric": m,
+                "error_kind": k,
+                "message": msg,
+            }
+            for h, d, a, c, ha, m, k, msg in rows
+        }
+
+    def count(self, target: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0])

@@ -1,0 +1,106 @@
+"""What a search is asked to do: its objectives, budgets, per-layer menu and baselines, and its
+``SearchConfig`` (stored in the archive, so a resumed run is the same run)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import InputError
+from harness.core.genome import Bits
+
+OBJECTIVES = ("accuracy", "size", "latency", "energy", "memory")
+DEFAULT_OBJECTIVES = ("accuracy", "size", "latency")
+#: Objective -> (budget key in a profile, unit label)
+UNITS = {"accuracy": "accuracy loss (fraction)", "size": "bytes", "latency": "ms", "energy": "mJ", "memory": "bytes"}
+BUDGET_KEYS = {
+    "latency": "latency_ms",
+    "energy": "energy_j",
+    "memory": "memory_bytes",
+    "size": "size_bytes",
+    "accuracy": "accuracy_loss",
+}
+#: The per-layer menu: (weight bits, activation bits). Emulated widths join with --emulated.
+MENU: tuple[tuple[Any, Any], ...] = (
+    ("fp", "fp"),
+    (8, 8),
+    (8, 16),
+    (8, "dynamic"),
+    (8, "fp"),
+    (4, 8),
+    (4, 16),
+    (4, "fp"),
+    (16, 16),
+)
+EMULATED_MENU: tuple[tuple[Any, Any], ...] = ((6, 8), (3, 8), (2, "fp"), (3, "fp"))
+#: Uniform genomes every initial population holds: static int8, int4 weights, float, and dynamic int8
+#: (ONNX Runtime's strongest simple baseline; FACTS.md).
+BASELINES: dict[str, tuple[Bits, Bits]] = {
+    "w8a8": (8, 8), "w4a8": (4, 8), "fp32": ("fp", "fp"), "w8-dynamic": (8, "dynamic"),
+}
+#: (scheme, granularity) of embedding tables where a baseline's tool differs from the run's:
+#: quantize_dynamic builds per-tensor asymmetric tables.
+BASELINE_TABLES: dict[str, tuple[str, str]] = {"w8-dynamic": ("asymmetric", "per_tensor")}
+#: The baseline fallback genomes start from.
+FALLBACK_BASE = "w8-dynamic"
+#: From high to low precision: sensitivity-guided genomes lower the least sensitive layers first.
+SENSITIVITY_LADDER = ((8, 8), (4, 8))
+#: Fallback genomes: the dynamic baseline with this many of its most sensitive layers reading float
+#: activations (a negative number is that fraction of the layers).
+FALLBACK_COUNTS = (1, 2, -0.125)
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    profiles: list[str]
+    calib: str | None = None
+    data: str | None = None
+    method: str = "minmax"
+    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    budgets: dict[str, float] = field(default_factory=dict)
+    generations: int = 12
+    population: int = 24
+    seed: int = 0
+    workers: int = 1
+    emulated: bool = False
+    scheme: str = "symmetric"
+    granularity: str = "per_channel"
+    devices: list[str] = field(default_factory=list)
+    devices_file: str | None = None
+    hil: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """From an archive's stored config (which also holds derived keys such as model_sha256)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def parse_budgets(items: Sequence[str]) -> dict[str, float]:
+    """``latency=30`` (ms), ``energy=0.3`` (mJ), ``memory=50`` (MB), ``size=40`` (KB), ``accuracy=0.01``."""
+    scale = {"latency": 1.0, "energy": 1e-3, "memory": 1e6, "size": 1e3, "accuracy": 1.0}
+    out = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        if name not in scale:
+            raise InputError(f"--budget {item!r}: unknown objective {name!r}: use one of {', '.join(scale)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError(f"--budget {item!r} is not NAME=NUMBER, e.g. latency=30") from None
+        if value <= 0:
+            raise InputError(f"--budget {item!r}: a budget must be positive")
+        out[BUDGET_KEYS[name]] = value * scale[name]
+    return out
+
+
+def default_out(model: str) -> Path:
+    stem = model.replace("builtin:", "").replace(os.sep, "_").rsplit(".", 1)[0]
+    return Path("results") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"

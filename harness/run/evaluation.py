@@ -1,0 +1,237 @@
+"""Evaluating candidates for the engine: accuracy and size on the host (through the fitness cache
+and optional worker processes), predicted costs from a target's cost table, the objective vector and
+budget violations the engine is told, and the archive-derived summaries the progress line shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.core.errors import QaeError
+from harness.core.genome import Genome
+from harness.quant.evalcache import EvalCache, settings_hash
+from harness.quant.workload import Workload
+from harness.run.archive import Archive, Value
+from harness.run.config import BUDGET_KEYS, OBJECTIVES, SearchConfig
+
+# -- evaluation on the host ---------------------------------------------------------------------
+_WORK: Workload | None = None
+
+
+def worker_init(model: str, calib: str | None, data: str | None, method: str) -> None:
+    global _WORK
+    _WORK = Workload.open(model, calib=calib, eval_data=data, method=method)
+
+
+def evaluate_genome(genome_data: dict[str, Any]) -> dict[str, Any]:
+    assert _WORK is not None
+    try:
+        genome = _WORK.genome(genome_data)
+        result = _WORK.build(genome)
+        report = _WORK.evaluate(result, threads=1)
+    except QaeError as exc:
+        return {"error_kind": "BUILD", "message": str(exc)}
+    except Exception as exc:  # a candidate ORT cannot build or run is a record, not a crash
+        return {"error_kind": "BUILD", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return report.to_dict()
+
+
+class HostEvaluator:
+    """Accuracy and size of genomes on this host, through the cache and optional worker processes."""
+
+    def __init__(self, work: Workload, cfg: SearchConfig) -> None:
+        import onnxruntime
+
+        self.work = work
+        self.cache = EvalCache()
+        assert work.eval_data is not None
+        self.settings = settings_hash(
+            {
+                "calib": work.calib.sha256,
+                "eval": work.eval_data.sha256,
+                "method": cfg.method,
+                "onnxruntime": onnxruntime.__version__,
+                "threads": 1,
+                "metric": getattr(work, "metric", "auto"),
+            }
+        )
+        self.pool: ProcessPoolExecutor | None = None
+        if cfg.workers > 1:
+            self.pool = ProcessPoolExecutor(
+                cfg.workers, initializer=worker_init, initargs=(cfg.model, cfg.calib, cfg.data, cfg.method)
+            )
+        else:
+            global _WORK
+            _WORK = work
+
+    def evaluate(self, genomes: list[Genome]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any] | None] = []
+        todo = []
+        for i, genome in enumerate(genomes):
+            hit = self.cache.get(self.work.model.sha256, genome.hash, self.settings)
+            out.append(hit)
+            if hit is None:
+                todo.append(i)
+        payload = [genomes[i].to_dict() for i in todo]
+        results = (
+            list(self.pool.map(evaluate_genome, payload)) if self.pool else [evaluate_genome(p) for p in payload]
+        )
+        for i, res in zip(todo, results):
+            if "error_kind" not in res:
+                self.cache.put(self.work.model.sha256, genomes[i].hash, self.settings, res)
+            out[i] = res
+        return [r for r in out if r is not None]
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+        self.cache.close()
+
+
+@dataclass
+class Target:
+    name: str
+    profile: Any
+    table: Any
+    budgets: dict[str, float]
+
+    @classmethod
+    def open(cls, name: str, work: Workload, user_budgets: dict[str, float]) -> Target:
+        from profiles import load_profile
+        from profiles.costmodel import CostTable, GraphStats
+
+        profile = load_profile(name)
+        budgets = {**profile.budgets, **user_budgets}
+        return cls(profile.name, profile, CostTable(work.model.layers, profile, GraphStats.of(work.model)), budgets)
+
+
+def host_values(host: dict[str, Any]) -> dict[str, Value]:
+    """Accuracy and size of a built candidate, computed on this host."""
+    emulated = bool(host.get("emulated"))
+    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "metric": host["metric"], "emulated": emulated}
+    values = {
+        "accuracy": Value(float(host["accuracy"]), "computed", computed),
+        "size": Value(float(host["weight_bytes"]), "computed", {**computed, "unit": "bytes", "nominal": True}),
+    }
+    if host.get("mean_cosine") is not None:
+        values["mean_cosine"] = Value(float(host["mean_cosine"]), "computed", computed)
+    return values
+
+
+def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, Value]:
+    """Latency, energy and memory predicted by ``table`` (a cost table, possibly re-fitted online)."""
+    pred = table.predict(genome)
+    detail = {
+        "profile": pred.profile,
+        "calibration_id": pred.calibration_id,
+        "expected_error": pred.uncertainty,
+        "emulated": genome.emulated,
+        "fit_n": fit_n,
+    }
+    return {
+        "latency": Value(pred.latency_ms, "predicted", {**detail, "unit": "ms"}),
+        "energy": Value(pred.energy_j * 1e3, "predicted", {**detail, "unit": "mJ"}),
+        "memory": Value(pred.memory_bytes, "predicted", {**detail, "unit": "bytes"}),
+    }
+
+
+def raw_objectives(values: dict[str, Value], fp32_accuracy: float) -> dict[str, float]:
+    """Objective numbers in engine units (all minimised) from the current values of a candidate."""
+    raw = {name: float(values[name].value) for name in OBJECTIVES if name in values}
+    raw["accuracy"] = fp32_accuracy - float(values["accuracy"].value)
+    return raw
+
+
+def evaluation_of(
+    values: dict[str, Value], fp32_accuracy: float, objectives: Sequence[str], budgets: dict[str, float]
+) -> tuple[Any, float]:
+    """(the engine's Evaluation, total budget violation) for a candidate's current values."""
+    from search import Evaluation
+
+    raw = raw_objectives(values, fp32_accuracy)
+    viol = violations(raw, budgets)
+    return Evaluation.ok([raw[o] for o in objectives], viol), float(sum(max(v, 0.0) for v in viol))
+
+
+def violations(raw: dict[str, float], budgets: dict[str, float]) -> list[float]:
+    """value/budget - 1 per budget (<= 0 is feasible), in a fixed order."""
+    out = []
+    for name, key in BUDGET_KEYS.items():
+        if key in budgets:
+            value = raw[name] if name != "energy" else raw[name] / 1e3
+            out.append(value / budgets[key] - 1.0)
+    return out
+
+
+@dataclass
+class Progress:
+    target: str
+    generation: int
+    generations: int
+    evaluations: int
+    hypervolume: float
+    hit_rate: float
+    best: dict[str, float]
+    elapsed_s: float
+    measured: int | None = None
+
+
+def engine_state(engine: Any, genome: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """The lean engine state (completed records live in the archive) and this genome's record."""
+    record = next(r for r in reversed(engine.records()) if r.genome == genome)
+    return engine.state_dict(include_records=False), engine.generation, record.to_dict()
+
+
+def layers_dict(decoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"weight_bits": v[0], "activation_bits": v[1], "scheme": v[2], "granularity": v[3]}
+        for name, v in decoded.items()
+    }
+
+
+def objective_matrix(
+    archive: Archive, target: str, objectives: Sequence[str], fp32: float, feasible_only: bool = True
+) -> tuple[np.ndarray, list[Any]]:
+    rows, cands = [], []
+    for cand in archive.candidates(target):
+        if not cand.values or (feasible_only and cand.feasible is False):
+            continue
+        raw = {o: cand.values[o].value for o in OBJECTIVES if o in cand.values}
+        raw["accuracy"] = fp32 - raw["accuracy"]
+        rows.append([raw[o] for o in objectives])
+        cands.append(cand)
+    return np.array(rows, dtype=float).reshape(-1, len(objectives)), cands
+
+
+def front_hypervolume(archive: Archive, target: str, objectives: Sequence[str], fp32: float) -> float:
+    """Hypervolume of the feasible points, normalised by the first generation's bounds (fixed per run)."""
+    from search.metrics import hypervolume
+
+    pts, cands = objective_matrix(archive, target, objectives, fp32)
+    if not len(pts):
+        return 0.0
+    first = np.array([p for p, c in zip(pts, cands) if c.generation == 1]) if cands else pts
+    if not len(first):
+        first = pts
+    lo, hi = first.min(axis=0), first.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    lo, hi = lo - 0.1 * span, hi + 0.1 * span
+    norm = (pts - lo) / (hi - lo)
+    return float(hypervolume(norm, np.ones(len(objectives))))
+
+
+def best_values(archive: Archive, target: str) -> dict[str, float]:
+    cands = [c for c in archive.candidates(target) if c.values and c.feasible is not False]
+    if not cands:
+        return {}
+    return {
+        "accuracy": max(c.values["accuracy"].value for c in cands),
+        "size": min(c.values["size"].value for c in cands),
+        "latency": min(c.values["latency"].value for c in cands),
+    }
+
+

@@ -1,0 +1,126 @@
+"""``qae search``: the evolution engine driven over a workload, one run per target profile.
+
+For each target the engine (``search.Engine``) proposes genomes; qae builds and evaluates each on
+the host (accuracy and exact bytes: ``computed``, cached across targets and runs), predicts its
+latency, energy and memory from the target's profile (``predicted``), and tells the engine the
+objective vector and the budget violations. Every told evaluation and the engine state that counts
+it are written to the run archive in one transaction, so ``--resume`` continues a killed run and
+reaches the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import InputError
+from harness.quant.workload import Workload
+from harness.run.archive import Archive
+from harness.run.config import BUDGET_KEYS, OBJECTIVES, SENSITIVITY_LADDER, SearchConfig
+from harness.run.driver import Driver
+from harness.run.evaluation import HostEvaluator, Progress, Target, violations
+from harness.run.seeds import baseline_values, choice_distance, gene_value, layer_choices, layer_sensitivity
+
+
+def device_targets(
+    cfg: SearchConfig, work: Workload, archive: Archive, out: Path, say: Callable[[str], None]
+) -> list[Any]:
+    """Group the --device devices by hardware profile; each group is one measured target."""
+    from harness.devices.config import DeviceConfig, get_device
+    from harness.run.hil import DeviceTarget, HilSettings
+    from profiles import load_profile
+
+    groups: dict[str, list[DeviceConfig]] = {}
+    for name in cfg.devices:
+        device = get_device(name, cfg.devices_file)
+        profile_name = device.profile or ("host-cpu" if device.transport == "local" else None)
+        if profile_name is None:
+            raise InputError(
+                f"device {name} has no profile: set `profile:` for it in devices.yaml "
+                "(`qae profiles list` shows the profiles)"
+            )
+        groups.setdefault(profile_name, []).append(device)
+    targets = []
+    for profile_name, devices in groups.items():
+        profile = load_profile(profile_name)
+        targets.append(
+            DeviceTarget(
+                "+".join(d.name for d in devices),
+                devices,
+                profile,
+                work,
+                archive,
+                out,
+                {**profile.budgets, **cfg.budgets},
+                HilSettings(**cfg.hil),
+                say,
+            )
+        )
+    return targets
+
+
+def run_search(
+    cfg: SearchConfig,
+    out: Path,
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> Archive:
+    """Run (or resume) the search for every target profile and device group; returns the archive."""
+    from search import Engine, EngineConfig, Record, SearchError, SearchSpace
+
+    for name in cfg.objectives:
+        if name not in OBJECTIVES:
+            raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
+    if "accuracy" not in cfg.objectives:
+        raise InputError("the objectives must include accuracy: qae trades accuracy against cost")
+    work = Workload.open(cfg.model, calib=cfg.calib, eval_data=cfg.data, method=cfg.method)
+    if work.eval_data is None:
+        raise InputError("--data is required for a model that is not a builtin: give an evaluation .npz")
+    targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
+    archive = Archive(out / "archive.sqlite")
+    if not resume:
+        archive.start({**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names})
+    targets += device_targets(cfg, work, archive, out, say)
+    evaluator = HostEvaluator(work, cfg)
+    fp32 = work.evaluate(None).accuracy
+    choices = layer_choices(work, cfg)
+    names = [layer.name for layer in work.model.layers]
+    space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices], distance=choice_distance)
+    sensitivity = layer_sensitivity(work, evaluator, cfg)
+    started = time.time()
+    try:
+        for target in targets:
+            baselines = baseline_values(work, cfg, sensitivity)
+            engine_cfg = EngineConfig(
+                n_objectives=len(cfg.objectives),
+                n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),
+                objective_names=tuple(cfg.objectives),
+                pop_size=cfg.population,
+                max_generations=cfg.generations,
+                seed=cfg.seed,
+                baselines=tuple(baselines),
+                sensitivity=tuple(sensitivity),
+                sensitivity_ladder=tuple((*v, cfg.scheme, cfg.granularity) for v in SENSITIVITY_LADDER),
+            )
+            state = archive.engine_state(target.name)
+            try:
+                if state:
+                    records = [Record.from_dict(r) for r in archive.engine_records(target.name)]
+                    engine = Engine.from_state(space, engine_cfg, state, records=records)
+                else:
+                    engine = Engine(space, engine_cfg)
+            except SearchError as exc:
+                raise InputError(f"cannot resume the run in {out} ({exc}): start a new run with --out") from None
+            Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress).run()
+        archive.set_status("finished")
+    finally:
+        evaluator.close()
+        for target in targets:
+            if hasattr(target, "close"):
+                target.close()
+    return archive
+
+

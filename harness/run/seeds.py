@@ -1,0 +1,134 @@
+"""The search space and the initial population: each layer's menu of genes, the per-layer
+sensitivity probes, and the seeded baselines and fallback genomes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from harness.core.genome import Gene, Genome, normalise
+from harness.quant.workload import Workload
+from harness.run.config import (
+    BASELINE_TABLES,
+    BASELINES,
+    EMULATED_MENU,
+    FALLBACK_BASE,
+    FALLBACK_COUNTS,
+    MENU,
+    SearchConfig,
+)
+from harness.run.evaluation import HostEvaluator
+
+
+def layer_choices(work: Workload, cfg: SearchConfig) -> list[list[Gene]]:
+    """Per layer, the distinct genes the menu allows once normalised (a Gather has no activation)."""
+    menu = MENU + (EMULATED_MENU if cfg.emulated else ())
+    out = []
+    for layer in work.model.layers:
+        genes: list[Gene] = []
+        gather = layer.op_type == "Gather"
+        # An embedding table has one row per token: per-row scales cost 4 bytes a row, which on a
+        # 30k-token vocabulary outweighs what they buy, so per-tensor is offered there too. Its values
+        # are rarely centred on zero (MiniLM's words span -0.51..1.05) and only the gathered rows are
+        # dequantized, so an asymmetric grid costs nothing at run time: it is offered as well.
+        granularities = [cfg.granularity] + (["per_tensor"] if gather else [])
+        schemes = [cfg.scheme] + (["asymmetric"] if gather else [])
+        for granularity in dict.fromkeys(granularities):
+            for scheme in dict.fromkeys(schemes):
+                for w, a in menu:
+                    gene = normalise(Gene(w, a, scheme, granularity), layer.op_type, layer.name)
+                    if gene not in genes:
+                        genes.append(gene)
+        out.append(genes)
+    return out
+
+
+def layer_sensitivity(work: Workload, evaluator: HostEvaluator, cfg: SearchConfig) -> list[float]:
+    """Per layer, 1 - mean cosine to FP32 with only that layer at w4a8 (HAWQ/AIMET-style probe).
+
+    One host evaluation per layer, through the fitness cache; low means robust to lower precision.
+    """
+    probes = []
+    for layer in work.model.layers:
+        probes.append(
+            Genome.from_dict(
+                {
+                    "default": {"weight_bits": "fp"},
+                    "layers": {
+                        layer.name: {
+                            "weight_bits": 4,
+                            "activation_bits": 8,
+                            "scheme": cfg.scheme,
+                            "granularity": cfg.granularity,
+                        }
+                    },
+                },
+                work.layer_ops,
+            )
+        )
+    out = []
+    for res in evaluator.evaluate(probes):
+        cosine = res.get("mean_cosine")
+        out.append(1.0 - float(cosine) if cosine is not None else 1.0)
+    return out
+
+
+def _bits(v: Any) -> float:
+    named = {"fp": 32.0, "dynamic": 8.0}
+    return named[v] if v in named else float(v)
+
+
+def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[float] | None = None) -> list[Any]:
+    """The seeded baselines as choice values (a ``PerLayer`` where ``BASELINE_TABLES`` gives embedding
+    tables their own grid: ``w8-dynamic`` is then ONNX Runtime's ``quantize_dynamic`` as a user runs it).
+
+    With ``sensitivity`` (one score per layer, high = sensitive), fallback genomes follow it: the
+    ``FALLBACK_BASE`` baseline with its ``FALLBACK_COUNTS`` most sensitive layers reading float activations
+    over their int8 weights (the same bytes; what accuracy-driven tuning does when it excludes
+    nodes from activation quantization, one step of it per genome).
+    """
+    from search.space import PerLayer
+
+    layers = work.model.layers
+    out: list[Any] = []
+    dynamic: list[tuple[Any, ...]] = []
+    for name, (w, a) in BASELINES.items():
+        value = (w, a, cfg.scheme, cfg.granularity)
+        per_layer = [value] * len(layers)
+        if name in BASELINE_TABLES:
+            table = gene_value(normalise(Gene(w, a, *BASELINE_TABLES[name]), "Gather", "embedding"))
+            per_layer = [table if lay.op_type == "Gather" else value for lay in layers]
+        out.append(PerLayer(tuple(per_layer)) if per_layer != [value] * len(layers) else value)
+        if name == FALLBACK_BASE:
+            dynamic = per_layer
+    if sensitivity is None or not dynamic:
+        return out
+    # an embedding table reads indices: it has no activation to keep in float
+    order = [i for i in sorted(range(len(layers)), key=lambda i: (-sensitivity[i], i)) if dynamic[i][1] != "fp"]
+    counts = sorted({min(len(order), int(c) if c > 0 else math.ceil(-c * len(order))) for c in FALLBACK_COUNTS} - {0})
+    for count in counts:
+        values = list(dynamic)
+        for i in order[:count]:
+            w, _, scheme, granularity = dynamic[i]
+            values[i] = gene_value(normalise(Gene(w, "fp", scheme, granularity), layers[i].op_type, layers[i].name))
+        out.append(PerLayer(tuple(values)))
+    return out
+
+
+def choice_distance(a: Any, b: Any) -> float:
+    """How far two genes are apart, so a uniform baseline maps a layer lacking it to its nearest gene
+    (an embedding Gather has no activation choice: w8a8 there means 8-bit weights, float output)."""
+    w = abs(np.log2(_bits(a[0])) - np.log2(_bits(b[0])))
+    act = abs(np.log2(_bits(a[1])) - np.log2(_bits(b[1]))) + (
+        0.0 if (a[1] == "dynamic") == (b[1] == "dynamic") else 0.5
+    )
+    return float(2 * w + act + (a[2] != b[2]) + (a[3] != b[3]))
+
+
+def gene_value(gene: Gene) -> tuple[Any, ...]:
+    return (gene.weight_bits, gene.activation_bits, gene.scheme, gene.granularity)
+
+

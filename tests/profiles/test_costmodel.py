@@ -1,0 +1,126 @@
+"""The cost model reproduces the facts its profiles encode, and its fast path agrees with the slow one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli.main import main
+from harness.core.genome import Gene, Genome
+from harness.core.model import ModelInfo, load_model
+from profiles import load_profile
+from profiles.costmodel import CostTable, GraphStats, predict, predict_model
+from profiles.microbench import save_with_calib, transformer
+
+PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane", "host-cpu"]
+
+
+@pytest.fixture(scope="module")
+def digits() -> ModelInfo:
+    return load_model("builtin:digits-vit")
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory: pytest.TempPathFactory) -> ModelInfo:
+    """The calibration benchmark's larger model: 2.4 M to 9.4 M MACs per layer."""
+    path, _ = save_with_calib(transformer(), tmp_path_factory.mktemp("tr"), "tr")
+    return load_model(path)
+
+
+def _uniform(model: ModelInfo, gene: Gene) -> Genome:
+    return Genome.uniform(gene, {lay.name: lay.op_type for lay in model.layers})
+
+
+@pytest.mark.parametrize("which", ["digits", "larger"])
+def test_host_cpu_int4_qdq_predicts_slower_than_int8(which: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(which)
+    p = load_profile("host-cpu")
+    w8 = predict_model(model, _uniform(model, Gene(8, 8)), p)
+    w4 = predict_model(model, _uniform(model, Gene(4, 8)), p)
+    assert w4.latency_ms > w8.latency_ms
+    assert {row["path"] for row in w4.layers} == {"dequantize"}  # ORT dequantises int4 QDQ weights
+
+
+def test_hexagon_int4_predicts_faster_and_lower_energy_than_int8(larger: ModelInfo, digits: ModelInfo) -> None:
+    p = load_profile("hexagon-htp")
+    w8 = predict_model(larger, _uniform(larger, Gene(8, 8)), p)
+    w4 = predict_model(larger, _uniform(larger, Gene(4, 8)), p)
+    assert w4.latency_ms < w8.latency_ms
+    assert w4.energy_j < w8.energy_j
+    assert w4.memory_bytes < w8.memory_bytes
+    d8 = predict_model(digits, _uniform(digits, Gene(8, 8)), p)
+    d4 = predict_model(digits, _uniform(digits, Gene(4, 8)), p)
+    assert d4.latency_ms <= d8.latency_ms and d4.energy_j < d8.energy_j
+
+
+@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("bits", [2, 3, 5, 6])
+def test_emulated_widths_never_predict_faster_than_int8(name: str, bits: int, larger: ModelInfo) -> None:
+    p = load_profile(name)
+    w8 = predict_model(larger, _uniform(larger, Gene(8, 8)), p)
+    emu = predict_model(larger, _uniform(larger, Gene(bits, bits)), p)
+    assert emu.latency_ms >= w8.latency_ms
+    assert emu.energy_j >= w8.energy_j
+    assert emu.emulated_layers
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_population_path_matches_single_predictions(name: str, digits: ModelInfo) -> None:
+    p = load_profile(name)
+    ops = {lay.name: lay.op_type for lay in digits.layers}
+    rng = np.random.default_rng(1)
+    genes = [Gene(8, 8), Gene(4, 8), Gene("fp", "fp"), Gene(8, "dynamic"), Gene(16, 16), Gene(6, 6),
+             Gene(8, "fp"), Gene(4, "fp"), Gene(8, 16)]
+    genomes = [Genome.from_dict({"layers": {n: genes[int(rng.integers(len(genes)))].to_dict() for n in ops}}, ops)
+               for _ in range(100)]
+    table = CostTable(digits.layers, p, GraphStats.of(digits))
+    many = table.predict_many(genomes)
+    assert many.shape == (100, 3)
+    for g, row in zip(genomes[:10], many[:10]):
+        one = predict(digits.layers, g, p, GraphStats.of(digits))
+        assert row == pytest.approx([one.latency_ms, one.energy_j, one.memory_bytes])
+        assert sum(r["latency_ms"] for r in one.layers) < one.latency_ms
+
+
+def test_prediction_record(digits: ModelInfo) -> None:
+    p = load_profile("host-cpu")
+    pred = predict(digits.layers, _uniform(digits, Gene(8, 8)), p)
+    d = pred.to_dict()
+    assert d["source"] == "predicted" and d["profile"] == "host-cpu"
+    assert d["uncertainty"] == p.num("uncertainty") > 0
+    assert len(d["layers"]) == len(digits.layers)
+    assert {"latency_ms", "energy_j", "memory_bytes", "calibration_id"} <= set(d)
+    json.dumps(d)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_more_bits_cost_more_memory_and_fp_costs_most(name: str, larger: ModelInfo) -> None:
+    p = load_profile(name)
+    mem = {g: predict_model(larger, _uniform(larger, g), p).memory_bytes
+           for g in (Gene(4, "fp"), Gene(8, "fp"), Gene("fp", "fp"))}
+    assert mem[Gene(4, "fp")] < mem[Gene(8, "fp")] < mem[Gene("fp", "fp")]
+
+
+def test_slower_unit_fallback_for_dynamic_on_npus(larger: ModelInfo) -> None:
+    for name in ("hexagon-htp", "apple-ane"):
+        p = load_profile(name)
+        dyn = predict_model(larger, _uniform(larger, Gene(8, "dynamic")), p)
+        static = predict_model(larger, _uniform(larger, Gene(8, 8)), p)
+        assert {r["path"] for r in dyn.layers} == {"slower_unit"}
+        assert dyn.latency_ms > static.latency_ms
+
+
+def test_cli_predict_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    genome = tmp_path / "g.yaml"
+    genome.write_text("default: {weight_bits: 4, activation_bits: 8}\n")
+    assert main(["predict", "builtin:digits-vit", "--profile", "hexagon-htp", "--genome", str(genome), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"] == "predicted" and out["profile"] == "hexagon-htp"
+    assert out["latency_ms"] > 0 and out["energy_j"] > 0 and out["memory_bytes"] > 0
+    assert out["uncertainty"] > 0 and len(out["layers"]) == 14
+    assert main(["predict", "builtin:digits-vit", "--profile", "host-cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "latency (predicted)" in text and "blocks.0.ffn.fc1" in text

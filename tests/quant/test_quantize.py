@@ -1,0 +1,191 @@
+"""Quantized files are what the genome says: read back from the written ONNX files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from harness.quant.quantize import save_model
+
+LAYER = "blocks.0.ffn.fc1"
+W8A8 = {"weight_bits": 8, "activation_bits": 8, "scheme": "symmetric", "granularity": "per_channel"}
+
+
+def _write(work, data: dict, path: Path) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+    save_model(work.build(work.genome(data)), path)
+    return onnx.load(str(path))
+
+
+def _init(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in proto.graph.initializer if t.name == name)
+
+
+def _weight_of(proto: onnx.ModelProto, work, layer: str) -> onnx.TensorProto:  # type: ignore[no-untyped-def]
+    return _init(proto, work.model.layer(layer).weight + "_quantized")
+
+
+def _dq_of(proto: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
+    return next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == tensor)
+
+
+def test_int4_weight_takes_half_the_bytes_of_int8(digits_workload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    w8 = _write(digits_workload, {"default": W8A8}, tmp_path / "w8.onnx")
+    w4 = _write(digits_workload, {"default": W8A8, "layers": {LAYER: {"weight_bits": 4}}}, tmp_path / "w4.onnx")
+    t8, t4 = _weight_of(w8, digits_workload, LAYER), _weight_of(w4, digits_workload, LAYER)
+    assert t8.data_type == onnx.TensorProto.INT8 and t4.data_type == onnx.TensorProto.INT4
+    assert len(t4.raw_data) * 2 == len(t8.raw_data) == digits_workload.model.layer(LAYER).params
+
+
+def test_emulated_3bit_weights_have_at_most_7_levels_per_channel(digits_workload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proto = _write(digits_workload, {"default": W8A8, "layers": {LAYER: {"weight_bits": 3}}}, tmp_path / "w3.onnx")
+    q = numpy_helper.to_array(_weight_of(proto, digits_workload, LAYER))
+    axis = digits_workload.model.layer(LAYER).channel_axis
+    assert q.dtype == np.int8 and q.min() >= -3 and q.max() <= 3
+    per_channel = [len(np.unique(np.take(q, c, axis=axis))) for c in range(q.shape[axis])]
+    assert max(per_channel) <= 7
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert LAYER in props["qae.emulated_layers"]
+
+
+def test_power_of_two_scales_are_exact_powers_of_two(digits_workload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proto = _write(digits_workload, {"default": {**W8A8, "scheme": "power_of_two"}}, tmp_path / "p2.onnx")
+    scales = [
+        numpy_helper.to_array(_init(proto, n.input[1]))
+        for n in proto.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1]
+    ]
+    assert len(scales) >= 2 * len(digits_workload.model.layers)
+    for s in scales:
+        exps = np.log2(s.astype(np.float64))
+        assert np.all(exps == np.round(exps)), s
+
+
+def _capture(proto: onnx.ModelProto, tensor: str, elem: int, feed: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    proto.graph.output.append(helper.make_tensor_value_info(tensor, elem, None))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([tensor], feed)[0]
+
+
+@pytest.mark.parametrize("scheme", ["asymmetric", "symmetric"])
+def test_6bit_activation_never_exceeds_its_levels(digits_workload, tmp_path: Path, scheme: str) -> None:  # type: ignore[no-untyped-def]
+    layer = "blocks.0.ffn.fc2"  # reads the GELU output, the widest-ranged activation
+    data = {"default": W8A8, "layers": {layer: {"activation_bits": 6, "scheme": scheme}}}
+    proto = _write(digits_workload, data, tmp_path / "a6.onnx")
+    act = digits_workload.model.layer(layer).activation + f"__qae_{layer}"
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith(act))
+    assert any(n.op_type == "Clip" and n.output[0] == q.input[0] for n in proto.graph.node)
+    elem = onnx.TensorProto.UINT8 if scheme == "asymmetric" else onnx.TensorProto.INT8
+    values = _capture(proto, q.output[0], elem, {"pixels": digits_workload.eval_data.inputs["pixels"]})
+    if scheme == "asymmetric":
+        assert values.min() >= 0 and values.max() <= 63
+    else:
+        assert values.min() >= -31 and values.max() <= 31
+    assert len(np.unique(values)) <= 64
+
+
+def test_a_genome_mixing_static_dynamic_fp_4_and_8_bits_builds_and_runs(digits_workload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = {
+        "default": W8A8,
+        "layers": {
+            "blocks.0.attn.q_proj": {"activation_bits": "dynamic"},
+            "blocks.0.attn.k_proj": {"weight_bits": 4, "activation_bits": "fp"},
+            "blocks.0.attn.v_proj": {"weight_bits": 4, "activation_bits": 16},
+            "blocks.0.ffn.fc1": {"weight_bits": 4, "activation_bits": 8},
+            "blocks.1.ffn.fc2": {"weight_bits": "fp"},
+            "head": {"activation_bits": "dynamic", "granularity": "per_tensor"},
+        },
+    }
+    path = tmp_path / "mixed.onnx"
+    proto = _write(digits_workload, data, path)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"} <= ops
+    report = digits_workload.evaluate(digits_workload.build(digits_workload.genome(data)))
+    fp32 = digits_workload.evaluate(None)
+    assert 0 <= report.accuracy <= 1 and report.mean_cosine > 0.9
+    assert report.weight_bytes < fp32.weight_bytes
+    # The fp layer keeps its float weight; the k_proj weight-only layer has no activation Q/DQ.
+    assert _init(proto, digits_workload.model.layer("blocks.1.ffn.fc2").weight).data_type == onnx.TensorProto.FLOAT
+    k_act = digits_workload.model.layer("blocks.0.attn.k_proj").activation + "__qae_blocks.0.attn.k_proj"
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == k_act for n in proto.graph.node)
+
+
+def test_uniform_baselines_on_digits_vit(digits_workload) -> None:  # type: ignore[no-untyped-def]
+    fp32 = digits_workload.evaluate(None).accuracy
+    assert fp32 >= 0.95
+    w8a8 = digits_workload.evaluate(digits_workload.build(digits_workload.uniform(**W8A8))).accuracy
+    assert abs(w8a8 - fp32) <= 0.01
+    for fields in ({"weight_bits": 4, "activation_bits": 8}, {"weight_bits": 8, "activation_bits": "dynamic"}):
+        acc = digits_workload.evaluate(digits_workload.build(digits_workload.uniform(**fields))).accuracy
+        assert 0.5 < acc <= 1.0
+
+
+def test_nominal_weight_bytes_count_emulated_bits_at_their_width(digits_workload) -> None:  # type: ignore[no-untyped-def]
+    base = digits_workload.evaluate(digits_workload.build(digits_workload.uniform(**W8A8)))
+    three = digits_workload.evaluate(
+        digits_workload.build(digits_workload.genome({"default": W8A8, "layers": {LAYER: {"weight_bits": 3}}}))
+    )
+    params = digits_workload.model.layer(LAYER).params
+    assert base.weight_bytes - three.weight_bytes == params - math.ceil(params * 3 / 8)
+    assert three.stored_weight_bytes == base.stored_weight_bytes  # int8 storage either way
+    assert three.emulated and not base.emulated
+
+
+def test_cached_ranges_are_reused(digits_workload) -> None:  # type: ignore[no-untyped-def]
+    from harness.quant.workload import Workload
+
+    again = Workload.open("builtin:digits-vit")
+    assert again.ranges_from_cache and again.ranges == digits_workload.ranges
+    g = digits_workload.uniform(**W8A8)
+    a = digits_workload.build(g).proto.SerializeToString()
+    assert again.build(g).proto.SerializeToString() == a
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_embedding_rows_are_gathered_before_dequantizing(tmp_path: Path, granularity: str) -> None:
+    """An 8-bit embedding table is gathered as integers and only the rows used are dequantized;
+    the values equal dequantizing the whole table and gathering from it."""
+    import onnxruntime as ort
+
+    from harness.quant.workload import Workload
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
+            helper.make_node("MatMul", ["h", "W"], ["y"], name="head"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4, 3])],
+        [
+            numpy_helper.from_array(table, "E"),
+            numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    ids = rng.integers(0, 50, size=(16, 4)).astype(np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    work = Workload.open(path, calib=tmp_path / "ids.npz", eval_data=tmp_path / "ids.npz")
+    genome = work.genome(
+        {"default": {"weight_bits": 8, "granularity": granularity}, "layers": {"head": {"weight_bits": "fp"}}}
+    )
+    proto = work.build(genome).proto
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[1] == "ids")
+    assert inits[gather.input[0]].dtype == np.int8  # integer rows are gathered, no whole-table dequantize
+    q, scale = inits["E_quantized"].astype(np.float64), inits["E_scale"].astype(np.float64)
+    whole = q * (scale[:, None] if scale.ndim == 1 else scale)  # symmetric: zero points are 0
+    proto.graph.output.append(helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = sess.run(["h"], {"ids": ids})[0]
+    assert np.allclose(rows, whole[ids].astype(np.float32), rtol=0, atol=1e-6)

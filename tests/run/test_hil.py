@@ -1,0 +1,166 @@
+"""Hardware in the loop end to end: two loopback SSH devices running the real agent and one simulated
+device, one SSH server killed mid-run; nothing lost, nothing measured twice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.run.archive import Archive
+from harness.run.config import SearchConfig
+from harness.run.search import run_search
+from tests.sshd import OpenSshServer, ParamikoServer, have_sshd, make_keys, write_known_hosts
+
+
+def _servers(root: Path, n: int) -> list[object]:
+    import getpass
+
+    keys = make_keys(root / "keys")
+    servers: list[object] = []
+    for i in range(n):
+        if have_sshd():
+            servers.append(OpenSshServer(root / f"sshd{i}", keys))
+        else:  # the in-process paramiko server still runs real SSH and the real agent
+            servers.append(ParamikoServer(keys, getpass.getuser()))
+    return [keys, *servers]
+
+
+def test_search_with_two_ssh_devices_and_a_simulated_one_survives_a_lost_device(tmp_path: Path) -> None:
+    keys, server_a, server_b = _servers(tmp_path, 2)
+    devices = []
+    for name, server in (("hil-ssh-a", server_a), ("hil-ssh-b", server_b)):
+        known = write_known_hosts(tmp_path / f"known_{name}", server.port, keys.host_key)  # type: ignore[attr-defined]
+        devices.append(
+            {
+                "name": name,
+                "transport": "ssh",
+                "host": "127.0.0.1",
+                "port": server.port,  # type: ignore[attr-defined]
+                "user": __import__("getpass").getuser(),
+                "key_file": str(keys.user_key_file),  # type: ignore[attr-defined]
+                "known_hosts": str(known),
+                "python": sys.executable,
+                "cache_dir": str(tmp_path / "agent"),
+                "sensor": "none",
+                "profile": "host-cpu",
+                "connect_timeout_s": 5,
+            }
+        )
+    devices.append(
+        {
+            "name": "hil-sim",
+            "transport": "simulated",
+            "profile": "arm-neon-a76",
+            "simulation": {"noise": 0.05, "seed": 1},
+        }
+    )
+    devices_file = tmp_path / "devices.yaml"
+    devices_file.write_text(yaml.safe_dump({"devices": devices}))
+
+    out = tmp_path / "run"
+    cfg = SearchConfig(
+        model="builtin:digits-vit",
+        profiles=[],
+        generations=4,
+        population=8,
+        seed=5,
+        devices=["hil-ssh-a", "hil-ssh-b", "hil-sim"],
+        devices_file=str(devices_file),
+        hil={"per_generation": 3, "runs": 5, "min_seconds": 0.05, "warmup_seconds": 0.05, "accuracy_points": 2},
+    )
+    said: list[str] = []
+    killed: list[bool] = []
+
+    def on_progress(step) -> None:  # type: ignore[no-untyped-def]
+        if step.target == "hil-ssh-a+hil-ssh-b" and step.generation == 2 and not killed:
+            server_a.stop()  # type: ignore[attr-defined]
+            killed.append(True)
+
+    archive = run_search(cfg, out, on_progress=on_progress, say=said.append)
+    assert killed
+    ssh_group, sim = "hil-ssh-a+hil-ssh-b", "hil-sim"
+    assert sorted(archive.targets()) == sorted([ssh_group, sim])
+    for target in (ssh_group, sim):
+        cands = archive.candidates(target)
+        history = archive.history(target)
+        assert len(cands) == history[-1]["evaluations"] == len({c.hash for c in cands})  # every candidate once
+    from harness.report.html import build_report
+
+    archive.close()
+    build_report(out)
+    fronts = json.loads((out / "front.json").read_text())["targets"]
+    for target, source in ((ssh_group, "measured"), (sim, "simulated")):
+        points = fronts[target]["points"]
+        assert points and all(p["objectives"]["latency"]["source"] == source for p in points), target
+    survivors = {p["objectives"]["latency"]["device"] for p in fronts[ssh_group]["points"]}
+    assert "hil-ssh-b" in survivors
+    with sqlite3.connect(str(out / "archive.sqlite")) as con:
+        twice = con.execute(
+            "SELECT COUNT(*) FROM (SELECT target, hash, COUNT(*) n FROM value_log WHERE source IN "
+            "('measured', 'simulated') AND objective = 'latency' GROUP BY target, hash HAVING n > 1)"
+        ).fetchone()[0]
+        lost = con.execute(
+            "SELECT COUNT(*) FROM events WHERE device = 'hil-ssh-a' AND kind = 'DEVICE_FAILED'"
+        ).fetchone()[0]
+    assert twice == 0
+    on_device = Archive(out / "archive.sqlite")
+    ssh_acc = on_device.device_accuracy(ssh_group)
+    assert len(ssh_acc) == 2 and all(r["device"] == "hil-ssh-b" and r["accuracy"] is not None for r in ssh_acc.values())
+    assert all(abs(r["accuracy"] - r["host_accuracy"]) < 1e-9 for r in ssh_acc.values())  # same runtime, same bits
+    assert {r["error_kind"] for r in on_device.device_accuracy(sim).values()} == {"UNSUPPORTED"}
+    on_device.close()
+    assert lost >= 1 and any("hil-ssh-a" in line for line in said)
+    page = (out / "report.html").read_text()
+    assert "hil-ssh-a" in page and "DEVICE_FAILED" in page
+    server_b.stop()  # type: ignore[attr-defined]
+
+
+def test_online_fit_uses_the_new_measurements(tmp_path: Path) -> None:
+    """The local device's cost model is re-fitted from the measurements that came in, and each
+    prediction checked against a new measurement was made by a fit that did not include it."""
+    out = tmp_path / "run"
+    cfg = SearchConfig(
+        model="builtin:digits-vit",
+        profiles=[],
+        generations=4,
+        population=8,
+        seed=2,
+        devices=["local"],
+        hil={
+            "per_generation": 4,
+            "runs": 5,
+            "min_seconds": 0.05,
+            "warmup_seconds": 0.05,
+            "refit_min": 3,
+            "accuracy_points": 0,
+        },
+    )
+    archive = run_search(cfg, out, say=lambda m: None)
+    fits = archive.fits("local")
+    assert len(fits) >= 2
+    assert [f["n"] for f in fits] == sorted({f["n"] for f in fits})  # each re-fit has more measurements
+    for earlier, later in itertools.pairwise(fits):
+        assert set(earlier["hashes"]) < set(later["hashes"])  # ... the earlier ones and the new ones
+    gaps = archive.gaps("local")
+    fitted_on = {f["calibration_id"]: set(f["hashes"]) for f in fits}
+    checked = [g for g in gaps if g["calibration_id"] in fitted_on]
+    assert checked
+    for gap in checked:
+        assert gap["hash"] not in fitted_on[gap["calibration_id"]]  # predicted before it was measured
+        assert gap["fit_n"] == len(fitted_on[gap["calibration_id"]])
+    archive.close()
+
+
+@pytest.mark.parametrize("bad", ["no-such-device"])
+def test_unknown_device_is_a_one_line_error(tmp_path: Path, bad: str) -> None:
+    from tests.cli.test_cli_model import assert_one_line_error, qae
+
+    assert_one_line_error(
+        qae("search", "builtin:digits-vit", "--device", bad, "--out", str(tmp_path / "r")), "unknown device"
+    )

@@ -1,0 +1,197 @@
+"""``qae search`` end to end on builtin:digits-vit: resume after kill -9, fronts, reports, exports, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.run.archive import Archive, Value
+from tests.cli.test_cli_model import assert_one_line_error, qae
+
+SMALL = ["--generations", "4", "--population", "10", "--seed", "3"]
+
+
+def _search(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return qae("search", "builtin:digits-vit", "--profile", "hexagon-htp", *SMALL, "--out", str(out), *extra)
+
+
+def _count(db: Path) -> int:
+    try:
+        with sqlite3.connect(str(db), timeout=5) as con:
+            return int(con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = _search(out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # A cache of its own: with the reference run's fitness cache every evaluation would be a hit and
+    # the run could finish between two polls, before the kill lands.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "QAE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli.main",
+            "search",
+            "builtin:digits-vit",
+            "--profile",
+            "hexagon-htp",
+            *SMALL,
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 240
+    while _count(out / "archive.sqlite") < 15 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-generation: the second generation is being evaluated
+    proc.wait()
+    before = _count(out / "archive.sqlite")
+    assert 15 <= before < 40
+    resumed = qae("search", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+
+    archive, ref = Archive(out / "archive.sqlite"), Archive(reference_run / "archive.sqlite")
+    cands, ref_cands = archive.candidates("hexagon-htp"), ref.candidates("hexagon-htp")
+    assert [c.hash for c in cands] == [c.hash for c in ref_cands]  # same evaluations, same order, once each
+    with sqlite3.connect(str(out / "archive.sqlite")) as con:
+        dupes = con.execute(
+            "SELECT COUNT(*) FROM (SELECT hash, objective, source, COUNT(*) n FROM value_log "
+            "GROUP BY target, hash, objective, source HAVING n > 1)"
+        ).fetchone()[0]
+    assert dupes == 0
+    front = json.loads((out / "front.json").read_text())["targets"]["hexagon-htp"]
+    ref_front = json.loads((reference_run / "front.json").read_text())["targets"]["hexagon-htp"]
+    assert sorted(p["id"] for p in front["points"]) == sorted(p["id"] for p in ref_front["points"])
+
+
+def test_front_dominates_or_equals_the_uniform_baselines(reference_run: Path) -> None:
+    from harness.report.html import candidate_gene
+
+    archive = Archive(reference_run / "archive.sqlite")
+    cfg = archive.config()
+    objectives = cfg["objectives"]
+    cands = archive.candidates("hexagon-htp")
+    front = json.loads((reference_run / "front.json").read_text())["targets"]["hexagon-htp"]["points"]
+
+    def vec(values: dict) -> list[float]:  # type: ignore[type-arg]
+        return [-values["accuracy"]["value"] if o == "accuracy" else values[o]["value"] for o in objectives]
+
+    for w, a in ((8, 8), (4, 8)):
+        base = next(
+            c
+            for c in cands
+            if all((candidate_gene(c, n)["weight_bits"], candidate_gene(c, n)["activation_bits"]) == (w, a)
+                   for n in cfg["layers"])
+        )
+        b = vec({k: v.to_dict() for k, v in base.values.items()})
+        assert any(all(x <= y for x, y in zip(vec(p["objectives"]), b)) for p in front), (w, a)
+
+
+def test_report_files_and_provenance(reference_run: Path) -> None:
+    for name in ("report.html", "front.json", "hypervolume.png", "front_hexagon-htp.png", "heatmap_hexagon-htp.png"):
+        assert (reference_run / name).stat().st_size > 1000, name
+    page = (reference_run / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page  # self-contained, opens offline
+    front = json.loads((reference_run / "front.json").read_text())["targets"]["hexagon-htp"]
+    point = front["points"][0]
+    assert point["objectives"]["accuracy"]["source"] == "computed"
+    assert point["objectives"]["latency"]["source"] == "predicted"
+    assert point["objectives"]["latency"]["device_or_profile"] == "hexagon-htp"
+    assert front["recommended"] in {p["id"] for p in front["points"]}
+
+
+def test_export_writes_genome_overrides_and_model(reference_run: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    proc = qae("export", str(reference_run), "--best", "-o", str(tmp_path / "exp"))
+    assert proc.returncode == 0, proc.stderr
+    exp = tmp_path / "exp"
+    assert "default" in (exp / "genome.yaml").read_text()
+    assert "TensorQuantOverrides" in json.loads((exp / "overrides.json").read_text())
+    ort.InferenceSession(str(exp / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_unmeetable_budget_finishes_and_keeps_the_closest(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = qae(
+        "search",
+        "builtin:digits-vit",
+        "--profile",
+        "hexagon-htp",
+        "--generations",
+        "2",
+        "--population",
+        "6",
+        "--budget",
+        "latency=0.000001",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no candidate met the budgets" in proc.stderr
+    front = json.loads((out / "front.json").read_text())["targets"]["hexagon-htp"]
+    assert front["feasible"] is False and len(front["points"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["builtin:digits-vit", "--profile", "no-such-npu"], "no-such-npu"),
+        (["builtin:digits-vit", "--profile", "hexagon-htp", "--objectives", "accuracy,speed"], "unknown objective"),
+        (["builtin:nope", "--profile", "hexagon-htp"], "unknown builtin model"),
+        (["builtin:digits-vit", "--profile", "hexagon-htp", "--budget", "latency=fast"], "is not NAME=NUMBER"),
+    ],
+)
+def test_bad_search_input_is_a_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "run"
+    assert_one_line_error(qae("search", *args, "--out", str(out)), needle)
+    assert not (out / "archive.sqlite").exists()
+
+
+def test_archive_merge_rule_and_append_only(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "a.sqlite")
+    archive.start({"objectives": ["accuracy", "latency"]})
+    archive.record(
+        "t",
+        "h1",
+        {"default": {}},
+        1,
+        False,
+        True,
+        0.0,
+        {"latency": Value(2.0, "predicted", {"profile": "p"})},
+        [],
+        {"s": 1},
+        1,
+    )
+    archive.add_values("t", "h1", {"latency": Value(3.0, "measured", {"device": "phone"})})
+    archive.add_values("t", "h1", {"latency": Value(1.5, "predicted", {"profile": "p", "calibration_id": "c2"})})
+    (cand,) = archive.candidates("t")
+    assert cand.values["latency"] == Value(3.0, "measured", {"device": "phone"})  # measured beats predicted
+    history = archive.value_history("t", "h1")
+    assert [(h["value"], h["source"]) for h in history] == [(2.0, "predicted"), (3.0, "measured"), (1.5, "predicted")]
+    with pytest.raises(sqlite3.IntegrityError):  # a candidate is recorded once per target
+        archive.record("t", "h1", {}, 1, False, True, 0.0, {}, [], {}, 1)
+    assert archive.count("t") == 1

@@ -1,0 +1,86 @@
+"""The search's seeded genomes and per-layer menus, on a small real model (Gather -> MatMul -> MatMul)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from harness.quant.workload import Workload
+from harness.run.config import BASELINES, SearchConfig
+from harness.run.seeds import baseline_values, choice_distance, layer_choices
+from search.space import PerLayer, SearchSpace
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    tmp = tmp_path_factory.mktemp("seeds")
+    rng = np.random.default_rng(0)
+
+    def init(name: str, shape: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
+            helper.make_node("MatMul", ["h", "W1"], ["h1"], name="fc1"),
+            helper.make_node("MatMul", ["h1", "W2"], ["y"], name="fc2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [init("E", [20, 8]), init("W1", [8, 8]), init("W2", [8, 4])],
+    )
+    path = tmp / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    data = tmp / "ids.npz"
+    np.savez(data, ids=rng.integers(0, 20, size=32).astype(np.int64))
+    return Workload.open(path, calib=data, eval_data=data)
+
+
+def _space(work: Workload, cfg: SearchConfig) -> SearchSpace:
+    genes = layer_choices(work, cfg)
+    return SearchSpace([lay.name for lay in work.model.layers],
+                       [[(g.weight_bits, g.activation_bits, g.scheme, g.granularity) for g in gs] for gs in genes],
+                       distance=choice_distance)
+
+
+def test_embedding_tables_offer_asymmetric_per_tensor(work: Workload) -> None:
+    cfg = SearchConfig(model="m", profiles=["host-cpu"])
+    emb, fc1, _ = layer_choices(work, cfg)
+    assert {(g.scheme, g.granularity) for g in emb} == {("symmetric", "per_channel"), ("symmetric", "per_tensor"),
+                                                        ("asymmetric", "per_channel"), ("asymmetric", "per_tensor")}
+    assert {g.scheme for g in fc1} == {"symmetric"}  # matmuls keep the run's scheme
+
+
+def test_dynamic_baseline_and_fallbacks_follow_sensitivity(work: Workload) -> None:
+    cfg = SearchConfig(model="m", profiles=["host-cpu"])
+    space = _space(work, cfg)
+    plain = baseline_values(work, cfg)
+    assert len(plain) == len(BASELINES)
+    seeded = baseline_values(work, cfg, sensitivity=[0.5, 0.1, 0.9])
+    assert seeded[: len(BASELINES)] == plain
+    dynamic = plain[list(BASELINES).index("w8-dynamic")]
+    assert isinstance(dynamic, PerLayer)
+    assert dynamic.values == ((8, "fp", "asymmetric", "per_tensor"), (8, "dynamic", "symmetric", "per_channel"),
+                              (8, "dynamic", "symmetric", "per_channel"))
+    fallbacks: list[Any] = seeded[len(BASELINES):]
+    # The Gather has no activation to keep in float: the two matmuls fall back, most sensitive first.
+    assert [f.values[1:] for f in fallbacks] == [
+        ((8, "dynamic", "symmetric", "per_channel"), (8, "fp", "symmetric", "per_channel")),
+        ((8, "fp", "symmetric", "per_channel"), (8, "fp", "symmetric", "per_channel")),
+    ]
+    genomes = [space.uniform(v) for v in seeded]
+    assert all(g is not None for g in genomes) and len(set(genomes)) == len(genomes)
+    # Each builds and runs, and a fallback genome holds the same weight bytes as the dynamic one.
+    reports = []
+    for g in genomes[len(BASELINES) - 1:]:
+        assert g is not None
+        decoded = space.decode(g)
+        genome = work.genome({"layers": {n: dict(zip(("weight_bits", "activation_bits", "scheme", "granularity"), v))
+                                         for n, v in decoded.items()}})
+        reports.append(work.evaluate(work.build(genome)))
+    assert len({r.weight_bytes for r in reports}) == 1
