@@ -20,6 +20,12 @@ Contract
   upload: models live at ``CACHE/models/<sha256><ext>`` (``.onnx``/``.tflite``), input data at
   ``CACHE/data/<sha256>.npz``; both are verified before they are renamed into place), ``measure``,
   ``infer``, ``fetch``, ``sensors`` and ``bye``.
+* ``measure`` feeds random inputs. Its settings may carry ``input_shapes`` {input: [dims]}, the
+  shapes of one inference the host resolved (from its data or ``--input-shape``): they set every
+  symbolic dimension, and an input with a symbolic dimension the host left out is an INPUT_SHAPE
+  failure. A host that sends no ``input_shapes`` (protocol 1 before agent 1.2) gets 1 for each
+  symbolic dimension, listed in the result's ``method.symbolic_dims_set_to_1``; ``method.input_shapes``
+  always says what was fed.
 * Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
   dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
 * ``infer`` runs an uploaded model on an uploaded ``.npz`` (arrays matched to model inputs by name,
@@ -56,7 +62,7 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 PROTOCOL_VERSION = 1
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
@@ -434,6 +440,33 @@ _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(d
              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
+def feed_shape(name, declared, given, assumed):
+    """The shape to feed input ``name``: the host's ``given`` shapes win (checked against the declared
+    rank and fixed dims). A symbolic dimension without a given shape is an INPUT_SHAPE failure when
+    the host sent shapes (``given`` is a dict: it knows the model's inputs); an older host sends none
+    (``given`` is None), and then the dimension is fed as 1 and listed in ``assumed`` so the result
+    says so rather than timing the wrong shape silently."""
+    if declared is None:  # the file declares no shape at all: only the host can say
+        if given is not None and name in given:
+            return [int(d) for d in given[name]]
+        raise AgentFailure("INPUT_SHAPE", "input %r declares no shape and the host sent none for it" % name)
+    declared = [d if isinstance(d, int) and d > 0 else None for d in declared]
+    if given is not None and name in given:
+        shape = [int(d) for d in given[name]]
+        if len(shape) != len(declared) or any(d is not None and d != g for d, g in zip(declared, shape)):
+            raise AgentFailure("INPUT_SHAPE", "input %r is declared %s; the host sent shape %s"
+                               % (name, ["?" if d is None else d for d in declared], shape))
+        if any(d <= 0 for d in shape):
+            raise AgentFailure("INPUT_SHAPE", "input %r: the host sent shape %s with a size <= 0" % (name, shape))
+        return shape
+    if None in declared:
+        if given is not None:
+            raise AgentFailure("INPUT_SHAPE", "input %r has symbolic dimensions %s and the host sent no shape for it"
+                               % (name, ["?" if d is None else d for d in declared]))
+        assumed.append(name)
+    return [1 if d is None else d for d in declared]
+
+
 def _random_input(np, shape, dtype, rng):
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
     if np.issubdtype(np.dtype(dtype), np.floating):
@@ -471,10 +504,13 @@ class OrtRunner:
             raise AgentFailure("MODEL_LOAD", "onnxruntime cannot load the model: %s" % str(exc)[:500]) from exc
         self.providers = self.sess.get_providers()
         self.feed = {}
+        self.assumed: list[str] = []  # inputs whose symbolic dims were fed as 1 (an older host sent no shapes)
         if not random_feed:
             return
         rng = np.random.default_rng(0)
-        self.feed = {i.name: _random_input(np, i.shape, _NP_TYPES.get(i.type, "float32"), rng)
+        given = s.get("input_shapes")
+        self.feed = {i.name: _random_input(np, feed_shape(i.name, i.shape, given, self.assumed),
+                                           _NP_TYPES.get(i.type, "float32"), rng)
                      for i in self.sess.get_inputs()}
 
     def run(self):
@@ -522,9 +558,24 @@ class LiteRunner:
         except Exception as exc:
             raise AgentFailure("MODEL_LOAD", "LiteRT cannot load the model: %s" % str(exc)[:500]) from exc
         self.providers = ["LiteRT CPU"]
+        self.assumed: list[str] = []
         rng = np.random.default_rng(0)
-        for d in self.it.get_input_details():
+        given = s.get("input_shapes")
+        details = self.it.get_input_details()
+        resized = False
+        for d in details:
+            # shape_signature holds -1 for a dynamic dimension; shape then holds 1 for it
+            sig = [int(x) for x in d.get("shape_signature", d["shape"])]
+            shape = feed_shape(d["name"], sig, given, self.assumed)
+            if shape != [int(x) for x in d["shape"]]:
+                self.it.resize_tensor_input(d["index"], shape)
+                resized = True
+        if resized:
+            self.it.allocate_tensors()
+            details = self.it.get_input_details()
+        for d in details:
             self.it.set_tensor(d["index"], _random_input(np, list(d["shape"]), np.dtype(d["dtype"]).name, rng))
+        self.feed_shapes = {d["name"]: [int(x) for x in d["shape"]] for d in details}
 
     def run(self):
         self.it.invoke()
@@ -596,7 +647,12 @@ def measure_child(req):
     if profile:
         prof = OrtRunner(path, s, profile=True)
         op_times = prof.op_times(max(1, min(len(times), 20)))
+    if isinstance(runner, OrtRunner):
+        fed = {k: [int(d) for d in v.shape] for k, v in runner.feed.items()}
+    else:
+        fed = runner.feed_shapes
     return {
+        "input_shapes": fed, "symbolic_dims_set_to_1": runner.assumed,
         "latency_ms": _stats(times), "load_ms": load_ms, "first_run_ms": first_ms,
         "warmup": {"runs": warm_n, "seconds": warm_s}, "timed_seconds": timed_s,
         "peak_memory_bytes": peak, "baseline_memory_bytes": baseline, "memory_growth_bytes": max(0, peak - baseline),
@@ -893,6 +949,8 @@ class Agent:
             "process": "fresh child process per model", "clock": "time.perf_counter around each run",
             "idle_seconds": idle_s if sensor is not None else None, "profile_ops": bool(s.get("profile_ops")),
             "agent_seconds": res.pop("agent_seconds"),
+            "input_shapes": res.pop("input_shapes", None),
+            "symbolic_dims_set_to_1": res.pop("symbolic_dims_set_to_1", []),
         }
         return res
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from profiles.errors import ProfileError
 from profiles.protocols import GeneLike, GenomeLike, LayerLike, ModelLike
 from profiles.schema import Profile
 
@@ -51,7 +52,9 @@ class GraphStats:
                 continue
             ops += 1
             for out in node.output:
-                if out in shapes:
+                # A 0-d tensor is shape arithmetic (a gathered dimension): its cost is the op's overhead,
+                # and the calibrated profiles were fitted without it.
+                if shapes.get(out):
                     elements += int(np.prod(shapes[out]))
         return cls(ops, elements)
 
@@ -71,20 +74,46 @@ def precision_tokens(gene: GeneLike) -> tuple[str, str, str]:
     return wt, f"int{bits if bits in (4, 8, 16) else 8}", gran
 
 
+def layer_macs(layer: LayerLike) -> int:
+    """The layer's MACs per inference; unknown MACs (input shapes not given) are an error, never 0."""
+    macs = layer.macs
+    if macs is None:
+        raise ProfileError(
+            f"layer {layer.name} ({layer.op_type}) has unknown MACs because the model's input shapes are "
+            "unknown: give input shapes (--input-shape NAME=D1xD2x..., or data with --data/--calib)"
+        )
+    return int(macs)
+
+
 def layer_io(layer: LayerLike) -> tuple[float, float]:
-    """Elements of the layer's input and output activations per inference, from MACs and weight shape."""
-    if layer.macs <= 0 or layer.op_type == "Gather":
+    """Elements of the layer's input and output activations per inference.
+
+    The layer's own counts (``input_elements`` / ``output_elements``, from shape inference at the
+    shapes the model runs at) when it has them; otherwise inferred from MACs and weight shape, which
+    is exact for MatMul and Gemm but assumes stride = kernel for a Conv (a patch embedding). An
+    embedding Gather is costed by its table bytes alone (its traffic is the rows it reads, which the
+    calibrated fits absorbed into the table term), and an op without a rule (LSTM, GRU) by what it
+    reports, else nothing.
+    """
+    if layer.op_type == "Gather":
         return 0.0, 0.0
+    given_in, given_out = getattr(layer, "input_elements", None), getattr(layer, "output_elements", None)
+    macs = layer_macs(layer)
     w = layer.weight_shape
-    if layer.op_type == "Conv":
+    if given_in is not None and given_out is not None:
+        return float(given_in), float(given_out)
+    inferred = (0.0, 0.0)
+    if macs > 0 and layer.op_type == "Conv" and len(w) >= 2:
         reduce = float(np.prod(w[1:]))
-        out = layer.macs / reduce
-        return out / w[0] * reduce, out  # assumes stride = kernel (patch embeddings); coarse otherwise
-    if layer.op_type == "Gemm" and layer.channel_axis == 0:
-        n, k = w
-    else:
-        k, n = w
-    return layer.macs / n, layer.macs / k
+        out = macs / reduce
+        inferred = (out / w[0] * reduce, out)
+    elif macs > 0 and layer.op_type in ("MatMul", "Gemm") and len(w) == 2:
+        k, n = (w[1], w[0]) if layer.op_type == "Gemm" and layer.channel_axis == 0 else (w[0], w[1])
+        inferred = (macs / n, macs / k)
+    return (
+        float(given_in) if given_in is not None else inferred[0],
+        float(given_out) if given_out is not None else inferred[1],
+    )
 
 
 @dataclass
@@ -154,6 +183,7 @@ class LayerCost:
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel") -> LayerCost:
     """The cost of one layer on one execution path (see the module docstring for the formula)."""
     p = path_of(wt, at, profile)
+    macs = layer_macs(layer)
     in_el, out_el = layer_io(layer)
     ft = profile.data["float_type"]
     wbytes = layer.params * (_BYTES[wt] if wt != "fp32" else _BYTES[ft])
@@ -161,7 +191,7 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     onchip = profile.num("memory", "onchip_bytes")
     bw = profile.num("memory", "dram_bandwidth_gbs") * 1e3  # bytes per us
     dram = wbytes + (abytes if abytes > onchip else 0.0)
-    compute_us = layer.macs / (p.throughput_gmacs * 1e3)
+    compute_us = macs / (p.throughput_gmacs * 1e3)
     us = max(compute_us, dram / bw) + profile.num("overhead", "per_layer_us")
     conv = profile.data["conversion"]
     extra_j = 0.0
@@ -190,7 +220,7 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         dram += abytes  # handing the tensors to another unit goes through shared memory
     e = profile.data["energy"]
     joules = (
-        layer.macs * p.energy_per_mac_pj * 1e-12
+        macs * p.energy_per_mac_pj * 1e-12
         + dram * float(e["dram_pj_per_byte"]["value"]) * 1e-12
         + (abytes if abytes <= onchip else 0.0) * float(e["onchip_pj_per_byte"]["value"]) * 1e-12
         + extra_j

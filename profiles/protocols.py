@@ -12,7 +12,12 @@ from typing import Any, Protocol
 
 
 class LayerLike(Protocol):
-    """One quantizable layer: ``macs`` per inference at the shapes the model runs at."""
+    """One quantizable layer: ``macs`` per inference at the shapes the model runs at (None: unknown,
+    because the input shapes are unknown; the cost model then refuses to predict).
+
+    Optional attributes read with ``getattr``: ``input_elements`` and ``output_elements`` (int or
+    None), the elements of the layer's activation input and output per inference. Without them the
+    cost model infers them from MACs and the weight shape (see ``costmodel.layer_io``)."""
 
     @property
     def name(self) -> str: ...
@@ -25,7 +30,7 @@ class LayerLike(Protocol):
     @property
     def params(self) -> int: ...
     @property
-    def macs(self) -> int: ...
+    def macs(self) -> int | None: ...
     @property
     def channel_axis(self) -> int: ...
 

@@ -4,8 +4,12 @@ the same and reads the same in every command that takes it."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from harness.core.errors import InputError
+
+if TYPE_CHECKING:  # imported when used: numpy and onnx stay out of `qae --help`
+    from harness.quant.data import DataOptions
 
 MODEL_HELP = "an .onnx file or builtin:NAME"
 
@@ -41,7 +45,8 @@ def add_input_shape(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=D1xD2x...",
-        help="shape of one inference for an input with symbolic dimensions (default: 1 for each)",
+        help="shape of one inference for an input with symbolic dimensions (default: from --data/--calib; "
+        "NAME= for a 0-d input)",
     )
 
 
@@ -49,11 +54,68 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]]:
     """``--input-shape NAME=D1xD2x...`` items as {name: dims}; a malformed one is a one-line error."""
     shapes = {}
     for item in items:
-        name, _, dims = item.partition("=")
+        name, sep, dims = item.partition("=")
         try:
-            shapes[name] = [int(d) for d in dims.lower().split("x")]
+            # NAME= (nothing after the sign) is a 0-d input: a scalar such as a sample rate
+            shapes[name] = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
         except ValueError:
             raise InputError(f"--input-shape {item!r} is not NAME=D1xD2x...: e.g. input_ids=1x64") from None
-        if not name or any(d <= 0 for d in shapes[name]):
+        if not name or not sep or any(d <= 0 for d in shapes[name]):
             raise InputError(f"--input-shape {item!r} is not NAME=D1xD2x... with positive sizes")
     return shapes
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """How the data is laid out and how outputs are scored (``harness.quant.data``, ``harness.quant.metrics``)."""
+    p.add_argument(
+        "--metric",
+        default="auto",
+        metavar="NAME|module:function",
+        help="auto (default): top1 with labels, agreement for class scores [N, C], else sqnr (dB); or one of "
+        "top1, agreement, cosine, sqnr, embedding, mse, max_abs (the last two as negatives: higher is better), "
+        "or a function (outputs, reference, labels) -> float, higher is better",
+    )
+    p.add_argument(
+        "--outputs",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="score only these outputs (default: every output; the score is the worst of them)",
+    )
+    p.add_argument(
+        "--constant-input",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="feed this input's array as stored with every batch (a scalar, an initial state); repeatable",
+    )
+    p.add_argument(
+        "--sample-axis",
+        action="append",
+        default=[],
+        metavar="NAME=K",
+        help="this input holds its samples along axis K (default 0); repeatable",
+    )
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    """The ``add_data_options`` flags as ``DataOptions``; a malformed one is a one-line error."""
+    from harness.quant.data import DataOptions
+
+    axes: dict[str, int] = {}
+    for item in getattr(args, "sample_axis", []) or []:
+        name, sep, axis = item.partition("=")
+        try:
+            k = int(axis)
+        except ValueError:
+            k = -1
+        if not sep or not name or k < 0:
+            raise InputError(f"--sample-axis {item!r} is not NAME=K with K >= 0: e.g. --sample-axis frames=1")
+        axes[name] = k
+    outputs = [n.strip() for item in getattr(args, "outputs", []) or [] for n in item.split(",") if n.strip()]
+    return DataOptions(
+        constant_inputs=tuple(dict.fromkeys(getattr(args, "constant_input", []) or [])),
+        sample_axes=tuple(axes.items()),
+        metric=getattr(args, "metric", None) or "auto",
+        outputs=tuple(dict.fromkeys(outputs)),
+    )

@@ -9,7 +9,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import add_calib, add_devices_file, add_genome, add_json, add_model
+from harness.cli.common import (
+    add_calib,
+    add_data,
+    add_data_options,
+    add_devices_file,
+    add_genome,
+    add_input_shape,
+    add_json,
+    add_model,
+    data_options,
+    parse_shapes,
+)
 from harness.core.errors import InputError
 from harness.devices.config import DeviceConfig, get_device, load_devices
 from harness.devices.connect import connect
@@ -36,7 +47,11 @@ def register(sub: Any) -> None:
     mp.add_argument("--device", default="local", help="device name from devices.yaml (default: local)")
     add_devices_file(mp)
     add_genome(mp, help="quantize the model with this genome (YAML or JSON) first")
-    add_calib(mp, "calibration data (.npz) for --genome; builtins have their own")
+    add_calib(mp, "calibration data (.npz) for --genome, whose first inference also sets the input shapes; "
+                  "builtins have their own")
+    add_data(mp)
+    add_input_shape(mp)
+    add_data_options(mp)  # its layout flags shape the data's first inference; --metric/--outputs are unused here
     mp.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
     mp.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default 1.0)")
     mp.add_argument("--warmup-runs", type=int, default=1, help="minimum warm-up runs (default 1)")
@@ -152,19 +167,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in rows) else 1
 
 
-def _model_file(args: argparse.Namespace, tmp: Path) -> tuple[Path, Any]:
-    if not args.genome:
-        from harness.core.model import resolve_model_path
+def _model_file(args: argparse.Namespace, tmp: Path) -> tuple[Path, Any, dict[str, Any] | None]:
+    """(the file to measure, the genome it was built with, {input: {shape, source}} the agent feeds).
 
-        return resolve_model_path(args.model)[0], None
+    Shapes: ``--input-shape`` wins, then the data's first inference, then the model's fixed
+    dimensions; a symbolic dimension none of them fixes is an error here, not a 1 on the device.
+    A .tflite file carries its own shapes (only ``--input-shape`` resizes it)."""
+    from harness.core.model import resolve_model_path
+    from harness.run.shapes import SHAPE_FLAGS, resolve_shapes, shape_sources
+
+    flags = parse_shapes(args.input_shape)
+    path = resolve_model_path(args.model)[0]
+    if path.suffix == ".tflite":
+        if args.genome:
+            raise InputError("--genome quantizes an ONNX model: give an .onnx file or builtin:NAME")
+        shapes = {k: {"shape": v, "source": "flag"} for k, v in flags.items()}
+        return path, None, shapes or None
+    if not args.genome:
+        from harness.core.errors import ModelError
+
+        try:
+            shaped = resolve_shapes(args.model, flags, args.data or args.calib, data_options(args),
+                                    require_layers=False)
+        except ModelError:
+            if args.data or args.calib or str(args.model).startswith("builtin:"):
+                raise
+            # This host cannot read the file (the device's runtime may): the device tries, and its
+            # record says why it failed, or which symbolic dimensions it had to set to 1.
+            return path, None, {k: {"shape": v, "source": "flag"} for k, v in flags.items()} or None
+        return path, None, shaped.table()
     from harness.quant.quantize import save_model
     from harness.quant.workload import Workload
 
-    work = Workload.open(args.model, calib=args.calib)
+    work = Workload.open(args.model, calib=args.calib, input_shapes=flags or None, options=data_options(args))
+    work.model.require_shapes(SHAPE_FLAGS)
     genome = work.load_genome(args.genome)
     out = tmp / f"{genome.hash}.onnx"
     save_model(work.build(genome), out)
-    return out, genome
+    sources = shape_sources(work.model, flags, set(work.model.shapes_used) - set(flags))
+    table = {k: {"shape": list(v), "source": sources.get(k, "data")} for k, v in work.model.shapes_used.items()}
+    return out, genome, table
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -176,8 +218,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise InputError("--runs must be >= 1, --min-seconds >= 0 and --timeout > 0")
     health = HealthStore()
     with tempfile.TemporaryDirectory(prefix="qae-measure-") as tmp:
-        path, genome = _model_file(args, Path(tmp))
+        path, genome, shapes = _model_file(args, Path(tmp))
         settings.genome = genome
+        settings.base_model = args.model if genome is not None else None
+        settings.input_shapes = None if shapes is None else {k: v["shape"] for k, v in shapes.items()}
         transport = connect(dev)
         try:
             rec = measure_with_retries(transport, path, settings, retries=args.retries)
@@ -186,6 +230,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     health.record(dev.name, rec.ok, rec.error_kind, rec.message)
     out = rec.to_dict()
     out["model"] = args.model
+    out["input_shapes"] = shapes
     if genome is not None:
         out["genome_hash"] = genome.hash
     if args.json:
@@ -204,6 +249,7 @@ def _print_record(rec: MeasureRecord) -> None:
         f"{rec.source} on {rec.device} ({env.get('name', '')} {env.get('version', '')}):",
         f"  latency ms: p50 {lat['p50']:.4f}  p90 {lat['p90']:.4f}  mean {lat['mean']:.4f}  std {lat['std']:.4f}  "
         f"min {lat['min']:.4f}  max {lat['max']:.4f}  n {lat['n']}",
+        f"  inputs {_fed(rec)}",
         f"  load {rec.load_ms or 0:.1f} ms, first run {rec.first_run_ms or 0:.3f} ms",
         f"  peak memory {rec.peak_memory_bytes or 0:,} bytes (growth over idle {rec.memory_growth_bytes or 0:,})",
     ]
@@ -213,3 +259,13 @@ def _print_record(rec: MeasureRecord) -> None:
     else:
         lines.append("  energy: no sensor on this device (not estimated)")
     print("\n".join(lines))
+
+
+def _fed(rec: MeasureRecord) -> str:
+    """The shapes the device fed, and any symbolic dimension it had to set to 1 (an older agent)."""
+    fed = rec.method.get("input_shapes") or {}
+    text = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in fed.items()) or "(not reported by this agent)"
+    assumed = rec.method.get("symbolic_dims_set_to_1") or []
+    if assumed:
+        text += f" (symbolic dimensions of {', '.join(assumed)} set to 1: the host sent no shape)"
+    return text

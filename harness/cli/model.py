@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import add_calib, add_data, add_genome, add_input_shape, add_json, add_model, parse_shapes
-from harness.core.model import load_model
+from harness.cli.common import (
+    add_calib,
+    add_data,
+    add_data_options,
+    add_genome,
+    add_input_shape,
+    add_json,
+    add_model,
+    data_options,
+    parse_shapes,
+)
+from harness.core.model import ModelInfo, TensorSpec, load_model
 
 
 def register(sub: Any) -> None:
@@ -25,55 +35,95 @@ def register(sub: Any) -> None:
     add_calib(p)
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized .onnx")
+    add_data_options(p)
     add_json(p, "print a JSON summary on stdout")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("evaluate", help="accuracy and exact size of a model on a data set")
     add_model(p)
     add_data(p)
-    p.add_argument("--reference", help="FP32 model to measure agreement against")
-    p.add_argument(
-        "--metric",
-        default="auto",
-        choices=["auto", "classification", "agreement", "embedding"],
-        help="auto: a builtin's own metric, else top-1 with labels, else agreement with --reference; "
-        "embedding: mean-pooled token embeddings, top-1 retrieval agreement and mean cosine",
-    )
+    p.add_argument("--reference", help="FP32 model to score the outputs against (agreement, SQNR, cosine)")
+    add_data_options(p)
     add_json(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
     model = load_model(args.model, parse_shapes(args.input_shape))
+    for note in model.notes:
+        print(f"qae: note: {note}", file=sys.stderr)
+    if any(layer.macs is None for layer in model.layers):
+        print(f"qae: {_unresolved_line(model)}", file=sys.stderr)
     if args.json:
         print(json.dumps([layer.to_dict() for layer in model.layers], indent=1))
+        return 0
+    header = ("layer", "op", "weight shape", "params", "MACs")
+    rows = [
+        (layer.name, layer.op_type, "x".join(map(str, layer.weight_shape)), f"{layer.params:,}", _macs(layer.macs))
+        for layer in model.layers
+    ]
+    macs = [layer.macs for layer in model.layers]
+    total = ("total", "", "", f"{sum(lay.params for lay in model.layers):,}",
+             "?" if None in macs else f"{sum(m or 0 for m in macs):,}")
+    title = f"{len(model.layers)} quantizable layers of {args.model}"
+    if not sys.stdout.isatty():
+        # Piped or redirected: plain columns at full width, so every layer name is whole.
+        print(_plain_table(title, header, [*rows, total]))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(model.layers)} quantizable layers of {args.model}")
-    for col in ("layer", "op", "weight shape", "params", "MACs"):
-        table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
-    for layer in model.layers:
-        table.add_row(
-            layer.name, layer.op_type, "x".join(map(str, layer.weight_shape)), f"{layer.params:,}", f"{layer.macs:,}"
-        )
-    table.add_row(
-        "total",
-        "",
-        "",
-        f"{sum(lay.params for lay in model.layers):,}",
-        f"{sum(lay.macs for lay in model.layers):,}",
-        style="bold",
-    )
+    # Lines between rows once names fold over several lines, so each row reads as one layer.
+    table = Table(title=title, show_lines=max((len(r[0]) for r in rows), default=0) > 40)
+    for col in header:
+        # Long names fold onto the next line rather than end in "…": two layers never read the same.
+        table.add_column(col, justify="right" if col in ("params", "MACs") else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    table.add_row(*total, style="bold")
     Console().print(table)
     return 0
+
+
+def _macs(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _plain_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {3, 4}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([title, line(header), *(line(r) for r in rows)])
+
+
+def _unresolved_line(model: ModelInfo) -> str:
+    """One line: which inputs need ``--input-shape`` for the MACs shown as "?"."""
+    missing = [spec for spec in model.inputs if spec.name in model.unresolved_inputs()]
+    if not missing:
+        return "MACs marked ? could not be resolved from the model's shapes: give --input-shape for its inputs"
+    def example(spec: TensorSpec) -> str:
+        if not spec.rank_known:
+            return f"--input-shape {spec.name}=D1xD2x..."
+        symbols = spec.symbols or ("",) * len(spec.shape)
+        dims = [
+            str(d) if d is not None else f"<{sym or f'D{axis}'}>"
+            for axis, (d, sym) in enumerate(zip(spec.shape, symbols))
+        ]
+        return f"--input-shape {spec.name}=" + "x".join(dims)
+
+    flags = " ".join(example(spec) for spec in missing)
+    names = ", ".join(f"{spec.name!r} {spec.declared()}" for spec in missing)
+    return f"MACs marked ? need the shape of one inference of input {names}: give {flags} (numbers for the <...>)"
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from harness.quant.workload import Workload
 
-    work = Workload.open(args.model, calib=args.calib, method=args.method)
+    work = Workload.open(args.model, calib=args.calib, method=args.method, options=data_options(args))
     genome = work.load_genome(args.genome)
     result = work.build(genome)
     out = Path(args.output)
@@ -99,15 +149,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.quant.workload import evaluate_file
 
-    report = evaluate_file(args.model, data=args.data, reference=args.reference, metric=args.metric)
+    report = evaluate_file(args.model, data=args.data, reference=args.reference, options=data_options(args))
     if args.json:
         print(json.dumps(report))
         return 0
-    acc_name = {
-        "top1": "top-1 accuracy",
-        "retrieval_top1_agreement": "top-1 retrieval agreement with the reference",
-    }.get(report["metric"], "top-1 agreement with the reference")
-    lines = [f"{acc_name}: {report['accuracy'] * 100:.2f} % on {report['n']} samples"]
+    lines = [report["metric_note"]]
+    lines.append(f"{_metric_label(report['metric'])}: {_score(report['metric'], report['accuracy'])} "
+                 f"on {report['n']} samples")
+    scores: dict[str, dict[str, float]] = report.get("scores") or {}
+    columns = list(dict.fromkeys(key for row in scores.values() for key in row))
+    if scores and columns:
+        rows = [("output", *columns)] + [
+            (name, *(_score(k, row[k]) if k in row else "" for k in columns)) for name, row in scores.items()
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                  for r in rows]
     if report.get("mean_cosine") is not None:
         lines.append(f"mean cosine to the reference: {report['mean_cosine']:.5f}")
     lines.append(f"file: {report['file_bytes']:,} bytes; weights at nominal width: {report['weight_bytes']:,} bytes")
@@ -115,3 +172,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"emulated widths (accuracy exact, size nominal): {', '.join(report['emulated_layers'])}")
     print("\n".join(lines))
     return 0
+
+
+_LABELS = {
+    "top1": "top-1 accuracy",
+    "top1_agreement": "top-1 agreement with the reference",
+    "retrieval_top1_agreement": "top-1 retrieval agreement with the reference",
+    "cosine": "cosine to the reference (whole output)",
+    "sqnr": "SQNR against the reference",
+    "neg_mse": "-MSE against the reference (higher is better)",
+    "neg_max_abs": "-max |error| against the reference (higher is better)",
+}
+
+
+def _metric_label(key: str) -> str:
+    return _LABELS.get(key, f"{key} (user metric, higher is better)")
+
+
+def _score(key: str, value: float) -> str:
+    if key in ("top1", "top1_agreement", "retrieval_top1_agreement"):
+        return f"{value * 100:.2f} %"
+    if key == "sqnr":
+        return f"{value:.2f} dB"
+    if key in ("cosine", "mean_cosine"):
+        return f"{value:.5f}"
+    return f"{value:.6g}"

@@ -10,7 +10,17 @@ from typing import Any
 
 import yaml
 
-from harness.cli.common import add_genome, add_input_shape, add_json, add_model, parse_shapes
+from harness.cli.common import (
+    add_calib,
+    add_data,
+    add_data_options,
+    add_genome,
+    add_input_shape,
+    add_json,
+    add_model,
+    data_options,
+    parse_shapes,
+)
 from harness.core.errors import InputError
 
 
@@ -31,6 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", required=True, help="profile name or .yaml path")
     add_genome(p, help="genome file (YAML or JSON); default: every layer w8a8")
     add_input_shape(p)
+    add_calib(p, "data (.npz) whose first inference sets the input shapes --input-shape leaves open")
+    add_data(p)
+    add_data_options(p)  # its layout flags shape the data's first inference; --metric/--outputs are unused here
     add_json(p)
     p.set_defaults(func=cmd_predict)
 
@@ -82,17 +95,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from harness.core.genome import Gene, Genome
-    from harness.core.model import load_model
+    from harness.run.shapes import resolve_shapes
     from profiles import load_profile
     from profiles.costmodel import predict_model
 
     profile = load_profile(args.profile)
-    model = load_model(args.model, parse_shapes(args.input_shape))
+    shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data, data_options(args))
+    model = shaped.model
     ops = {layer.name: layer.op_type for layer in model.layers}
     genome = Genome.load(args.genome, ops) if args.genome else Genome.uniform(Gene(8, 8), ops)
     pred = predict_model(model, genome, profile)
     out = pred.to_dict()
     out["model"] = args.model
+    out["input_shapes"] = shaped.table()
     out["genome_hash"] = genome.hash
     out["budgets"] = profile.budgets
     if args.json:
@@ -102,7 +117,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     cal = f"calibration {pred.calibration_id}" if pred.calibration_id else "uncalibrated"
-    table = Table(title=f"predicted on {profile.name} ({cal}), genome {genome.hash}")
+    table = Table(title=f"predicted on {profile.name} ({cal}), genome {genome.hash}",
+                  caption="; ".join(shaped.lines()))
     width = max((len(row["layer"]) for row in pred.layers), default=5)
     table.add_column("layer", no_wrap=True, min_width=width)  # names are what users grep for: never cut
     for col in ("op", "w", "a", "path", "compute", "MACs", "latency us", "energy uJ"):

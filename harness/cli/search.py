@@ -7,8 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import add_calib, add_data, add_devices_file, add_model
-from harness.core.errors import InputError
+from harness.cli.common import (
+    add_calib,
+    add_data,
+    add_data_options,
+    add_devices_file,
+    add_input_shape,
+    add_model,
+    data_options,
+    parse_shapes,
+)
+from harness.core.errors import InputError, SearchFailedError
 
 DEMO_PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane"]
 
@@ -19,6 +28,8 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", action="append", default=[], help="target profile (repeat for several)")
     add_calib(p)
     add_data(p)
+    add_input_shape(p)
+    add_data_options(p)
     p.add_argument(
         "--objectives",
         default="accuracy,size,latency",
@@ -29,7 +40,8 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="latency=MS, energy=MJ, memory=MB, size=KB, accuracy=LOSS; overrides the profile's",
+        help="latency=MS, energy=MJ, memory=MB, size=KB, accuracy=LOSS (in the metric's unit: a fraction, "
+        "or dB for sqnr); overrides the profile's",
     )
     _common(p)
     _devices(p)
@@ -130,6 +142,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         devices=list(args.device),
         devices_file=args.devices,
         hil=_hil(args),
+        input_shapes=parse_shapes(args.input_shape),
+        data_options=data_options(args).to_dict(),
     )
     out = Path(args.out) if args.out else default_out(args.model)
     if (out / "archive.sqlite").exists():
@@ -151,11 +165,16 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
     from harness.core.model import load_model
     from harness.devices.config import get_device
     from harness.report.html import build_report
+    from harness.report.labels import Accuracy
     from harness.run.evaluation import Progress as Step
     from harness.run.search import run_search
+    from harness.run.shapes import SHAPE_FLAGS
     from profiles import load_profile
 
-    load_model(cfg.model)  # an unknown or broken model fails here, before any work
+    # An unknown or broken model fails here, before any work; so does one whose shapes nothing gives.
+    model = load_model(cfg.model, cfg.input_shapes or None)
+    if not (cfg.calib or cfg.data or model.builtin):  # a builtin's shipped data gives its shapes
+        model.require_shapes(SHAPE_FLAGS)
     for name in cfg.devices:
         get_device(name, cfg.devices_file)  # so does an unknown device
     for name in cfg.profiles:
@@ -193,8 +212,8 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
             task = task_for(step.target)
             best = (
                 (
-                    f"{step.best.get('accuracy', 0) * 100:.1f}% / {step.best.get('size', 0) / 1e3:.1f}KB / "
-                    f"{step.best.get('latency', 0):.3f}ms"
+                    f"{Accuracy(step.metric or 'top1').short(step.best.get('accuracy', 0))} / "
+                    f"{step.best.get('size', 0) / 1e3:.1f}KB / {step.best.get('latency', 0):.3f}ms"
                 )
                 if step.best
                 else "-"
@@ -211,16 +230,35 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
         archive = run_search(cfg, out, resume=resume, on_progress=on_progress, say=lambda m: bar.console.print(m))
     archive.close()
     report = build_report(out)
-    _summary(console, out)
+    failed = _summary(console, out)
     console.print(f"report: {report}")
+    if failed:
+        # Written and reported first, so nothing is lost; the exit code says the front is not to be trusted.
+        raise SearchFailedError("; ".join(s.line() for s in failed) + f" (see {report})")
     return 0
 
 
-def _summary(console: Any, out: Path) -> None:
+def _summary(console: Any, out: Path) -> list[Any]:
+    """Print each target's front and failures; returns the targets where most candidates failed."""
+    from harness.run.archive import Archive
+    from harness.run.failures import failure_summaries
+
     fronts = json.loads((out / "front.json").read_text())["targets"]
+    archive = Archive.open_existing(out / "archive.sqlite")
+    try:
+        summaries = {s.target: s for s in failure_summaries(archive)}
+    finally:
+        archive.close()
     for target, front in fronts.items():
-        note = "" if front["feasible"] else " (no candidate met the budgets; closest kept)"
-        console.print(f"{target}: {len(front['points'])} points on the front{note}; recommended {front['recommended']}")
+        note = "" if front["feasible"] or not front["points"] else " (no candidate met the budgets; closest kept)"
+        s = summaries.get(target)
+        failed = f" ({s.failed} of {s.candidates} candidates failed)" if s and s.failed else ""
+        console.print(f"{target}: {len(front['points'])} points on the front{failed}{note}; "
+                      f"recommended {front['recommended']}", markup=False)
+    for s in summaries.values():
+        if s.failed:
+            console.print(s.line(), markup=False, soft_wrap=True)
+    return [s for s in summaries.values() if s.mostly_failed]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -234,8 +272,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.core.atomic import atomic_write_text
     from harness.quant.quantize import save_model
-    from harness.quant.workload import Workload
     from harness.report.html import build_report
+    from harness.run.config import SearchConfig
+    from harness.run.evaluation import open_workload
 
     run = Path(args.run)
     build_report(run)
@@ -262,7 +301,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     archive = Archive.open_existing(run / "archive.sqlite")
     cfg = archive.config()
     archive.close()
-    work = Workload.open(cfg["model"], calib=cfg.get("calib"), eval_data=cfg.get("data"), method=cfg["method"])
+    work = open_workload(SearchConfig.from_dict(cfg))
     genome = work.genome(point["genome"])
     result = work.build(genome)
     dest = Path(args.output) if args.output else run / f"export-{point['id'][:12]}"

@@ -28,3 +28,10 @@ class DataError(InputError):
 
 class GenomeError(InputError):
     """A genome names an unknown layer or an unsupported value."""
+
+
+class SearchFailedError(QaeError):
+    """A search finished (archive and report written) but most candidates of a target failed to
+    build or evaluate: its front says little, so the run is reported as failed."""
+
+    exit_code = 3

@@ -11,6 +11,7 @@ Normalisation (so the hash is about what gets built, not how it was spelled):
 - An embedding Gather has no activation input (its input is indices): its activation is ``fp``.
 - A Conv with ``dynamic`` activations is quantized per tensor: ONNX Runtime's dynamic quantizer
   builds ConvInteger with one weight scale.
+- An LSTM or GRU is weight-only: its activation is ``fp`` (see ``WEIGHT_ONLY_OPS``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ GRANULARITIES = ("per_channel", "per_tensor")
 #: Widths ONNX has a real integer type for; the others are emulated in int8 storage.
 NATIVE_BITS = (4, 8, 16)
 FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
+#: Layers quantized weight-only. ONNX Runtime has no integer LSTM/GRU kernel and its QDQ quantizer
+#: leaves these ops float, so qae stores W and R as integers with a DequantizeLinear feeding the op:
+#: the weights shrink, the recurrence runs in float, and there is no activation precision to choose
+#: (``activation_bits`` becomes ``fp``, also for ``dynamic``). The weight width keeps the gene's value:
+#: 8 and 4 bits are stored natively (int8 / int4), 16 in int16, and 2/3/5/6 are emulated in int8
+#: storage like any other weight, since qae writes that DequantizeLinear itself.
+WEIGHT_ONLY_OPS = ("LSTM", "GRU")
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,7 @@ def normalise(gene: Gene, op_type: str, where: str) -> Gene:
     """Bring a gene to the one form that means what will be built (see the module docstring)."""
     if not gene.quantized:
         return Gene("fp", "fp", BASE_GENE.scheme, BASE_GENE.granularity)
-    if op_type == "Gather" and gene.activation_bits != "fp":
+    if op_type in ("Gather", *WEIGHT_ONLY_OPS) and gene.activation_bits != "fp":
         gene = replace(gene, activation_bits="fp")
     if gene.dynamic and op_type == "Conv" and gene.granularity != "per_tensor":
         gene = replace(gene, granularity="per_tensor")

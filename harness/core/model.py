@@ -2,8 +2,16 @@
 
 A ``LayerSpec`` is what the rest of qae knows of a layer: a stable name recovered from the
 exporter's node names or metadata (never from initializer names, which both torch exporters
-rename), the op type, the weight initializer, its shape and parameter count, and the MACs of one
-inference at the model's input shapes.
+rename), the op type, the weight initializer, its shape and parameter count, and the MACs and
+activation sizes of one inference at the shapes the model runs at.
+
+Shapes are never guessed: a symbolic input dimension stays unknown until it is given
+(``--input-shape``, or the data's shapes through ``ModelInfo.at_shapes``), and a layer whose shapes
+are unknown has ``macs is None``. What ONNX shape inference cannot resolve although every input
+shape is known is read from one ONNX Runtime run (``harness.core.shapes``).
+
+What a model file may hold before it is inventoried (external data, constants as nodes, float16,
+control flow, an already quantized graph) is handled in ``harness.core.forms``.
 """
 
 from __future__ import annotations
@@ -12,18 +20,23 @@ import ast
 import hashlib
 import importlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper
 
-from harness.core.errors import ModelError
+from harness.core import forms
+from harness.core.errors import InputError, ModelError
+from harness.core.shapes import resolve_shapes, run_shapes
 
-#: Op types qae can quantize, with the input index that holds the weight.
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather")
+#: Op types qae can quantize. LSTM and GRU are weight-only (their W and R are dequantized on load).
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather", "LSTM", "GRU")
+#: Recurrent ops and their gate count (the rows of W per direction are gates x hidden_size).
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3}
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin"
 BUILTINS = {"digits-vit": "digits_vit", "minilm-l6": "minilm_l6"}
@@ -34,7 +47,13 @@ EXPORTED_BUILTINS = {"minilm-l6": "harness.builtin.minilm"}
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One quantizable layer. ``activation`` is None for an embedding Gather (its input is indices)."""
+    """One quantizable layer. ``activation`` is None for an embedding Gather (its input is indices).
+
+    ``macs``, ``input_elements`` and ``output_elements`` are per inference at the model's shapes and
+    None where those shapes are unknown (a symbolic input dimension nobody gave). ``weight`` is the
+    main weight; ``extra_weights`` are the layer's further weights (an LSTM's recurrence R), and
+    ``params`` counts them all.
+    """
 
     name: str
     node_name: str
@@ -42,30 +61,52 @@ class LayerSpec:
     weight: str
     weight_shape: tuple[int, ...]
     params: int
-    macs: int
+    macs: int | None
     activation: str | None
     output: str
     channel_axis: int
     weight_dtype: str = "float32"
+    input_elements: int | None = None
+    output_elements: int | None = None
+    extra_weights: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["weight_shape"] = list(self.weight_shape)
+        d["extra_weights"] = list(self.extra_weights)
         return d
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output: name, numpy dtype and shape (None for a symbolic dimension)."""
+    """A graph input or output: name, numpy dtype and shape (None for a symbolic dimension).
+
+    ``symbols`` holds the declared name of each symbolic dimension ("" where it has none), for
+    messages; ``rank_known`` is False when the file declares no shape at all.
+    """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    symbols: tuple[str, ...] = ()
+    rank_known: bool = True
+
+    def declared(self) -> str:
+        """The declared shape as a user reads it: ``[batch, 3, 224, 224]``."""
+        if not self.rank_known:
+            return "[unknown rank]"
+        names = self.symbols or ("",) * len(self.shape)
+        return "[" + ", ".join(str(d) if d is not None else (s or "?") for d, s in zip(self.shape, names)) + "]"
 
 
 @dataclass
 class ModelInfo:
-    """A loaded, checked model and its layer inventory."""
+    """A loaded, checked model and its layer inventory.
+
+    ``proto`` is the model as qae quantizes it (constants folded, float16 converted: see ``notes``),
+    which may differ from the file at ``path``. ``shapes_used`` holds the shape of every input whose
+    shape for one inference is known; the others are ``unresolved_inputs()``.
+    """
 
     path: Path
     proto: onnx.ModelProto
@@ -75,6 +116,16 @@ class ModelInfo:
     outputs: list[TensorSpec]
     builtin: str | None = None
     shapes_used: dict[str, list[int]] = field(default_factory=dict)
+    #: bytes of the .onnx file plus every external data file it references
+    file_bytes: int = 0
+    #: why the model was changed on load or what qae cannot do with part of it; one line each
+    notes: list[str] = field(default_factory=list)
+    #: static shapes of every tensor resolved at ``shapes_used`` (shape inference, then ORT's run)
+    known_shapes: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    #: the feed ``at_shapes`` was given, kept for the ONNX Runtime run ``tensor_shapes`` may need
+    _sample: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+    #: True once ONNX Runtime was run for the shapes inference left unknown (it is run at most once)
+    _shapes_run: bool = field(default=False, init=False, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerSpec:
         for layer in self.layers:
@@ -87,8 +138,43 @@ class ModelInfo:
         return [layer.name for layer in self.layers]
 
     def tensor_shapes(self) -> dict[str, list[int]]:
-        """Static shapes of every tensor shape inference resolves at the shapes the model runs at."""
-        return _shape_map(self.proto, self.shapes_used)
+        """Static shapes of every main-graph tensor at the shapes the model runs at (a copy).
+
+        What ONNX shape inference leaves unknown is read from one ONNX Runtime run when every input
+        shape is known; the inventory runs it only when a layer needs it, this on first call.
+        """
+        if not self._shapes_run and not self.unresolved_inputs():
+            self._shapes_run = True
+            missing = [o for n in self.proto.graph.node for o in n.output if o and o not in self.known_shapes]
+            if missing:
+                self.known_shapes.update(run_shapes(self.proto, self.inputs, self.shapes_used, missing, self._sample))
+        return {name: list(dims) for name, dims in self.known_shapes.items()}
+
+    def at_shapes(self, shapes: dict[str, list[int]], sample: dict[str, np.ndarray] | None = None) -> ModelInfo:
+        """The same model re-inventoried at these input shapes (given ones win over known ones).
+
+        ``sample`` is one real feed, used when ONNX shape inference cannot resolve a tensor and the
+        model is run once with ONNX Runtime to read its shapes. Layer names never change.
+        """
+        given = {**self.shapes_used, **{k: [int(d) for d in v] for k, v in shapes.items()}}
+        resolved = concrete_input_shapes(self.inputs, given)
+        layers, known, ran = _inventory(self.proto, self.inputs, resolved, sample)
+        info = replace(self, layers=layers, shapes_used=resolved, known_shapes=known)
+        info._sample, info._shapes_run = sample, ran
+        return info
+
+    def unresolved_inputs(self) -> dict[str, tuple[int | None, ...]]:
+        """Inputs whose shape for one inference is unknown: their declared shape, None where symbolic."""
+        return {spec.name: spec.shape for spec in self.inputs if spec.name not in self.shapes_used}
+
+    def require_shapes(self, flags: str = "--input-shape NAME=D1xD2x... or --data/--calib") -> None:
+        """Raise ``InputError`` naming the first input whose shape is unknown; no-op when all are known."""
+        for spec in self.inputs:
+            if spec.name not in self.shapes_used:
+                raise InputError(
+                    f"input {spec.name!r} has shape {spec.declared()} with dimensions the model does not fix: "
+                    f"give its shape for one inference with {flags}"
+                )
 
 
 def resolve_model_path(spec: str | Path) -> tuple[Path, str | None]:
@@ -119,11 +205,13 @@ def builtin_meta(name: str) -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, data_files: list[Path] | tuple[Path, ...] = ()) -> str:
+    """sha256 of the .onnx file, then of each external data file in the order given."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for p in (path, *data_files):
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -140,8 +228,10 @@ def _tensor_specs(values: Any, skip: set[str]) -> list[TensorSpec]:
         if vi.name in skip:
             continue
         tt = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        specs.append(TensorSpec(vi.name, _np_dtype(tt.elem_type), shape))
+        # A dimension declared as the literal -1 or 0 (some exporters write that) is symbolic too.
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+        symbols = tuple(d.dim_param if d.HasField("dim_param") else "" for d in tt.shape.dim)
+        specs.append(TensorSpec(vi.name, _np_dtype(tt.elem_type), shape, symbols, tt.HasField("shape")))
     return specs
 
 
@@ -150,61 +240,84 @@ def load_model(
 ) -> ModelInfo:
     """Load, check and inventory a model; every failure is a one-line ``ModelError``.
 
-    ``require_layers=False`` accepts a model with nothing left to quantize (an already quantized one).
+    Inputs with symbolic dimensions that ``input_shapes`` does not give stay unresolved (their
+    layers' ``macs`` are None). ``require_layers=False`` accepts a model with nothing left to
+    quantize (an already quantized one).
     """
     path, builtin = resolve_model_path(spec)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, ValueError, OSError... for bad files
-        raise ModelError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}): "
-            "check the file is complete, or re-export it with torch.onnx.export"
-        ) from None
+    proto, data_files = forms.read_model(path)
     if not proto.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model (empty graph): re-export it")
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} fails the ONNX checker ({first}): re-export the model") from None
+    forms.check_model(proto, path)
+    if require_layers:
+        forms.reject_quantized(proto, path)
+    # require_layers=False loads a file to run it as it is (qae evaluate): float16 stays float16.
+    proto, notes = forms.prepare(proto, path, convert_low_floats=require_layers)
     inits = {t.name for t in proto.graph.initializer}
     inputs = _tensor_specs(proto.graph.input, inits)
     outputs = _tensor_specs(proto.graph.output, set())
     if builtin:  # a builtin may declare shapes for its symbolic dims (MiniLM: 64 tokens); given ones win
         input_shapes = {**builtin_meta(builtin).get("input_shapes", {}), **(input_shapes or {})}
     shapes = concrete_input_shapes(inputs, input_shapes)
-    layers = inventory(proto, shapes)
+    layers, known, ran = _inventory(proto, inputs, shapes, None)
+    flow = forms.control_flow_note(proto, path, bool(layers), require_layers)
+    if flow:
+        notes.append(flow)
     if not layers and require_layers:
         raise ModelError(
-            f"{path} has no quantizable layer (MatMul, Gemm or Conv with a constant weight, or an "
-            "embedding Gather): there is nothing for qae to quantize"
+            f"{path} has no quantizable layer (MatMul, Gemm or Conv with a constant weight, an "
+            "embedding Gather, LSTM or GRU): there is nothing for qae to quantize"
         )
-    return ModelInfo(path, proto, file_sha256(path), layers, inputs, outputs, builtin, shapes)
+    file_bytes = sum(p.stat().st_size for p in (path, *data_files))
+    info = ModelInfo(
+        path, proto, file_sha256(path, data_files), layers, inputs, outputs, builtin, shapes, file_bytes, notes, known
+    )
+    info._shapes_run = ran
+    return info
 
 
 def concrete_input_shapes(inputs: list[TensorSpec], given: dict[str, list[int]] | None) -> dict[str, list[int]]:
-    """Shapes for one inference: given ones win; a symbolic dimension counts as 1."""
+    """Shapes for one inference of every input whose shape is known: given ones win, then fully
+    declared ones. An input with a symbolic dimension that is not given is left out (unresolved)."""
     given = dict(given or {})
     unknown = set(given) - {i.name for i in inputs}
     if unknown:
         names = ", ".join(i.name for i in inputs)
-        raise ModelError(f"input shape given for unknown input {sorted(unknown)[0]!r}: inputs are {names}")
+        raise InputError(f"input shape given for unknown input {sorted(unknown)[0]!r}: inputs are {names}")
     shapes = {}
     for spec in inputs:
         if spec.name in given:
-            shapes[spec.name] = [int(d) for d in given[spec.name]]
-        else:
-            shapes[spec.name] = [d if d else 1 for d in spec.shape]
+            dims = [int(d) for d in given[spec.name]]
+            if any(d <= 0 for d in dims):
+                raise InputError(f"input shape {dims} for {spec.name!r} has a size below 1: give positive sizes")
+            if spec.rank_known and len(dims) != len(spec.shape):
+                raise InputError(
+                    f"input shape {'x'.join(map(str, dims))} for {spec.name!r} has {len(dims)} dimensions but the "
+                    f"model declares {len(spec.shape)} {spec.declared()}: give one size per dimension"
+                )
+            for axis, (got, fixed) in enumerate(zip(dims, spec.shape)):
+                if fixed is not None and got != fixed:
+                    raise InputError(
+                        f"input shape {'x'.join(map(str, dims))} for {spec.name!r} contradicts the model's fixed "
+                        f"dimension {axis} = {fixed} {spec.declared()}: keep the fixed sizes"
+                    )
+            shapes[spec.name] = dims
+        elif spec.rank_known and all(d is not None for d in spec.shape):
+            shapes[spec.name] = [int(d) for d in spec.shape if d is not None]
     return shapes
 
 
-def _initializer_arrays(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    # Only initializers: ONNX Runtime's quantizer quantizes initializers, not Constant nodes.
-    return {t.name: t for t in proto.graph.initializer}
+def _module_path(node: onnx.NodeProto, weight: str | None = None) -> str | None:
+    """The torch module path of a node: dynamo metadata first, then legacy node names.
 
-
-def _module_path(node: onnx.NodeProto) -> str | None:
-    """The torch module path of a node: dynamo metadata first, then legacy node names."""
+    Legacy names repeat the parent in each scope: ``/layer1/layer1.0/conv1/Conv`` is module
+    ``layer1.0.conv1`` (a component that starts with the previous one + "." replaces it).
+    """
+    props = {p.key: p.value for p in node.metadata_props}
+    if "Fuse" in props.get("pkg.onnxscript.rewriter.rule_name", "") and weight and weight.endswith(".weight"):
+        # The dynamo exporter's optimizer fuses Conv+BatchNorm into a Conv that carries the
+        # BatchNorm's metadata (``bn1``); the fused weight keeps the conv parameter's name.
+        return weight[: -len(".weight")]
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
@@ -217,81 +330,103 @@ def _module_path(node: onnx.NodeProto) -> str | None:
                 return str(scopes[-1])
     name = node.name
     if name.startswith("/") and name.count("/") >= 2:
-        parts = [p for p in name.split("/")[:-1] if p]
-        if parts:
-            return ".".join(parts)
+        path: list[str] = []
+        for part in (p for p in name.split("/")[:-1] if p):
+            joined = ".".join(path)
+            if path and part.startswith(joined + "."):
+                path = [part]  # a full dotted path (an nn.Sequential child) repeats its parents
+            elif path and part.startswith(path[-1] + "."):
+                path[-1] = part
+            else:
+                path.append(part)
+        if path:
+            return ".".join(path)
     return None
 
 
-def _shape_map(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Static shapes of every tensor for one inference at the given input shapes."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    for vi in model.graph.input:
-        if vi.name in shapes:
-            dims = vi.type.tensor_type.shape.dim
-            for d, v in zip(dims, shapes[vi.name]):
-                d.Clear()
-                d.dim_value = int(v)
-    del model.graph.value_info[:]
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        inferred = model
-    out: dict[str, list[int]] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            out[vi.name] = [d.dim_value for d in dims]
-    return out
+def _fallback_base(node: onnx.NodeProto, index: int) -> str:
+    """A name for a node without module path: its own name, or op + index for an unnamed one.
+
+    ``forms.prepare`` names unnamed nodes ``qae_<Op>_<index in the file>``, so the index, and with
+    it the layer name, is the one the file's order gives even after constants were folded away.
+    """
+    m = re.fullmatch(rf"qae_{re.escape(node.op_type)}_(\d+)_*", node.name)
+    if m:
+        return f"{node.op_type.lower()}_{m.group(1)}"
+    return node.name or f"{node.op_type.lower()}_{index}"
 
 
 def inventory(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[LayerSpec]:
     """List the quantizable layers of ``proto`` in graph order with stable, unique names."""
-    consts = _initializer_arrays(proto)
-    tshape = _shape_map(proto, shapes)
-    found: list[tuple[str, dict[str, Any]]] = []
+    inputs = _tensor_specs(proto.graph.input, {t.name for t in proto.graph.initializer})
+    return _inventory(proto, inputs, shapes, None)[0]
+
+
+def _inventory(
+    proto: onnx.ModelProto,
+    inputs: list[TensorSpec],
+    shapes: dict[str, list[int]],
+    sample: dict[str, np.ndarray] | None,
+) -> tuple[list[LayerSpec], dict[str, list[int]], bool]:
+    """Layers with their costs at ``shapes``, every tensor shape resolved, and whether ORT was run."""
+    # Only initializers: ONNX Runtime's quantizer quantizes initializers (forms folds Constants).
+    consts = {t.name: t for t in proto.graph.initializer}
+    found: list[tuple[str, dict[str, Any], onnx.NodeProto]] = []
     for index, node in enumerate(proto.graph.node):
         if node.op_type not in QUANTIZABLE_OPS:
             continue
-        info = _layer_fields(node, consts, tshape)
+        info = _layer_fields(node, consts)
         if info is None:
             continue
         # The same fallback name harness.quant.quantize gives unnamed nodes, so the two always agree.
         info["node_name"] = node.name or f"qae_{node.op_type}_{index}"
-        base = _module_path(node) or node.name or f"{node.op_type.lower()}_{index}"
-        found.append((base, info))
+        found.append((_module_path(node, info["weight"]) or _fallback_base(node, index), info, node))
+    def needed(known: dict[str, list[int]]) -> list[str]:
+        return [t for _, info, node in found for t in _cost_tensors(node, info, known)]
+
+    complete = all(spec.name in shapes for spec in inputs)
+    known, ran = resolve_shapes(proto, inputs, shapes, needed, sample if complete else None, run=complete)
     counts: dict[str, int] = {}
-    for base, _ in found:
+    for base, _, _ in found:
         counts[base] = counts.get(base, 0) + 1
     seen: dict[str, int] = {}
     layers = []
-    for base, info in found:
+    for base, info, node in found:
         name = base
         if counts[base] > 1:  # e.g. a module that calls two weighted ops: keep names distinct
             seen[base] = seen.get(base, 0) + 1
             name = f"{base}.{info['op_type'].lower()}{seen[base]}"
+        info.update(_layer_costs(node, info, known))
         layers.append(LayerSpec(name=name, **info))
-    return layers
+    return layers, known, ran
 
 
-def _layer_fields(
-    node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], tshape: dict[str, list[int]]
-) -> dict[str, Any] | None:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _layer_fields(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> dict[str, Any] | None:
+    """What a layer is, independent of shapes; None when the node is not a quantizable layer."""
     op = node.op_type
+    extra: tuple[str, ...] = ()
+    output = node.output[0]
     if op == "Gather":
         if len(node.input) < 2 or node.input[0] not in consts or node.input[1] in consts:
             return None
         weight, activation, axis = node.input[0], None, 0
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("axis", 0) != 0:
+        if _attrs(node).get("axis", 0) != 0:
             return None
     elif op in ("MatMul", "Gemm"):
         if len(node.input) < 2 or node.input[1] not in consts or node.input[0] in consts:
             return None
         weight, activation = node.input[1], node.input[0]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axis = 0 if (op == "Gemm" and attrs.get("transB", 0)) else 1
+        axis = 0 if (op == "Gemm" and _attrs(node).get("transB", 0)) else 1
+    elif op in RECURRENT_GATES:
+        # X, W [dirs, gates*H, I], R [dirs, gates*H, H]: both weights constant, or it is no layer.
+        if len(node.input) < 3 or node.input[1] not in consts or node.input[2] not in consts:
+            return None
+        weight, activation, axis, extra = node.input[1], node.input[0], 1, (node.input[2],)
+        output = next((o for o in node.output if o), node.output[0])
     else:  # Conv
         if len(node.input) < 2 or node.input[1] not in consts:
             return None
@@ -302,24 +437,72 @@ def _layer_fields(
     wshape = tuple(int(d) for d in tensor.dims)
     if op in ("MatMul", "Gemm", "Gather") and len(wshape) != 2:
         return None
-    params = int(np.prod(wshape)) if wshape else 1
-    out_shape = tshape.get(node.output[0])
-    macs = 0
-    if out_shape is not None and op != "Gather":
-        # Every output element of MatMul/Gemm is a K-long dot product; of Conv, Cin/g*kh*kw long.
-        reduce = wshape[1] if (op == "Gemm" and axis == 0) else wshape[0]
-        if op == "Conv":
-            reduce = int(np.prod(wshape[1:]))
-        macs = int(np.prod(out_shape)) * int(reduce)
+    if op in RECURRENT_GATES and (len(wshape) != 3 or consts[extra[0]].data_type != tensor.data_type):
+        return None
+    params = sum(int(np.prod(tuple(consts[w].dims))) for w in (weight, *extra))
     return {
         "node_name": node.name,
         "op_type": op,
         "weight": weight,
         "weight_shape": wshape,
         "params": params,
-        "macs": macs,
+        "macs": None,
         "activation": activation,
-        "output": node.output[0],
+        "output": output,
         "channel_axis": axis,
         "weight_dtype": _np_dtype(tensor.data_type),
+        "extra_weights": extra,
     }
+
+
+def _cost_tensors(node: onnx.NodeProto, info: dict[str, Any], known: dict[str, list[int]]) -> list[str]:
+    """The tensors whose shapes a layer's costs still need, given the ``known`` ones."""
+    op = info["op_type"]
+    if op == "Gather":
+        tensors = [node.input[1], node.output[0]]
+    elif op in RECURRENT_GATES:
+        tensors = [node.input[0]]
+    elif op in ("MatMul", "Gemm") and (node.input[0] in known or node.output[0] in known):
+        return []  # with a 2-D weight, either side gives the other (see _layer_costs)
+    else:
+        tensors = [node.input[0], node.output[0]]
+    return [t for t in tensors if t not in known]
+
+
+def _elements(shape: list[int] | None) -> int | None:
+    return None if shape is None else int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _layer_costs(node: onnx.NodeProto, info: dict[str, Any], known: dict[str, list[int]]) -> dict[str, Any]:
+    """MACs and activation element counts per inference; None where a shape is unknown."""
+    op, w = info["op_type"], info["weight_shape"]
+    if op == "Gather":  # a table lookup: no multiply-accumulate; reads the ids, writes rows
+        return {"macs": 0, "input_elements": _elements(known.get(node.input[1])),
+                "output_elements": _elements(known.get(node.output[0]))}
+    if op in RECURRENT_GATES:
+        x = known.get(node.input[0])
+        if x is None or len(x) != 3:
+            return {"macs": None, "input_elements": None, "output_elements": None}
+        layout = int(_attrs(node).get("layout", 0))
+        steps, batch = (x[1], x[0]) if layout == 1 else (x[0], x[1])
+        dirs, gate_rows, size_in = w
+        hidden = gate_rows // RECURRENT_GATES[op]
+        # Each step: every gate is W x_t (I long) plus R h_{t-1} (H long) per hidden unit and direction.
+        macs = steps * gate_rows * (size_in + hidden) * dirs * batch
+        return {"macs": int(macs), "input_elements": _elements(x), "output_elements": steps * dirs * batch * hidden}
+    x, y = known.get(node.input[0]), known.get(node.output[0])
+    out, inp = _elements(y), _elements(x)
+    if op in ("MatMul", "Gemm"):
+        # With W [K, N] ([N, K] for Gemm transB) the activation is [..., K] and the output [..., N]
+        # with the same leading dimensions, so either side's size gives the other's.
+        k, n = (w[1], w[0]) if info["channel_axis"] == 0 else (w[0], w[1])
+        if out is None and inp is not None:
+            out = inp // k * n
+        elif inp is None and out is not None:
+            inp = out // n * k
+    # Every output element of MatMul/Gemm is a K-long dot product; of Conv, Cin/groups*kh*kw long
+    # (W is [Cout, Cin/groups, kh, kw], so depthwise reduces over kh*kw only).
+    transposed = op == "Gemm" and info["channel_axis"] == 0
+    reduce = int(np.prod(w[1:])) if op == "Conv" else w[1] if transposed else w[0]
+    macs = None if out is None else out * int(reduce)
+    return {"macs": macs, "input_elements": inp, "output_elements": out}

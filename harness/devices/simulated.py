@@ -101,14 +101,20 @@ class SimulatedTransport(Transport):
                 from profiles import load_profile  # type: ignore[attr-defined]
             except ImportError:
                 from profiles.schema import load_profile
-            model = load_model(_base_model(model_path, settings), require_layers=False)
+            model = load_model(_base_model(model_path, settings), settings.input_shapes, require_layers=False)
+            assumed = list(model.unresolved_inputs()) if settings.input_shapes is None else []
+            if assumed:
+                # As the agent does for a host that sends no shapes: 1 for a symbolic dimension, said
+                # in the record (``method.symbolic_dims_set_to_1``), never silently.
+                model = model.at_shapes({k: [d or 1 for d in v] for k, v in model.unresolved_inputs().items()})
             genome = settings.genome
             if genome is None:
                 genome = Genome.uniform(Gene(weight_bits="fp", activation_bits="fp"),
                                         {la.name: la.op_type for la in model.layers})
             pred = predict_model(model, genome, load_profile(str(self.device.profile)))
             return {"latency_ms": pred.latency_ms, "peak_memory_bytes": int(pred.memory_bytes),
-                    "energy_j": pred.energy_j, "profile": pred.profile, "calibration_id": pred.calibration_id}
+                    "energy_j": pred.energy_j, "profile": pred.profile, "calibration_id": pred.calibration_id,
+                    "input_shapes": dict(model.shapes_used), "symbolic_dims_set_to_1": assumed}
         return {"latency_ms": float(self.sim["latency_ms"]), "peak_memory_bytes": int(self.sim.get("memory_bytes", 0)),
                 "energy_j": self.sim.get("energy_j")}
 
@@ -137,7 +143,9 @@ class SimulatedTransport(Transport):
                "mean": float(samples.mean()), "std": float(samples.std()), "min": float(samples.min()),
                "max": float(samples.max()), "n": n}
         energy = pred.get("energy_j")
-        method = {"simulated": True, "mode": self.mode, "noise": self.noise, "runs": n, "delay_s": self.delay_s}
+        method = {"simulated": True, "mode": self.mode, "noise": self.noise, "runs": n, "delay_s": self.delay_s,
+                  "input_shapes": pred.get("input_shapes", settings.input_shapes),
+                  "symbolic_dims_set_to_1": pred.get("symbolic_dims_set_to_1", [])}
         if self.mode == "profile":
             method.update(profile=pred.get("profile"), calibration_id=pred.get("calibration_id"))
         return MeasureRecord(

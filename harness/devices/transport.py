@@ -84,9 +84,14 @@ class MeasureSettings:
     genome: Any = None
     #: the float model a genome applies to (for a simulated device's cost model); never sent to a device
     base_model: str | None = None
+    #: the shapes of one inference {input: dims} the agent feeds (symbolic dimensions set); None sends
+    #: nothing, and an agent then feeds 1 for a symbolic dimension and says so in the record's method
+    input_shapes: dict[str, list[int]] | None = None
 
     def to_agent(self, device: DeviceConfig) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("genome", "base_model")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("genome", "base_model", "input_shapes")}
+        if self.input_shapes is not None:  # only when known: an agent older than 1.2 ignores the key
+            d["input_shapes"] = {k: [int(x) for x in v] for k, v in self.input_shapes.items()}
         d["threads"] = self.threads if self.threads is not None else device.threads
         aff = self.affinity if self.affinity is not None else device.affinity
         d["affinity"] = list(aff) if aff is not None else None

@@ -1,8 +1,11 @@
 """Activation ranges: calibrate once per (model, data, method), cache on disk, reuse for every candidate.
 
-ONNX Runtime's calibrator does the work; qae keys its result by the sha256 of the model file and of
-the data file and the method, and stores it as JSON under the cache folder (``$QAE_CACHE_DIR``, else
-``~/.cache/qae``). The file is written atomically, so a killed run never leaves a half cache.
+ONNX Runtime's calibrator does the work, fed as the data says (the model's fixed batch when it has
+one, else 32 samples a run; constant inputs with every batch). qae keys its result by the sha256 of
+the model file, of the data file with the layout it is read with (``Dataset.key``: constant inputs
+and sample axes; the metric does not change ranges, so it is left out) and the method, and stores
+it as JSON under the cache folder (``$QAE_CACHE_DIR``, else ``~/.cache/qae``). The file is written
+atomically, so a killed run never leaves a half cache.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.core.atomic import atomic_write_text
-from harness.core.errors import InputError
+from harness.core.errors import InputError, ModelError
 from harness.core.model import QUANTIZABLE_OPS, ModelInfo
 from harness.core.paths import cache_dir
 from harness.quant.data import Dataset
@@ -26,7 +30,7 @@ CALIB_BATCH = 32
 
 
 def cache_path(model: ModelInfo, data: Dataset, method: str) -> Path:
-    return cache_dir() / "calib" / f"{model.sha256[:16]}-{data.sha256[:16]}-{method}.json"
+    return cache_dir() / "calib" / f"{model.sha256[:16]}-{data.key[:16]}-{method}.json"
 
 
 def activation_ranges(model: ModelInfo, data: Dataset, method: str = "minmax") -> tuple[Ranges, bool]:
@@ -41,7 +45,8 @@ def activation_ranges(model: ModelInfo, data: Dataset, method: str = "minmax") -
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is recomputed and overwritten
     ranges = compute_ranges(model, data, method)
-    body = {"model_sha256": model.sha256, "data_sha256": data.sha256, "method": method, "ranges": ranges}
+    body = {"model_sha256": model.sha256, "data_sha256": data.sha256, "data_key": data.key, "method": method,
+            "ranges": ranges}
     atomic_write_text(path, json.dumps(body, sort_keys=True))
     return ranges, False
 
@@ -51,6 +56,7 @@ def compute_ranges(model: ModelInfo, data: Dataset, method: str) -> Ranges:
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
+            # The model's fixed batch wins over CALIB_BATCH (a batch-1 model is fed one sample a run).
             self._it: Iterator[dict[str, np.ndarray]] = data.batches(CALIB_BATCH)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -65,7 +71,7 @@ def compute_ranges(model: ModelInfo, data: Dataset, method: str) -> Ranges:
         src = Path(tmp) / "model.onnx"
         import onnx
 
-        onnx.save(model.proto, str(src))
+        onnx.save(_typed(model.proto, data), str(src))
         calibrator = create_calibrator(
             src,
             op_types_to_calibrate=list(QUANTIZABLE_OPS),
@@ -73,10 +79,67 @@ def compute_ranges(model: ModelInfo, data: Dataset, method: str) -> Ranges:
             calibrate_method=cal_method,
             extra_options={"symmetric": False},
         )
-        calibrator.collect_data(Reader())
-        computed = calibrator.compute_data()
+        try:
+            calibrator.collect_data(Reader())
+            computed = calibrator.compute_data()
+        except Exception as exc:  # ORT's words on one line, with what to check
+            msg = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"calibration cannot run the model on {data.path.name} ({msg}): check the data's shapes, "
+                "--sample-axis and --constant-input"
+            ) from None
     out: Ranges = {}
     for name in computed:
         lo, hi = computed[name].range_value
         out[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    return out
+
+
+def _typed(proto: Any, data: Dataset) -> Any:
+    """``proto``, with a typed value_info for every tensor in or out of a quantizable op that ONNX
+    shape inference leaves untyped (a com.microsoft op stops it): ONNX Runtime's calibrator skips
+    untyped tensors, which would leave their layers without a range. The types come from one run."""
+    import onnx
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(proto)
+    except Exception:  # inference gives up on some models; the run below types what is needed
+        inferred = proto
+    typed = {
+        vi.name
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+    consts = {t.name for t in proto.graph.initializer}
+    need = [
+        t
+        for node in proto.graph.node
+        if node.op_type in QUANTIZABLE_OPS
+        for t in (*node.input, *node.output)
+        if t and t not in typed and t not in consts
+    ]
+    need = [t for t in dict.fromkeys(need) if t in {o for n in proto.graph.node for o in n.output}]
+    if not need:
+        return proto
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in need if n not in outputs)  # ORT types them
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = sess.run(need, data.first_feed())
+    except Exception:  # the calibrator's own run reports what is wrong
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for name, value in zip(need, values):
+        if isinstance(value, np.ndarray):
+            elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            out.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, None))
     return out

@@ -1,45 +1,169 @@
 """Calibration and evaluation sets: one ``.npz`` array per model input, plus optional ``labels``.
 
+The data convention
+-------------------
+Every model input has one array, named like the input. An array is either **per-sample** or
+**constant**:
+
+- A per-sample array holds the samples along axis 0, or along the axis K given for that input
+  (``--sample-axis NAME=K``: e.g. ``K=1`` for a recurrent input laid out ``[T, N, F]``). Its other
+  dimensions must equal the model's fixed dimensions. All per-sample arrays hold the same number of
+  samples, and ``labels`` (optional) is a 1-D integer array with one class index per sample.
+- A constant array is fed as stored, unchanged, with every batch: a scalar such as a sample rate,
+  an initial recurrent state ``[2, 1, 128]``. Name it with ``--constant-input NAME``. A 0-d array
+  is constant without being named. Its shape must equal the model's fixed dimensions.
+
+How many samples one inference takes: when the model fixes the dimension at an input's sample
+axis (e.g. a batch of 1), calibration and evaluation feed exactly that many samples per run (one
+at a time for 1), and the number of samples must be a multiple of it. Otherwise batches are as
+large as the caller asks (32 for calibration, 256 for evaluation).
+
+An ``.npz`` file can describe itself: a reserved array ``qae_inputs`` holding one JSON string, e.g.
+``numpy.savez(path, x=..., state=..., sr=numpy.int64(16000),
+qae_inputs=numpy.array('{"constant": ["state"], "sample_axis": {"x": 1}}'))``.
+It is read without pickle and checked against a schema; flags given on the command line win over it
+for the inputs they name.
+
 Arrays are checked against the model before anything runs: every input present, no unknown array,
-the same number of samples in each, the same kind of dtype (a float64 array is cast to a float32
-input, an int array never to a float one) and every fixed dimension equal.
+the same kind of dtype (a float64 array is cast to a float32 input, an int array never to a float
+one) and every fixed dimension equal. Every failure is a one-line ``DataError`` that says the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from harness.core.errors import DataError
-from harness.core.model import ModelInfo
+from harness.core.errors import DataError, InputError
+from harness.core.model import ModelInfo, TensorSpec
 
 LABELS = "labels"
+#: the reserved array of a self-describing .npz (a 0-d JSON string)
+LAYOUT = "qae_inputs"
+#: batch size when the model does not fix one and the caller names none
+DEFAULT_BATCH = 256
+
+_LAYOUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "constant": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "sample_axis": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+    },
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How data is laid out and scored; everything a Workload needs besides the files.
+
+    ``constant_inputs``: inputs fed as stored with every batch. ``sample_axes``: (input, axis) pairs
+    for per-sample inputs whose samples are not along axis 0. ``metric``: ``auto``, a metric name
+    from ``harness.quant.metrics`` or ``module:function``. ``outputs``: the outputs to score (all
+    when empty).
+    """
+
+    constant_inputs: tuple[str, ...] = ()
+    sample_axes: tuple[tuple[str, int], ...] = ()
+    metric: str = "auto"
+    outputs: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "constant_inputs": list(self.constant_inputs),
+            "sample_axes": {name: axis for name, axis in self.sample_axes},
+            "metric": self.metric,
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DataOptions:
+        d = d or {}
+        axes = d.get("sample_axes") or {}
+        pairs = axes.items() if isinstance(axes, dict) else axes
+        return cls(
+            constant_inputs=tuple(str(n) for n in d.get("constant_inputs") or ()),
+            sample_axes=tuple((str(n), int(k)) for n, k in pairs),
+            metric=str(d.get("metric") or "auto"),
+            outputs=tuple(str(n) for n in d.get("outputs") or ()),
+        )
+
+    def layout(self) -> dict[str, Any]:
+        """The part that changes what is fed to the model (not how it is scored)."""
+        return {"constant_inputs": sorted(self.constant_inputs), "sample_axes": dict(sorted(self.sample_axes))}
 
 
 @dataclass
 class Dataset:
-    """Validated arrays for one model; ``inputs`` keyed by input name, all of length ``n``."""
+    """Validated arrays for one model; ``inputs`` keyed by input name, as stored in the file.
+
+    ``constant`` names the inputs fed as stored; every other input holds ``n`` samples along its
+    ``sample_axes`` entry (0 when absent). ``batch`` is the number of samples the model takes per
+    run when it fixes it (None: any).
+    """
 
     path: Path
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     sha256: str
+    constant: frozenset[str] = frozenset()
+    sample_axes: dict[str, int] = field(default_factory=dict)
+    batch: int | None = None
 
     @property
     def n(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        """Number of samples; a data set of constant inputs only is one sample."""
+        for name, arr in self.inputs.items():
+            if name not in self.constant:
+                return int(arr.shape[self.sample_axes.get(name, 0)])
+        return 1
 
-    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.n, size):
-            yield {k: v[start : start + size] for k, v in self.inputs.items()}
+    @property
+    def key(self) -> str:
+        """sha256 of the file and of the layout it is read with (constants, sample axes): a cache key."""
+        layout = {"constant": sorted(self.constant), "sample_axes": dict(sorted(self.sample_axes.items()))}
+        return hashlib.sha256((self.sha256 + json.dumps(layout, sort_keys=True)).encode()).hexdigest()
+
+    def batch_size(self, size: int | None = None) -> int:
+        """Samples per run: the model's fixed batch when it has one, else ``size`` (default 256)."""
+        return self.batch or size or DEFAULT_BATCH
+
+    def take(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The feed for samples ``start:stop``; constant inputs as stored."""
+        feed = {}
+        for name, arr in self.inputs.items():
+            if name in self.constant:
+                feed[name] = arr
+            else:
+                index: list[Any] = [slice(None)] * arr.ndim
+                index[self.sample_axes.get(name, 0)] = slice(start, stop)
+                feed[name] = arr[tuple(index)]
+        return feed
+
+    def batches(self, size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``batch_size(size)`` samples each (the last may be shorter when the model allows)."""
+        step = self.batch_size(size)
+        for start in range(0, self.n, step):
+            yield self.take(start, start + step)
+
+    def first_feed(self) -> dict[str, np.ndarray]:
+        """One inference's feed: one sample (or the model's fixed batch), constants as stored."""
+        return self.take(0, self.batch or 1)
+
+    def inference_shapes(self) -> dict[str, list[int]]:
+        """The shape of every input for one inference (see ``first_feed``)."""
+        return {name: [int(d) for d in arr.shape] for name, arr in self.first_feed().items()}
 
 
-def load_dataset(path: str | Path, model: ModelInfo) -> Dataset:
+def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None = None) -> Dataset:
+    """Read and check an ``.npz`` against ``model`` (see the module docstring for the convention)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} not found: give an .npz with one array per model input")
@@ -52,6 +176,7 @@ def load_dataset(path: str | Path, model: ModelInfo) -> Dataset:
             f"{path} is not a readable .npz file ({type(exc).__name__}): save it with numpy.savez"
         ) from None
     labels = arrays.pop(LABELS, None)
+    constant, axes = _layout(path, arrays.pop(LAYOUT, None), model, options or DataOptions())
     names = [spec.name for spec in model.inputs]
     for name in names:
         if name not in arrays:
@@ -63,43 +188,160 @@ def load_dataset(path: str | Path, model: ModelInfo) -> Dataset:
     if extra:
         raise DataError(
             f"{path} has an array {extra[0]!r} that is no model input: the inputs are "
-            f"{', '.join(names)} (and optional 'labels')"
+            f"{', '.join(names)} (and optional 'labels' and '{LAYOUT}')"
         )
     inputs: dict[str, np.ndarray] = {}
-    count = None
+    count: tuple[str, int] | None = None
+    batch: tuple[str, int] | None = None
     for spec in model.inputs:
-        arr = arrays[spec.name]
-        want = np.dtype(spec.dtype)
-        if arr.dtype != want:
-            if arr.dtype.kind != want.kind and not (arr.dtype.kind in "iu" and want.kind in "iu"):
-                raise DataError(
-                    f"{path}: array {spec.name!r} is {arr.dtype} but the model input is {want}: "
-                    f"convert it with .astype(numpy.{want})"
-                )
-            arr = arr.astype(want)
-        if arr.ndim != len(spec.shape):
+        arr = _cast(path, spec, arrays[spec.name])
+        if arr.ndim == 0:
+            constant.add(spec.name)  # a scalar holds no samples
+        is_constant = spec.name in constant
+        axis = None if is_constant else axes.get(spec.name, 0)
+        _check_dims(path, spec, arr, axis)
+        # np.ascontiguousarray would turn a 0-d array into 1-d: copy only what is not contiguous.
+        inputs[spec.name] = arr if arr.flags.c_contiguous else np.array(arr, order="C")
+        if axis is None:
+            continue
+        size = int(arr.shape[axis])
+        if count is not None and size != count[1]:
             raise DataError(
-                f"{path}: array {spec.name!r} has shape {list(arr.shape)} but the model input has "
-                f"{len(spec.shape)} dimensions {_fmt(spec.shape)}: reshape the data"
+                f"{path}: arrays hold different sample counts ({count[0]!r}: {count[1]}, {spec.name!r}: {size}): "
+                "give every per-sample input the same number of samples, or name the others with --constant-input"
             )
-        for axis, (got, need) in enumerate(zip(arr.shape, spec.shape)):
-            if axis > 0 and need is not None and got != need:
+        count = (spec.name, size)
+        fixed = spec.shape[axis] if spec.rank_known else None
+        if fixed is not None:
+            if batch is not None and fixed != batch[1]:
                 raise DataError(
-                    f"{path}: array {spec.name!r} has shape {list(arr.shape)} but the model input is "
-                    f"{_fmt(spec.shape)} (dimension {axis} must be {need}): reshape the data"
+                    f"model inputs {batch[0]!r} and {spec.name!r} fix different batch sizes ({batch[1]} and {fixed}) "
+                    "at their sample axes: give the right --sample-axis or --constant-input for them"
                 )
-        if count is not None and len(arr) != count:
-            raise DataError(f"{path}: arrays have different sample counts ({count} and {len(arr)})")
-        count = len(arr)
-        inputs[spec.name] = np.ascontiguousarray(arr)
-    if not count:
+            batch = (spec.name, fixed)
+    if count is not None and count[1] == 0:
         raise DataError(f"{path} holds no samples: give at least one")
-    if labels is not None and (labels.ndim != 1 or len(labels) != count or labels.dtype.kind not in "iu"):
+    n = count[1] if count is not None else 1
+    if batch is not None and n % batch[1]:
         raise DataError(
-            f"{path}: 'labels' must be a 1-D integer array of {count} class indices, "
+            f"{path} holds {n} samples but the model takes exactly {batch[1]} per run (input {batch[0]!r}, "
+            f"dimension {axes.get(batch[0], 0)}): give a multiple of {batch[1]} samples"
+        )
+    if labels is not None and (labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu"):
+        raise DataError(
+            f"{path}: 'labels' must be a 1-D integer array of {n} class indices, "
             f"got {labels.dtype} with shape {list(labels.shape)}"
         )
-    return Dataset(path, inputs, labels, hashlib.sha256(raw).hexdigest())
+    return Dataset(
+        path,
+        inputs,
+        labels,
+        hashlib.sha256(raw).hexdigest(),
+        frozenset(constant),
+        {k: v for k, v in axes.items() if k not in constant and v != 0},
+        batch[1] if batch else None,
+    )
+
+
+def _layout(
+    path: Path, stored: np.ndarray | None, model: ModelInfo, options: DataOptions
+) -> tuple[set[str], dict[str, int]]:
+    """(constant inputs, sample axes) from the file's ``qae_inputs`` and the options; options win."""
+    constant: set[str] = set()
+    axes: dict[str, int] = {}
+    if stored is not None:
+        declared = _read_layout(path, stored)
+        constant = set(declared.get("constant", []))
+        axes = {str(k): int(v) for k, v in declared.get("sample_axis", {}).items()}
+        _check_names(model, constant | set(axes), f"{path}: '{LAYOUT}' names", DataError)
+    flagged_axes = dict(options.sample_axes)
+    _check_names(model, set(options.constant_inputs), "--constant-input names")
+    _check_names(model, set(flagged_axes), "--sample-axis names")
+    both = set(options.constant_inputs) & set(flagged_axes)
+    if both:
+        raise InputError(
+            f"input {sorted(both)[0]!r} is given both --constant-input and --sample-axis: "
+            "a constant input has no sample axis, give one of them"
+        )
+    # A flag overrides what the file says about the same input, in either direction.
+    constant = (constant - set(flagged_axes)) | set(options.constant_inputs)
+    axes = {k: v for k, v in axes.items() if k not in options.constant_inputs}
+    axes.update(flagged_axes)
+    overlap = constant & set(axes)
+    if overlap:
+        raise DataError(
+            f"{path}: '{LAYOUT}' declares input {sorted(overlap)[0]!r} both constant and with a sample axis: keep one"
+        )
+    return constant, axes
+
+
+def _read_layout(path: Path, stored: np.ndarray) -> dict[str, Any]:
+    import jsonschema
+
+    text: str | None = None
+    if stored.ndim == 0 and stored.dtype.kind in "US":
+        item = stored[()]
+        text = item.decode() if isinstance(item, bytes) else str(item)
+    example = """numpy.array('{"constant": ["state"], "sample_axis": {"x": 1}}')"""
+    if text is None:
+        raise DataError(f"{path}: '{LAYOUT}' must be one JSON string, e.g. {LAYOUT}={example}")
+    try:
+        declared = json.loads(text)
+        jsonschema.validate(declared, _LAYOUT_SCHEMA)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: '{LAYOUT}' is not valid JSON ({exc.msg}): write it like {example}") from None
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+        raise DataError(
+            f"{path}: '{LAYOUT}' does not fit its schema at {where} ({exc.message}): "
+            f"it holds 'constant' (input names) and 'sample_axis' (name: axis), e.g. {example}"
+        ) from None
+    return dict(declared)
+
+
+def _check_names(model: ModelInfo, names: set[str], what: str, error: type[InputError] = InputError) -> None:
+    known = [spec.name for spec in model.inputs]
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise error(f"{what} {unknown[0]!r}, which is no model input: the inputs are {', '.join(known)}")
+
+
+def _cast(path: Path, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+    if spec.dtype.startswith("onnx:"):
+        return arr  # a type numpy has no name for: ONNX Runtime says whether it fits
+    want = np.dtype(spec.dtype)
+    if arr.dtype == want:
+        return arr
+    if arr.dtype.kind != want.kind and not (arr.dtype.kind in "iu" and want.kind in "iu"):
+        raise DataError(
+            f"{path}: array {spec.name!r} is {arr.dtype} but the model input is {want}: "
+            f"convert it with .astype(numpy.{want})"
+        )
+    return arr.astype(want)
+
+
+def _check_dims(path: Path, spec: TensorSpec, arr: np.ndarray, axis: int | None) -> None:
+    """Every fixed model dimension equals the array's, except at the sample axis (``None``: constant)."""
+    if axis is not None and not axis < max(arr.ndim, 1):
+        raise DataError(
+            f"{path}: array {spec.name!r} has {arr.ndim} dimensions, so it has no sample axis {axis}: "
+            f"give --sample-axis {spec.name}=K with K < {arr.ndim}"
+        )
+    if not spec.rank_known:
+        return
+    if arr.ndim != len(spec.shape):
+        raise DataError(
+            f"{path}: array {spec.name!r} has shape {list(arr.shape)} but the model input has "
+            f"{len(spec.shape)} dimensions {_fmt(spec.shape)}: reshape the data"
+        )
+    for dim, (got, need) in enumerate(zip(arr.shape, spec.shape)):
+        if dim != axis and need is not None and got != need:
+            hint = "" if axis is not None else " (it is fed as stored: a constant input)"
+            raise DataError(
+                f"{path}: array {spec.name!r} has shape {list(arr.shape)} but the model input is "
+                f"{_fmt(spec.shape)} (dimension {dim} must be {need}){hint}: reshape the data"
+                + ("" if axis is None or axis else " or give its --sample-axis")
+            )
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:

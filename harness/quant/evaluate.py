@@ -1,17 +1,19 @@
 """Accuracy and exact size of a (quantized) model, with ONNX Runtime on this host.
 
-Accuracy is top-1 against labels when the data has them; otherwise it is agreement with a
-reference (FP32) model: top-1 agreement and the mean cosine of the outputs. A sentence-embedding
-workload asks for ``metric="embedding"``: outputs are token embeddings, mean-pooled with the
-attention mask, and accuracy is top-1 retrieval agreement (see ``embedding_agreement``). Sizes are counted, not
-estimated: ``file_bytes`` is the file, ``weight_bytes`` counts every quantized layer weight at its
-nominal packed width (an emulated 3-bit weight counts 3 bits, though the file stores 8) and every
-other initializer at its stored size.
+Every output is run; the metric that fits the outputs and the data scores them against labels or
+the reference (FP32) outputs (``harness.quant.metrics``): ``accuracy`` is the worst scored output's
+value of that metric, higher is better, and ``scores`` holds every scored output's numbers. A
+sentence-embedding workload asks for ``metric="embedding"``: outputs are token embeddings,
+mean-pooled with the attention mask, and accuracy is top-1 retrieval agreement (see
+``embedding_agreement``). Sizes are counted, not estimated: ``file_bytes`` is the file,
+``weight_bytes`` counts every quantized layer weight at its nominal packed width (an emulated 3-bit
+weight counts 3 bits, though the file stores 8) and every other initializer at its stored size.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,16 @@ import numpy as np
 import onnx
 
 from harness.core.errors import InputError, ModelError
+from harness.quant import metrics
 from harness.quant.data import Dataset
+from harness.quant.metrics import embedding_agreement, mean_pool
+
+__all__ = ["EVAL_BATCH", "EvalReport", "SizeReport", "agreement", "embedding_agreement", "evaluate", "mean_pool",
+           "run_all", "run_outputs", "session", "sizes"]
 
 EVAL_BATCH = 256
-#: ``auto``: ``classification`` when the data has labels, else ``agreement``.
-METRICS = ("auto", "classification", "agreement", "embedding")
+#: the metric names ``--metric`` takes (besides ``module:function``); see ``harness.quant.metrics``
+METRICS = metrics.CHOICES
 
 
 @dataclass
@@ -47,6 +54,12 @@ class EvalReport:
     top1_agreement: float | None = None
     mean_cosine: float | None = None
     labelled_accuracy: float | None = None
+    #: output -> report key -> value, for every scored output (see ``harness.quant.metrics``)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the worst SQNR over the scored outputs (dB, capped at 100); None without a reference
+    sqnr_db: float | None = None
+    #: one line saying what was scored and how
+    metric_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,70 +80,52 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None) -> 
         raise ModelError(f"ONNX Runtime cannot load the model ({msg}): check the model or its genome") from None
 
 
+def output_names(proto: onnx.ModelProto) -> list[str]:
+    """The graph outputs that are tensors (a sequence or map output cannot be scored)."""
+    return [o.name for o in proto.graph.output if o.type.HasField("tensor_type")]
+
+
+def run_all(sess: Any, data: Dataset, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Every tensor output (or ``names``) for every sample, batched as the data says (a model with a
+    fixed batch runs at that size, constant inputs go with every batch); batches are concatenated
+    along axis 0 (0-d outputs are stacked)."""
+    if names is None:
+        names = [o.name for o in sess.get_outputs()]
+    names = list(names)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in data.batches(EVAL_BATCH):
+        try:
+            results = sess.run(names, feed)
+        except Exception as exc:  # ORT's own words, on one line, with what to check
+            msg = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"ONNX Runtime cannot run the model on {data.path.name} ({msg}): check the data's shapes, "
+                "--sample-axis and --constant-input"
+            ) from None
+        for name, value in zip(names, results):
+            if not isinstance(value, np.ndarray):
+                raise ModelError(f"output {name!r} is no tensor ({type(value).__name__}): name others with --outputs")
+            parts[name].append(value)
+    return {n: np.stack(p) if p[0].ndim == 0 else np.concatenate(p, axis=0) for n, p in parts.items()}
+
+
 def run_outputs(sess: Any, data: Dataset) -> np.ndarray:
-    """First output for every sample, batched; a model with a fixed batch size runs at that size."""
-    dim0 = sess.get_inputs()[0].shape[0]
-    batch = dim0 if isinstance(dim0, int) and dim0 > 0 else EVAL_BATCH
-    if data.n % batch and isinstance(dim0, int):
-        raise ModelError(f"the model takes batches of exactly {batch}: give a data set whose size is a multiple")
-    outs = [sess.run(None, feed)[0] for feed in data.batches(batch)]
-    return np.concatenate(outs, axis=0)
+    """The first output for every sample (kept for callers that score one output; see ``run_all``)."""
+    first = sess.get_outputs()[0].name
+    return run_all(sess, data, [first])[first]
 
 
 def agreement(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement, mean cosine) of two output batches of the same shape."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    top1 = float(
-        np.mean(
-            outputs.reshape(len(outputs), -1, outputs.shape[-1]).argmax(-1)
-            == reference.reshape(len(reference), -1, reference.shape[-1]).argmax(-1)
-        )
-    )
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
-    return top1, float(np.mean(cos))
+    """(top-1 agreement over the last axis, mean per-sample cosine) of two batches of class scores.
 
-
-def mean_pool(outputs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Mean over tokens of ``[N, seq, dim]`` outputs, counting only tokens whose mask is nonzero.
-
-    This is sentence-transformers' pooling for all-MiniLM-L6-v2. A row with no token counts as zero.
+    Only for outputs with a class axis (rank >= 2, last dimension > 1); anything else is scored by
+    ``harness.quant.metrics`` (SQNR, whole-tensor cosine) and never argmaxed.
     """
-    if outputs.ndim != 3:
+    if outputs.ndim < 2 or outputs.shape[-1] < 2:
         raise ModelError(
-            f"the embedding metric needs token embeddings [N, seq, dim], the model gives {list(outputs.shape)}: "
-            "use --metric agreement"
+            f"an output of shape {list(outputs.shape)} holds no class scores to argmax: score it with --metric sqnr"
         )
-    weights = np.ones(outputs.shape[:2]) if mask is None else (mask != 0).astype(np.float64)
-    if weights.shape != outputs.shape[:2]:
-        raise ModelError(f"attention_mask {list(weights.shape)} does not match the outputs {list(outputs.shape)}")
-    summed = np.einsum("nt,ntd->nd", weights, outputs.astype(np.float64))
-    return summed / np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def embedding_agreement(outputs: np.ndarray, reference: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
-    """(top-1 retrieval agreement, mean cosine) of pooled sentence embeddings against a reference.
-
-    Mean cosine: between each sentence's pooled embedding and the reference's. Retrieval agreement:
-    each sentence queries all the others by cosine; the share of queries whose nearest neighbour is
-    the same under ``outputs`` as under ``reference``. Needs at least two sentences.
-    """
-    a, b = _unit(mean_pool(outputs, mask)), _unit(mean_pool(reference, mask))
-    if len(a) < 2:
-        raise ModelError("retrieval agreement needs at least two evaluation samples: give a larger data set")
-    cosine = float(np.mean(np.sum(a * b, axis=1)))
-    nearest = []
-    for emb in (a, b):
-        sim = emb @ emb.T
-        np.fill_diagonal(sim, -np.inf)  # a query never retrieves itself
-        nearest.append(sim.argmax(axis=1))
-    return float(np.mean(nearest[0] == nearest[1])), cosine
+    return metrics.top1_agreement(outputs, reference), metrics.mean_row_cosine(outputs, reference)
 
 
 def sizes(proto: onnx.ModelProto, file_bytes: int, nominal_bits: dict[str, int] | None = None) -> SizeReport:
@@ -164,46 +159,53 @@ def evaluate(
     file_bytes: int,
     nominal_bits: dict[str, int] | None = None,
     emulated_layers: list[str] | None = None,
-    reference_outputs: np.ndarray | None = None,
+    reference_outputs: np.ndarray | Mapping[str, np.ndarray] | None = None,
     threads: int | None = None,
     metric: str = "auto",
+    outputs: Sequence[str] = (),
+    plan: metrics.Plan | None = None,
 ) -> EvalReport:
-    """Score ``proto`` on ``data``; ``metric`` is one of ``METRICS`` (see the module docstring)."""
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not supported: use one of {', '.join(METRICS)}")
-    if metric == "embedding" and reference_outputs is None:
-        raise ModelError("the embedding metric compares with a reference model: pass --reference FP32.onnx")
+    """Score ``proto`` on ``data`` (see ``harness.quant.metrics`` for ``metric`` and ``outputs``).
+
+    ``reference_outputs``: the FP32 outputs as {name: array}; a bare array is the first output's
+    (older callers), and then only that output is scored. ``plan``: a plan made earlier for the
+    same model and data (a Workload makes it once), which skips choosing again.
+    """
+    if plan is None:
+        metric = metrics.canonical(metric)
     sess = session(proto, threads)
-    outputs = run_outputs(sess, data)
-    size = sizes(proto, file_bytes, nominal_bits)
-    top1: float | None = None
-    cosine = labelled = None
-    if metric == "embedding" and reference_outputs is not None:
-        top1, cosine = embedding_agreement(outputs, reference_outputs, data.inputs.get("attention_mask"))
+    names = output_names(proto)
+    reference: dict[str, np.ndarray] | None = None
+    if isinstance(reference_outputs, np.ndarray):
+        reference = {names[0]: reference_outputs}
+        outputs = tuple(outputs) or (names[0],)
     elif reference_outputs is not None:
-        top1, cosine = agreement(outputs, reference_outputs)
-    if data.labels is not None and metric in ("auto", "classification"):
-        labelled = float(np.mean(outputs.reshape(len(outputs), -1).argmax(-1) == data.labels))
-    if metric == "embedding" and top1 is not None:
-        accuracy, metric = top1, "retrieval_top1_agreement"
-    elif labelled is not None:
-        accuracy, metric = labelled, "top1"
-    elif metric == "classification":
-        raise ModelError("the classification metric needs labels: give data with a 'labels' array")
-    elif top1 is not None:
-        accuracy, metric = top1, "top1_agreement"
-    else:
-        raise ModelError("the data has no labels and no reference model was given: pass --reference FP32.onnx")
+        reference = dict(reference_outputs)
+    wanted = [*plan.outputs, *plan.reported] if plan is not None else (list(outputs) or names)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise InputError(
+            f"--outputs names {unknown[0]!r}, which is no model output: the outputs are {', '.join(names)}"
+        )
+    got = run_all(sess, data, wanted)
+    if plan is None:
+        shapes = {n: tuple(int(d) for d in got[n].shape) for n in wanted}
+        plan = metrics.plan(metric, shapes, data.labels, reference is not None, outputs, n=data.n)
+    scored = metrics.score(plan, got, reference, data.labels, data.inputs.get("attention_mask"))
+    size = sizes(proto, file_bytes, nominal_bits)
     return EvalReport(
-        accuracy=accuracy,
-        metric=metric,
+        accuracy=scored.accuracy,
+        metric=plan.key,
         n=data.n,
         file_bytes=size.file_bytes,
         weight_bytes=size.weight_bytes,
         stored_weight_bytes=size.stored_weight_bytes,
         emulated=bool(emulated_layers),
         emulated_layers=list(emulated_layers or []),
-        top1_agreement=top1,
-        mean_cosine=cosine,
-        labelled_accuracy=labelled,
+        top1_agreement=scored.top1_agreement,
+        mean_cosine=scored.mean_cosine,
+        labelled_accuracy=scored.labelled_accuracy,
+        scores=scored.per_output,
+        sqnr_db=scored.sqnr_db,
+        metric_note=plan.note,
     )

@@ -13,9 +13,13 @@ The steps, each for a reason:
 5. Weight-only layers (``activation_bits: fp``) lose their activation Q/DQ pair; emulated
    activation widths get a Clip before their QuantizeLinear, since QuantizeLinear only saturates
    to the storage type.
+6. LSTM and GRU layers are weight-only and built by qae itself, after ONNX Runtime's passes (its
+   quantizers leave these ops float): W and R become integer initializers with a per-gate-row
+   DequantizeLinear feeding the op.
 
-One module (~550 lines) because every path from a genome to an ONNX model (QDQ, dynamic, weight-
-only, emulated widths, embedding tables) shares the per-layer planning and the final graph edits.
+One module (~600 lines) because every path from a genome to an ONNX model (QDQ, dynamic, weight-
+only, emulated widths, embedding tables, recurrent weights) shares the per-layer planning and the final
+graph edits.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from onnx import helper, numpy_helper
 
 from harness.core.atomic import atomic_path
 from harness.core.errors import ModelError
-from harness.core.genome import NATIVE_BITS, Gene, Genome
+from harness.core.forms import name_nodes
+from harness.core.genome import NATIVE_BITS, WEIGHT_ONLY_OPS, Gene, Genome
 from harness.core.model import LayerSpec, ModelInfo
 from harness.quant.calibration import Ranges
 
@@ -147,8 +152,10 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
 
     proto = copy.deepcopy(model.proto)
     _ensure_opset(proto)
-    _name_nodes(proto)
-    layers = [layer for layer in model.layers if genome[layer.name].quantized]
+    name_nodes(proto)
+    quantized = [layer for layer in model.layers if genome[layer.name].quantized]
+    recurrent = [layer for layer in quantized if layer.op_type in WEIGHT_ONLY_OPS]
+    layers = [layer for layer in quantized if layer.op_type not in WEIGHT_ONLY_OPS]
     node_names = {layer.name: layer.node_name for layer in model.layers}
     ranges = dict(ranges)
     act_tensor = _split_activations(proto, [lay for lay in layers if lay.activation], node_names, ranges)
@@ -216,6 +223,8 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
+    for layer in recurrent:
+        _dequantized_weights(proto, layer, genome[layer.name], result)
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     ONNXModel(proto).topological_sort()  # the quantizers append nodes; checkers want graph order
@@ -287,17 +296,6 @@ def _ensure_opset(proto: onnx.ModelProto) -> None:
                     ) from None
                 proto.CopyFrom(converted)
             return
-
-
-def _name_nodes(proto: onnx.ModelProto) -> None:
-    used = {n.name for n in proto.graph.node if n.name}
-    for i, node in enumerate(proto.graph.node):
-        if not node.name:
-            name = f"qae_{node.op_type}_{i}"
-            while name in used:
-                name += "_"
-            node.name = name
-            used.add(name)
 
 
 def _split_activations(
@@ -500,6 +498,55 @@ def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> N
                                          and n.output[0] not in still_used)]
     del proto.graph.node[:]
     proto.graph.node.extend(kept)
+
+
+_INT_TYPES = {
+    (4, True): onnx.TensorProto.INT4,
+    (4, False): onnx.TensorProto.UINT4,
+    (8, True): onnx.TensorProto.INT8,
+    (8, False): onnx.TensorProto.UINT8,
+    (16, True): onnx.TensorProto.INT16,
+    (16, False): onnx.TensorProto.UINT16,
+}
+
+
+def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, result: QuantResult) -> None:
+    """Store an LSTM's/GRU's W and R as integers, each dequantized by a DequantizeLinear feeding the op.
+
+    Scales are per gate row (axis 1 of [directions, gates*hidden, inputs], shared across directions),
+    since each row is one gate unit's weights; the widths are the gene's, emulated ones in int8.
+    """
+    inits = {t.name: t for t in proto.graph.initializer}
+    node = next(n for n in proto.graph.node if n.name == layer.node_name)
+    position = list(proto.graph.node).index(node)
+    signed = gene.scheme != "asymmetric"
+    elem = _INT_TYPES[(gene.weight_storage_bits, signed)]
+    for slot, weight in ((1, layer.weight), (2, layer.extra_weights[0])):
+        w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+        qp = weight_qparams(w, gene, 1)
+        scale, zero = qp.scale.astype(np.float32), qp.zero_point.astype(np.int64)
+        shaped = (scale.reshape(1, -1, 1), zero.reshape(1, -1, 1)) if scale.ndim == 1 else (scale, zero)
+        q = np.clip(np.round(w / shaped[0]) + shaped[1], qp.qlo, qp.qhi).astype(np.int64)
+        qname, sname, zname = f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"
+        proto.graph.initializer.extend(
+            [
+                helper.make_tensor(qname, elem, list(w.shape), q.ravel().tolist()),
+                numpy_helper.from_array(scale, sname),
+                helper.make_tensor(zname, elem, list(zero.shape), zero.ravel().tolist()),
+            ]
+        )
+        dq = helper.make_node(
+            "DequantizeLinear", [qname, sname, zname], [f"{weight}_dequantized"], name=f"qae_dq/{weight}"
+        )
+        if scale.ndim == 1:
+            dq.attribute.append(helper.make_attribute("axis", 1))
+        proto.graph.node.insert(position, dq)
+        position += 1
+        node.input[slot] = dq.output[0]
+        result.nominal_bits[weight] = int(gene.weight_bits)
+    if gene.emulated:
+        result.emulated_layers.append(layer.name)
+    _drop_unused_initializers(proto)
 
 
 def _insert_clips(proto: onnx.ModelProto, clips: dict[str, tuple[float, float]]) -> None:

@@ -1,13 +1,15 @@
 """A workload: one model with its calibration and evaluation data, ready to build and score genomes.
 
 This is the unit the search, the CLI and the benchmarks share: calibration runs once (and is cached
-on disk), the FP32 reference outputs are computed once, and every candidate genome is then built
-from the cached ranges and evaluated on the same data.
+on disk), the FP32 reference outputs (every output) are computed once, the metric is chosen once
+from them (``plan``, described by ``metric_note``), and every candidate genome is then built from
+the cached ranges and evaluated on the same data. The model's shapes for one inference come from
+the given ``input_shapes``, else from the calibration data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,18 @@ import numpy as np
 from harness.core.errors import InputError, ModelError
 from harness.core.genome import Gene, Genome
 from harness.core.model import BUILTINS, ModelInfo, builtin_data, builtin_meta, load_model
+from harness.quant import metrics
 from harness.quant.calibration import Ranges, activation_ranges
-from harness.quant.data import Dataset, load_dataset
-from harness.quant.evaluate import METRICS, EvalReport, evaluate, run_outputs, session
+from harness.quant.data import DataOptions, Dataset, load_dataset
+from harness.quant.evaluate import EvalReport, evaluate, output_names, run_all, session
 from harness.quant.quantize import QuantResult, quantize, read_stamp
 
 
 @dataclass
 class Workload:
+    """``metric`` is the metric asked for (``auto`` resolved against a builtin's declared one);
+    ``plan`` says what it became for these outputs and data, ``metric_note`` in one line."""
+
     model: ModelInfo
     calib: Dataset
     ranges: Ranges
@@ -31,7 +37,9 @@ class Workload:
     method: str = "minmax"
     eval_data: Dataset | None = None
     metric: str = "auto"
-    _reference: np.ndarray | None = None
+    options: DataOptions = field(default_factory=DataOptions)
+    _references: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _plan: metrics.Plan | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -42,16 +50,26 @@ class Workload:
         method: str = "minmax",
         input_shapes: dict[str, list[int]] | None = None,
         metric: str = "auto",
+        options: DataOptions | None = None,
     ) -> Workload:
-        """``metric``: one of ``harness.quant.evaluate.METRICS``; ``auto`` takes a builtin's declared one."""
+        """Load the model and data, calibrate (cached), and fix the shapes the model runs at.
+
+        Given ``input_shapes`` win; the other inputs take the shape of one inference of the
+        calibration data (``Dataset.inference_shapes``). ``metric`` is the older way to say
+        ``options.metric``: it applies when the options leave the metric at ``auto``.
+        """
+        options = options or DataOptions()
+        if metric != "auto" and options.metric == "auto":
+            options = replace(options, metric=metric)
         model = load_model(spec, input_shapes)
-        metric = resolve_metric(metric, model.builtin)
+        resolved = resolve_metric(options.metric, model.builtin)
         calib_path = calib or _builtin_default(model, "calib", "--calib")
-        calib_set = load_dataset(calib_path, model)
+        calib_set = load_dataset(calib_path, model, options)
+        model = _at_data_shapes(model, calib_set, input_shapes)
         ranges, cached = activation_ranges(model, calib_set, method)
-        work = cls(model, calib_set, ranges, cached, method, metric=metric)
+        work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)
         if eval_data is not None or model.builtin:
-            work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model)
+            work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model, options)
         return work
 
     @property
@@ -70,40 +88,96 @@ class Workload:
     def build(self, genome: Genome) -> QuantResult:
         return quantize(self.model, genome, self.ranges)
 
-    @property
-    def reference_outputs(self) -> np.ndarray:
+    def _eval_set(self) -> Dataset:
         if self.eval_data is None:
             raise InputError("no evaluation data: give --data EVAL.npz")
-        if self._reference is None:
-            self._reference = run_outputs(session(self.model.proto), self.eval_data)
-        return self._reference
+        return self.eval_data
+
+    @property
+    def references(self) -> dict[str, np.ndarray]:
+        """The FP32 model's every tensor output on the evaluation data, computed once."""
+        if self._references is None:
+            self._references = run_all(session(self.model.proto), self._eval_set(), output_names(self.model.proto))
+        return self._references
+
+    @property
+    def reference_outputs(self) -> np.ndarray:
+        """The FP32 model's first output (what a device returns); ``references`` has them all."""
+        return self.references[output_names(self.model.proto)[0]]
+
+    @property
+    def plan(self) -> metrics.Plan:
+        """The metric and outputs that score this workload, chosen once from the FP32 outputs."""
+        if self._plan is None:
+            shapes = {name: tuple(int(d) for d in arr.shape) for name, arr in self.references.items()}
+            data = self._eval_set()
+            self._plan = metrics.plan(self.metric, shapes, data.labels, True, self.options.outputs, n=data.n)
+        return self._plan
+
+    @property
+    def metric_note(self) -> str:
+        """One line: which metric scores which outputs (CLIs print it)."""
+        if self.eval_data is None:
+            return "metric: chosen once evaluation data is given (--data)"
+        return self.plan.note
 
     def evaluate(self, result: QuantResult | None, threads: int | None = None) -> EvalReport:
         """Score a built candidate (or the FP32 model for ``None``) on the evaluation data."""
-        if self.eval_data is None:
-            raise InputError("no evaluation data: give --data EVAL.npz")
+        data = self._eval_set()
         proto = self.model.proto if result is None else result.proto
         return evaluate(
             proto,
-            self.eval_data,
+            data,
             file_bytes=proto.ByteSize(),
             nominal_bits=None if result is None else result.nominal_bits,
             emulated_layers=None if result is None else result.emulated_layers,
-            reference_outputs=self.reference_outputs,
+            reference_outputs=self.references,
             threads=threads,
-            metric=self.metric,
+            plan=self.plan,
         )
+
+    def score_outputs(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Score outputs computed elsewhere (a device) by this workload's plan, against the FP32
+        reference: the plan's outputs present in ``outputs`` are scored (a device returns the first).
+        Returns accuracy, metric, mean_cosine, sqnr_db, top1_agreement and scores."""
+        chosen = tuple(n for n in self.plan.outputs if n in outputs)
+        if not chosen:
+            raise ModelError(f"none of the scored outputs {', '.join(self.plan.outputs)} was returned")
+        sub = replace(self.plan, outputs=chosen)
+        data = self._eval_set()
+        got = metrics.score(sub, outputs, self.references, data.labels, data.inputs.get("attention_mask"))
+        return {
+            "accuracy": got.accuracy,
+            "metric": sub.key,
+            "mean_cosine": got.mean_cosine,
+            "sqnr_db": got.sqnr_db,
+            "top1_agreement": got.top1_agreement,
+            "scores": got.per_output,
+        }
 
 
 def resolve_metric(metric: str, builtin: str | None) -> str:
-    """``auto`` becomes the metric a builtin declares in its meta.json (e.g. ``embedding``), if any."""
-    if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not supported: use one of {', '.join(METRICS)}")
+    """``auto`` becomes the metric a builtin declares in its meta.json (e.g. ``embedding``), if any.
+
+    A declared ``top1`` stays ``auto``: that is what auto does with labels, and auto still scores
+    agreement on data without them.
+    """
+    metric = metrics.canonical(metric)
     if metric == "auto" and builtin:
         declared = builtin_meta(builtin).get("metric")
-        if declared in METRICS:  # digits-vit declares "top1", which "auto" already means with labels
+        if declared in metrics.METRICS and declared != "top1":
             return str(declared)
     return metric
+
+
+def _at_data_shapes(model: ModelInfo, data: Dataset, given: dict[str, list[int]] | None) -> ModelInfo:
+    """The model re-inventoried at the shapes of one inference of ``data``, for inputs not ``given``."""
+    given = given or {}
+    shapes = {k: v for k, v in data.inference_shapes().items() if k not in given}
+    if all(model.shapes_used.get(k) == v for k, v in shapes.items()):
+        return model
+    # One real feed resolves what shape inference cannot; it only fits when no shape was overridden.
+    return model.at_shapes(shapes, sample=None if given else data.first_feed())
 
 
 def _builtin_default(model: ModelInfo, kind: str, option: str) -> str:
@@ -113,14 +187,21 @@ def _builtin_default(model: ModelInfo, kind: str, option: str) -> str:
 
 
 def evaluate_file(
-    spec: str, data: str | None = None, reference: str | None = None, metric: str = "auto"
+    spec: str,
+    data: str | None = None,
+    reference: str | None = None,
+    metric: str = "auto",
+    options: DataOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model file as the CLI does; a qae-quantized builtin finds its data, reference and metric."""
+    options = options or DataOptions()
+    if metric != "auto" and options.metric == "auto":
+        options = replace(options, metric=metric)
     model = load_model(spec, require_layers=False)
     props = {p.key: p.value for p in model.proto.metadata_props}
     base = props.get("qae.base_model")
     base_builtin = base.split(":", 1)[1] if base and base.startswith("builtin:") else None
-    metric = resolve_metric(metric, model.builtin or (base_builtin if base_builtin in BUILTINS else None))
+    resolved = resolve_metric(options.metric, model.builtin or (base_builtin if base_builtin in BUILTINS else None))
     if data is None:
         if model.builtin:
             data = str(builtin_data(model.builtin, "eval"))
@@ -130,21 +211,23 @@ def evaluate_file(
             raise InputError("--data is required for a model that is not a builtin: give an .npz file")
     if reference is None and base and base.startswith("builtin:") and not model.builtin:
         reference = base
-    dataset = load_dataset(data, model)
+    dataset = load_dataset(data, model, options)
     ref_outputs = None
     if reference is not None:
         ref_model = load_model(reference, require_layers=False)
         _same_io(model, ref_model)
-        ref_outputs = run_outputs(session(ref_model.proto), load_dataset(data, ref_model))
+        ref_outputs = run_all(session(ref_model.proto), load_dataset(data, ref_model, options),
+                              output_names(ref_model.proto))
     nominal, emulated = read_stamp(model.proto)
     report = evaluate(
         model.proto,
         dataset,
-        file_bytes=model.path.stat().st_size,
+        file_bytes=model.file_bytes,
         nominal_bits=nominal,
         emulated_layers=emulated,
         reference_outputs=ref_outputs,
-        metric=metric,
+        metric=resolved,
+        outputs=options.outputs,
     )
     return report.to_dict()
 
@@ -152,3 +235,8 @@ def evaluate_file(
 def _same_io(model: ModelInfo, ref: ModelInfo) -> None:
     if [i.name for i in model.inputs] != [i.name for i in ref.inputs]:
         raise ModelError("the reference model has other inputs than the model: give its FP32 original")
+    missing = [o.name for o in model.outputs if o.name not in {r.name for r in ref.outputs}]
+    if missing:
+        raise ModelError(
+            f"the reference model has no output {missing[0]!r}: give the model's FP32 original as --reference"
+        )

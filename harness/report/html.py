@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from harness.core.atomic import atomic_write_text
+from harness.report.labels import METRIC_LABELS, Accuracy, labelled, run_accuracy
 from harness.run.archive import Archive, Candidate
+from harness.run.failures import FailureSummary, failure_summary
 
 #: Columns of the front table: objective -> (label, formatter)
 LABELS = {
@@ -32,9 +34,9 @@ LABELS = {
 }
 
 
-def _fmt(objective: str, value: float) -> str:
+def _fmt(objective: str, value: float, acc: Accuracy | None = None) -> str:
     if objective == "accuracy":
-        return f"{value * 100:.2f}"
+        return (acc or Accuracy("top1")).fmt(value)
     if objective == "size":
         return f"{value / 1e3:.1f}"
     if objective == "memory":
@@ -97,9 +99,16 @@ def recommend(front: list[Candidate], objectives: list[str], weights: dict[str, 
 def front_json(archive: Archive, fronts: list[Front]) -> dict[str, Any]:
     out: dict[str, Any] = {"targets": {}}
     for front in fronts:
+        failures = failure_summary(archive, front.target)
         out["targets"][front.target] = {
             "feasible": front.feasible,
             "recommended": front.recommended,
+            "accuracy_metric": run_accuracy(front.all_points).metric,
+            "accuracy_unit": run_accuracy(front.all_points).unit,
+            "candidates": failures.candidates,
+            "failed": failures.failed,
+            "most_common_error": None if not failures.kind else {
+                "error_kind": failures.kind, "message": failures.first_line, "count": failures.count},
             "points": [
                 {
                     "id": c.hash,
@@ -107,10 +116,7 @@ def front_json(archive: Archive, fronts: list[Front]) -> dict[str, Any]:
                     "genome": c.genome,
                     "generation": c.generation,
                     "emulated": c.emulated,
-                    "objectives": {
-                        name: {**v.to_dict(), "device_or_profile": v.detail.get("device") or v.detail.get("profile")}
-                        for name, v in c.values.items()
-                    },
+                    "objectives": {name: labelled(name, v) for name, v in c.values.items()},
                 }
                 for c in front.points
             ],
@@ -130,12 +136,13 @@ def _plt() -> Any:
 
 def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
     plt = _plt()
+    acc = run_accuracy(front.all_points)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     others = [c for c in front.all_points if c not in front.points]
     if others:
         ax.scatter(
             [c.values["size"].value / 1e3 for c in others],
-            [c.values["accuracy"].value * 100 for c in others],
+            [c.values["accuracy"].value * acc.scale for c in others],
             s=12,
             c="#cccccc",
             label="other candidates",
@@ -145,7 +152,7 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
         lat = np.array([c.values["latency"].value for c in front.points])
         source = np.array([c.values["latency"].source for c in front.points])
         xs = np.array([c.values["size"].value / 1e3 for c in front.points])
-        ys = np.array([c.values["accuracy"].value * 100 for c in front.points])
+        ys = np.array([c.values["accuracy"].value * acc.scale for c in front.points])
         vmin, vmax = float(lat.min()), float(lat.max()) if lat.max() > lat.min() else float(lat.min()) + 1e-9
         sc = None
         # Each provenance its own marker: a simulated device's numbers are neither measured nor predicted.
@@ -181,7 +188,7 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
             lw=0.8,
             alpha=0.5,
             zorder=2,
-            label="best accuracy for the size",
+            label=f"best {METRIC_LABELS.get(acc.metric, acc.metric)} for the size",
         )
         if sc is not None:
             fig.colorbar(sc, ax=ax, label="latency (ms)")
@@ -191,7 +198,7 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
             c = by_hash[h]
             ax.annotate(
                 name,
-                (c.values["size"].value / 1e3, c.values["accuracy"].value * 100),
+                (c.values["size"].value / 1e3, c.values["accuracy"].value * acc.scale),
                 xytext=(6, -12),
                 textcoords="offset points",
                 fontsize=9,
@@ -199,18 +206,21 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
             )
             ax.scatter(
                 [c.values["size"].value / 1e3],
-                [c.values["accuracy"].value * 100],
+                [c.values["accuracy"].value * acc.scale],
                 marker="x",
                 c="#aa0000",
                 s=40,
                 zorder=4,
             )
     ax.set_xlabel("weights at nominal width (KB)")
-    ax.set_ylabel("accuracy on held-out data (%)")
+    ax.set_ylabel(f"{acc.label} on held-out data")
     status = "" if front.feasible else " — no candidate met the budgets (closest shown)"
     ax.set_title(f"Pareto front on {front.target}{status}", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:  # every candidate failed: say so on the plot rather than leave it blank
+        ax.text(0.5, 0.5, "no candidate was evaluated", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -226,7 +236,8 @@ def plot_hypervolume(histories: dict[str, list[dict[str, float]]], path: Path) -
     ax.set_ylabel("hypervolume (normalised, feasible points)")
     ax.set_title("Search progress: hypervolume per generation", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -236,6 +247,7 @@ def plot_heatmap(front: Front, layers: list[str], path: Path) -> None:
     plt = _plt()
     if not front.points:
         return
+    acc = run_accuracy(front.all_points)
     codes = {"fp": 32}
     mat = np.array(
         [
@@ -257,7 +269,7 @@ def plot_heatmap(front: Front, layers: list[str], path: Path) -> None:
     ax.set_xticks(range(len(layers)), layers, rotation=70, ha="right", fontsize=7)
     ax.set_yticks(
         range(len(front.points)),
-        [f"{c.hash[:8]} ({c.values['accuracy'].value * 100:.1f} %)" for c in front.points],
+        [f"{c.hash[:8]} ({acc.short(c.values['accuracy'].value)})" for c in front.points],
         fontsize=7,
     )
     cbar = fig.colorbar(im, ax=ax, ticks=[2, 3, 4, 5])
@@ -412,24 +424,51 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         "runtime here executes them faster.</p>",
         f"<p class='src'>objectives: {', '.join(objectives)}; seed {cfg['seed']}; population {cfg['population']}; "
         f"generations {cfg['generations']}; budgets: {html.escape(json.dumps(cfg.get('budgets', {})))}</p>",
+        _setup_html(cfg),
         _img(run, "hypervolume.png"),
     ]
     for front in fronts:
         slug = front.target.replace("/", "_")
         parts.append(f"<h2>Target {html.escape(front.target)}</h2>")
+        parts.append(_failures_html(failure_summary(archive, front.target), archive, front.target))
         if not front.feasible:
             parts.append("<p><b>No candidate met the budgets.</b> The closest candidates are kept below.</p>")
         parts.append(_img(run, f"front_{slug}.png"))
         parts.append(_table(front, objectives))
         parts.append(_img(run, f"heatmap_{slug}.png"))
         parts.append(_devices_html(run, archive, front, slug))
-        errors = archive.errors(front.target)
-        if errors:
-            parts.append(
-                f"<p>{len(errors)} candidates failed; first: {html.escape(errors[0]['error_kind'])}: "
-                f"{html.escape(errors[0]['message'][:200])}</p>"
-            )
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _setup_html(cfg: dict[str, Any]) -> str:
+    """The shapes the run used and how accuracy was scored, as the search printed them."""
+    items = []
+    shapes = cfg.get("shapes_used") or {}
+    if shapes:
+        given = set(cfg.get("input_shapes") or {})
+        text = ", ".join(f"{k} {'x'.join(map(str, v))}{' (--input-shape)' if k in given else ''}"
+                         for k, v in shapes.items())
+        items.append(f"input shapes of one inference: {html.escape(text)}")
+    if cfg.get("metric_note"):
+        items.append(html.escape(str(cfg["metric_note"])))
+    return f"<p class='src'>{'<br>'.join(items)}</p>" if items else ""
+
+
+def _failures_html(summary: FailureSummary, archive: Archive, target: str) -> str:
+    """Failed candidates first and loud: a front built from a few survivors says little."""
+    parts = []
+    if summary.failed:
+        style = " style='background:#fdd;padding:.4em'" if summary.mostly_failed else ""
+        common = (f" Most common error ({summary.count}x): <b>{html.escape(str(summary.kind))}</b>: "
+                  f"{html.escape(str(summary.first_line))}") if summary.kind else ""
+        verdict = " <b>More than half failed: this front is not to be trusted.</b>" if summary.mostly_failed else ""
+        parts.append(f"<p{style}>{summary.failed} of {summary.candidates} candidates failed.{common}{verdict}</p>")
+    failed = {e["hash"] for e in archive.errors(target)} - {c.hash for c in archive.candidates(target) if not c.values}
+    device = [e for e in archive.errors(target) if e["hash"] in failed]
+    if device:
+        parts.append(f"<p>{len(device)} measurement attempts failed on devices; first: "
+                     f"{html.escape(device[0]['error_kind'])}: {html.escape(device[0]['message'][:200])}</p>")
     return "\n".join(parts)
 
 
@@ -471,20 +510,22 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
         for h, a in acc.items():
             if a["accuracy"] is None:
                 rows.append(
-                    f"<tr><td class='l'><code>{h}</code></td><td class='l' colspan=4>"
+                    f"<tr><td class='l'><code>{h}</code></td><td class='l' colspan=5>"
                     f"{html.escape(str(a['error_kind']))}: {html.escape(str(a['message']))[:160]}</td></tr>"
                 )
                 continue
-            gap = (a["accuracy"] - (a["host_accuracy"] or 0)) * 100
+            m = Accuracy(str(a["metric"] or "top1"))
+            gap = (a["accuracy"] - (a["host_accuracy"] or 0)) * m.scale
             flag = " style='background:#fdd'" if abs(gap) > 1 else ""
+            host = "" if a["host_accuracy"] is None else m.fmt(a["host_accuracy"])
             rows.append(
-                f"<tr{flag}><td class='l'><code>{h}</code></td><td>{a['host_accuracy'] * 100:.2f}</td>"
-                f"<td>{a['accuracy'] * 100:.2f}</td><td>{gap:+.2f}{' ⚠ over 1 point' if flag else ''}</td>"
-                f"<td class='l'>{html.escape(a['device'])}</td></tr>"
+                f"<tr{flag}><td class='l'><code>{h}</code></td><td>{host}</td>"
+                f"<td>{m.fmt(a['accuracy'])}</td><td>{gap:+.2f}{' ⚠ over 1 point' if flag else ''}</td>"
+                f"<td class='l'>{html.escape(m.label)}</td><td class='l'>{html.escape(a['device'])}</td></tr>"
             )
         parts.append(
             "<p>Accuracy on the device vs on the host (final front):</p><table><tr><th>candidate</th>"
-            "<th>host (%)</th><th>device (%)</th><th>gap (pts)</th><th>device</th></tr>"
+            "<th>host</th><th>device</th><th>gap (% points or dB)</th><th>metric</th><th>device</th></tr>"
             f"{''.join(rows)}</table>"
         )
     return "\n".join(parts)
@@ -492,7 +533,9 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
 
 def _table(front: Front, objectives: list[str]) -> str:
     cols = [o for o in ("accuracy", "size", "latency", "energy", "memory")]
-    head = "".join(f"<th>{html.escape(LABELS[o])}</th>" for o in cols)
+    acc = run_accuracy(front.all_points)
+    labels = {**LABELS, "accuracy": acc.label}
+    head = "".join(f"<th>{html.escape(labels[o])}</th>" for o in cols)
     rows = []
     for c in front.points:
         cells = []
@@ -501,7 +544,7 @@ def _table(front: Front, objectives: list[str]) -> str:
             cells.append(
                 "<td></td>"
                 if v is None
-                else f"<td>{_fmt(o, v.value)}<br><span class='src'>{html.escape(v.source)}</span></td>"
+                else f"<td>{_fmt(o, v.value, acc)}<br><span class='src'>{html.escape(v.source)}</span></td>"
             )
         rec = " class='rec'" if c.hash == front.recommended else ""
         flag = " (emulated)" if c.emulated else ""

@@ -7,6 +7,8 @@
 - ``hil``: device targets that measure candidates during the search and re-fit the cost model.
 - ``calibrate``: drives a device through a suite of models and fits a profile to it.
 - ``archive``: the SQLite archive of every candidate and value with its provenance.
+- ``shapes``: the input shapes a predicting or measuring command uses (flag, data, model), never a silent 1.
+- ``failures``: how many candidates of a target failed and the most common error, from the archive.
 
 May import: ``harness.core``, ``harness.quant``, ``harness.devices``, ``profiles`` and ``search``.
 Never ``harness.report`` or ``harness.cli``.

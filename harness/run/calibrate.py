@@ -245,7 +245,8 @@ def run(
     from harness.core.paths import cache_dir
 
     builder = Builder(suite, cache_dir() / "calibrate")
-    settings_key = json.dumps({k: v for k, v in asdict(settings).items() if k != "genome"}, sort_keys=True)
+    settings_key = json.dumps({k: v for k, v in asdict(settings).items() if k not in ("genome", "input_shapes")},
+                              sort_keys=True)
     gen = None
     failed: list[dict[str, Any]] = []
     reused = measured_now = 0
@@ -262,6 +263,9 @@ def run(
                     if measure is None:
                         gen = transport_measure(device, settings)
                         measure = next(gen)
+                    # The device feeds the shapes the cost model counts (the workload's data shapes),
+                    # never a 1 it picked for a symbolic batch; the transport reads them per call.
+                    settings.input_shapes = dict(builder.workload(item.workload).model.shapes_used)
                     raw = measure(path)
                     rec = {"key": key, "id": item.id, "workload": item.workload, "role": item.role,
                            "genome_hash": genome.hash, "model_sha256": sha, "device": device,

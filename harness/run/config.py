@@ -16,7 +16,20 @@ from harness.core.genome import Bits
 OBJECTIVES = ("accuracy", "size", "latency", "energy", "memory")
 DEFAULT_OBJECTIVES = ("accuracy", "size", "latency")
 #: Objective -> (budget key in a profile, unit label)
-UNITS = {"accuracy": "accuracy loss (fraction)", "size": "bytes", "latency": "ms", "energy": "mJ", "memory": "bytes"}
+UNITS = {"accuracy": "accuracy loss (in the metric's unit)", "size": "bytes", "latency": "ms", "energy": "mJ",
+         "memory": "bytes"}
+
+
+def metric_unit(metric: str | None) -> str:
+    """The unit of an accuracy score by its metric name: an SQNR is in dB, a user metric is a score,
+    top-1, agreement and retrieval metrics are fractions."""
+    name = (metric or "").lower()
+    if name.startswith("sqnr"):
+        return "dB"
+    if name in ("top1", "top1_agreement", "agreement", "retrieval_top1_agreement", "embedding", "classification",
+                "auto", "mean_cosine", "cosine", "labelled_accuracy"):
+        return "fraction"
+    return "score"
 BUDGET_KEYS = {
     "latency": "latency_ms",
     "energy": "energy_j",
@@ -73,6 +86,10 @@ class SearchConfig:
     devices: list[str] = field(default_factory=list)
     devices_file: str | None = None
     hil: dict[str, Any] = field(default_factory=dict)
+    #: ``--input-shape`` as given ({input: dims}); shapes it leaves open come from the calibration data
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: ``harness.quant.data.DataOptions.to_dict()`` (metric, outputs, constant inputs, sample axes)
+    data_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

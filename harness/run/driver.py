@@ -46,12 +46,13 @@ class Driver:
         archive: Archive,
         started: float,
         on_progress: Callable[[Progress], None] | None,
+        metric: str = "",
     ) -> None:
         from harness.run.hil import DeviceTarget
 
         self.engine, self.space, self.work, self.evaluator = engine, space, work, evaluator
         self.target, self.cfg, self.fp32, self.archive = target, cfg, fp32, archive
-        self.started, self.on_progress = started, on_progress
+        self.started, self.on_progress, self.metric = started, on_progress, metric
         self.hil: DeviceTarget | None = target if isinstance(target, DeviceTarget) else None
         self.key_of: dict[str, Any] = {}
         self.hash_by_key: dict[Any, str] = {}
@@ -164,5 +165,6 @@ class Driver:
                 best_values(self.archive, target.name),
                 time.time() - self.started,
                 measured,
+                self.metric,
             )
         )

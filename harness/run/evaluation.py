@@ -16,15 +16,38 @@ from harness.core.genome import Genome
 from harness.quant.evalcache import EvalCache, settings_hash
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Value
-from harness.run.config import BUDGET_KEYS, OBJECTIVES, SearchConfig
+from harness.run.config import BUDGET_KEYS, OBJECTIVES, SearchConfig, metric_unit
 
 # -- evaluation on the host ---------------------------------------------------------------------
 _WORK: Workload | None = None
 
 
-def worker_init(model: str, calib: str | None, data: str | None, method: str) -> None:
+def open_workload(cfg: SearchConfig) -> Workload:
+    """The workload a search config describes: the same model, data, shapes and data options in the
+    search, its worker processes, a resumed run and ``qae export``."""
+    from harness.quant.data import DataOptions
+
+    options = DataOptions.from_dict(cfg.data_options) if cfg.data_options else None
+    return Workload.open(
+        cfg.model,
+        calib=cfg.calib,
+        eval_data=cfg.data,
+        method=cfg.method,
+        input_shapes=dict(cfg.input_shapes) or None,
+        metric=options.metric if options is not None else "auto",
+        options=options,
+    )
+
+
+def worker_init(config: dict[str, Any] | str, calib: str | None = None, data: str | None = None,
+                method: str = "minmax") -> None:
+    """Each worker process opens the workload the parent did, from the config (see ``open_workload``).
+
+    A model spec with ``calib``, ``data`` and ``method`` (the older form) opens it with the defaults."""
     global _WORK
-    _WORK = Workload.open(model, calib=calib, eval_data=data, method=method)
+    if isinstance(config, str):
+        config = {"model": config, "profiles": [], "calib": calib, "data": data, "method": method}
+    _WORK = open_workload(SearchConfig.from_dict(config))
 
 
 def evaluate_genome(genome_data: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +80,15 @@ class HostEvaluator:
                 "onnxruntime": onnxruntime.__version__,
                 "threads": 1,
                 "metric": getattr(work, "metric", "auto"),
+                # what the data options and shapes change is what is scored: a different cache entry
+                "options": cfg.data_options,
+                "shapes": work.model.shapes_used,
             }
         )
         self.pool: ProcessPoolExecutor | None = None
         if cfg.workers > 1:
             self.pool = ProcessPoolExecutor(
-                cfg.workers, initializer=worker_init, initargs=(cfg.model, cfg.calib, cfg.data, cfg.method)
+                cfg.workers, initializer=worker_init, initargs=(cfg.to_dict(),)
             )
         else:
             global _WORK
@@ -110,15 +136,24 @@ class Target:
 
 
 def host_values(host: dict[str, Any]) -> dict[str, Value]:
-    """Accuracy and size of a built candidate, computed on this host."""
+    """Accuracy and size of a built candidate, computed on this host.
+
+    Only the accuracy carries the evaluation's metric (its name and unit); the size is bytes, and
+    the mean cosine and SQNR, kept beside it, are labelled as what they are."""
     emulated = bool(host.get("emulated"))
-    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "metric": host["metric"], "emulated": emulated}
+    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "emulated": emulated}
+    metric = str(host["metric"])
     values = {
-        "accuracy": Value(float(host["accuracy"]), "computed", computed),
+        "accuracy": Value(float(host["accuracy"]), "computed", {**computed, "metric": metric,
+                                                                "unit": metric_unit(metric)}),
         "size": Value(float(host["weight_bytes"]), "computed", {**computed, "unit": "bytes", "nominal": True}),
     }
     if host.get("mean_cosine") is not None:
-        values["mean_cosine"] = Value(float(host["mean_cosine"]), "computed", computed)
+        values["mean_cosine"] = Value(float(host["mean_cosine"]), "computed",
+                                      {**computed, "metric": "mean_cosine", "unit": "fraction"})
+    sqnr = host.get("sqnr_db")
+    if sqnr is not None and np.isfinite(sqnr) and not metric.startswith("sqnr"):
+        values["sqnr"] = Value(float(sqnr), "computed", {**computed, "metric": "sqnr", "unit": "dB"})
     return values
 
 
@@ -178,6 +213,8 @@ class Progress:
     best: dict[str, float]
     elapsed_s: float
     measured: int | None = None
+    #: the accuracy metric (its unit decides how ``best["accuracy"]`` reads: a fraction, or dB)
+    metric: str = ""
 
 
 def engine_state(engine: Any, genome: Any) -> tuple[dict[str, Any], int, dict[str, Any]]:

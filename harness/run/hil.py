@@ -169,6 +169,7 @@ class DeviceTarget:
             idle_seconds=0.5,
             genome=genome,
             base_model=str(self.work.model.path),
+            input_shapes=dict(self.work.model.shapes_used),
         )
         self.inflight[genome.hash] = _Inflight(self.pool.submit(path, settings), path, genome, generation)
         self.waiting.pop(genome.hash, None)
@@ -488,7 +489,7 @@ class DeviceTarget:
 
 def score_device_outputs(work: Workload, outputs: np.ndarray, embedding: bool) -> dict[str, Any]:
     """Accuracy of outputs computed on the device, by the workload's metric, against the host FP32 run."""
-    from harness.quant.evaluate import agreement, mean_pool
+    from harness.quant.evaluate import mean_pool, output_names
 
     data = work.eval_data
     assert data is not None
@@ -506,14 +507,11 @@ def score_device_outputs(work: Workload, outputs: np.ndarray, embedding: bool) -
             "mean_cosine": float(np.mean(np.sum(a * b, axis=1))),
             "metric": "retrieval_top1_agreement",
         }
-    top1, cosine = agreement(outputs, reference)
-    if data.labels is not None:
-        return {
-            "accuracy": float(np.mean(outputs.reshape(len(outputs), -1).argmax(-1) == data.labels)),
-            "mean_cosine": cosine,
-            "metric": "top1",
-        }
-    return {"accuracy": top1, "mean_cosine": cosine, "metric": "top1_agreement"}
+    # The device returns the first output: scored by the workload's own plan (the metric the host
+    # used), so device and host accuracy are the same number in the same unit.
+    first = output_names(work.model.proto)[0]
+    got = work.score_outputs({first: outputs})
+    return {"accuracy": got["accuracy"], "mean_cosine": got["mean_cosine"], "metric": got["metric"]}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

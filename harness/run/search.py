@@ -20,8 +20,10 @@ from harness.quant.workload import Workload
 from harness.run.archive import Archive
 from harness.run.config import BUDGET_KEYS, OBJECTIVES, SENSITIVITY_LADDER, SearchConfig
 from harness.run.driver import Driver
-from harness.run.evaluation import HostEvaluator, Progress, Target, violations
+from harness.run.evaluation import HostEvaluator, Progress, Target, open_workload, violations
+from harness.run.failures import failure_summary
 from harness.run.seeds import baseline_values, choice_distance, gene_value, layer_choices, layer_sensitivity
+from harness.run.shapes import SHAPE_FLAGS, Shaped, shape_sources
 
 
 def device_targets(
@@ -76,16 +78,25 @@ def run_search(
             raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
     if "accuracy" not in cfg.objectives:
         raise InputError("the objectives must include accuracy: qae trades accuracy against cost")
-    work = Workload.open(cfg.model, calib=cfg.calib, eval_data=cfg.data, method=cfg.method)
+    work = open_workload(cfg)
     if work.eval_data is None:
         raise InputError("--data is required for a model that is not a builtin: give an evaluation .npz")
+    work.model.require_shapes(SHAPE_FLAGS)  # the cost model needs every layer's MACs at real shapes
+    fixed = {i.name for i in work.model.inputs if i.rank_known and None not in i.shape}
+    sources = shape_sources(work.model, cfg.input_shapes, set(work.model.shapes_used) - fixed)
+    for line in Shaped(work.model, sources, cfg.calib).lines():
+        say(line)
+    if work.metric_note:
+        say(work.metric_note)
     targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
     archive = Archive(out / "archive.sqlite")
     if not resume:
-        archive.start({**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names})
+        archive.start({**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names,
+                       "shapes_used": work.model.shapes_used, "metric_note": work.metric_note})
     targets += device_targets(cfg, work, archive, out, say)
     evaluator = HostEvaluator(work, cfg)
-    fp32 = work.evaluate(None).accuracy
+    reference = work.evaluate(None)
+    fp32 = reference.accuracy
     choices = layer_choices(work, cfg)
     names = [layer.name for layer in work.model.layers]
     space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices], distance=choice_distance)
@@ -114,7 +125,11 @@ def run_search(
                     engine = Engine(space, engine_cfg)
             except SearchError as exc:
                 raise InputError(f"cannot resume the run in {out} ({exc}): start a new run with --out") from None
-            Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress).run()
+            Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress,
+                   reference.metric).run()
+            summary = failure_summary(archive, target.name)
+            if summary.failed:
+                say(summary.line())
         archive.set_status("finished")
     finally:
         evaluator.close()

@@ -107,6 +107,6 @@ def test_evaluate_rejects_data_that_does_not_fit(tmp_path: Path) -> None:
 
 
 def test_layers_json_lists_the_builtin() -> None:
-    proc = qae("layers", "builtin:digits-vit", "--json")
+    proc = qae("layers", "builtin:digits-vit", "--input-shape", "pixels=1x1x8x8", "--json")
     rows = json.loads(proc.stdout)
     assert len(rows) == 14 and rows[-1]["name"] == "head" and rows[1]["macs"] == 16 * 32 * 32

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from harness.cli.main import main
 from harness.core.errors import ModelError
@@ -27,13 +27,18 @@ TINY_LAYERS = (
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_layer_names_come_from_module_paths(tiny_models: dict[str, Path], exporter: str) -> None:
-    model = load_model(tiny_models[exporter])
-    assert [lay.name for lay in model.layers] == TINY_LAYERS
+    unresolved = load_model(tiny_models[exporter])
+    assert unresolved.unresolved_inputs() == {"pixels": (None, 1, 8, 8)}
+    assert all(lay.macs is None for lay in unresolved.layers)  # a symbolic batch is never silently 1
+    model = load_model(tiny_models[exporter], {"pixels": [1, 1, 8, 8]})
+    assert [lay.name for lay in model.layers] == TINY_LAYERS == unresolved.layer_names
     q = model.layer("blocks.0.attn.q_proj")
     assert q.op_type == "MatMul" and q.weight_shape == (16, 16) and q.params == 256
     assert q.macs == 16 * 16 * 16  # 16 tokens x 16 in x 16 out, batch 1
     conv = model.layer("patch_embed")
     assert conv.op_type == "Conv" and conv.macs == 16 * 16 * 4  # 16 positions x 16 out x (1x2x2)
+    assert conv.input_elements == 64 and conv.output_elements == 16 * 16
+    assert unresolved.at_shapes({"pixels": [1, 1, 8, 8]}).layers == model.layers
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
@@ -92,7 +97,8 @@ def test_model_nobody_here_made(tmp_path: Path) -> None:
         ("gather_0", "Gather", 0),
         ("gemm_1", "Gemm", 0),
     ]
-    assert model.layers[1].macs == 12
+    assert model.layers[1].macs is None  # "n" ids: unknown until given
+    assert model.at_shapes({"ids": [1]}).layers[1].macs == 12
     # And it quantizes: a 4-bit embedding table, a Gemm with dynamic activations.
     from harness.quant.workload import Workload
 
@@ -129,3 +135,34 @@ def test_bad_models_are_one_line_errors(tmp_path: Path, make, needle: str) -> No
     with pytest.raises(ModelError, match=needle) as err:
         load_model(path)
     assert "\n" not in str(err.value)
+
+
+def test_cli_layers_prints_every_name_whole_and_says_which_shape_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped output (not a TTY) is plain columns: long names that differ only at the end stay distinct."""
+    rng = np.random.default_rng(0)
+    scope = "/" + "/".join(f"very_long_module_name_{i}" for i in range(6))
+    names = [f"{scope}/attention_projection_alpha/MatMul", f"{scope}/attention_projection_beta/MatMul"]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), f"w{i}") for i in range(2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["h"], name=names[0]),
+         helper.make_node("MatMul", ["h", "w1"], ["y"], name=names[1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    assert main(["layers", str(path)]) == 0
+    out, err = capsys.readouterr()
+    layer_names = [lay.name for lay in load_model(path).layers]
+    assert all(len(n) > 100 for n in layer_names)
+    rows = [line for line in out.splitlines() if line.startswith(tuple(layer_names))]
+    assert len(rows) == 2 and len(set(rows)) == 2 and "…" not in out
+    assert all(row.split()[0] in layer_names and row.rstrip().endswith("?") for row in rows)
+    assert err.count("\n") == 1 and "input 'x' [batch, 4]" in err and "--input-shape x=<batch>x4" in err
+    assert main(["layers", str(path), "--input-shape", "x=2x4"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "?" not in out and "32" in out

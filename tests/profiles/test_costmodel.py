@@ -10,7 +10,8 @@ import pytest
 
 from harness.cli.main import main
 from harness.core.genome import Gene, Genome
-from harness.core.model import ModelInfo, load_model
+from harness.core.model import ModelInfo
+from harness.run.shapes import resolve_shapes
 from profiles import load_profile
 from profiles.costmodel import CostTable, GraphStats, predict, predict_model
 from profiles.microbench import save_with_calib, transformer
@@ -20,14 +21,14 @@ PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane", "host-cpu"]
 
 @pytest.fixture(scope="module")
 def digits() -> ModelInfo:
-    return load_model("builtin:digits-vit")
+    return resolve_shapes("builtin:digits-vit").model  # at its data's shapes: one image
 
 
 @pytest.fixture(scope="module")
 def larger(tmp_path_factory: pytest.TempPathFactory) -> ModelInfo:
     """The calibration benchmark's larger model: 2.4 M to 9.4 M MACs per layer."""
-    path, _ = save_with_calib(transformer(), tmp_path_factory.mktemp("tr"), "tr")
-    return load_model(path)
+    path, calib = save_with_calib(transformer(), tmp_path_factory.mktemp("tr"), "tr")
+    return resolve_shapes(path, data=calib).model
 
 
 def _uniform(model: ModelInfo, gene: Gene) -> Genome:

@@ -1,0 +1,62 @@
+"""front.json and report.html say what each value is: the accuracy carries its metric and unit, the
+size none, the mean cosine its own name, also for archives written before that rule; failures are
+counted per target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.report.html import build_report
+from harness.report.labels import Accuracy
+from harness.run.archive import Archive, Value
+
+OLD_DETAIL = {"on": "host", "runtime": "onnxruntime", "n": 32, "metric": "top1_agreement", "emulated": False}
+
+
+def _old_archive(path: Path, metric: str) -> None:
+    """Values labelled the way qae wrote them before: the accuracy metric on size and mean_cosine too."""
+    archive = Archive(path)
+    archive.start({"model": "m.onnx", "objectives": ["accuracy", "size"], "seed": 0, "population": 4,
+                   "generations": 1, "layers": ["fc"]})
+    detail = {**OLD_DETAIL, "metric": metric}
+    for i, (acc, size) in enumerate(((0.9, 4000.0), (0.8, 1000.0))):
+        values = {
+            "accuracy": Value(acc, "computed", detail),
+            "size": Value(size, "computed", {**detail, "unit": "bytes", "nominal": True}),
+            "mean_cosine": Value(0.99, "computed", detail),
+            "latency": Value(1.0, "predicted", {"profile": "host-cpu", "unit": "ms"}),
+        }
+        genome = {"layers": {"fc": {"weight_bits": 8 if i else "fp", "activation_bits": 8 if i else "fp"}}}
+        archive.record("host-cpu", f"h{i}", genome, 1, False, True, 0.0, values, [], {}, 1)
+    archive.record("host-cpu", "bad", {"layers": {"fc": {"weight_bits": 4}}}, 1, False, False, None, {},
+                   [("BUILD", "ValueError: no kernel\nsecond line")], {}, 1)
+    archive.close()
+
+
+def test_front_json_labels_old_archives(tmp_path: Path) -> None:
+    _old_archive(tmp_path / "archive.sqlite", "top1_agreement")
+    build_report(tmp_path)
+    front = json.loads((tmp_path / "front.json").read_text())["targets"]["host-cpu"]
+    assert front["accuracy_metric"] == "top1_agreement" and front["accuracy_unit"] == "fraction"
+    assert front["candidates"] == 3 and front["failed"] == 1
+    assert front["most_common_error"] == {"error_kind": "BUILD", "message": "ValueError: no kernel", "count": 1}
+    assert len(front["points"]) == 2
+    for point in front["points"]:
+        obj = point["objectives"]
+        assert obj["accuracy"]["metric"] == "top1_agreement" and obj["accuracy"]["unit"] == "fraction"
+        assert "metric" not in obj["size"] and "metric" not in obj["latency"]
+        assert obj["mean_cosine"]["metric"] == "mean_cosine"
+    page = (tmp_path / "report.html").read_text()
+    assert "top-1 agreement with FP32 (%)" in page and "1 of 3 candidates failed" in page
+
+
+def test_sqnr_is_shown_in_db_not_percent(tmp_path: Path) -> None:
+    _old_archive(tmp_path / "archive.sqlite", "sqnr")
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "SQNR vs FP32 (dB)" in page and "accuracy (%)" not in page
+    assert ">0.90<" in page  # 0.9 dB shown as it is, not as 90 %
+    assert Accuracy("sqnr_db").short(31.5) == Accuracy("sqnr").short(31.5) == "31.5 dB"
+    assert Accuracy("top1").short(0.5) == "50.0 %"
+    assert Accuracy("mymod:score").label == "mymod:score (score)"
