@@ -4,11 +4,13 @@ the same and reads the same in every command that takes it."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from harness.core.errors import InputError
 
 if TYPE_CHECKING:  # imported when used: numpy and onnx stay out of `qae --help`
+    from harness.core.model import ModelInfo
     from harness.quant.data import DataOptions
 
 MODEL_HELP = "an .onnx file or builtin:NAME"
@@ -65,8 +67,28 @@ def parse_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    """How the data is laid out and how outputs are scored (``harness.quant.data``, ``harness.quant.metrics``)."""
+def add_data_options(p: argparse.ArgumentParser, scoring: bool = True) -> None:
+    """How the data is laid out and (``scoring``) how outputs are scored (``harness.quant.data``,
+    ``harness.quant.metrics``). Commands that only predict or measure take the layout flags alone."""
+    if scoring:
+        _add_scoring_options(p)
+    p.add_argument(
+        "--constant-input",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="feed this input's array as stored with every batch (a scalar, an initial state); repeatable",
+    )
+    p.add_argument(
+        "--sample-axis",
+        action="append",
+        default=[],
+        metavar="NAME=K",
+        help="this input holds its samples along axis K (default 0); repeatable",
+    )
+
+
+def _add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metric",
         default="auto",
@@ -81,20 +103,6 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME[,NAME]",
         help="score only these outputs (default: every output; the score is the worst of them)",
-    )
-    p.add_argument(
-        "--constant-input",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="feed this input's array as stored with every batch (a scalar, an initial state); repeatable",
-    )
-    p.add_argument(
-        "--sample-axis",
-        action="append",
-        default=[],
-        metavar="NAME=K",
-        help="this input holds its samples along axis K (default 0); repeatable",
     )
 
 
@@ -119,3 +127,10 @@ def data_options(args: argparse.Namespace) -> DataOptions:
         metric=getattr(args, "metric", None) or "auto",
         outputs=tuple(dict.fromkeys(outputs)),
     )
+
+
+def print_notes(model: ModelInfo) -> None:
+    """What qae changed or left out while loading the model (a float16 conversion, layers kept float
+    inside control flow...), one ``qae: note:`` line each on stderr."""
+    for note in model.notes:
+        print(f"qae: note: {note}", file=sys.stderr)

@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
                   "builtins have their own")
     add_data(mp)
     add_input_shape(mp)
-    add_data_options(mp)  # its layout flags shape the data's first inference; --metric/--outputs are unused here
+    add_data_options(mp, scoring=False)  # the layout shapes the data's first inference
     mp.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
     mp.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default 1.0)")
     mp.add_argument("--warmup-runs", type=int, default=1, help="minimum warm-up runs (default 1)")

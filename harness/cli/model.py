@@ -18,6 +18,7 @@ from harness.cli.common import (
     add_model,
     data_options,
     parse_shapes,
+    print_notes,
 )
 from harness.core.model import ModelInfo, TensorSpec, load_model
 
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
     add_calib(p)
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized .onnx")
-    add_data_options(p)
+    add_data_options(p, scoring=False)
     add_json(p, "print a JSON summary on stdout")
     p.set_defaults(func=cmd_quantize)
 
@@ -50,8 +51,7 @@ def register(sub: Any) -> None:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     model = load_model(args.model, parse_shapes(args.input_shape))
-    for note in model.notes:
-        print(f"qae: note: {note}", file=sys.stderr)
+    print_notes(model)
     if any(layer.macs is None for layer in model.layers):
         print(f"qae: {_unresolved_line(model)}", file=sys.stderr)
     if args.json:
@@ -124,6 +124,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from harness.quant.workload import Workload
 
     work = Workload.open(args.model, calib=args.calib, method=args.method, options=data_options(args))
+    print_notes(work.model)
     genome = work.load_genome(args.genome)
     result = work.build(genome)
     out = Path(args.output)

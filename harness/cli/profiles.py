@@ -20,6 +20,7 @@ from harness.cli.common import (
     add_model,
     data_options,
     parse_shapes,
+    print_notes,
 )
 from harness.core.errors import InputError
 
@@ -43,7 +44,7 @@ def register(sub: Any) -> None:
     add_input_shape(p)
     add_calib(p, "data (.npz) whose first inference sets the input shapes --input-shape leaves open")
     add_data(p)
-    add_data_options(p)  # its layout flags shape the data's first inference; --metric/--outputs are unused here
+    add_data_options(p, scoring=False)  # the layout shapes the data's first inference
     add_json(p)
     p.set_defaults(func=cmd_predict)
 
@@ -102,6 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data, data_options(args))
     model = shaped.model
+    print_notes(model)
     ops = {layer.name: layer.op_type for layer in model.layers}
     genome = Genome.load(args.genome, ops) if args.genome else Genome.uniform(Gene(8, 8), ops)
     pred = predict_model(model, genome, profile)

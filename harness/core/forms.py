@@ -199,6 +199,7 @@ def prepare(proto: onnx.ModelProto, path: Path, convert_low_floats: bool = True)
     """
     notes: list[str] = []
     name_nodes(proto)
+    notes += inline_constant_ifs(proto)
     fold_constants(proto)
     if convert_low_floats:
         low = low_float_kinds(proto)
@@ -209,6 +210,97 @@ def prepare(proto: onnx.ModelProto, path: Path, convert_low_floats: bool = True)
                 "float32 and keeps the file's input and output types (Casts at the boundary)"
             )
     return proto, notes
+
+
+def _constant_condition(graph: onnx.GraphProto, name: str) -> bool | None:
+    """The value of a scalar boolean ``name`` that a Constant node or an initializer holds, else None."""
+    tensor = next((t for t in graph.initializer if t.name == name), None)
+    if tensor is None:
+        node = next((n for n in graph.node if n.op_type == "Constant" and n.output[0] == name), None)
+        value_attr = None if node is None else next((a for a in node.attribute if a.name == "value"), None)
+        tensor = None if value_attr is None else value_attr.t
+    if tensor is None:
+        return None
+    value = numpy_helper.to_array(tensor)
+    return bool(value.reshape(())) if value.size == 1 and value.dtype == np.bool_ else None
+
+
+def inline_constant_ifs(proto: onnx.ModelProto) -> list[str]:
+    """Replace each main-graph ``If`` whose condition is a constant by the branch it always takes.
+
+    Exporters leave such Ifs behind (a flag fixed at export time); inlined, the branch's layers are
+    ordinary layers that qae lists, quantizes and costs. A branch's own tensor and node names are kept
+    unless they collide with the main graph's (then they get the If's name as a prefix); a branch
+    holding nested subgraphs is inlined only without collisions, since those subgraphs may read its
+    names. Returns one note per If resolved.
+    """
+    graph = proto.graph
+    notes = []
+    index = 0
+    while index < len(graph.node):
+        node = graph.node[index]
+        cond = _constant_condition(graph, node.input[0]) if node.op_type == "If" and node.input else None
+        if cond is None:
+            index += 1
+            continue
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
+        taken = [n.name for n in graph.node] + [o for n in graph.node for o in n.output]
+        taken += [t.name for t in graph.initializer] + [i.name for i in graph.input]
+        used = set(taken)
+        produced = {o for n in branch.node for o in n.output} | {t.name for t in branch.initializer}
+        clash = (produced | {n.name for n in branch.node}) & used
+        nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                     for n in branch.node for a in n.attribute)
+        if clash and nested:
+            index += 1
+            continue
+        rename = {t: f"{node.name}/{t}" for t in produced & used}
+
+        def named(t: str, rename: dict[str, str] = rename) -> str:
+            return rename.get(t, t)
+
+        spliced: list[onnx.NodeProto] = []
+        for inner in branch.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(inner)
+            copy.name = f"{node.name}/{inner.name}" if inner.name in used else inner.name
+            copy.input[:] = [named(t) for t in inner.input]
+            copy.output[:] = [named(t) for t in inner.output]
+            spliced.append(copy)
+        for init in branch.initializer:
+            moved = onnx.TensorProto()
+            moved.CopyFrom(init)
+            moved.name = named(init.name)
+            graph.initializer.append(moved)
+        for out, result in zip(branch.output, node.output):
+            spliced.append(helper.make_node("Identity", [named(out.name)], [result], name=f"{node.name}/{result}"))
+        other = next((a.g for a in node.attribute if a.name == ("else_branch" if cond else "then_branch")), None)
+        dropped = {node.input[0]} | ({t for g in _graphs(other) for n in g.node for t in n.input} if other else set())
+        del graph.node[index]
+        for offset, new in enumerate(spliced):
+            graph.node.insert(index + offset, new)
+        index += len(spliced)
+        index -= _drop_unread(graph, dropped, before=index)
+        side = "then" if cond else "else"
+        notes.append(f"If {node.name!r} has a constant condition ({str(cond).lower()}): its {side} branch is "
+                     "inlined (the other branch never runs)")
+    return notes
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str], before: int) -> int:
+    """Remove the initializers and Constant nodes among ``names`` that nothing reads any more (what
+    only a discarded branch read); returns how many nodes before index ``before`` went."""
+    read = {t for g in _graphs(graph) for n in g.node for t in n.input} | {o.name for o in graph.output}
+    gone = names - read
+    for init in [t for t in graph.initializer if t.name in gone]:
+        graph.initializer.remove(init)
+    removed = 0
+    for i in reversed(range(len(graph.node))):
+        n = graph.node[i]
+        if n.op_type == "Constant" and n.output[0] in gone:
+            del graph.node[i]
+            removed += i < before
+    return removed
 
 
 def name_nodes(proto: onnx.ModelProto) -> None:

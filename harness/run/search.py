@@ -86,6 +86,8 @@ def run_search(
     sources = shape_sources(work.model, cfg.input_shapes, set(work.model.shapes_used) - fixed)
     for line in Shaped(work.model, sources, cfg.calib).lines():
         say(line)
+    for note in work.model.notes:
+        say(f"note: {note}")
     if work.metric_note:
         say(work.metric_note)
     targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]

@@ -180,7 +180,9 @@ def test_constant_weights_quantize(tmp_path: Path) -> None:
 
 
 # -- 3. control flow ---------------------------------------------------------------------------
-def _if_model(path: Path, outside: bool) -> Path:
+def _if_model(path: Path, outside: bool, cond: bool | None = None) -> Path:
+    """Layers inside an If; ``cond`` None: the condition is a graph input (decided at run time),
+    else a Constant of that value."""
     inits = [numpy_helper.from_array(_w(16, 10), "then.w"), numpy_helper.from_array(_w(16, 10), "else.w")]
     then_g = helper.make_graph(
         [helper.make_node("MatMul", ["x", "then.w"], ["t"], name="then_fc")], "then", [],
@@ -190,20 +192,40 @@ def _if_model(path: Path, outside: bool) -> Path:
         [helper.make_node("MatMul", ["x", "else.w"], ["e"], name="else_fc")], "else", [],
         [helper.make_tensor_value_info("e", FLOAT, ["N", 10])],
     )
-    nodes = [
-        helper.make_node("Constant", [], ["cond"], name="cond", value=numpy_helper.from_array(np.array(True), "c")),
-        helper.make_node("If", ["cond"], ["z"], name="head_if", then_branch=then_g, else_branch=else_g),
-    ]
+    nodes = [helper.make_node("If", ["cond"], ["z"], name="head_if", then_branch=then_g, else_branch=else_g)]
+    inputs = [helper.make_tensor_value_info("x", FLOAT, ["N", 16])]
+    if cond is None:
+        inputs.append(helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []))
+    else:
+        nodes.insert(0, helper.make_node("Constant", [], ["cond"], name="cond",
+                                         value=numpy_helper.from_array(np.array(cond), "c")))
     if outside:
         inits.append(numpy_helper.from_array(_w(10, 4), "out.w"))
         nodes.append(helper.make_node("MatMul", ["z", "out.w"], ["y"], name="out"))
     else:
         nodes.append(helper.make_node("Identity", ["z"], ["y"], name="y"))
     graph = helper.make_graph(
-        nodes, "if", [helper.make_tensor_value_info("x", FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", FLOAT, ["N", 4 if outside else 10])], inits,
+        nodes, "if", inputs, [helper.make_tensor_value_info("y", FLOAT, ["N", 4 if outside else 10])], inits,
     )
     return _save(graph, path)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_an_if_with_a_constant_condition_is_inlined(tmp_path: Path, cond: bool) -> None:
+    path = _if_model(tmp_path / "m.onnx", outside=True, cond=cond)
+    model = load_model(path, {"x": [1, 16]})
+    taken = "then_fc" if cond else "else_fc"
+    assert model.layer_names == [taken, "out"]
+    assert [la.macs for la in model.layers] == [16 * 10, 10 * 4]
+    assert any(f"If 'head_if' has a constant condition ({str(cond).lower()})" in n for n in model.notes)
+    # the branch never taken leaves no weight behind, and the inlined graph computes what the If did
+    inits = {t.name for t in model.proto.graph.initializer}
+    assert ("else.w" if cond else "then.w") not in inits
+    x = RNG.standard_normal((3, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_layers_only_inside_control_flow_are_a_precise_error(tmp_path: Path) -> None:
