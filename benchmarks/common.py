@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,18 @@ def write_result(name: str, body: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_text(path, json.dumps({"environment": environment(), **body}, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def archive_holds(db: Path) -> tuple[str, bool]:
+    """What an archive holds, and whether any value was stored twice."""
+    if not db.is_file():
+        return "no archive", False
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        n = con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+        errs = con.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
+        dupes = con.execute(
+            "SELECT COUNT(*) FROM (SELECT hash, objective, source, COUNT(*) c FROM value_log "
+            "GROUP BY target, hash, objective, source HAVING c > 1)"
+        ).fetchone()[0]
+        status = (con.execute("SELECT status FROM runs").fetchone() or ("absent",))[0]
+    return f"{n} candidates, {errs} errors, status {status}", dupes > 0

@@ -10,7 +10,9 @@ Contract
   is reserved for the protocol: at start-up the real stdout is moved to a private descriptor and fd 1
   is pointed at stderr, so a library printing to stdout cannot corrupt a frame. Frames are capped at
   ``MAX_FRAME`` bytes.
-* The agent speaks first: ``{"type": "hello", "protocol": 1, "agent_version": ..., "pid": ...}``.
+* The agent speaks first: ``{"type": "hello", "protocol": 2, "agent_version": ..., "pid": ...,
+  "pgid": ...}`` (protocol 1 had no ``pgid``; nothing else changed). A host that gives up on a silent
+  agent ends it by that PID over a separate channel.
   Requests are ``{"id": N, "op": OP, "args": {...}}``; each gets exactly one reply
   ``{"id": N, "ok": true, "result": {...}}`` or ``{"id": N, "ok": false, "error": {"kind", "type",
   "message", "traceback"}}``. ``kind`` REMOTE_ERROR means "the remote code raised"; PROTOCOL means "the
@@ -27,7 +29,8 @@ Contract
   symbolic dimension, listed in the result's ``method.symbolic_dims_set_to_1``; ``method.input_shapes``
   always says what was fed.
 * Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
-  dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
+  leads its own process group, so a timeout ends it and anything it started (a sensor command), and
+  it dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
 * ``infer`` runs an uploaded model on an uploaded ``.npz`` (arrays matched to model inputs by name,
   ``labels`` ignored) in the same kind of child (mode ``infer``) and keeps the FIRST output, reduced
   (``none`` or ``mean_pool``), as float32 little-endian bytes in ``CACHE/results/<id>.f32``. The
@@ -62,8 +65,8 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.2.0"
-PROTOCOL_VERSION = 1
+AGENT_VERSION = "1.3.0"
+PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
 INLINE_MAX = 1 << 20  # result bytes sent inline in the ``infer`` reply
@@ -1020,9 +1023,19 @@ class Agent:
         return {"offset": offset, "total": total, "last": last, "data": base64.b64encode(data).decode()}
 
     def serve(self, inp):
-        self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": AGENT_VERSION, "pid": os.getpid()})
+        self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": AGENT_VERSION, "pid": os.getpid(),
+                   "pgid": os.getpgid(0)})
+        # Requests are read by a thread, so an EOF (the host closed the channel, or sshd died) is seen
+        # while a measurement runs too: the child is then ended at once instead of running on for
+        # minutes with nobody to read its result.
+        import queue
+
+        lines: queue.Queue[bytes] = queue.Queue()
+        t = threading.Thread(target=_read_requests, args=(inp, lines), name="qae-agent-stdin")
+        t.daemon = True
+        t.start()
         while True:
-            line = inp.readline(MAX_FRAME + 1)
+            line = lines.get()
             if not line:
                 return 0
             rid = None
@@ -1053,6 +1066,36 @@ class Agent:
                     "traceback": traceback.format_exc()[-4000:]}})
 
 
+_CHILD: dict[str, Any] = {"proc": None, "host_gone": False}
+_CHILD_LOCK = threading.Lock()
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child and whatever it started
+    except OSError:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _read_requests(inp, lines):
+    try:
+        while True:
+            line = inp.readline(MAX_FRAME + 1)
+            lines.put(line)
+            if not line:
+                break
+    except (OSError, ValueError):
+        lines.put(b"")
+    with _CHILD_LOCK:
+        _CHILD["host_gone"] = True
+        proc = _CHILD["proc"]
+    if proc is not None:
+        _kill_group(proc)
+
+
 def _check_sha(sha):
     if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise AgentFailure("PROTOCOL", "bad sha256 %r" % str(sha)[:80])
@@ -1062,13 +1105,24 @@ def run_child(req, timeout, what="measurement"):
     """Run one measurement (or inference: ``req["mode"]``) in a fresh interpreter; a hard timeout
     kills it (RUN_TIMEOUT)."""
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "child"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    with _CHILD_LOCK:
+        _CHILD["proc"] = proc
+        gone = _CHILD["host_gone"]
+    if gone:
+        _kill_group(proc)
     try:
         out, err = proc.communicate(json.dumps(req).encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_group(proc)
         proc.communicate()
         raise AgentFailure("RUN_TIMEOUT", "%s did not finish within its %.1f s timeout" % (what, timeout)) from None
+    finally:
+        with _CHILD_LOCK:
+            _CHILD["proc"] = None
+            gone = _CHILD["host_gone"]
+    if gone:
+        raise AgentFailure("AGENT_CRASHED", "the host closed the channel during the %s" % what)
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith(RESULT_MARK):
             reply = json.loads(line[len(RESULT_MARK):])
@@ -1125,4 +1179,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    for _stream in (sys.stdout, sys.stderr):
+        try:
+            _stream.flush()
+        except (OSError, ValueError):
+            pass
+    # not sys.exit: the request reader thread may sit in stdin's readline, and the interpreter's
+    # shutdown would then abort on stdin's lock instead of exiting with this status
+    os._exit(_code or 0)

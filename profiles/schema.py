@@ -9,6 +9,8 @@ names the field, e.g. ``profiles/x.yaml: throughput_gmacs.int8 must be > 0 (got 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,9 @@ FALLBACK = {
 }
 
 SCHEMA: dict[str, Any] = {
+    # No number anywhere in a profile (calibration records included) may be NaN or infinite: YAML
+    # reads ``.nan`` and ``.inf`` as floats, and JSON Schema's number bounds let NaN through.
+    "finite": True,
     "type": "object",
     "required": [
         "name", "description", "float_type", "native", "throughput_gmacs", "memory", "overhead",
@@ -144,7 +149,23 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+def _finite(validator: Any, enabled: Any, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    """The ``finite`` keyword: every float in the instance, at any depth, is finite (one error each)."""
+    if not enabled:
+        return
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(instance, ())]
+    while stack:  # iterative: a profile's depth is small, but this walks whatever YAML gave
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yield jsonschema.ValidationError(f"must be a finite number (got {node!r})", path=where, instance=node)
+        elif isinstance(node, dict):
+            stack.extend((v, (*where, k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*where, i)) for i, v in enumerate(node))
+
+
+_VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"finite": _finite})(SCHEMA)
 
 
 @dataclass
@@ -208,6 +229,8 @@ def error_line(err: jsonschema.ValidationError) -> str:
         name = missing[0] if missing else "?"
         full = f"{where}.{name}" if err.absolute_path else name
         return f"missing field {full}"
+    if v == "finite":
+        return f"{where} must be a finite number (got {err.instance!r}): give its measured or documented value"
     if v == "exclusiveMinimum":
         return f"{where} must be > {kw:g} (got {err.instance!r})"
     if v == "minimum":
@@ -228,7 +251,11 @@ def error_line(err: jsonschema.ValidationError) -> str:
 
 def validate(data: Any, source: str) -> None:
     """Raise ``ProfileError`` with one line naming the first bad field; the order is deterministic."""
-    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    # A non-finite number also breaks its bounds (NaN > 0 is false): name it as what it is.
+    errors = sorted(
+        _VALIDATOR.iter_errors(data),
+        key=lambda e: (len(e.absolute_path), list(map(str, e.path)), e.validator != "finite"),
+    )
     if not errors:
         return
     err = errors[0]

@@ -76,7 +76,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for dev in devices.values():
         d = dev.to_dict()
-        d["health"] = health.get(dev.name)
+        d["health"] = health.get(dev)
         rows.append(d)
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
@@ -88,7 +88,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("name", "transport", "where", "runtime", "sensor", "profile", "tags", "health"):
         table.add_column(col)
     for dev in devices.values():
-        h = health.get(dev.name)
+        h = health.get(dev)
         table.add_row(dev.name, dev.transport, _where(dev), dev.runtime, str(dev.sensor), dev.profile or "",
                       ",".join(dev.tags), h["state"], style="red" if h["state"] == QUARANTINED else None)
     Console().print(table)
@@ -97,7 +97,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def check_device(dev: DeviceConfig, health: HealthStore) -> dict[str, Any]:
     """Handshake with one device; the row for ``qae devices check`` (health updated)."""
-    before = health.get(dev.name)
+    before = health.get(dev)
     row: dict[str, Any] = {"device": dev.name, "transport": dev.transport, "ok": False,
                            "was_quarantined": before.get("state") == QUARANTINED}
     try:
@@ -107,13 +107,13 @@ def check_device(dev: DeviceConfig, health: HealthStore) -> dict[str, Any]:
         finally:
             transport.close()
         row.update(ok=True, facts=facts)
-        health.record(dev.name, True)
+        health.record(dev, True)
     except DeviceError as exc:
         row.update(error_kind=exc.kind, message=exc.detail)
-        health.record(dev.name, False, exc.kind, exc.detail)
+        health.record(dev, False, exc.kind, exc.detail)
     except InputError as exc:
         row.update(error_kind="CONFIG", message=str(exc))
-    row["health"] = health.get(dev.name)
+    row["health"] = health.get(dev)
     return row
 
 
@@ -227,7 +227,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             rec = measure_with_retries(transport, path, settings, retries=args.retries)
         finally:
             transport.close()
-    health.record(dev.name, rec.ok, rec.error_kind, rec.message)
+    health.record(dev, rec.ok, rec.error_kind, rec.message)
     out = rec.to_dict()
     out["model"] = args.model
     out["input_shapes"] = shapes

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from harness import __version__
-from harness.core.errors import QaeError
+from harness.core.errors import Interrupted, QaeError
 from profiles.errors import ProfileError
 
 #: Modules whose ``register(subparsers)`` adds commands, in the order ``qae --help`` lists them.
@@ -38,19 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM behaves like Ctrl-C: every ``finally`` runs (workers stopped, archive consistent)."""
+    raise Interrupted(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = args.func(args)
     except (QaeError, ProfileError) as exc:
         print(f"qae: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("qae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        run = exc.run if isinstance(exc, Interrupted) else None
+        hint = f": continue with `qae search --resume {run}`" if run else ""
+        print(f"qae: interrupted{hint}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else 130
     except BrokenPipeError:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from harness.cli.common import (
 from harness.core.errors import InputError, SearchFailedError
 
 DEMO_PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane"]
+#: OS errors of writing the run folder (disk full, file size limit, quota, I/O, read-only): one line.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
 def register(sub: Any) -> None:
@@ -46,7 +51,11 @@ def register(sub: Any) -> None:
     _common(p)
     _devices(p)
     p.add_argument("--emulated", action="store_true", help="also search emulated widths (2, 3, 6 bits)")
-    p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder")
+    p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder (--devices may be given "
+                   "again: it replaces the stored devices file)")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: if the model, data or a profile changed since the run started, keep the "
+                   "old archive aside (archive-N.sqlite) and start a new search in the same folder")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("report", help="rebuild report.html, the PNGs and front.json of a run")
@@ -112,15 +121,21 @@ def _weights(text: str | None) -> dict[str, float] | None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from harness.run.archive import Archive
-    from harness.run.config import SearchConfig, default_out, parse_budgets
+    from harness.run.config import SearchConfig, absolute_paths, default_out, parse_budgets
 
     if args.resume:
-        out = Path(args.resume)
-        archive = Archive.open_existing(out / "archive.sqlite")
-        cfg = SearchConfig.from_dict(archive.config())
-        archive.close()
-        return _run(cfg, out, resume=True)
+        out = Path(args.resume).resolve()
+        with _locked(out):
+            from harness.run.archive import Archive
+
+            archive = Archive.open_existing(out / "archive.sqlite", readonly=True)
+            cfg = SearchConfig.from_dict(archive.config())
+            archive.close()
+            if args.devices:  # a --devices given again replaces the stored one (the run moved, or the file did)
+                cfg.devices_file = args.devices
+            return _run(absolute_paths(cfg), out, resume=True, force=args.force)
+    if args.force:
+        raise InputError("--force goes with --resume RUN: it starts a new search there when the inputs changed")
     if not args.model:
         raise InputError("give a MODEL (an .onnx file or builtin:NAME), or --resume RUN")
     if not args.profile and not args.device:
@@ -145,13 +160,37 @@ def cmd_search(args: argparse.Namespace) -> int:
         input_shapes=parse_shapes(args.input_shape),
         data_options=data_options(args).to_dict(),
     )
-    out = Path(args.out) if args.out else default_out(args.model)
-    if (out / "archive.sqlite").exists():
-        raise InputError(f"{out} already holds a run: use --resume {out}, or another --out")
-    return _run(cfg, out, resume=False)
+    out = (Path(args.out) if args.out else default_out(args.model)).resolve()
+    with _locked(out):
+        if (out / "archive.sqlite").exists():
+            raise InputError(f"{out} already holds a run: use --resume {out}, or another --out")
+        return _run(absolute_paths(cfg), out, resume=False)
 
 
-def _run(cfg: Any, out: Path, resume: bool) -> int:
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock for the run's life; an interrupt or OS error names the resume command."""
+    from harness.core.errors import ArchiveWriteError, Interrupted
+    from harness.run.lock import RunLock
+
+    with RunLock(out):
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            raise Interrupted(code, str(out)) from None
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            started = (out / "archive.sqlite").is_file() and (out / "archive.sqlite").stat().st_size > 0
+            then = f"continue with `qae search --resume {out}`" if started else "run the same command again"
+            raise ArchiveWriteError(
+                f"cannot write {exc.filename or out} ({exc.strerror or exc}): free disk space (or raise the file "
+                f"size limit) there, then {then}"
+            ) from None
+
+
+def _run(cfg: Any, out: Path, resume: bool, force: bool = False) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -227,7 +266,8 @@ def _run(cfg: Any, out: Path, resume: bool) -> int:
                 hit=f"{step.hit_rate * 100:.0f}%",
             )
 
-        archive = run_search(cfg, out, resume=resume, on_progress=on_progress, say=lambda m: bar.console.print(m))
+        archive = run_search(cfg, out, resume=resume, on_progress=on_progress,
+                             say=lambda m: bar.console.print(m, markup=False, soft_wrap=True), force=force)
     archive.close()
     report = build_report(out)
     failed = _summary(console, out)
@@ -244,7 +284,7 @@ def _summary(console: Any, out: Path) -> list[Any]:
     from harness.run.failures import failure_summaries
 
     fronts = json.loads((out / "front.json").read_text())["targets"]
-    archive = Archive.open_existing(out / "archive.sqlite")
+    archive = Archive.open_existing(out / "archive.sqlite", readonly=True)
     try:
         summaries = {s.target: s for s in failure_summaries(archive)}
     finally:
@@ -298,7 +338,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise InputError(f"{run} has no front point on {target} to export")
     from harness.run.archive import Archive
 
-    archive = Archive.open_existing(run / "archive.sqlite")
+    archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
     cfg = archive.config()
     archive.close()
     work = open_workload(SearchConfig.from_dict(cfg))
@@ -327,7 +367,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         devices=[] if args.no_device else ["local"],
         hil={"per_generation": 3, "runs": 20, "min_seconds": 0.3},
     )
-    out = Path(args.out) if args.out else default_out("builtin:digits-vit")
-    if (out / "archive.sqlite").exists():
-        raise InputError(f"{out} already holds a run: give another --out")
-    return _run(cfg, out, resume=False)
+    out = (Path(args.out) if args.out else default_out("builtin:digits-vit")).resolve()
+    with _locked(out):
+        if (out / "archive.sqlite").exists():
+            raise InputError(f"{out} already holds a run: give another --out")
+        return _run(cfg, out, resume=False)

@@ -35,3 +35,26 @@ class SearchFailedError(QaeError):
     build or evaluate: its front says little, so the run is reported as failed."""
 
     exit_code = 3
+
+
+class RunInUseError(QaeError):
+    """Another qae process holds the run folder's lock (a search still going, or a resume of it)."""
+
+
+class RunChangedError(QaeError):
+    """A resumed run's inputs (model, data, profiles) are not the files the run was started with."""
+
+
+class ArchiveWriteError(QaeError):
+    """Writing the run folder failed at the OS level (disk full, file too large, I/O error)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the CLI prints how to resume and exits 128 + the signal number.
+
+    A ``KeyboardInterrupt`` so that every ``finally`` and ``except KeyboardInterrupt`` treat both alike."""
+
+    def __init__(self, exit_code: int = 130, run: str | None = None) -> None:
+        super().__init__()
+        self.exit_code = exit_code
+        self.run = run

@@ -25,7 +25,8 @@ from typing import Any, Union
 
 import yaml
 
-from harness.core.errors import GenomeError
+from harness.core.errors import GenomeError, InputError
+from harness.core.inputs import load_structured, read_text
 
 Bits = Union[int, str]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union here)
 
@@ -43,6 +44,11 @@ FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
 #: 8 and 4 bits are stored natively (int8 / int4), 16 in int16, and 2/3/5/6 are emulated in int8
 #: storage like any other weight, since qae writes that DequantizeLinear itself.
 WEIGHT_ONLY_OPS = ("LSTM", "GRU")
+#: A genome file's size cap: a full genome of 10,000 layers with long names is about 1.3 MB, so a
+#: larger file is not a genome (and parsing tens of MB of YAML takes minutes and gigabytes).
+GENOME_MAX_BYTES = 2 * 1024 * 1024
+#: A genome nests three levels (layers -> name -> gene); anything much deeper is not a genome.
+GENOME_MAX_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -184,17 +190,15 @@ class Genome:
 
     @classmethod
     def load(cls, path: str | Path, layers: Mapping[str, str]) -> Genome:
+        """Read a genome file: size-capped, UTF-8, nesting-limited (``harness.core.inputs``), then checked."""
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise GenomeError(f"genome file {path} cannot be read ({exc.strerror}): check the path") from None
-        try:
-            data = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise GenomeError(f"genome file {path} is not valid YAML or JSON{at}: fix the syntax") from None
+            text = read_text(path, "genome", GENOME_MAX_BYTES)
+            data = load_structured(text, f"genome file {path}", max_depth=GENOME_MAX_DEPTH)
+        except GenomeError:
+            raise
+        except InputError as exc:  # the same one line, as the genome's own error type
+            raise GenomeError(str(exc)) from None
         return cls.from_dict(data, layers, source=str(path))
 
     @classmethod

@@ -5,7 +5,9 @@ that are the device's (``DEVICE_KINDS``: cannot connect, auth, host key, agent c
 that does not load is not the device's fault). Then it is QUARANTINED: out of scheduling and shown
 by ``qae devices check`` until a check or a measurement on it succeeds. Health lives in a JSON file
 (``$QAE_CACHE_DIR/devices/health.json``, else ``~/.cache/qae/devices/health.json``) so it survives
-the process; writes are atomic and serialised by a lock within a process.
+the process; writes are atomic and serialised by a lock within a process. Health is keyed by the
+device's name AND a hash of its connection config (``health_key``): two devices files that both call a
+machine ``pi`` do not share (or poison) each other's health.
 
 The pool keeps every healthy device busy: one worker thread and one queue per device; ``submit``
 pins a job to a device or gives it to the healthy device with the shortest queue. A transient failure
@@ -15,6 +17,7 @@ are returned at once. Every job ends in a ``MeasureRecord`` future: nothing rais
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -39,13 +42,32 @@ def health_path() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "qae") / "devices" / "health.json"
 
 
+def health_key(device: DeviceConfig) -> str:
+    """``name@hash``: the hash covers what reaches the machine (transport, host, port, user, python,
+    cache), not the file it was read from, so moving devices.yaml keeps the history."""
+    conn = [device.transport, device.host, device.port, device.user, device.python, device.cache_dir]
+    return f"{device.name}@{hashlib.sha256(json.dumps(conn).encode()).hexdigest()[:12]}"
+
+
 class HealthStore:
-    """Consecutive device failures per device name, persisted; thread-safe within a process."""
+    """Consecutive device failures per device, persisted; thread-safe within a process. Methods take
+    a ``DeviceConfig`` (keyed by ``health_key``) or a name: a name registered with ``register`` (the
+    pool registers its devices) means that device, any other name is used as the key itself."""
 
     def __init__(self, path: Path | None = None, max_failures: int = 3) -> None:
         self.path = path or health_path()
         self.max_failures = max_failures
         self.lock = threading.Lock()
+        self.names: dict[str, str] = {}
+
+    def register(self, devices: list[DeviceConfig]) -> None:
+        for d in devices:
+            self.names[d.name] = health_key(d)
+
+    def key(self, device: DeviceConfig | str) -> str:
+        if isinstance(device, str):
+            return self.names.get(device, device)
+        return health_key(device)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -54,15 +76,18 @@ class HealthStore:
         except (OSError, ValueError):
             return {}
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, device: DeviceConfig | str) -> dict[str, Any]:
+        name = self.key(device)
         with self.lock:
             return self._load().get(name, {"state": GOOD, "consecutive_failures": 0})
 
-    def quarantined(self, name: str) -> bool:
-        return self.get(name).get("state") == QUARANTINED
+    def quarantined(self, device: DeviceConfig | str) -> bool:
+        return self.get(device).get("state") == QUARANTINED
 
-    def record(self, name: str, ok: bool, kind: str | None = None, message: str = "") -> dict[str, Any]:
+    def record(self, device: DeviceConfig | str, ok: bool, kind: str | None = None,
+               message: str = "") -> dict[str, Any]:
         """Count one outcome; failures of kinds that are not the device's leave health unchanged."""
+        name = self.key(device)
         with self.lock:
             data = self._load()
             entry = data.get(name, {"state": GOOD, "consecutive_failures": 0})
@@ -80,8 +105,8 @@ class HealthStore:
             atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
             return entry
 
-    def reset(self, name: str) -> None:
-        self.record(name, ok=True)
+    def reset(self, device: DeviceConfig | str) -> None:
+        self.record(device, ok=True)
 
 
 def measure_with_retries(transport: Transport, model_path: Path, settings: MeasureSettings, retries: int = 2,
@@ -119,6 +144,7 @@ class DevicePool:
                  backoff_s: float = 0.5, connect_fn: Callable[[DeviceConfig], Transport] = connect) -> None:
         self.devices = {d.name: d for d in devices}
         self.health = health or HealthStore()
+        self.health.register(devices)
         self.retries = retries
         self.backoff_s = backoff_s
         self.connect_fn = connect_fn
@@ -131,7 +157,7 @@ class DevicePool:
             w.start()
 
     def healthy(self) -> list[str]:
-        return [n for n in self.devices if not self.health.quarantined(n)]
+        return [n for n, d in self.devices.items() if not self.health.quarantined(d)]
 
     def submit(self, model_path: Path, settings: MeasureSettings, device: str | None = None) -> Future[MeasureRecord]:
         fut: Future[MeasureRecord] = Future()
@@ -159,9 +185,9 @@ class DevicePool:
             job = q.get()
             if job is None:
                 break
-            if self.health.quarantined(name):
+            if self.health.quarantined(self.devices[name]):
                 if job.pinned or not self.healthy():
-                    h = self.health.get(name)
+                    h = self.health.get(self.devices[name])
                     job.future.set_result(MeasureRecord.failure(
                         name, "QUARANTINED", f"device {name} is quarantined after {h.get('consecutive_failures')} "
                         f"failures in a row (last: {h.get('last_error_kind')}); run qae devices check {name}"))
@@ -179,7 +205,7 @@ class DevicePool:
             finally:
                 with self.lock:
                     self.busy[name] -= 1
-            self.health.record(name, rec.ok, rec.error_kind, rec.message)
+            self.health.record(self.devices[name], rec.ok, rec.error_kind, rec.message)
             job.future.set_result(rec)
         if transport is not None:
             transport.close()

@@ -26,6 +26,7 @@ from typing import Any
 import paramiko
 
 from harness.devices.config import DeviceConfig
+from harness.devices.local import TAIL_LINES, drain_tail
 from harness.devices.transport import AGENT_FILE, AgentTransport, DeviceError, Pipe
 
 NEED_AGENT = b"QAE-NEED-AGENT\n"
@@ -82,14 +83,12 @@ class SshPipe:
         self.client = client
         self.chan = chan
         self.out = chan.makefile("rb")
-        self._tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
-        err = self.chan.makefile_stderr("rb")
         try:
-            for line in iter(err.readline, b""):
-                self._tail.append(line.decode(errors="replace").rstrip())
+            drain_tail(self.chan.makefile_stderr("rb"), self._tail)
         except (OSError, EOFError, paramiko.SSHException):
             return
 
@@ -106,6 +105,31 @@ class SshPipe:
 
     def stderr_tail(self) -> str:
         return " | ".join(self._tail)[-500:]
+
+    def exit_status(self) -> int | None:
+        # the exit status follows the stdout EOF in a separate message: wait for it briefly
+        if self.chan.status_event.wait(2.0):
+            return int(self.chan.exit_status)
+        return None
+
+    def kill_remote(self, pid: int, pgid: int | None) -> None:
+        """SIGKILL the remote agent and its process group (sshd made one per session; an agent of
+        protocol 1 does not report it, then the agent's PID stands for it) over a fresh exec channel.
+        The command is built from checked ints, never from a string the device sent."""
+        group = pid if pgid is None else pgid
+        if any(isinstance(x, bool) or not isinstance(x, int) or not 1 < x < 2 ** 31 for x in (pid, group)):
+            return
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            return  # the link is gone: sshd ends the session, and the real agent exits on EOF
+        argv = ["kill", "-s", "KILL", "--", f"-{group}", str(pid)]  # POSIX form: dash, bash, busybox
+        try:
+            chan = transport.open_session(timeout=10.0)
+            chan.exec_command(" ".join(shlex.quote(a) for a in argv) + " 2>/dev/null")
+            chan.status_event.wait(10.0)
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
 
     def close(self) -> None:
         try:
@@ -244,6 +268,12 @@ class _BootstrapPipe:
 
     def stderr_tail(self) -> str:
         return self.pipe.stderr_tail()
+
+    def exit_status(self) -> int | None:
+        return self.pipe.exit_status()
+
+    def kill_remote(self, pid: int, pgid: int | None) -> None:
+        self.pipe.kill_remote(pid, pgid)
 
     def close(self) -> None:
         self.pipe.close()

@@ -19,6 +19,12 @@ keep a connection and an agent process open between calls and re-opens them afte
 
 Measured numbers are labelled ``measured``; a simulated transport labels its numbers ``simulated``.
 
+Nothing an agent sends is trusted: every frame and result is checked against the schemas in
+``harness.devices.replies`` (non-finite numbers refused) and a bad one is a PROTOCOL failure that ends
+the session. A session the host gives up on (no reply in time) is ended on the device too: the local
+transport kills the agent's process group; the ssh one sends ``kill`` by the greeting's checked PIDs
+over a fresh exec channel.
+
 One module (~550 lines) because the interface, its records and errors, and the agent-protocol client
 that the local and SSH transports share are one contract; the implementations live beside it.
 """
@@ -39,8 +45,11 @@ import numpy as np
 
 from harness.core.errors import QaeError
 from harness.devices.config import DeviceConfig
+from harness.devices.replies import BadReply, check, parse_frame
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: protocols this host speaks: 1 (agents before 1.3) has no process groups; 2 adds ``pgid`` to the greeting
+PROTOCOLS = (1, 2)
 MAX_FRAME = 8 * 1024 * 1024
 CHUNK = 1 << 20
 AGENT_FILE = Path(__file__).resolve().parents[2] / "device_agents" / "agent.py"
@@ -224,6 +233,8 @@ class Pipe(Protocol):
     def close(self) -> None: ...
     def link_alive(self) -> bool: ...
     def stderr_tail(self) -> str: ...
+    def exit_status(self) -> int | None: ...
+    def kill_remote(self, pid: int, pgid: int | None) -> None: ...
 
 
 _EOF = b""
@@ -239,6 +250,8 @@ class AgentClient:
         self.next_id = 1
         self.dead = False
         self.hello: dict[str, Any] = {}
+        #: set when the host gave up on a silent agent: ``close`` then ends the process, not just the pipe
+        self.hung = False
         threading.Thread(target=self._read, daemon=True, name="qae-agent-reader").start()
 
     def _read(self) -> None:
@@ -255,7 +268,7 @@ class AgentClient:
         try:
             item = self.lines.get(timeout=max(0.0, timeout))
         except queue.Empty:
-            self.dead = True
+            self.dead = self.hung = True
             kind = "RUN_TIMEOUT" if phase == "measure" else ("UPLOAD" if phase == "upload" else "CONNECT")
             raise DeviceError(kind, f"no reply from the agent within {timeout:.1f} s ({phase} phase)") from None
         if isinstance(item, BaseException) or item == _EOF:
@@ -263,6 +276,13 @@ class AgentClient:
             if not self.pipe.link_alive():
                 raise DeviceError("CONNECT", f"connection to the device was lost during {phase}")
             tail = self.pipe.stderr_tail()
+            status = self.pipe.exit_status()
+            if phase == "connect" and not self.hello and (status in (126, 127) or "not found" in tail
+                                                          or "No such file" in tail):
+                # the shell could not run the interpreter: retrying cannot help, the config must change
+                raise DeviceError("RUNTIME_MISSING", "cannot start the agent's interpreter (exit status "
+                                  f"{status}): {tail or 'no message'}; set 'python:' in devices.yaml to an "
+                                  "interpreter that exists on the device")
             raise DeviceError("AGENT_CRASHED", f"the agent ended during {phase}" + (f": {tail}" if tail else ""))
         if len(item) > MAX_FRAME:
             self.dead = True
@@ -271,23 +291,31 @@ class AgentClient:
 
     def parse(self, line: bytes) -> dict[str, Any]:
         try:
-            frame = json.loads(line)
-            if not isinstance(frame, dict):
-                raise ValueError("not an object")
-            return frame
-        except ValueError:
+            return parse_frame(line)
+        except ValueError as exc:
             self.dead = True
+            if "non-finite" in str(exc):
+                raise DeviceError("PROTOCOL", f"agent sent a frame with a {exc}: numbers must be finite") from None
             shown = line[:120].decode(errors="replace").strip()
             raise DeviceError("PROTOCOL", f"agent printed a line that is not a protocol frame: {shown!r} "
                               "(is a login script or library writing to stdout?)") from None
 
     def start(self, timeout: float) -> dict[str, Any]:
         frame = self.parse(self.recv_line(timeout, "connect"))
-        if frame.get("type") != "hello" or frame.get("protocol") != PROTOCOL_VERSION:
+        if frame.get("type") != "hello" or frame.get("protocol") not in PROTOCOLS:
             self.dead = True
-            raise DeviceError("PROTOCOL", f"agent greeting {str(frame)[:200]} is not protocol {PROTOCOL_VERSION}")
+            raise DeviceError("PROTOCOL", f"agent greeting {str(frame)[:200]} is not protocol "
+                              f"{' or '.join(map(str, PROTOCOLS))}")
+        self._check("greeting", frame)
         self.hello = frame
         return frame
+
+    def _check(self, what: str, value: Any) -> None:
+        try:
+            check(what, value)
+        except BadReply as exc:
+            self.dead = True  # an agent that says nonsense once is not trusted with the next request
+            raise DeviceError("PROTOCOL", str(exc)) from None
 
     def call(self, op: str, args: dict[str, Any], timeout: float, phase: str) -> dict[str, Any]:
         """Send one request and wait for its reply; a typed failure becomes ``DeviceError``."""
@@ -308,9 +336,13 @@ class AgentClient:
         if frame.get("id") != rid:
             self.dead = True
             raise DeviceError("PROTOCOL", f"reply id {frame.get('id')!r} does not answer request {rid}")
-        if frame.get("ok"):
-            return frame.get("result") or {}
-        err = frame.get("error") or {}
+        self._check("reply", frame)
+        if frame["ok"]:
+            result: dict[str, Any] = frame["result"]
+            if op in ("hello", "ping", "has_model", "put", "measure", "infer", "fetch", "sensors", "bye"):
+                self._check(op, result)
+            return result
+        err = frame["error"]
         kind = err.get("kind", "REMOTE_ERROR")
         if kind == "PROTOCOL":
             self.dead = True
@@ -326,6 +358,10 @@ class AgentClient:
             except DeviceError:
                 pass
         self.dead = True
+        # a hung agent (or a foreign process) does not exit on EOF: end it and its process group. The
+        # greeting was schema-checked, so pid and pgid are ints > 1 (kill 0 / -1 would hit everything).
+        if self.hung and self.hello.get("pid") is not None:
+            self.pipe.kill_remote(int(self.hello["pid"]), self.hello.get("pgid"))
         self.pipe.close()
 
 

@@ -6,11 +6,18 @@ the model file, of the data file with the layout it is read with (``Dataset.key`
 and sample axes; the metric does not change ranges, so it is left out) and the method, and stores
 it as JSON under the cache folder (``$QAE_CACHE_DIR``, else ``~/.cache/qae``). The file is written
 atomically, so a killed run never leaves a half cache.
+
+A cache file is read as untrusted: it must fit ``CACHE_SCHEMA`` (its model, data and method, and a
+``[lo, hi]`` pair of numbers per tensor) and every range must be sane (``range_problem``: finite,
+``lo <= hi``, within ``RANGE_LIMIT``, and a model input's range near what its data holds). Anything
+else is recomputed, with a one-line warning, and overwritten. Freshly computed ranges pass the same
+check before they are cached: a NaN range (calibration data holding NaN) is an error, never a file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from harness.core.atomic import atomic_write_text
-from harness.core.errors import InputError, ModelError
+from harness.core.errors import DataError, InputError, ModelError
+from harness.core.inputs import warn
 from harness.core.model import QUANTIZABLE_OPS, ModelInfo
 from harness.core.paths import cache_dir
 from harness.quant.data import Dataset
@@ -27,6 +35,27 @@ from harness.quant.data import Dataset
 METHODS = ("minmax", "entropy", "percentile")
 Ranges = dict[str, tuple[float, float]]
 CALIB_BATCH = 32
+#: The largest activation magnitude a range may have. Beyond it an 8-bit scale exceeds 4e9, so every
+#: real value of the tensor quantizes to zero; no float32 model's activations go there, while a
+#: damaged or tampered cache does (float32 itself ends at 3.4e38).
+RANGE_LIMIT = 1e12
+#: A model input's cached range may reach at most this many data spans beyond the data's own
+#: min/max (minmax gives exactly them; entropy and percentile give less): more is not from this data.
+INPUT_SLACK = 1.0
+
+_PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+#: The calibration cache file (see ``activation_ranges``).
+CACHE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_sha256", "data_key", "method", "ranges"],
+    "properties": {
+        "model_sha256": {"type": "string"},
+        "data_sha256": {"type": "string"},
+        "data_key": {"type": "string"},
+        "method": {"enum": list(METHODS)},
+        "ranges": {"type": "object", "minProperties": 1, "additionalProperties": _PAIR},
+    },
+}
 
 
 def cache_path(model: ModelInfo, data: Dataset, method: str) -> Path:
@@ -39,16 +68,63 @@ def activation_ranges(model: ModelInfo, data: Dataset, method: str = "minmax") -
         raise InputError(f"calibration method {method!r} is not supported: use one of {', '.join(METHODS)}")
     path = cache_path(model, data, method)
     if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            return {k: (float(v[0]), float(v[1])) for k, v in cached["ranges"].items()}, True
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged cache entry is recomputed and overwritten
+        cached, problem = _read_cache(path, model, data, method)
+        if cached is not None:
+            return cached, True
+        warn(f"calibration cache {path.name} is invalid ({problem}): the ranges are recomputed")
     ranges = compute_ranges(model, data, method)
+    bad = ranges_problem(ranges, data)
+    if bad is not None:  # never cache what a later read would refuse; say what in the data caused it
+        raise DataError(
+            f"calibration on {data.path.name} gives an unusable range ({bad}): "
+            "remove the samples holding NaN or Inf from the calibration data"
+        )
     body = {"model_sha256": model.sha256, "data_sha256": data.sha256, "data_key": data.key, "method": method,
             "ranges": ranges}
     atomic_write_text(path, json.dumps(body, sort_keys=True))
     return ranges, False
+
+
+def _read_cache(path: Path, model: ModelInfo, data: Dataset, method: str) -> tuple[Ranges | None, str]:
+    """(ranges, "") from a valid cache file, else (None, why it is not)."""
+    import jsonschema
+
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"not readable JSON: {type(exc).__name__}"
+    err = next(iter(jsonschema.Draft202012Validator(CACHE_SCHEMA).iter_errors(body)), None)
+    if err is not None:
+        where = ".".join(str(p) for p in err.absolute_path) or "top level"
+        return None, f"{where}: {err.message[:80]}"
+    if (body["model_sha256"], body["data_key"], body["method"]) != (model.sha256, data.key, method):
+        return None, "it belongs to another model, data set or method"
+    ranges = {str(k): (float(v[0]), float(v[1])) for k, v in body["ranges"].items()}
+    bad = ranges_problem(ranges, data)
+    return (None, bad) if bad is not None else (ranges, "")
+
+
+def ranges_problem(ranges: Ranges, data: Dataset) -> str | None:
+    """Why these ranges cannot be used (naming the first bad tensor), or None when they are sane."""
+    for name, (lo, hi) in ranges.items():
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return f"tensor {name!r} has range [{lo}, {hi}], not finite"
+        if lo > hi:
+            return f"tensor {name!r} has range [{lo:g}, {hi:g}] with low above high"
+        if max(abs(lo), abs(hi)) > RANGE_LIMIT:
+            return f"tensor {name!r} has range [{lo:g}, {hi:g}] beyond +-{RANGE_LIMIT:g}"
+    for name, arr in data.inputs.items():  # a model input's range comes straight from its data
+        if name not in ranges or arr.dtype.kind != "f" or not arr.size:
+            continue
+        finite = arr[np.isfinite(arr)]
+        if not finite.size:
+            continue
+        dlo, dhi = float(finite.min()), float(finite.max())
+        slack = INPUT_SLACK * max(dhi - dlo, abs(dlo), abs(dhi), 1e-6)
+        lo, hi = ranges[name]
+        if lo < dlo - slack or hi > dhi + slack:
+            return f"input {name!r} has range [{lo:g}, {hi:g}] far outside its data's [{dlo:g}, {dhi:g}]"
+    return None
 
 
 def compute_ranges(model: ModelInfo, data: Dataset, method: str) -> Ranges:

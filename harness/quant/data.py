@@ -232,6 +232,7 @@ def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None
             f"{path}: 'labels' must be a 1-D integer array of {n} class indices, "
             f"got {labels.dtype} with shape {list(labels.shape)}"
         )
+    _check_finite(path, inputs, constant, axes, n)
     return Dataset(
         path,
         inputs,
@@ -241,6 +242,36 @@ def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None
         {k: v for k, v in axes.items() if k not in constant and v != 0},
         batch[1] if batch else None,
     )
+
+
+def _check_finite(path: Path, inputs: dict[str, np.ndarray], constant: set[str], axes: dict[str, int], n: int) -> None:
+    """Refuse a float input with no finite value (it scores every candidate alike, and calibrates
+    to NaN ranges); warn, in one line, when some samples hold NaN or Inf."""
+    flagged = np.zeros(n, dtype=bool)
+    names: list[str] = []
+    for name, arr in inputs.items():
+        if arr.dtype.kind not in "fc" or not arr.size:
+            continue
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        if not finite.any():
+            raise DataError(
+                f"{path}: input {name!r} holds only NaN or Inf values: give real data (check how the file was made)"
+            )
+        names.append(name)
+        if name in constant:
+            flagged[:] = True  # a constant is fed with every sample
+        else:
+            moved = np.moveaxis(finite, axes.get(name, 0), 0).reshape(finite.shape[axes.get(name, 0)], -1)
+            flagged |= ~moved.all(axis=1)
+    if names:
+        from harness.core.inputs import warn
+
+        warn(
+            f"{path}: {int(flagged.sum())} of {n} samples hold NaN or Inf (input {', '.join(map(repr, names))}): "
+            "they score as wrong and can spoil calibration; remove them"
+        )
 
 
 def _layout(

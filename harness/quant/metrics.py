@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.errors import InputError, ModelError
+from harness.core.errors import DataError, InputError, ModelError
 
 SQNR_CAP_DB = 100.0
 #: the score of an output holding NaN or inf under -MSE / -max|err| (finite, so a search can rank it)
@@ -174,6 +174,7 @@ def plan(
     labels_note = ""
     top = int(labels.max()) if labels is not None and len(labels) else 0
     if metric in ("auto", "top1") and labels is not None:
+        _check_labels(labels, top, [o for o in scored if is_class_scores(shapes[o])], shapes)
         fit = [o for o in scored if is_class_scores(shapes[o]) and shapes[o][1] > top]
         if metric == "top1" and named and len(fit) < len(scored):
             bad = next(o for o in scored if o not in fit)
@@ -240,6 +241,27 @@ def plan(
     else:
         note = f"metric: user metric {metric} (higher is better) on {described(scored)}{labels_note}"
     return Plan(metric, tuple(scored), note, shapes)
+
+
+def _check_labels(labels: np.ndarray, top: int, class_outputs: Sequence[str], shapes: Mapping[str, Shape]) -> None:
+    """Labels are class indices 0..C-1 of an output of class scores [N, C]: one that cannot be (a
+    negative one, or one no such output has a class for) is a data error, not a reason to score
+    something else instead."""
+    if not len(labels):
+        return
+    low = int(labels.min())
+    if low < 0:
+        raise DataError(
+            f"the smallest label is {low}: labels are class indices 0..C-1, fix the 'labels' array of the data"
+        )
+    if class_outputs and not any(shapes[o][1] > top for o in class_outputs):
+        widest = max(class_outputs, key=lambda o: shapes[o][1])
+        count = shapes[widest][1]
+        raise DataError(
+            f"the largest label is {top} but output {widest!r} scores {count} classes (labels must be 0..{count - 1}):"
+            " fix the 'labels' array of the data, name the output to score with --outputs,"
+            " or use --metric sqnr or agreement (they ignore labels)"
+        )
 
 
 def _cannot(metric: str, shape: Shape) -> str | None:

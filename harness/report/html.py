@@ -340,7 +340,7 @@ def _num(v: Any) -> float:
 # -- the whole report -----------------------------------------------------------------------------------
 def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
     """(Re)write front.json, the PNGs and report.html of a run folder from its archive."""
-    archive = Archive.open_existing(run / "archive.sqlite")
+    archive = Archive.open_existing(run / "archive.sqlite", readonly=True)  # a report never writes the archive
     try:
         cfg = archive.config()
         objectives = list(cfg["objectives"])

@@ -22,6 +22,7 @@ must change together; nothing else touches the database.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import InputError
+from harness.core.errors import ArchiveWriteError, InputError
 
 SCHEMA_VERSION = 1
 SOURCES = ("measured", "simulated", "predicted", "computed")
@@ -147,6 +148,28 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
+class InvalidValueError(ValueError):
+    """A value or detail the archive refuses (NaN, infinity, not a number): stored as an error record
+    of its candidate instead, so a bad number never reaches a front or stops a search."""
+
+
+def strict_json(obj: Any, what: str) -> str:
+    """Standard JSON only (no NaN/Infinity, which other JSON readers reject)."""
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise InvalidValueError(f"{what} is not finite standard JSON ({exc})") from None
+
+
+def check_value(objective: str, v: Value) -> None:
+    """Raise ``InvalidValueError`` for a value that must not be stored (see ``InvalidValueError``)."""
+    if v.source not in SOURCES:
+        raise InvalidValueError(f"{objective}: unknown value source {v.source!r}")
+    if isinstance(v.value, bool) or not isinstance(v.value, (int, float)) or not math.isfinite(v.value):
+        raise InvalidValueError(f"{objective} = {v.value!r} from {v.source} is not a finite number")
+    strict_json(v.detail, f"{objective} detail")
+
+
 @dataclass(frozen=True)
 class Value:
     """One objective value and where it comes from."""
@@ -175,43 +198,83 @@ class Candidate:
 class Archive:
     """A run's SQLite archive; see the module docstring for what each table guarantees."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.readonly = readonly
+        if readonly:
+            # A reader (qae report/export, possibly while a search writes) never creates the file or
+            # writes the schema into it: mode=ro refuses every write at the SQLite level.
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise self._write_error(exc) from None
         with self.transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
 
     @classmethod
-    def open_existing(cls, path: str | Path) -> Archive:
+    def open_existing(cls, path: str | Path, readonly: bool = False) -> Archive:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no archive at {path}: give a run folder that `qae search` wrote")
+        if path.stat().st_size == 0:
+            raise InputError(
+                f"{path} is empty (0 bytes; the search stopped before it wrote anything): "
+                f"start the search again (remove the folder or use another --out)"
+            )
         try:
-            archive = cls(path)
+            archive = cls(path, readonly=readonly)
             archive.config()
         except sqlite3.DatabaseError:
             raise InputError(f"{path} is not a qae archive (SQLite error): give a run folder qae wrote") from None
         return archive
+
+    def _write_error(self, exc: BaseException) -> ArchiveWriteError:
+        detail = getattr(exc, "strerror", None) or str(exc)
+        return ArchiveWriteError(
+            f"cannot write {self.path} ({detail}): free disk space (or raise the file size limit) on "
+            f"{self.path.parent}, then continue with `qae search --resume {self.path.parent}`"
+        )
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All or nothing: BEGIN IMMEDIATE takes the write lock up front, so no writer interleaves."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """All or nothing: BEGIN IMMEDIATE takes the write lock up front, so no writer interleaves.
+
+        An OS-level failure (disk full, file size limit, I/O error) becomes one ``ArchiveWriteError``
+        saying what to free and how to resume; what was committed before stays valid."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from None
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # a failed write may already have rolled the transaction back
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._write_error(exc) from None
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise self._write_error(exc) from None
 
     # -- run ------------------------------------------------------------------------------------
     def start(self, config: dict[str, Any]) -> None:
@@ -219,8 +282,14 @@ class Archive:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (id, config, status, created, updated) VALUES (1, ?, 'running', ?, ?)",
-                (json.dumps(config, sort_keys=True), now, now),
+                (strict_json(config, "the run configuration"), now, now),
             )
+
+    def update_config(self, config: dict[str, Any]) -> None:
+        """Replace the stored configuration (a resume that overrides --devices, or re-anchors paths)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET config = ?, updated = ? WHERE id = 1",
+                       (strict_json(config, "the run configuration"), time.time()))
 
     def config(self) -> dict[str, Any]:
         row = self._db.execute("SELECT config FROM runs WHERE id = 1").fetchone()
@@ -263,6 +332,10 @@ class Archive:
         leave completed records out (they are rebuilt from this table on resume).
         """
         now = time.time()
+        values, bad = self._split_valid(values)
+        if bad:  # a value that cannot be stored makes the candidate a failed one, recorded once
+            errors = [*errors, *(("INVALID_VALUE", m) for m in bad)]
+            feasible = False
         with self.transaction() as db:
             seq = db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0]
             db.execute(
@@ -307,16 +380,27 @@ class Archive:
             )
 
     @staticmethod
+    def _split_valid(values: dict[str, Value]) -> tuple[dict[str, Value], list[str]]:
+        good, bad = {}, []
+        for objective, v in values.items():
+            try:
+                check_value(objective, v)
+            except InvalidValueError as exc:
+                bad.append(str(exc))
+            else:
+                good[objective] = v
+        return good, bad
+
+    @staticmethod
     def _insert_values(
         db: sqlite3.Connection, target: str, genome_hash: str, values: dict[str, Value], now: float
     ) -> None:
         for objective, v in values.items():
-            if v.source not in SOURCES:
-                raise ValueError(f"unknown value source {v.source!r}")
+            check_value(objective, v)
             db.execute(
                 "INSERT INTO value_log (target, hash, objective, value, source, detail, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (target, genome_hash, objective, float(v.value), v.source, json.dumps(v.detail, sort_keys=True), now),
+                (target, genome_hash, objective, float(v.value), v.source, strict_json(v.detail, objective), now),
             )
 
     @staticmethod
@@ -430,8 +514,19 @@ class Archive:
         values: dict[str, Value],
         gap: dict[str, Any] | None,
         engine_update: tuple[dict[str, Any], dict[str, Any], int] | None,
-    ) -> None:
-        """A measurement lands: its values, the job marked done, the gap and the revised engine record, at once."""
+    ) -> bool:
+        """A measurement lands: its values, the job marked done, the gap and the revised engine record, at once.
+
+        A measurement with a value the archive refuses (NaN, not a number) is a failed job instead,
+        closed for good (never queued again); returns False then."""
+        _, bad = self._split_valid(values)
+        gap_ok = gap is None or all(
+            isinstance(gap.get(k), (int, float)) and math.isfinite(gap[k]) for k in ("predicted", "measured")
+        )
+        if bad or not gap_ok:
+            self.fail_job(target, genome_hash, device, "INVALID_MEASUREMENT",
+                          "; ".join(bad) or "the measured latency is not a finite number", final=True)
+            return False
         now = time.time()
         with self.transaction() as db:
             self._insert_values(db, target, genome_hash, values, now)
@@ -460,6 +555,7 @@ class Archive:
                 record, state, generation = engine_update
                 self._update_record(db, target, genome_hash, record)
                 self._save_state(db, target, state, generation, now)
+        return True
 
     def fail_job(self, target: str, genome_hash: str, device: str, kind: str, message: str, final: bool) -> None:
         """A measurement failed: the error is kept; a final failure closes the job, else it stays queued."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -112,8 +114,8 @@ def parse_budgets(items: Sequence[str]) -> dict[str, float]:
             value = float(raw)
         except ValueError:
             raise InputError(f"--budget {item!r} is not NAME=NUMBER, e.g. latency=30") from None
-        if value <= 0:
-            raise InputError(f"--budget {item!r}: a budget must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise InputError(f"--budget {item!r}: a budget must be a positive finite number, e.g. latency=30")
         out[BUDGET_KEYS[name]] = value * scale[name]
     return out
 
@@ -121,3 +123,49 @@ def parse_budgets(items: Sequence[str]) -> dict[str, float]:
 def default_out(model: str) -> Path:
     stem = model.replace("builtin:", "").replace(os.sep, "_").rsplit(".", 1)[0]
     return Path("results") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def absolute_paths(cfg: SearchConfig) -> SearchConfig:
+    """Every file path of a config made absolute, so a resume does not depend on the working directory."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    if not cfg.model.startswith("builtin:"):
+        cfg.model = str(absolute(cfg.model))
+    cfg.calib, cfg.data, cfg.devices_file = absolute(cfg.calib), absolute(cfg.data), absolute(cfg.devices_file)
+    return cfg
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(cfg: SearchConfig, work: Any, profile_names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """What a run's results depend on, by content: the model (with its external data), the
+    calibration and evaluation data, and each profile file. Stored in the archive; a resume compares."""
+    from profiles.schema import resolve
+
+    ident = {"model": {"path": str(work.model.path), "sha256": work.model.sha256},
+             "calib": {"path": str(work.calib.path), "sha256": work.calib.sha256}}
+    if work.eval_data is not None:
+        ident["data"] = {"path": str(work.eval_data.path), "sha256": work.eval_data.sha256}
+    for name in dict.fromkeys(profile_names):
+        path = resolve(name)
+        ident[f"profile {name}"] = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return ident
+
+
+def identity_changes(stored: dict[str, dict[str, str]], current: dict[str, dict[str, str]]) -> list[str]:
+    """What differs between a run's stored identity and the files found now, one phrase each."""
+    changes = []
+    for key in dict.fromkeys([*stored, *current]):
+        old, new = stored.get(key), current.get(key)
+        if old is None or new is None:
+            changes.append(f"{key} {'added' if old is None else 'removed'}")
+        elif old["sha256"] != new["sha256"]:
+            changes.append(f"{key} {new['path']} changed content (sha256 {old['sha256'][:12]} -> {new['sha256'][:12]})")
+    return changes

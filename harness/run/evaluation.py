@@ -4,6 +4,8 @@ budget violations the engine is told, and the archive-derived summaries the prog
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -39,12 +41,36 @@ def open_workload(cfg: SearchConfig) -> Workload:
     )
 
 
+def die_with_parent(parent: int) -> None:
+    """A worker exits as soon as its parent is gone (kill -9, crash), instead of living on orphaned.
+
+    Linux's PR_SET_PDEATHSIG is not used: it fires when the *thread* that forked the worker exits,
+    and the executor may fork from a helper thread. A daemon thread polling getppid() is portable:
+    an orphan is re-parented (to init or a subreaper), so its parent PID changes."""
+    import os
+    import signal
+    import threading
+
+    # Forked workers inherit the CLI's SIGTERM handler; a worker told to stop just stops.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="qae-parent-watchdog", daemon=True).start()
+
+
 def worker_init(config: dict[str, Any] | str, calib: str | None = None, data: str | None = None,
-                method: str = "minmax") -> None:
+                method: str = "minmax", parent: int | None = None) -> None:
     """Each worker process opens the workload the parent did, from the config (see ``open_workload``).
 
     A model spec with ``calib``, ``data`` and ``method`` (the older form) opens it with the defaults."""
     global _WORK
+    if parent is not None:
+        die_with_parent(parent)
     if isinstance(config, str):
         config = {"model": config, "profiles": [], "calib": calib, "data": data, "method": method}
     _WORK = open_workload(SearchConfig.from_dict(config))
@@ -88,7 +114,7 @@ class HostEvaluator:
         self.pool: ProcessPoolExecutor | None = None
         if cfg.workers > 1:
             self.pool = ProcessPoolExecutor(
-                cfg.workers, initializer=worker_init, initargs=(cfg.to_dict(),)
+                cfg.workers, initializer=worker_init, initargs=(cfg.to_dict(), None, None, "minmax", os.getpid())
             )
         else:
             global _WORK
@@ -112,9 +138,20 @@ class HostEvaluator:
             out[i] = res
         return [r for r in out if r is not None]
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """``abort`` (an interrupt or a crash): stop the workers now instead of letting their tasks finish."""
         if self.pool:
-            self.pool.shutdown()
+            if abort:
+                # The executor has no public way to stop running workers; its process table is read
+                # only to terminate them (they would exit by themselves once this process is gone).
+                processes = list((getattr(self.pool, "_processes", None) or {}).values())
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                for proc in processes:
+                    proc.terminate()
+                for proc in processes:
+                    proc.join(timeout=5)
+            else:
+                self.pool.shutdown()
         self.cache.close()
 
 

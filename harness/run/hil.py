@@ -55,6 +55,9 @@ DEVICE_FAILURES = (
     "HOST_ERROR",
 )
 
+#: Device failures whose message holds the fix (trust instructions, credentials): printed once per device.
+EXPLAINED = ("HOSTKEY", "AUTH", "RUNTIME_MISSING")
+
 
 @dataclass
 class HilSettings:
@@ -140,6 +143,7 @@ class DeviceTarget:
         self.waiting: dict[str, tuple[Genome, int]] = {}
         self.fit_n = 0
         self.no_device_said = False
+        self.explained: set[tuple[str, str]] = set()
         self.revive()
 
     # -- scheduling -----------------------------------------------------------------------------
@@ -248,6 +252,41 @@ class DeviceTarget:
         objective_fn: Callable[[Genome, dict[str, Value]], Any],
         generation: int,
     ) -> None:
+        try:
+            values = self._values_of(rec)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # A reply that passed the transport but holds no usable numbers: a failed measurement,
+            # closed once (never requeued), not a crash of the search.
+            self.archive.fail_job(self.name, job.genome.hash, rec.device, "INVALID_MEASUREMENT",
+                                  f"unusable measurement ({exc})", final=True)
+            self.say(f"{self.name}: device {rec.device} returned an unusable measurement ({exc}); recorded as failed")
+            return
+        predicted = self.archive.latest_value(self.name, job.genome.hash, "latency", "predicted")
+        gap = None
+        if predicted is not None:
+            gap = {
+                "generation": generation,
+                "predicted": predicted.value,
+                "measured": values["latency"].value,
+                "fit_n": int(predicted.detail.get("fit_n", 0)),
+                "calibration_id": predicted.detail.get("calibration_id"),
+            }
+        update = None
+        key = key_of.get(job.genome.hash)
+        if key is not None:
+            merged = {c.hash: c for c in self.archive.candidates(self.name) if c.hash == job.genome.hash}
+            current = dict(merged[job.genome.hash].values) if merged else {}
+            current.update(values)
+            engine.revise(key, objective_fn(job.genome, current))
+            record = next(r for r in reversed(engine.records()) if r.genome == key)
+            update = (record.to_dict(), engine.state_dict(include_records=False), engine.generation)
+        self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update)
+
+    @staticmethod
+    def _values_of(rec: Any) -> dict[str, Value]:
+        """The archive values of a measurement record; raises ValueError for a non-finite or missing number."""
+        from harness.run.archive import check_value
+
         source = "simulated" if rec.source == "simulated" else "measured"
         detail = {
             "device": rec.device,
@@ -269,26 +308,9 @@ class DeviceTarget:
             values["energy"] = Value(
                 float(rec.energy_j) * 1e3, source, {**detail, "unit": "mJ", "energy_method": rec.energy_method}
             )
-        predicted = self.archive.latest_value(self.name, job.genome.hash, "latency", "predicted")
-        gap = None
-        if predicted is not None:
-            gap = {
-                "generation": generation,
-                "predicted": predicted.value,
-                "measured": float(rec.latency_ms["p50"]),
-                "fit_n": int(predicted.detail.get("fit_n", 0)),
-                "calibration_id": predicted.detail.get("calibration_id"),
-            }
-        update = None
-        key = key_of.get(job.genome.hash)
-        if key is not None:
-            merged = {c.hash: c for c in self.archive.candidates(self.name) if c.hash == job.genome.hash}
-            current = dict(merged[job.genome.hash].values) if merged else {}
-            current.update(values)
-            engine.revise(key, objective_fn(job.genome, current))
-            record = next(r for r in reversed(engine.records()) if r.genome == key)
-            update = (record.to_dict(), engine.state_dict(include_records=False), engine.generation)
-        self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update)
+        for objective, value in values.items():
+            check_value(objective, value)  # InvalidValueError is a ValueError
+        return values
 
     def _failed(self, rec: Any, job: _Inflight) -> None:
         device_fault = rec.error_kind in DEVICE_FAILURES
@@ -298,7 +320,16 @@ class DeviceTarget:
         if not device_fault:
             return  # the candidate's own failure (cannot load, timeout): kept as an error record
         self.archive.add_event(self.name, rec.device, "DEVICE_FAILED", f"{rec.device}: {rec.error_kind}: {rec.message}")
-        self.say(f"{self.name}: device {rec.device} failed ({rec.error_kind}); moving its job to a healthy device")
+        # Said once per device and kind (the events table keeps every failure); "moving" only when
+        # another healthy device is there to take the job.
+        if (rec.device, rec.error_kind) not in self.explained:
+            self.explained.add((rec.device, rec.error_kind))
+            others = [d for d in self.healthy() if d != rec.device]
+            then = "moving its job to a healthy device" if others else (
+                "its job is tried again" if self.healthy() else "no healthy device left")
+            self.say(f"{self.name}: device {rec.device} failed ({rec.error_kind}); {then}")
+            if rec.error_kind in EXPLAINED:  # the detail says how to fix it (e.g. how to trust a host key)
+                self.say(f"{self.name}: {rec.message}")
         self.submit(job.genome, job.generation)
 
     # -- the online fit -------------------------------------------------------------------------------

@@ -15,10 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import InputError
+from harness.core.errors import InputError, QaeError, RunChangedError
 from harness.quant.workload import Workload
 from harness.run.archive import Archive
-from harness.run.config import BUDGET_KEYS, OBJECTIVES, SENSITIVITY_LADDER, SearchConfig
+from harness.run.config import (
+    BUDGET_KEYS,
+    OBJECTIVES,
+    SENSITIVITY_LADDER,
+    SearchConfig,
+    identity_changes,
+    run_identity,
+)
 from harness.run.driver import Driver
 from harness.run.evaluation import HostEvaluator, Progress, Target, open_workload, violations
 from harness.run.failures import failure_summary
@@ -63,14 +70,45 @@ def device_targets(
     return targets
 
 
+def device_profiles(cfg: SearchConfig) -> list[str]:
+    """The profile of each --device (a run's identity includes them: they seed the cost model)."""
+    from harness.devices.config import get_device
+
+    names = []
+    for name in cfg.devices:
+        device = get_device(name, cfg.devices_file)
+        profile = device.profile or ("host-cpu" if device.transport == "local" else None)
+        if profile is not None:
+            names.append(profile)
+    return names
+
+
+def set_aside(path: Path) -> Path:
+    """Move an archive (and its WAL files) to archive-N.sqlite beside it; returns the new path."""
+    n = 1
+    while (path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    dest = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(str(dest) + suffix)
+    return dest
+
+
 def run_search(
     cfg: SearchConfig,
     out: Path,
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = print,
+    force: bool = False,
 ) -> Archive:
-    """Run (or resume) the search for every target profile and device group; returns the archive."""
+    """Run (or resume) the search for every target profile and device group; returns the archive.
+
+    A resume first compares the run's identity (content hashes of model, data and profiles) with the
+    files found now: a change refuses (``RunChangedError``), or with ``force`` moves the old archive
+    aside and starts a new search in the same folder, so results of two models never mix."""
     from search import Engine, EngineConfig, Record, SearchError, SearchSpace
 
     for name in cfg.objectives:
@@ -82,6 +120,35 @@ def run_search(
     if work.eval_data is None:
         raise InputError("--data is required for a model that is not a builtin: give an evaluation .npz")
     work.model.require_shapes(SHAPE_FLAGS)  # the cost model needs every layer's MACs at real shapes
+    targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
+    identity = run_identity(cfg, work, [*cfg.profiles, *device_profiles(cfg)])
+    # Everything the stored config derives is computed before the archive exists: an input error
+    # found here (e.g. labels the model cannot score) leaves no half-made archive behind.
+    fresh = {**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names,
+             "shapes_used": work.model.shapes_used, "metric_note": work.metric_note, "identity": identity}
+    archive = Archive(out / "archive.sqlite")
+    if resume:
+        stored = archive.config()
+        # Archives written before identities were stored know only the model's hash.
+        old = stored.get("identity") or {"model": {"path": stored["model"], "sha256": stored.get("model_sha256", "")}}
+        changes = identity_changes(old, {k: v for k, v in identity.items() if k in old or "identity" in stored})
+        if changes and not force:
+            archive.close()
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise RunChangedError(
+                f"cannot resume {out}: {changes[0]}{more} since the run started; restore the original files, or "
+                f"add --force to keep the old archive aside and start a new search in {out} (never mixed)"
+            )
+        if changes:
+            archive.close()
+            aside = set_aside(out / "archive.sqlite")
+            say(f"--force: {changes[0]}; the old archive is kept as {aside}, a new search starts in {out}")
+            archive = Archive(out / "archive.sqlite")
+            resume = False
+        else:
+            archive.update_config({**stored, **cfg.to_dict(), "identity": identity})
+    if not resume:
+        archive.start(fresh)
     fixed = {i.name for i in work.model.inputs if i.rank_known and None not in i.shape}
     sources = shape_sources(work.model, cfg.input_shapes, set(work.model.shapes_used) - fixed)
     for line in Shaped(work.model, sources, cfg.calib).lines():
@@ -90,21 +157,16 @@ def run_search(
         say(f"note: {note}")
     if work.metric_note:
         say(work.metric_note)
-    targets: list[Any] = [Target.open(name, work, cfg.budgets) for name in cfg.profiles]
-    archive = Archive(out / "archive.sqlite")
-    if not resume:
-        archive.start({**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names,
-                       "shapes_used": work.model.shapes_used, "metric_note": work.metric_note})
     targets += device_targets(cfg, work, archive, out, say)
     evaluator = HostEvaluator(work, cfg)
-    reference = work.evaluate(None)
-    fp32 = reference.accuracy
-    choices = layer_choices(work, cfg)
-    names = [layer.name for layer in work.model.layers]
-    space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices], distance=choice_distance)
-    sensitivity = layer_sensitivity(work, evaluator, cfg)
-    started = time.time()
     try:
+        reference = work.evaluate(None)
+        fp32 = reference.accuracy
+        choices = layer_choices(work, cfg)
+        names = [layer.name for layer in work.model.layers]
+        space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices], distance=choice_distance)
+        sensitivity = layer_sensitivity(work, evaluator, cfg)
+        started = time.time()
         for target in targets:
             baselines = baseline_values(work, cfg, sensitivity)
             engine_cfg = EngineConfig(
@@ -132,9 +194,24 @@ def run_search(
             summary = failure_summary(archive, target.name)
             if summary.failed:
                 say(summary.line())
+            if hasattr(target, "requeue_unfinished"):
+                queued = len(archive.jobs(target.name, "queued"))
+                if queued:
+                    say(f"{target.name}: {queued} measurements still queued (no device took them): "
+                        f"`qae search --resume {out}` measures them")
         archive.set_status("finished")
-    finally:
+    except BaseException as exc:
+        evaluator.close(abort=True)  # Ctrl-C, SIGTERM, a crash: workers go now, not after their tasks
+        if isinstance(exc, QaeError) and not resume and not any(archive.count(t.name) for t in targets):
+            # An input error before the first evaluation: a run with nothing in it is not kept, so
+            # the same command can simply be run again once the input is fixed.
+            archive.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(out / "archive.sqlite") + suffix).unlink(missing_ok=True)
+        raise
+    else:
         evaluator.close()
+    finally:
         for target in targets:
             if hasattr(target, "close"):
                 target.close()

@@ -48,7 +48,7 @@ def test_python38_syntax_and_no_harness_import() -> None:
 
 def test_hello_and_requests(tmp_path: Path) -> None:
     a = Raw(tmp_path)
-    assert a.hello["type"] == "hello" and a.hello["protocol"] == 1
+    assert a.hello["type"] == "hello" and a.hello["protocol"] == 2 and a.hello["pgid"] > 1
     facts = a.call(1, "hello")["result"]
     assert facts["cpu_count"] >= 1 and "onnxruntime" in facts["runtimes"] and "governor" in facts
     sha = "0" * 64

@@ -95,3 +95,66 @@ def test_canonical_form_is_a_fixed_point(default: dict, overrides: dict) -> None
     again = Genome.from_dict(g.to_dict(), LAYERS)
     assert again.canonical_json() == g.canonical_json()
     assert set(g.genes) == set(LAYERS)
+
+
+# -- hostile genome files (issue 13): one clean line, fast ------------------------------------------
+def _load_error(path: Path) -> tuple[str, float]:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(GenomeError) as err:
+        Genome.load(path, LAYERS)
+    return str(err.value), time.perf_counter() - start
+
+
+def test_non_utf8_genome_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_bytes(b"default:\n  weight_bits: 8\n  scheme: \xff\xfe sym\n")
+    msg, _ = _load_error(path)
+    assert "not UTF-8" in msg and str(path) in msg and "line 3" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("style", ["flow", "block", "json"])
+def test_deeply_nested_genome_is_refused_fast(tmp_path: Path, style: str) -> None:
+    path = tmp_path / "g.yaml"
+    depth = 100_000
+    if style == "flow":
+        path.write_text("layers: " + "[" * depth + "]" * depth + "\n")
+    elif style == "json":
+        path.write_text('{"layers": ' + '{"a": ' * depth + "1" + "}" * depth + "}")
+    else:
+        path.write_text("".join(" " * i + "a:\n" for i in range(1200)))  # ~700 kB, under the size cap
+    msg, took = _load_error(path)
+    assert "nested more than" in msg and "\n" not in msg
+    assert took < 1.0
+
+
+def test_huge_genome_is_refused_by_size_before_reading(tmp_path: Path) -> None:
+    from harness.core.genome import GENOME_MAX_BYTES
+
+    path = tmp_path / "g.yaml"
+    line = b"  blocks.0.q: {weight_bits: 4, activation_bits: 8, scheme: symmetric, granularity: per_channel}\n"
+    with path.open("wb") as fh:
+        fh.write(b"layers:\n")
+        fh.write(line * (54_000_000 // len(line)))
+    msg, took = _load_error(path)
+    assert "over the 2.0 MB a genome file may have" in msg and "\n" not in msg
+    assert took < 1.0 and GENOME_MAX_BYTES == 2 * 1024 * 1024
+
+
+def test_a_genome_of_ten_thousand_layers_fits_the_cap(tmp_path: Path) -> None:
+    layers = {f"/model/layers.{i // 8}/self_attn/proj_{i % 8}/MatMul": "MatMul" for i in range(10_000)}
+    genome = Genome.from_dict(
+        {"layers": {name: {"weight_bits": 4 if i % 2 else 8, "scheme": "asymmetric"}
+                    for i, name in enumerate(layers)}},
+        layers,
+    )
+    path = tmp_path / "g.yaml"
+    path.write_text(genome.to_yaml())
+    assert path.stat().st_size < 2 * 1024 * 1024
+    assert Genome.load(path, layers) == genome
+
+
+def test_missing_genome_file_is_one_line(tmp_path: Path) -> None:
+    msg, _ = _load_error(tmp_path / "nope.yaml")
+    assert "cannot be read" in msg and "nope.yaml" in msg

@@ -120,3 +120,29 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= set(BASE)
     assert main(["profiles", "show", "hexagon-htp"]) == 0
     assert "product brief" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("literal", "field"),
+    [
+        (".nan", "throughput_gmacs.int8"),
+        (".inf", "throughput_gmacs.int8"),
+        ("-.inf", "memory.onchip_bytes"),
+        (".NaN", "calibration.residuals.0"),
+    ],
+)
+def test_non_finite_number_is_refused_naming_the_field(tmp_path: Path, literal: str, field: str) -> None:
+    """A ``.nan`` throughput passed the schema and turned into "nan ms" and an IntegrityError in a search."""
+    text = (PROFILES_DIR / "host-cpu.yaml").read_text()
+    data = yaml.safe_load(text)
+    if field == "calibration.residuals.0":
+        data["calibration"] = {"id": "x", "residuals": ["PLACEHOLDER"]}
+    else:
+        a, b = field.split(".")
+        data[a][b]["value"] = "PLACEHOLDER"
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data).replace("PLACEHOLDER", literal))
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    msg = str(err.value)
+    assert "\n" not in msg and f"{field} must be a finite number" in msg, msg
