@@ -33,3 +33,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "legacy": export_tiny_vit(root / "legacy.onnx", dynamo=False),
         "dynamo": export_tiny_vit(root / "dynamo.onnx", dynamo=True),
     }
+
+
+@pytest.fixture(scope="session")
+def symbolic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A fully convolutional net with symbolic N, H and W, and 16 samples of data at 32x32."""
+    import numpy as np
+
+    from tests.quant.tiny_models import fcn
+
+    root = tmp_path_factory.mktemp("fcn")
+    data = root / "data.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    return fcn(root / "fcn.onnx"), data

@@ -11,23 +11,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from harness.devices.config import DeviceConfig
 from harness.devices.connect import connect
 from harness.devices.transport import MeasureSettings
-from tests.profiles.test_shapes_costmodel import fcn
 
 FAST = MeasureSettings(runs=3, min_seconds=0.02, warmup_runs=1, warmup_seconds=0.0, timeout_s=60)
 
 
-@pytest.fixture(scope="module")
-def symbolic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fcn")
-    data = root / "data.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
-    return fcn(root / "fcn.onnx"), data
 
 
 def _local(tmp_path: Path) -> DeviceConfig:

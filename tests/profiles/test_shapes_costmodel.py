@@ -28,37 +28,6 @@ HAND = {
 }
 
 
-def fcn(path: Path) -> Path:
-    """A fully convolutional net with symbolic N, H and W (a detector backbone in miniature)."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
-        numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
-        numpy_helper.from_array((rng.standard_normal((4, 8, 3, 3)) * 0.3).astype(np.float32), "w2"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", strides=[2, 2], pads=[1, 1, 1, 1]),
-    ]
-    graph = helper.make_graph(
-        nodes, "fcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])], inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def symbolic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fcn")
-    data = root / "data.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32))
-    return fcn(root / "fcn.onnx"), data
-
-
 def _w8a8(model: ModelInfo) -> Genome:
     return Genome.uniform(Gene(8, 8), {lay.name: lay.op_type for lay in model.layers})
 

@@ -14,17 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from harness.run.archive import Archive
 from tests.cli.test_cli_model import assert_one_line_error, qae
-from tests.profiles.test_shapes_costmodel import fcn
 
 SMALL = ["--generations", "2", "--population", "6", "--seed", "1"]
 
 
-@pytest.fixture(scope="module")
-def symbolic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fcn")
-    data = root / "data.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32))
-    return fcn(root / "fcn.onnx"), data
 
 
 def test_search_without_shapes_or_data_names_the_input(symbolic: tuple[Path, Path], tmp_path: Path) -> None:
