@@ -4,7 +4,6 @@ agent executable answering well-formed garbage, the real agent, OpenSSH sshd and
 from __future__ import annotations
 
 import collections
-import getpass
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from harness.devices.local import TAIL_LINE_BYTES, drain_tail
 from harness.devices.pool import DevicePool, HealthStore, measure_with_retries
 from harness.devices.transport import TRANSIENT_KINDS, DeviceError, InferSettings, MeasureSettings
 from tests.devices.fake_agent import measure_reply, write_fake_agent
-from tests.sshd import OpenSshServer, ParamikoServer, have_sshd, make_keys, ssh_device, write_known_hosts
+from tests.sshd import OpenSshServer, have_sshd, make_keys, ssh_device, write_known_hosts
 
 MODEL = Path(__file__).resolve().parents[2] / "harness/builtin/digits_vit/model.onnx"
 FAST = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.01, timeout_s=60)
@@ -136,15 +135,6 @@ def test_garbage_infer_and_fetch_replies_are_protocol(tmp_path: Path, reply: str
 
 
 # ---- finding 11: a missing interpreter is RUNTIME_MISSING on every transport ------------------------
-
-@pytest.fixture
-def paramiko_server(tmp_path: Path) -> Iterator[tuple[ParamikoServer, Any]]:
-    keys = make_keys(tmp_path / "keys")
-    server = ParamikoServer(keys, user=getpass.getuser(), env={"HOME": str(tmp_path)})
-    kh = write_known_hosts(tmp_path / "known_hosts", server.port, keys.host_key)
-    yield server, ssh_device(server.port, keys, kh, tmp_path / "cache")
-    server.stop()
-
 
 @pytest.fixture
 def openssh(tmp_path: Path) -> Iterator[tuple[OpenSshServer, Any]]:

@@ -3,13 +3,11 @@ a hang. Each runs the real agent behind a real server."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +18,11 @@ from harness.core.model import resolve_model_path
 from harness.devices.config import DeviceConfig
 from harness.devices.connect import connect
 from harness.devices.transport import DeviceError, MeasureRecord, MeasureSettings
-from tests.sshd import OpenSshServer, ParamikoServer, have_sshd, make_keys, ssh_device, write_known_hosts
+from tests.sshd import OpenSshServer, have_sshd, make_keys, ssh_device, write_known_hosts
 
 MODEL = resolve_model_path("builtin:digits-vit")[0]
 FAST = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.01, timeout_s=60)
 LONG = MeasureSettings(runs=5, min_seconds=60, warmup_seconds=0.01, timeout_s=120)
-
-
-@pytest.fixture
-def paramiko_server(tmp_path: Path) -> Iterator[tuple[ParamikoServer, Any]]:
-    keys = make_keys(tmp_path / "keys")
-    server = ParamikoServer(keys, user=getpass.getuser(), env={"HOME": str(tmp_path)})
-    kh = write_known_hosts(tmp_path / "known_hosts", server.port, keys.host_key)
-    yield server, ssh_device(server.port, keys, kh, tmp_path / "cache")
-    server.stop()
 
 
 def measure_in_thread(t: Any, settings: MeasureSettings) -> tuple[threading.Thread, list[MeasureRecord]]:
