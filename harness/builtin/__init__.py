@@ -1,6 +1,15 @@
 """Embedded default workloads that ship with qae, so a first run needs no model or data of its own.
 
-Each workload is a folder next to this file holding ``model.onnx``, ``calib.npz``, ``eval.npz`` and
-``meta.json``, plus the script that rebuilt it (``train_<name>.py``). ``builtin:digits-vit`` is the
-folder ``digits_vit/``, produced by ``python -m harness.builtin.train_digits_vit``.
+Each workload is a folder next to this file holding three disjoint, fixed data splits and a
+``meta.json`` (what the workload is, its metric, split sizes under ``splits``):
+
+- ``calib.npz``: calibration, sets the quantization ranges;
+- ``eval.npz``: validation, what the search optimises (``harness.core.model.builtin_data(name, "eval")``);
+- ``test.npz``: test, what is reported; the search never sees it.
+
+``builtin:digits-vit`` is the folder ``digits_vit/`` (it also ships ``model.onnx``), produced by
+``python -m harness.builtin.train_digits_vit`` (``--data-only`` rewrites the splits without
+retraining; the splits themselves are ``harness.builtin.digits_data``). ``builtin:minilm-l6`` is
+``minilm_l6/`` plus ``sentences.json`` (the text of each split), produced by ``python -m
+harness.builtin.make_minilm_data``; its model is exported on first use (``harness.builtin.minilm``).
 """

@@ -3,13 +3,20 @@
 Sentences are the first sentences of the docstrings (module, class, function, method) of a fixed
 list of Python standard library modules: varied English that ships with every Python, so nothing
 is downloaded. They are cleaned, kept at 6..40 words, deduplicated, shuffled with a fixed seed and
-split into a calibration and an evaluation set. The package's own tokenizer turns them into token
-ids padded to 64, so every sample has the same shape. Written to ``harness/builtin/minilm_l6/``:
+cut into three disjoint splits, in this order of the shuffled pool: calibration (64, sets the
+quantization ranges), validation (400, ``eval.npz``: what the search optimises) and test (400,
+``test.npz``: what is reported, never seen by the search). The test split was added after the other
+two; it is the slice of the pool right after them, so calibration and validation kept their bytes.
+The package's own tokenizer turns them into token ids padded to 64, so every sample has the same
+shape. Written to ``harness/builtin/minilm_l6/``:
 
-- ``sentences.json``: the text of each split with the docstring it came from;
-- ``calib.npz`` / ``eval.npz``: ``input_ids``, ``attention_mask``, ``token_type_ids``, int64
-  ``[N, 64]`` (no labels: quality is agreement with the FP32 model);
+- ``sentences.json``: the text of each split (``calib``, ``eval``, ``test``) with the docstring it came from;
+- ``calib.npz`` / ``eval.npz`` / ``test.npz``: ``input_ids``, ``attention_mask``, ``token_type_ids``,
+  int64 ``[N, 64]`` (no labels: quality is agreement with the FP32 model);
 - ``meta.json``: what the workload is and how to score it (``"metric": "embedding"``).
+
+A rebuild into a folder that already holds ``calib.npz``/``eval.npz``/``test.npz`` refuses to change
+their arrays (a different Python's docstrings would): ``--force`` overrides.
 
 Docstrings change between Python versions, so the shipped files, not this script, are the data
 set; the script records the Python version it ran on and is deterministic for a given one.
@@ -36,6 +43,7 @@ OUT_DIR = Path(__file__).resolve().parent / "minilm_l6"
 SEED = 20241127
 N_CALIB = 64
 N_EVAL = 400
+N_TEST = 400
 MIN_WORDS, MAX_WORDS = 6, 40
 
 #: A fixed list, in this order; a module that fails to import on some platform is skipped.
@@ -114,8 +122,20 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
     return {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def build(out_dir: Path = OUT_DIR, seed: int = SEED) -> dict[str, Any]:
-    """Collect, select, tokenize and write the data set; returns the meta written."""
+def _changed(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    """True when ``path`` exists and holds other arrays than ``arrays``."""
+    if not path.is_file():
+        return False
+    with np.load(path) as old:
+        return sorted(old.files) != sorted(arrays) or any(not np.array_equal(old[k], v) for k, v in arrays.items())
+
+
+def build(out_dir: Path = OUT_DIR, seed: int = SEED, force: bool = False) -> dict[str, Any]:
+    """Collect, select, tokenize and write the data set; returns the meta written.
+
+    Raises ``SystemExit`` without writing anything when a split already in ``out_dir`` would change,
+    unless ``force``: the shipped splits are the data set, and results were scored on them.
+    """
     from importlib.metadata import version
 
     from harness.builtin import minilm
@@ -125,12 +145,19 @@ def build(out_dir: Path = OUT_DIR, seed: int = SEED) -> dict[str, Any]:
     # Sentences the tokenizer would cut are dropped, so every sample is a whole sentence.
     pool = [s for s in pool if len(tokenizer(s["text"])["input_ids"]) <= minilm.MAX_LENGTH]
     need = N_CALIB + N_EVAL
-    if len(pool) < need:
-        raise SystemExit(f"only {len(pool)} usable sentences, {need} needed: extend MODULES")
+    if len(pool) < need + N_TEST:
+        raise SystemExit(f"only {len(pool)} usable sentences, {need + N_TEST} needed: extend MODULES")
     random.Random(seed).shuffle(pool)
-    splits = {"calib": pool[:N_CALIB], "eval": pool[N_CALIB:need]}
-    for kind, rows in splits.items():
-        arrays = tokenize(tokenizer, [r["text"] for r in rows], minilm.MAX_LENGTH)
+    # Test is the slice right after calibration and validation, so adding it changed neither of those.
+    splits = {"calib": pool[:N_CALIB], "eval": pool[N_CALIB:need], "test": pool[need : need + N_TEST]}
+    tokens = {kind: tokenize(tokenizer, [r["text"] for r in rows], minilm.MAX_LENGTH) for kind, rows in splits.items()}
+    changed = [kind for kind, arrays in tokens.items() if _changed(out_dir / f"{kind}.npz", arrays)]
+    if changed and not force:
+        raise SystemExit(
+            f"{', '.join(changed)}.npz in {out_dir} would change (another Python's docstrings?): "
+            "nothing written; pass --force to replace them"
+        )
+    for kind, arrays in tokens.items():
         with atomic_path(out_dir / f"{kind}.npz") as tmp, open(tmp, "wb") as f:
             # Compressed: token ids are mostly padding, so 400 x 64 int64 shrinks from 200 kB to ~14 kB.
             np.savez_compressed(
@@ -155,15 +182,17 @@ def build(out_dir: Path = OUT_DIR, seed: int = SEED) -> dict[str, Any]:
         "task": "sentence embeddings (all-MiniLM-L6-v2), quality = agreement with the FP32 model",
         "metric": "embedding",
         "metric_detail": "mean-pooled (attention_mask) last_hidden_state; accuracy = top-1 retrieval "
-        "agreement (nearest other eval sentence by cosine, quantized vs FP32); mean_cosine = pooled mean cosine",
+        "agreement (nearest other sentence of the scored split by cosine, quantized vs FP32); "
+        "mean_cosine = pooled mean cosine",
         "input_shapes": {name: [1, minilm.MAX_LENGTH] for name in minilm.INPUTS},
         "max_length": minilm.MAX_LENGTH,
-        "splits": {"calib": N_CALIB, "eval": N_EVAL},
+        # eval = validation (what the search optimises), test = what is reported; disjoint sentences.
+        "splits": {"calib": N_CALIB, "eval": N_EVAL, "test": N_TEST},
         "tokenizer": f"{minilm.DISTRIBUTION} {version(minilm.DISTRIBUTION)} (transformers {version('transformers')})",
         "rebuild": "python -m harness.builtin.make_minilm_data",
     }
     atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=1) + "\n")
-    for name in ("calib.npz", "eval.npz", "sentences.json", "meta.json"):
+    for name in ("calib.npz", "eval.npz", "test.npz", "sentences.json", "meta.json"):
         (out_dir / name).chmod(0o644)  # atomic writes create 0600 files; package data must be world-readable
     return meta
 
@@ -172,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--force", action="store_true", help="replace splits whose arrays would change")
     args = parser.parse_args(argv)
-    meta = build(args.out, args.seed)
+    meta = build(args.out, args.seed, args.force)
     print(f"wrote {args.out}: {meta['splits']}", file=sys.stderr)
     return 0
 

@@ -194,8 +194,19 @@ def resolve_model_path(spec: str | Path) -> tuple[Path, str | None]:
     return path, None
 
 
+#: The data splits every builtin ships, disjoint and fixed (see harness/builtin/__init__.py).
+BUILTIN_DATA_KINDS = ("calib", "eval", "test")
+
+
 def builtin_data(name: str, kind: str) -> Path:
-    """The shipped calibration (``calib``) or evaluation (``eval``) set of a builtin model."""
+    """The ``.npz`` of one shipped split of a builtin model.
+
+    ``kind`` is ``calib`` (calibration: sets quantization ranges), ``eval`` (validation: what the
+    search optimises) or ``test`` (what is reported, never shown to the search). The three are
+    disjoint; each builtin's ``meta.json`` gives their sizes under ``splits``.
+    """
+    if kind not in BUILTIN_DATA_KINDS:
+        raise InputError(f"unknown data split {kind!r} of builtin:{name}: use one of {', '.join(BUILTIN_DATA_KINDS)}")
     return BUILTIN_DIR / BUILTINS[name] / f"{kind}.npz"
 
 

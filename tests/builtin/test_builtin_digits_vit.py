@@ -1,12 +1,15 @@
 """Checks on the shipped ``builtin:digits-vit`` workload (harness/builtin/digits_vit/).
 
-Runs on the committed files only, with onnx and onnxruntime: no torch, no training. Rebuild the
-files with ``python -m harness.builtin.train_digits_vit`` if these fail after a deliberate change.
+Runs on the committed files only, with onnx, onnxruntime and scikit-learn: no torch, no training.
+Rebuild the files with ``python -m harness.builtin.train_digits_vit`` (``--data-only`` for the splits
+alone) if these fail after a deliberate change.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from harness.builtin import digits_data
 
 DIGITS_VIT = Path(__file__).resolve().parents[2] / "harness" / "builtin" / "digits_vit"
 
@@ -44,45 +49,81 @@ def _top1(pixels: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+SPLITS = ("calib.npz", "eval.npz", "test.npz")
+
+
 def test_files_present() -> None:
-    for name in ("model.onnx", "calib.npz", "eval.npz", "meta.json"):
+    for name in ("model.onnx", *SPLITS, "meta.json"):
         assert (DIGITS_VIT / name).is_file(), name
+        # Package data: world-readable whatever umask the build ran under.
+        assert stat.S_IMODE((DIGITS_VIT / name).stat().st_mode) & 0o444 == 0o444, name
     assert (DIGITS_VIT / "model.onnx").stat().st_size < 300_000
 
 
-def test_eval_accuracy_matches_meta(meta: dict[str, Any]) -> None:
-    pixels, labels = _load_npz("eval.npz")
+@pytest.mark.parametrize(("name", "key"), [("eval.npz", "fp32_eval_accuracy"), ("test.npz", "fp32_test_accuracy")])
+def test_fp32_accuracy_matches_meta(meta: dict[str, Any], name: str, key: str) -> None:
+    """Validation (eval.npz) and test (test.npz) each score what meta.json says, on the shipped model."""
+    pixels, labels = _load_npz(name)
     acc = _top1(pixels, labels)
     assert acc >= 0.95
-    assert abs(acc - meta["fp32_eval_accuracy"]) <= 1e-9
+    assert abs(acc - meta[key]) <= 1e-9
 
 
 def test_split_shapes_and_types(meta: dict[str, Any]) -> None:
-    calib_x, calib_y = _load_npz("calib.npz")
-    eval_x, eval_y = _load_npz("eval.npz")
     sizes = meta["splits"]
-    assert calib_x.shape == (sizes["calib"], 1, 8, 8) == (128, 1, 8, 8)
-    assert eval_x.shape == (sizes["eval"], 1, 8, 8)
-    assert calib_y.shape == (sizes["calib"],) and eval_y.shape == (sizes["eval"],)
-    assert sizes["train"] + sizes["calib"] + sizes["eval"] == sizes["total"] == 1797
-    assert calib_x.dtype == eval_x.dtype == np.float32
-    assert calib_y.dtype == eval_y.dtype == np.int64
-    for x in (calib_x, eval_x):
-        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    for y in (calib_y, eval_y):
-        # Stratified splits: every class is present in both.
-        assert set(np.unique(y).tolist()) == set(range(10))
+    assert (sizes["calib"], sizes["eval"], sizes["test"]) == (128, 270, 270)
+    assert sizes["train"] + sizes["calib"] + sizes["eval"] + sizes["test"] == sizes["total"] == 1797
+    for name in SPLITS:
+        x, y = _load_npz(name)
+        n = sizes[name.removesuffix(".npz")]
+        assert x.shape == (n, 1, 8, 8) and y.shape == (n,), name
+        assert x.dtype == np.float32 and y.dtype == np.int64, name
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0, name
+        # Stratified splits: every class is present in each.
+        assert set(np.unique(y).tolist()) == set(range(10)), name
 
 
-def test_calib_and_eval_are_disjoint() -> None:
-    calib_x, _ = _load_npz("calib.npz")
-    eval_x, _ = _load_npz("eval.npz")
-    calib_rows = {row.tobytes() for row in calib_x.reshape(len(calib_x), -1)}
-    eval_rows = {row.tobytes() for row in eval_x.reshape(len(eval_x), -1)}
-    # Row sets as large as the splits: no duplicate sample inside either split either.
-    assert len(calib_rows) == len(calib_x)
-    assert len(eval_rows) == len(eval_x)
-    assert not calib_rows & eval_rows
+def test_splits_are_disjoint_by_image_bytes() -> None:
+    rows = {}
+    for name in SPLITS:
+        x, _ = _load_npz(name)
+        rows[name] = {row.tobytes() for row in x.reshape(len(x), -1)}
+        # Row sets as large as the splits: no duplicate sample inside a split either.
+        assert len(rows[name]) == len(x), name
+    assert not rows["calib.npz"] & rows["eval.npz"]
+    assert not rows["calib.npz"] & rows["test.npz"]
+    assert not rows["eval.npz"] & rows["test.npz"]
+
+
+def test_make_splits_indices_are_disjoint_and_are_the_shipped_files() -> None:
+    splits = digits_data.make_splits()
+    idx = splits.indices
+    every = np.concatenate(list(idx.values()))
+    assert len(every) == len(set(every.tolist())) == 1797  # disjoint, and together every image once
+    assert splits.sizes() == {"train": 1129, "calib": 128, "eval": 270, "test": 270}
+    # Validation and test are the two halves of the 540 images held out from training.
+    assert len(np.intersect1d(np.concatenate([idx["eval"], idx["test"]]), idx["train"])) == 0
+    for kind, x, y in (
+        ("calib", splits.calib_x, splits.calib_y),
+        ("eval", splits.eval_x, splits.eval_y),
+        ("test", splits.test_x, splits.test_y),
+    ):
+        shipped_x, shipped_y = _load_npz(f"{kind}.npz")
+        assert np.array_equal(shipped_x, x) and np.array_equal(shipped_y, y), kind
+
+
+def test_data_only_rewrite_reproduces_the_shipped_files(tmp_path: Path, meta: dict[str, Any]) -> None:
+    """``train_digits_vit --data-only`` keeps the model and rewrites the same splits and accuracies."""
+    for name in ("model.onnx", "meta.json"):
+        shutil.copy(DIGITS_VIT / name, tmp_path / name)
+    written = digits_data.rewrite_data(tmp_path)
+    for name in SPLITS:
+        assert (tmp_path / name).read_bytes() == (DIGITS_VIT / name).read_bytes(), name
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert written["splits"] == meta["splits"]
+    for key in ("fp32_eval_accuracy", "fp32_test_accuracy", "fp32_calib_accuracy"):
+        assert written[key] == meta[key], key
+    assert (tmp_path / "model.onnx").read_bytes() == (DIGITS_VIT / "model.onnx").read_bytes()
 
 
 def test_graph_io(model: onnx.ModelProto) -> None:

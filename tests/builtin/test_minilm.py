@@ -102,6 +102,19 @@ def test_fp32_against_itself(work: Any) -> None:
     assert report.mean_cosine == pytest.approx(1.0, abs=1e-9)
 
 
+def test_shipped_test_split_runs_through_the_model(work: Any) -> None:
+    """test.npz feeds the exported model's inputs as eval.npz does: 400 sentences, FP32 agrees with itself."""
+    from harness.core.model import builtin_data
+    from harness.quant.workload import Workload
+
+    test = Workload.open("builtin:minilm-l6", eval_data=builtin_data("minilm-l6", "test"))
+    assert test.model.path == work.model.path
+    report = test.evaluate(None, threads=1)
+    assert report.metric == "retrieval_top1_agreement"
+    assert report.n == 400
+    assert report.accuracy == 1.0
+
+
 def test_dynamic_int8_keeps_embeddings(work: Any) -> None:
     genome = work.uniform(weight_bits=8, activation_bits="dynamic", granularity="per_channel")
     report = work.evaluate(work.build(genome), threads=1)
