@@ -28,6 +28,10 @@ Contract
   failure. A host that sends no ``input_shapes`` (protocol 1 before agent 1.2) gets 1 for each
   symbolic dimension, listed in the result's ``method.symbolic_dims_set_to_1``; ``method.input_shapes``
   always says what was fed.
+* A ``measure`` result carries the summary ``latency_ms`` (p50, p90, mean, std, min, max, n) and,
+  from agent 1.4, ``runs_ms``: every timed run in ms (at most ``MAX_RUNS``, evenly spaced over the
+  timed window when there were more; ``method.runs_sent`` says which), so the host can put an
+  interval on the p50 and test one model against another. Older hosts ignore the key.
 * Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
   leads its own process group, so a timeout ends it and anything it started (a sensor command), and
   it dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
@@ -65,13 +69,14 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.3.0"
+AGENT_VERSION = "1.4.0"  # 1.4: a measurement also sends its timed runs (``runs_ms``)
 PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
 INLINE_MAX = 1 << 20  # result bytes sent inline in the ``infer`` reply
 FETCH_CHUNK = 4 << 20  # result bytes per ``fetch`` reply (base64: ~5.4 MiB, under the frame cap)
 MAX_RESULT = 1 << 30  # larger outputs are refused: reduce them on the device first
+MAX_RUNS = 20000  # timed runs sent back per measurement (~20 bytes each, well under the frame cap)
 MODEL_EXTS = (".onnx", ".tflite")
 DATA_EXTS = (".npz",)
 REDUCES = ("none", "mean_pool")
@@ -438,6 +443,20 @@ def _stats(times_ms):
             "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
+def _kept_runs(times_ms):
+    """Every timed run in ms (rounded to the nanosecond), or ``MAX_RUNS`` of them evenly spaced over the
+    timed window when there are more (the summary in ``latency_ms`` always covers all of them)."""
+    n = len(times_ms)
+    if n > MAX_RUNS:
+        step = float(n - 1) / (MAX_RUNS - 1)
+        times_ms = [times_ms[round(i * step)] for i in range(MAX_RUNS)]
+    return [round(float(t), 6) for t in times_ms]
+
+
+def _runs_sent(kept, n):
+    return "all %d timed runs" % n if kept == n else "%d of %d timed runs, evenly spaced" % (kept, n)
+
+
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
@@ -656,7 +675,7 @@ def measure_child(req):
         fed = runner.feed_shapes
     return {
         "input_shapes": fed, "symbolic_dims_set_to_1": runner.assumed,
-        "latency_ms": _stats(times), "load_ms": load_ms, "first_run_ms": first_ms,
+        "latency_ms": _stats(times), "runs_ms": _kept_runs(times), "load_ms": load_ms, "first_run_ms": first_ms,
         "warmup": {"runs": warm_n, "seconds": warm_s}, "timed_seconds": timed_s,
         "peak_memory_bytes": peak, "baseline_memory_bytes": baseline, "memory_growth_bytes": max(0, peak - baseline),
         "energy": energy, "op_times_ms": op_times,
@@ -950,6 +969,7 @@ class Agent:
             "threads": s.get("threads"), "affinity": s.get("affinity"), "cooldown_s": cooldown,
             "timeout_s": float(s.get("timeout_s", 120.0)), "timed_seconds": res["timed_seconds"],
             "process": "fresh child process per model", "clock": "time.perf_counter around each run",
+            "runs_sent": _runs_sent(len(res["runs_ms"]), res["latency_ms"]["n"]),
             "idle_seconds": idle_s if sensor is not None else None, "profile_ops": bool(s.get("profile_ops")),
             "agent_seconds": res.pop("agent_seconds"),
             "input_shapes": res.pop("input_shapes", None),

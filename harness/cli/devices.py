@@ -22,6 +22,7 @@ from harness.cli.common import (
     parse_shapes,
 )
 from harness.core.errors import InputError
+from harness.core.latency_stats import MEDIAN_CI_METHOD, Spread, median_ci, replicability
 from harness.devices.config import DeviceConfig, get_device, load_devices
 from harness.devices.connect import connect
 from harness.devices.pool import QUARANTINED, HealthStore, measure_with_retries
@@ -60,7 +61,10 @@ def register(sub: Any) -> None:
     mp.add_argument("--threads", type=int, help="runtime threads (default: the device's setting)")
     mp.add_argument("--profile-ops", action="store_true", help="also report per-op times where the runtime can")
     mp.add_argument("--retries", type=int, default=1, help="retries for transient failures (default 1)")
-    add_json(mp, "print the record as JSON on stdout")
+    mp.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure N times, each in a fresh process, and report the spread of their p50s "
+                         "against the 5 %% replicability rule (default 1)")
+    add_json(mp, "print the record as JSON on stdout (with --repeat: every repeat and the spread)")
     mp.set_defaults(func=cmd_measure)
 
 
@@ -216,7 +220,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
                                profile_ops=args.profile_ops)
     if settings.runs < 1 or settings.min_seconds < 0 or settings.timeout_s <= 0:
         raise InputError("--runs must be >= 1, --min-seconds >= 0 and --timeout > 0")
+    repeat = getattr(args, "repeat", 1)
+    if repeat < 1:
+        raise InputError(f"--repeat {repeat}: give at least 1 (the number of fresh processes to measure in)")
     health = HealthStore()
+    recs: list[MeasureRecord] = []
     with tempfile.TemporaryDirectory(prefix="qae-measure-") as tmp:
         path, genome, shapes = _model_file(args, Path(tmp))
         settings.genome = genome
@@ -224,22 +232,72 @@ def cmd_measure(args: argparse.Namespace) -> int:
         settings.input_shapes = None if shapes is None else {k: v["shape"] for k, v in shapes.items()}
         transport = connect(dev)
         try:
-            rec = measure_with_retries(transport, path, settings, retries=args.retries)
+            # Each measurement runs in a fresh child process of the agent (its ``method.process``), so
+            # repeats on one connection are fresh processes: load, warm-up and timed runs each time.
+            for _ in range(repeat):
+                rec = measure_with_retries(transport, path, settings, retries=args.retries)
+                recs.append(rec)
+                if not rec.ok:
+                    break
         finally:
             transport.close()
-    health.record(dev, rec.ok, rec.error_kind, rec.message)
-    out = rec.to_dict()
+    for rec in recs:
+        health.record(dev, rec.ok, rec.error_kind, rec.message)
+    rec = recs[-1]
+    ok = all(r.ok for r in recs)
+    out = _record_json(recs[0] if ok else rec)
     out["model"] = args.model
     out["input_shapes"] = shapes
     if genome is not None:
         out["genome_hash"] = genome.hash
+    spread = replicability([r.latency_ms["p50"] for r in recs if r.latency_ms]) if ok else None
+    if repeat > 1:
+        out["repeats"] = [_record_json(r) for r in recs]
+        out["spread"] = spread.to_dict() if spread is not None else None
     if args.json:
         print(json.dumps(out, default=str))
-    elif rec.ok:
+    elif not ok:
+        print(f"qae: measurement failed: {rec.error_kind}: {rec.message}"
+              + (f" (repeat {len(recs)} of {repeat})" if repeat > 1 else ""), file=sys.stderr)
+    elif repeat == 1:
         _print_record(rec)
     else:
-        print(f"qae: measurement failed: {rec.error_kind}: {rec.message}", file=sys.stderr)
-    return 0 if rec.ok else 3
+        _print_repeats(recs, spread)
+    return 0 if ok else 3
+
+
+def _record_json(rec: MeasureRecord) -> dict[str, Any]:
+    """A record as JSON, with the p50's interval (or why there is none)."""
+    out = rec.to_dict()
+    out["p50_ci95"] = list(median_ci(rec.runs_ms)) if rec.ok and rec.runs_ms else None
+    if rec.ok and not rec.runs_ms:
+        out["no_interval"] = _no_interval(rec)
+    return out
+
+
+def _no_interval(rec: MeasureRecord) -> str:
+    return f"no interval: agent {rec.environment.get('agent_version') or '?'} does not send its runs"
+
+
+def _p50_ci(rec: MeasureRecord) -> str:
+    if not rec.runs_ms:
+        return _no_interval(rec)
+    lo, hi = median_ci(rec.runs_ms)
+    return f"95 % CI [{lo:.4f}, {hi:.4f}] ({MEDIAN_CI_METHOD}, {len(rec.runs_ms)} runs)"
+
+
+def _print_repeats(recs: list[MeasureRecord], spread: Spread | None) -> None:
+    first = recs[0]
+    env = first.environment.get("runtime", {})
+    lines = [f"{first.source} on {first.device} ({env.get('name', '')} {env.get('version', '')}), "
+             f"{len(recs)} repeats, each a fresh process:"]
+    for i, r in enumerate(recs, 1):
+        lat = r.latency_ms or {}
+        lines.append(f"  repeat {i}: p50 {lat['p50']:.4f} ms  {_p50_ci(r)}")
+    if spread is not None:
+        lines.append(f"  {spread.words}")
+    lines.append(f"  inputs {_fed(first)}")
+    print("\n".join(lines))
 
 
 def _print_record(rec: MeasureRecord) -> None:
@@ -249,6 +307,7 @@ def _print_record(rec: MeasureRecord) -> None:
         f"{rec.source} on {rec.device} ({env.get('name', '')} {env.get('version', '')}):",
         f"  latency ms: p50 {lat['p50']:.4f}  p90 {lat['p90']:.4f}  mean {lat['mean']:.4f}  std {lat['std']:.4f}  "
         f"min {lat['min']:.4f}  max {lat['max']:.4f}  n {lat['n']}",
+        f"  p50 {_p50_ci(rec)}",
         f"  inputs {_fed(rec)}",
         f"  load {rec.load_ms or 0:.1f} ms, first run {rec.first_run_ms or 0:.3f} ms",
         f"  peak memory {rec.peak_memory_bytes or 0:,} bytes (growth over idle {rec.memory_growth_bytes or 0:,})",

@@ -17,6 +17,7 @@ import jsonschema
 
 from harness.core.errors import QaeError
 
+MAX_RUNS = 20000  # the agent's MAX_RUNS: timed runs one measurement sends back (agent >= 1.4)
 MAX_TEXT = 4096  # one message, version or name; a traceback may be longer
 MAX_RESULT = 1 << 30  # the agent's MAX_RESULT: larger infer outputs are refused there
 FETCH_B64 = ((4 << 20) + 2) // 3 * 4  # base64 of the agent's FETCH_CHUNK
@@ -95,6 +96,8 @@ RESULTS: dict[str, dict[str, Any]] = {
         "required": ["latency_ms", "load_ms", "first_run_ms", "peak_memory_bytes", "memory_growth_bytes"],
         "properties": {
             "latency_ms": _LATENCY, "load_ms": _NN, "first_run_ms": _NN, "peak_memory_bytes": _INT_NN,
+            # every timed run in ms (agents before 1.4 send none); finite: parse_frame refuses NaN/inf
+            "runs_ms": {"type": "array", "minItems": 1, "maxItems": MAX_RUNS, "items": _NN},
             "memory_growth_bytes": {"type": "integer"}, "timed_seconds": _NN,
             "energy": {
                 "type": ["object", "null"],

@@ -27,6 +27,7 @@ import numpy as np
 
 from harness.core.errors import InputError
 from harness.devices.config import DeviceConfig
+from harness.devices.replies import MAX_RUNS
 from harness.devices.transport import (
     DeviceError,
     InferRecord,
@@ -154,6 +155,7 @@ class SimulatedTransport(Transport):
             energy_j=None if energy is None else float(energy),
             energy_method=None if energy is None else f"simulated ({self.mode})",
             method=method, environment={"transport": "simulated", "simulated": True},
+            runs_ms=[float(x) for x in samples[np.linspace(0, n - 1, min(n, MAX_RUNS)).round().astype(int)]],
         )
 
     def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:

@@ -111,6 +111,8 @@ class MeasureSettings:
 @dataclass
 class MeasureRecord:
     """One measurement or one failure. ``latency_ms`` has p50, p90, mean, std, min, max, n;
+    ``runs_ms`` is every timed run in ms (at most 20000, evenly spaced when there were more; the
+    summary covers all), ``None`` from an agent older than 1.4 that does not send them;
     ``energy_j`` is per inference over the timed runs, ``None`` without a sensor, and
     ``energy_method`` says what was measured. ``error_kind`` is ``None`` exactly when ``ok``."""
 
@@ -134,6 +136,7 @@ class MeasureRecord:
     uploaded_bytes: int = 0
     phases_s: dict[str, float] = field(default_factory=dict)
     energy: dict[str, Any] | None = None
+    runs_ms: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -516,6 +519,7 @@ class AgentTransport(Transport):
             idle_power_w=energy.get("idle_power_w") if energy else None,
             op_times_ms=res.get("op_times_ms"), method=res.get("method", {}), environment=env,
             uploaded_bytes=progress.uploaded, phases_s=progress.phases, energy=energy,
+            runs_ms=[float(t) for t in res["runs_ms"]] if res.get("runs_ms") is not None else None,
         )
 
     def infer(self, model_path: Path, data_path: Path, settings: InferSettings) -> InferRecord:

@@ -297,7 +297,8 @@ class DeviceTarget:
             "method": {k: rec.method.get(k) for k in ("runs_min", "min_seconds", "threads", "process")},
             "time": time.time(),
         }
-        values = {"latency": Value(float(rec.latency_ms["p50"]), source, {**detail, "unit": "ms", "statistic": "p50"})}
+        values = {"latency": Value(float(rec.latency_ms["p50"]), source,
+                                   {**detail, "unit": "ms", "statistic": "p50", **runs_detail(rec)})}
         if rec.peak_memory_bytes:
             values["memory"] = Value(
                 float(rec.peak_memory_bytes),
@@ -516,6 +517,20 @@ class DeviceTarget:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def runs_detail(rec: Any) -> dict[str, Any]:
+    """What a measured latency keeps of its runs: ``runs_ms`` (rounded to 0.1 us to keep the archive
+    small) and ``p50_ci95`` [lo, hi] (``harness.core.latency_stats.median_ci``); a record without runs
+    (an agent before 1.4) gets ``no_interval`` saying why instead."""
+    from harness.core.latency_stats import MEDIAN_CI_METHOD, median_ci
+
+    runs = getattr(rec, "runs_ms", None)
+    if not runs:
+        agent = (rec.environment or {}).get("agent_version") or "?"
+        return {"no_interval": f"no interval: agent {agent} does not send its runs"}
+    lo, hi = median_ci(runs)
+    return {"runs_ms": [round(float(t), 4) for t in runs], "p50_ci95": [lo, hi], "p50_ci_method": MEDIAN_CI_METHOD}
 
 
 def score_device_outputs(work: Workload, outputs: np.ndarray, embedding: bool) -> dict[str, Any]:
