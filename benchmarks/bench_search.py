@@ -4,14 +4,15 @@ The space: digits-vit's 14 layers in 6 groups (patch embedding, block 0 attentio
 block 1 attention, block 1 FFN, head); each group takes one (weight bits, activation bits) choice
 for all its layers: the four block groups one of fp, w8a8, w8 dynamic, w4a8, w4 weight-only, the
 patch embedding and the head one of fp, w8a8 -> 5^4 * 2 * 2 = 2500 genomes. Every genome is built
-and evaluated once for real (host accuracy on the 540 held-out digits and exact weight bytes;
+and evaluated once for real (host accuracy on the validation split of the held-out digits, 540 images
+until issue 14 and 270 since, and exact weight bytes;
 latency predicted by the calibrated ``host-cpu-local`` profile) and the table is stored in
 results/bench/search_space_table.json; later runs reuse it (it is rebuilt when the model, data,
 ONNX Runtime or profile changes, or with ``--fresh-table``).
 
 Objectives (all minimised): accuracy loss vs FP32 (labelled top-1), weight bytes, predicted latency:
 the three qae searches by default. A second view re-scores the same runs' settings with 1 - mean
-cosine to FP32 in place of the labelled accuracy loss (``variant_cosine``): 540 labelled digits make
+cosine to FP32 in place of the labelled accuracy loss (``variant_cosine``): a few hundred labelled digits make
 the accuracy loss coarse (steps of 0.19 %) and noisy (some quantized genomes score above FP32), the
 cosine is the steadier quality signal. Every method draws from the same table through one ``Oracle`` that counts each
 distinct genome once; a method that proposes a genome it already evaluated gets the stored value for

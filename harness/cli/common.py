@@ -33,6 +33,17 @@ def add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="evaluation data (.npz); builtins default to their held-out set")
 
 
+def add_splits(p: argparse.ArgumentParser) -> None:
+    """``--test`` / ``--holdout``: the test split a search reports on (it optimises on ``--data``)."""
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--test", metavar="TEST.npz",
+                       help="test data: the front is re-scored on it once after the search, with 95 %% intervals "
+                       "(the search itself only sees --data, the validation split); builtins ship their own")
+    split.add_argument("--holdout", type=float, metavar="FRACTION",
+                       help="split --data once (fixed seed, stratified by label) into validation and this fraction "
+                       "for test; the run records which samples went where")
+
+
 def add_genome(p: argparse.ArgumentParser, required: bool = False, help: str = "genome file (YAML or JSON)") -> None:
     p.add_argument("--genome", required=required, help=help)
 

@@ -17,6 +17,7 @@ from harness.cli.common import (
     add_devices_file,
     add_input_shape,
     add_model,
+    add_splits,
     data_options,
     parse_shapes,
 )
@@ -33,6 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", action="append", default=[], help="target profile (repeat for several)")
     add_calib(p)
     add_data(p)
+    add_splits(p)
     add_input_shape(p)
     add_data_options(p)
     p.add_argument(
@@ -136,6 +138,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             return _run(absolute_paths(cfg), out, resume=True, force=args.force)
     if args.force:
         raise InputError("--force goes with --resume RUN: it starts a new search there when the inputs changed")
+    if args.holdout is not None and not 0.0 < args.holdout < 1.0:
+        raise InputError(f"--holdout {args.holdout} is not a fraction between 0 and 1: e.g. --holdout 0.3")
+    if (args.test or args.holdout is not None) and not args.data and not str(args.model or "").startswith("builtin:"):
+        raise InputError("--test and --holdout go with --data VALIDATION.npz: give the data the search scores")
     if not args.model:
         raise InputError("give a MODEL (an .onnx file or builtin:NAME), or --resume RUN")
     if not args.profile and not args.device:
@@ -159,6 +165,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         hil=_hil(args),
         input_shapes=parse_shapes(args.input_shape),
         data_options=data_options(args).to_dict(),
+        test=args.test,
+        holdout=args.holdout,
     )
     out = (Path(args.out) if args.out else default_out(args.model)).resolve()
     with _locked(out):
@@ -280,10 +288,12 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False) -> int:
 
 def _summary(console: Any, out: Path) -> list[Any]:
     """Print each target's front and failures; returns the targets where most candidates failed."""
+    from harness.report.scores import recommended_line
     from harness.run.archive import Archive
     from harness.run.failures import failure_summaries
 
-    fronts = json.loads((out / "front.json").read_text())["targets"]
+    data = json.loads((out / "front.json").read_text())
+    fronts = data["targets"]
     archive = Archive.open_existing(out / "archive.sqlite", readonly=True)
     try:
         summaries = {s.target: s for s in failure_summaries(archive)}
@@ -293,8 +303,9 @@ def _summary(console: Any, out: Path) -> list[Any]:
         note = "" if front["feasible"] or not front["points"] else " (no candidate met the budgets; closest kept)"
         s = summaries.get(target)
         failed = f" ({s.failed} of {s.candidates} candidates failed)" if s and s.failed else ""
-        console.print(f"{target}: {len(front['points'])} points on the front{failed}{note}; "
-                      f"recommended {front['recommended']}", markup=False)
+        console.print(f"{target}: {len(front['points'])} points on the front{failed}{note}", markup=False)
+        if front["recommended"]:  # chosen on validation, reported on test
+            console.print(recommended_line(target, front, out, data.get("splits")), markup=False, soft_wrap=True)
     for s in summaries.values():
         if s.failed:
             console.print(s.line(), markup=False, soft_wrap=True)
@@ -303,9 +314,14 @@ def _summary(console: Any, out: Path) -> list[Any]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report.html import build_report
+    from harness.report.scores import recommended_line
 
     path = build_report(Path(args.run), _weights(args.weights))
     print(path)
+    # the recommended point of each target: chosen on validation, reported on test with its interval
+    data = json.loads((Path(args.run) / "front.json").read_text())
+    for target, front in data["targets"].items():
+        print(recommended_line(target, front, Path(args.run), data.get("splits")))
     return 0
 
 
@@ -349,7 +365,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     atomic_write_text(dest / "genome.yaml", genome.to_yaml())
     atomic_write_text(dest / "overrides.json", json.dumps({"TensorQuantOverrides": result.overrides}, indent=1))
     save_model(result, dest / "model.onnx")
-    atomic_write_text(dest / "objectives.json", json.dumps(point["objectives"], indent=1))
+    # objectives as the search saw them (accuracy on validation), and the point's test score beside them
+    atomic_write_text(dest / "objectives.json", json.dumps({**point["objectives"], "test": point.get("test")},
+                                                           indent=1))
     print(dest)
     return 0
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ LABELS = "labels"
 LAYOUT = "qae_inputs"
 #: batch size when the model does not fix one and the caller names none
 DEFAULT_BATCH = 256
+#: the seed of ``--holdout`` splits (recorded in the run with the indices each part got)
+HOLDOUT_SEED = 20261201
 
 _LAYOUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -153,6 +155,17 @@ class Dataset:
         for start in range(0, self.n, step):
             yield self.take(start, start + step)
 
+    def subset(self, indices: Sequence[int], part: str) -> Dataset:
+        """The samples at ``indices`` (in that order), constants as stored. Its ``sha256`` is the file's
+        with ``part`` and the indices, so caches never mix a part with the whole file."""
+        idx = np.asarray(indices, dtype=np.int64)
+        inputs = {}
+        for name, arr in self.inputs.items():
+            inputs[name] = arr if name in self.constant else np.take(arr, idx, axis=self.sample_axes.get(name, 0))
+        digest = hashlib.sha256(f"{self.sha256}:{part}:{json.dumps(idx.tolist())}".encode()).hexdigest()
+        labels = None if self.labels is None else self.labels[idx]
+        return Dataset(self.path, inputs, labels, digest, self.constant, dict(self.sample_axes), self.batch)
+
     def first_feed(self) -> dict[str, np.ndarray]:
         """One inference's feed: one sample (or the model's fixed batch), constants as stored."""
         return self.take(0, self.batch or 1)
@@ -160,6 +173,35 @@ class Dataset:
     def inference_shapes(self) -> dict[str, list[int]]:
         """The shape of every input for one inference (see ``first_feed``)."""
         return {name: [int(d) for d in arr.shape] for name, arr in self.first_feed().items()}
+
+
+def holdout(data: Dataset, fraction: float, seed: int = HOLDOUT_SEED) -> tuple[list[int], list[int]]:
+    """Split ``data`` once into (validation, test) sample indices, ``fraction`` of them for test.
+
+    Stratified by label when the data has labels and every class can be split; a model with a
+    fixed batch gets parts that are whole batches. The same data, fraction and seed give the same
+    split (scikit-learn's ``train_test_split``)."""
+    from sklearn.model_selection import train_test_split
+
+    if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) < 1.0):
+        raise InputError(f"--holdout {fraction} is not a fraction between 0 and 1: e.g. --holdout 0.3")
+    step = data.batch or 1
+    n = data.n
+    n_test = round(n * float(fraction) / step) * step
+    n_val = n - n_test
+    least = max(2, step)
+    if n_test < least or n_val < least:
+        raise InputError(
+            f"--holdout {fraction} of the {n} samples in {data.path.name} leaves {n_val} for validation and "
+            f"{n_test} for test; each needs at least {least}: give more data, another fraction, or --test FILE"
+        )
+    stratify = None
+    if data.labels is not None:
+        _, counts = np.unique(data.labels, return_counts=True)
+        if counts.min() >= 2 and min(n_test, n_val) >= len(counts):
+            stratify = data.labels
+    val, test = train_test_split(np.arange(n), test_size=n_test, random_state=seed, stratify=stratify)
+    return sorted(int(i) for i in val), sorted(int(i) for i in test)
 
 
 def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None = None) -> Dataset:

@@ -52,6 +52,7 @@ ENTRY_SCHEMA: dict[str, Any] = {
             "additionalProperties": {"type": "object", "additionalProperties": {"type": "number"}},
         },
         "metric_note": {"type": "string"},
+        "sample_stats": {"type": ["object", "null"]},
     },
 }
 _ENTRY = jsonschema.Draft202012Validator(ENTRY_SCHEMA)

@@ -60,6 +60,9 @@ class EvalReport:
     sqnr_db: float | None = None
     #: one line saying what was scored and how
     metric_note: str = ""
+    #: per-sample statistics of ``accuracy`` (``harness.core.stats.SampleStats.to_dict()``), when asked
+    #: for (``with_stats``) and the metric has them; they give its interval and paired comparisons
+    sample_stats: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +167,7 @@ def evaluate(
     metric: str = "auto",
     outputs: Sequence[str] = (),
     plan: metrics.Plan | None = None,
+    with_stats: bool = False,
 ) -> EvalReport:
     """Score ``proto`` on ``data`` (see ``harness.quant.metrics`` for ``metric`` and ``outputs``).
 
@@ -191,7 +195,9 @@ def evaluate(
     if plan is None:
         shapes = {n: tuple(int(d) for d in got[n].shape) for n in wanted}
         plan = metrics.plan(metric, shapes, data.labels, reference is not None, outputs, n=data.n)
-    scored = metrics.score(plan, got, reference, data.labels, data.inputs.get("attention_mask"))
+    mask = data.inputs.get("attention_mask")
+    scored = metrics.score(plan, got, reference, data.labels, mask)
+    stats = metrics.sample_stats(plan, got, reference, data.labels, mask) if with_stats else None
     size = sizes(proto, file_bytes, nominal_bits)
     return EvalReport(
         accuracy=scored.accuracy,
@@ -208,4 +214,5 @@ def evaluate(
         scores=scored.per_output,
         sqnr_db=scored.sqnr_db,
         metric_note=plan.note,
+        sample_stats=None if stats is None else stats.to_dict(),
     )

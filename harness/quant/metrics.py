@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import DataError, InputError, ModelError
+from harness.core.stats import SampleStats
 
 SQNR_CAP_DB = 100.0
 #: the score of an output holding NaN or inf under -MSE / -max|err| (finite, so a search can rank it)
@@ -345,16 +346,24 @@ def embedding_agreement(outputs: np.ndarray, reference: np.ndarray, mask: np.nda
     each sentence queries all the others by cosine; the share of queries whose nearest neighbour is
     the same under ``outputs`` as under ``reference``. Needs at least two sentences.
     """
+    hits, cos = _retrieval_hits(outputs, reference, mask)
+    return float(np.mean(hits)), float(np.mean(cos))
+
+
+def _retrieval_hits(
+    outputs: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: whether its nearest other sentence is the same as under the reference (0/1), and
+    the cosine of its pooled embedding with the reference's."""
     a, b = _unit(mean_pool(outputs, mask)), _unit(mean_pool(reference, mask))
     if len(a) < 2:
         raise ModelError("retrieval agreement needs at least two evaluation samples: give a larger data set")
-    cos = float(np.mean(np.sum(a * b, axis=1)))
     nearest = []
     for emb in (a, b):
         sim = emb @ emb.T
         np.fill_diagonal(sim, -np.inf)  # a query never retrieves itself
         nearest.append(sim.argmax(axis=1))
-    return float(np.mean(nearest[0] == nearest[1])), cos
+    return (nearest[0] == nearest[1]).astype(np.float64), np.sum(a * b, axis=1)
 
 
 def neg_mse(output: np.ndarray, reference: np.ndarray) -> float:
@@ -431,6 +440,63 @@ def score(
         sqnr_db=worst("sqnr"),
         labelled_accuracy=worst("top1"),
     )
+
+
+def sample_stats(
+    the_plan: Plan,
+    outputs: Outputs,
+    reference: Outputs | None,
+    labels: np.ndarray | None,
+    mask: np.ndarray | None = None,
+) -> SampleStats | None:
+    """Per-sample statistics of the plan's accuracy (``harness.core.stats``), so it gets an interval
+    and paired comparisons: their score is the accuracy ``score`` gives. None when there are none:
+    a user metric (it returns one number), an output holding NaN or inf, or outputs whose first axes
+    differ (no common samples to resample)."""
+    if the_plan.user:
+        return None
+    kind = {"top1": "mean", "agreement": "mean", "embedding": "mean", "sqnr": "ratio_db", "cosine": "cosine",
+            "mse": "neg_ratio", "max_abs": "neg_max"}[the_plan.metric]
+    per: dict[str, np.ndarray] = {}
+    for name in the_plan.outputs:
+        out = outputs[name]
+        ref = reference.get(name) if reference is not None else None
+        if out.dtype.kind in "fc" and not np.all(np.isfinite(out)):
+            return None
+        if the_plan.metric == "top1":
+            assert labels is not None
+            col = (out.reshape(len(out), -1).argmax(-1) == labels).astype(np.float64)
+        elif ref is None:
+            return None
+        elif the_plan.metric == "agreement":
+            hits = out.argmax(-1) == ref.argmax(-1)
+            col = hits.reshape(len(out), -1).mean(axis=1) if hits.ndim > 1 else hits.astype(np.float64)
+        elif the_plan.metric == "embedding":
+            col = _retrieval_hits(out, ref, mask)[0]
+        else:
+            o = _f64(out).reshape(len(out), -1)
+            r = _f64(ref).reshape(len(ref), -1)
+            per[name] = np.stack(_error_columns(the_plan.metric, o, r), axis=1)
+            continue
+        per[name] = col.reshape(-1, 1)
+    if len({arr.shape[0] for arr in per.values()}) != 1:
+        return None
+    try:
+        return SampleStats(kind, per)
+    except ValueError:
+        return None
+
+
+def _error_columns(metric: str, o: np.ndarray, r: np.ndarray) -> list[np.ndarray]:
+    """Per-sample sums of a whole-tensor metric over flattened [N, ...] rows (``harness.core.stats`` kinds)."""
+    err = o - r
+    if metric == "sqnr":
+        return [np.sum(r * r, axis=1), np.sum(err * err, axis=1)]
+    if metric == "cosine":
+        return [np.sum(o * r, axis=1), np.sum(o * o, axis=1), np.sum(r * r, axis=1)]
+    if metric == "mse":
+        return [np.sum(err * err, axis=1), np.full(len(o), o.shape[1], dtype=np.float64)]
+    return [np.max(np.abs(err), axis=1) if o.shape[1] else np.zeros(len(o))]  # max_abs
 
 
 # -- user metrics ---------------------------------------------------------------------------------

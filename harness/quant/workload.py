@@ -38,7 +38,12 @@ class Workload:
     eval_data: Dataset | None = None
     metric: str = "auto"
     options: DataOptions = field(default_factory=DataOptions)
+    #: the test split: scored only after a search, never by it (None: no test split was given)
+    test_data: Dataset | None = None
+    #: where each split came from: {"validation"|"test": {"path", "sha256", "n", "from"}, "holdout": ...}
+    splits: dict[str, Any] = field(default_factory=dict)
     _references: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _test_references: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _plan: metrics.Plan | None = field(default=None, repr=False)
 
     @classmethod
@@ -51,12 +56,19 @@ class Workload:
         input_shapes: dict[str, list[int]] | None = None,
         metric: str = "auto",
         options: DataOptions | None = None,
+        test_data: str | Path | None = None,
+        holdout: float | None = None,
     ) -> Workload:
         """Load the model and data, calibrate (cached), and fix the shapes the model runs at.
 
         Given ``input_shapes`` win; the other inputs take the shape of one inference of the
         calibration data (``Dataset.inference_shapes``). ``metric`` is the older way to say
         ``options.metric``: it applies when the options leave the metric at ``auto``.
+
+        Splits: ``eval_data`` is the validation split (what a search scores). The test split is
+        ``test_data``, or ``holdout`` (a fraction) of ``eval_data`` split once with a fixed seed
+        (the rest is then the validation split), or a builtin's shipped ``test.npz`` when neither
+        data file is given; without any, there is no test split (``test_data`` is None).
         """
         options = options or DataOptions()
         if metric != "auto" and options.metric == "auto":
@@ -68,9 +80,46 @@ class Workload:
         model = _at_data_shapes(model, calib_set, input_shapes)
         ranges, cached = activation_ranges(model, calib_set, method)
         work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)
+        if test_data is not None and holdout is not None:
+            raise InputError("give either --test FILE or --holdout FRACTION, not both")
         if eval_data is not None or model.builtin:
             work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model, options)
+        work._open_test(test_data, holdout, builtin_test=eval_data is None)
         return work
+
+    def _open_test(self, test_data: str | Path | None, fraction: float | None, builtin_test: bool) -> None:
+        """Fix the test split (see ``open``) and record where every split came from."""
+        from harness.quant.data import HOLDOUT_SEED, holdout
+
+        def described(data: Dataset, origin: str) -> dict[str, Any]:
+            return {"path": str(data.path), "sha256": data.sha256, "n": data.n, "from": origin}
+
+        self.splits = {"calibration": described(self.calib, "file"), "holdout": None}
+        if self.eval_data is None:
+            if test_data is not None or fraction is not None:
+                raise InputError("--test and --holdout need evaluation data: give --data VALIDATION.npz too")
+            return
+        origin = "builtin" if builtin_test and self.model.builtin else "file"
+        if fraction is not None:
+            whole = self.eval_data
+            val, test = holdout(whole, fraction)
+            self.eval_data = whole.subset(val, "validation")
+            self.test_data = whole.subset(test, "test")
+            self.splits["holdout"] = {"fraction": float(fraction), "seed": HOLDOUT_SEED, "of": str(whole.path),
+                                      "validation_indices": val, "test_indices": test}
+            origin = "holdout"
+        elif test_data is not None:
+            self.test_data = load_dataset(test_data, self.model, self.options)
+        elif builtin_test and self.model.builtin and builtin_data(self.model.builtin, "test").is_file():
+            self.test_data = load_dataset(builtin_data(self.model.builtin, "test"), self.model, self.options)
+        self.splits["validation"] = described(self.eval_data, origin)
+        if self.test_data is not None:
+            if self.test_data.sha256 == self.eval_data.sha256:
+                raise InputError("--test is the same file as --data: the test split must hold other samples")
+            if (self.eval_data.labels is None) != (self.test_data.labels is None):
+                which = "--data" if self.eval_data.labels is not None else "--test"
+                raise InputError(f"only {which} has labels: give 'labels' in both the validation and the test data")
+            self.splits["test"] = described(self.test_data, origin)
 
     @property
     def layer_ops(self) -> dict[str, str]:
@@ -121,9 +170,26 @@ class Workload:
             return "metric: chosen once evaluation data is given (--data)"
         return self.plan.note
 
-    def evaluate(self, result: QuantResult | None, threads: int | None = None) -> EvalReport:
-        """Score a built candidate (or the FP32 model for ``None``) on the evaluation data."""
-        data = self._eval_set()
+    @property
+    def test_references(self) -> dict[str, np.ndarray]:
+        """The FP32 model's every tensor output on the test split, computed once (after a search)."""
+        if self.test_data is None:
+            raise InputError("no test split: give --test TEST.npz or --holdout FRACTION")
+        if self._test_references is None:
+            self._test_references = run_all(session(self.model.proto), self.test_data,
+                                            output_names(self.model.proto))
+        return self._test_references
+
+    def evaluate(self, result: QuantResult | None, threads: int | None = None, split: str = "validation",
+                 with_stats: bool = False) -> EvalReport:
+        """Score a built candidate (or the FP32 model for ``None``) on the validation split (what a
+        search sees) or, after it, on the ``test`` split; ``with_stats`` adds per-sample statistics."""
+        if split not in ("validation", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        data = self._eval_set() if split == "validation" else self.test_data
+        if data is None:
+            raise InputError("no test split: give --test TEST.npz or --holdout FRACTION")
+        plan = self.plan  # chosen once, on the validation split, for both
         proto = self.model.proto if result is None else result.proto
         return evaluate(
             proto,
@@ -131,9 +197,10 @@ class Workload:
             file_bytes=proto.ByteSize(),
             nominal_bits=None if result is None else result.nominal_bits,
             emulated_layers=None if result is None else result.emulated_layers,
-            reference_outputs=self.references,
+            reference_outputs=self.references if split == "validation" else self.test_references,
             threads=threads,
-            plan=self.plan,
+            plan=plan,
+            with_stats=with_stats,
         )
 
     def score_outputs(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:

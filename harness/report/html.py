@@ -4,8 +4,9 @@ Nothing here is stored as truth: the front is recomputed from the archive's cand
 (``qae report RUN`` rebuilds everything). Every number shown says whether it was measured,
 predicted or computed, and emulated candidates are marked.
 
-One module (~500 lines) because the HTML page, its plots and front.json are derived from the same
-front in one pass; the plots are small functions next to the page that embeds them.
+One module (~600 lines) because the HTML page, its plots and front.json are derived from the same
+front in one pass; the plots are small functions next to the page that embeds them. The front table
+is ``harness.report.table``; the test split's values, verdicts and words are ``harness.report.scores``.
 """
 
 from __future__ import annotations
@@ -21,29 +22,24 @@ import numpy as np
 
 from harness.core.atomic import atomic_write_text
 from harness.report.labels import METRIC_LABELS, Accuracy, labelled, run_accuracy
+from harness.report.scores import (
+    SplitScores,
+    load_scores,
+    optimism_gap,
+    plot_validation_test,
+    point_test,
+    references_html,
+    short_row,
+    splits_html,
+    splits_summary,
+)
+from harness.report.table import front_table
 from harness.run.archive import Archive, Candidate
 from harness.run.failures import FailureSummary, failure_summary
+from harness.run.testsplit import baseline_hashes, candidate_gene, front_of
 
-#: Columns of the front table: objective -> (label, formatter)
-LABELS = {
-    "accuracy": "accuracy (%)",
-    "size": "weights (KB, nominal)",
-    "latency": "latency (ms)",
-    "energy": "energy (mJ)",
-    "memory": "peak memory (MB)",
-}
-
-
-def _fmt(objective: str, value: float, acc: Accuracy | None = None) -> str:
-    if objective == "accuracy":
-        return (acc or Accuracy("top1")).fmt(value)
-    if objective == "size":
-        return f"{value / 1e3:.1f}"
-    if objective == "memory":
-        return f"{value / 1e6:.2f}"
-    if objective == "energy":
-        return f"{value:.4f}"
-    return f"{value:.3f}"
+#: The run's validation-vs-test plot (one per run, a series per target)
+VALIDATION_TEST_PNG = "validation_test.png"
 
 
 @dataclass
@@ -58,23 +54,12 @@ class Front:
 def derive_front(
     archive: Archive, target: str, objectives: list[str], weights: dict[str, float] | None = None
 ) -> Front:
-    """The non-dominated feasible candidates (accuracy maximised, every cost minimised)."""
-    import moocore
-
-    cands = [c for c in archive.candidates(target) if c.values and all(o in c.values for o in objectives)]
-    feasible = [c for c in cands if c.feasible is not False]
-    pool, ok = (feasible, True) if feasible else (_closest(cands), False)
-    if not pool:
+    """The non-dominated feasible candidates (accuracy maximised, every cost minimised); without a
+    feasible one, the front of the least-violating candidates (``harness.run.testsplit.front_of``)."""
+    front, ok, cands = front_of(archive, target, objectives)
+    if not front:
         return Front(target, [], False, cands, None)
-    mat = _matrix(pool, objectives)
-    mask = moocore.is_nondominated(mat, maximise=False, keep_weakly=False)
-    front = sorted((c for c, m in zip(pool, mask) if m), key=lambda c: -c.values["accuracy"].value)
     return Front(target, front, ok, cands, recommend(front, objectives, weights))
-
-
-def _closest(cands: list[Candidate], k: int = 8) -> list[Candidate]:
-    """Without a feasible candidate, keep the least-violating ones (budgets are in the archive values)."""
-    return sorted(cands, key=lambda c: c.violation if c.violation is not None else float("inf"))[:k]
 
 
 def _matrix(cands: list[Candidate], objectives: list[str]) -> np.ndarray:
@@ -96,15 +81,28 @@ def recommend(front: list[Candidate], objectives: list[str], weights: dict[str, 
     return front[int(np.argmin(norm @ w))].hash
 
 
-def front_json(archive: Archive, fronts: list[Front]) -> dict[str, Any]:
-    out: dict[str, Any] = {"targets": {}}
+def front_json(archive: Archive, fronts: list[Front], scores: SplitScores | None = None,
+               baselines: dict[str, str] | None = None) -> dict[str, Any]:
+    """The fronts as data. Each point's ``objectives.accuracy`` is its validation value (what the search
+    chose on); ``test`` holds its test value with interval and verdicts, null where not scored;
+    ``baseline`` names the uniform baseline (fp32, w8a8, ...) a point is, if any."""
+    scores = load_scores(archive) if scores is None else scores
+    names = {h: name for name, h in (baselines or {}).items()}
+    out: dict[str, Any] = {"targets": {}, "splits": splits_summary(archive.config()), "test_scored": bool(scores)}
     for front in fronts:
         failures = failure_summary(archive, front.target)
+        acc = run_accuracy(front.all_points)
+        tests = {c.hash: point_test(scores.row(c.hash), c.values["accuracy"].value) for c in front.points}
+        pairs = [(t["validation_accuracy"], t["accuracy"]["value"]) for t in tests.values()
+                 if t is not None and t["validation_accuracy"] is not None]
         out["targets"][front.target] = {
+            "fp32_test": short_row(scores.with_role("fp32")),
+            "baselines_test": {name: short_row(row) for name, row in scores.baselines().items()},
+            "optimism_gap": optimism_gap(pairs, acc),
             "feasible": front.feasible,
             "recommended": front.recommended,
-            "accuracy_metric": run_accuracy(front.all_points).metric,
-            "accuracy_unit": run_accuracy(front.all_points).unit,
+            "accuracy_metric": acc.metric,
+            "accuracy_unit": acc.unit,
             "candidates": failures.candidates,
             "failed": failures.failed,
             "most_common_error": None if not failures.kind else {
@@ -117,6 +115,8 @@ def front_json(archive: Archive, fronts: list[Front]) -> dict[str, Any]:
                     "generation": c.generation,
                     "emulated": c.emulated,
                     "objectives": {name: labelled(name, v) for name, v in c.values.items()},
+                    "test": tests[c.hash],
+                    "baseline": names.get(c.hash),
                 }
                 for c in front.points
             ],
@@ -134,9 +134,21 @@ def _plt() -> Any:
     return plt
 
 
-def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
+def _shown_accuracy(c: Candidate, scores: SplitScores) -> tuple[float, list[float] | None]:
+    """A candidate's accuracy as plots show it: on test with its interval when scored, else validation."""
+    row = scores.row(c.hash)
+    if row is None:
+        return c.values["accuracy"].value, None
+    return float(row["value"]), row.get("ci95")
+
+
+def plot_front(front: Front, path: Path, baselines: dict[str, str], scores: SplitScores | None = None) -> None:
     plt = _plt()
+    scores = scores or SplitScores()
     acc = run_accuracy(front.all_points)
+    # all on test or all on validation: one axis never mixes the two splits among front points
+    on_test = bool(front.points) and all(scores.row(c.hash) for c in front.points)
+    scores = scores if on_test else SplitScores()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     others = [c for c in front.all_points if c not in front.points]
     if others:
@@ -145,14 +157,20 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
             [c.values["accuracy"].value * acc.scale for c in others],
             s=12,
             c="#cccccc",
-            label="other candidates",
+            label="other candidates (validation)" if on_test else "other candidates",
             zorder=1,
         )
     if front.points:
         lat = np.array([c.values["latency"].value for c in front.points])
         source = np.array([c.values["latency"].source for c in front.points])
         xs = np.array([c.values["size"].value / 1e3 for c in front.points])
-        ys = np.array([c.values["accuracy"].value * acc.scale for c in front.points])
+        shown = [_shown_accuracy(c, scores) for c in front.points]
+        ys = np.array([v * acc.scale for v, _ in shown])
+        # the test interval of each point scored on test (none for validation values)
+        yerr = np.array([[(v - ci[0]) * acc.scale, (ci[1] - v) * acc.scale] if ci else [0.0, 0.0]
+                         for v, ci in shown]).T.clip(min=0.0)
+        if yerr.any():
+            ax.errorbar(xs, ys, yerr=yerr, fmt="none", ecolor="#666", elinewidth=0.8, capsize=2, zorder=2)
         vmin, vmax = float(lat.min()), float(lat.max()) if lat.max() > lat.min() else float(lat.min()) + 1e-9
         sc = None
         # Each provenance its own marker: a simulated device's numbers are neither measured nor predicted.
@@ -196,9 +214,10 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
     for name, h in baselines.items():
         if h in by_hash:
             c = by_hash[h]
+            y = _shown_accuracy(c, scores)[0] * acc.scale
             ax.annotate(
                 name,
-                (c.values["size"].value / 1e3, c.values["accuracy"].value * acc.scale),
+                (c.values["size"].value / 1e3, y),
                 xytext=(6, -12),
                 textcoords="offset points",
                 fontsize=9,
@@ -206,14 +225,14 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str]) -> None:
             )
             ax.scatter(
                 [c.values["size"].value / 1e3],
-                [c.values["accuracy"].value * acc.scale],
+                [y],
                 marker="x",
                 c="#aa0000",
                 s=40,
                 zorder=4,
             )
     ax.set_xlabel("weights at nominal width (KB)")
-    ax.set_ylabel(f"{acc.label} on held-out data")
+    ax.set_ylabel(f"{acc.label}, test (95 % interval)" if on_test else f"{acc.label}, validation")
     status = "" if front.feasible else " — no candidate met the budgets (closest shown)"
     ax.set_title(f"Pareto front on {front.target}{status}", fontsize=11)
     ax.grid(alpha=0.3)
@@ -243,10 +262,11 @@ def plot_hypervolume(histories: dict[str, list[dict[str, float]]], path: Path) -
     plt.close(fig)
 
 
-def plot_heatmap(front: Front, layers: list[str], path: Path) -> None:
+def plot_heatmap(front: Front, layers: list[str], path: Path, scores: SplitScores | None = None) -> None:
     plt = _plt()
     if not front.points:
         return
+    scores = scores or SplitScores()
     acc = run_accuracy(front.all_points)
     codes = {"fp": 32}
     mat = np.array(
@@ -269,7 +289,7 @@ def plot_heatmap(front: Front, layers: list[str], path: Path) -> None:
     ax.set_xticks(range(len(layers)), layers, rotation=70, ha="right", fontsize=7)
     ax.set_yticks(
         range(len(front.points)),
-        [f"{c.hash[:8]} ({acc.short(c.values['accuracy'].value)})" for c in front.points],
+        [_heat_label(c, scores, acc) for c in front.points],
         fontsize=7,
     )
     cbar = fig.colorbar(im, ax=ax, ticks=[2, 3, 4, 5])
@@ -325,9 +345,11 @@ def plot_calibration(archive: Archive, target: str, path: Path) -> bool:
     return True
 
 
-def candidate_gene(c: Candidate, layer: str) -> dict[str, Any]:
-    default = c.genome.get("default", {})
-    return {**default, **c.genome.get("layers", {}).get(layer, {})}
+def _heat_label(c: Candidate, scores: SplitScores, acc: Accuracy) -> str:
+    row = scores.row(c.hash)
+    if row is None:
+        return f"{c.hash[:8]} ({acc.short(c.values['accuracy'].value)} validation)"
+    return f"{c.hash[:8]} ({acc.short(float(row['value']))} test)"
 
 
 def _num(v: Any) -> float:
@@ -346,20 +368,25 @@ def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
         objectives = list(cfg["objectives"])
         targets = archive.targets()
         fronts = [derive_front(archive, t, objectives, weights) for t in targets]
-        atomic_write_text(run / "front.json", json.dumps(front_json(archive, fronts), indent=1, sort_keys=True))
+        scores = load_scores(archive)
         layers = list(cfg.get("layers") or _layer_names(fronts))
-        baselines = _baseline_hashes(cfg, layers, archive)
+        baselines = baseline_hashes(archive, layers)
+        atomic_write_text(run / "front.json",
+                          json.dumps(front_json(archive, fronts, scores, baselines), indent=1, sort_keys=True))
         images = []
         for front in fronts:
             slug = front.target.replace("/", "_")
-            plot_front(front, run / f"front_{slug}.png", baselines)
-            plot_heatmap(front, layers, run / f"heatmap_{slug}.png")
+            plot_front(front, run / f"front_{slug}.png", baselines, scores)
+            plot_heatmap(front, layers, run / f"heatmap_{slug}.png", scores)
             images += [f"front_{slug}.png", f"heatmap_{slug}.png"]
             if plot_calibration(archive, front.target, run / f"calibration_{slug}.png"):
                 images.append(f"calibration_{slug}.png")
         plot_hypervolume({t: archive.history(t) for t in targets}, run / "hypervolume.png")
         images.append("hypervolume.png")
-        page = _html(run, cfg, fronts, archive, objectives)
+        series = {f.target: [r for r in (scores.row(c.hash) for c in f.points) if r is not None] for f in fronts}
+        acc = run_accuracy([c for f in fronts for c in f.all_points])
+        plotted = plot_validation_test(series, scores, acc, run / VALIDATION_TEST_PNG)
+        page = _html(run, cfg, fronts, archive, objectives, scores, plotted, baselines)
         atomic_write_text(run / "report.html", page)
     finally:
         archive.close()
@@ -384,23 +411,6 @@ def _all_layers(front: Front) -> list[str]:
     return seen
 
 
-def _baseline_hashes(cfg: dict[str, Any], layers: list[str], archive: Archive) -> dict[str, str]:
-    """Uniform baselines present in the archive, found by their genome contents."""
-    from harness.run.config import BASELINES
-
-    out: dict[str, str] = {}
-    for target in archive.targets():
-        for c in archive.candidates(target):
-            genes = [candidate_gene(c, name) for name in layers]
-            for name, (w, a) in BASELINES.items():
-                # an embedding Gather has no activation: its gene reads "fp" there (genome normalisation)
-                if genes and all(g.get("weight_bits") == w and g.get("activation_bits") in (a, "fp") for g in genes) \
-                        and any(g.get("activation_bits") == a for g in genes):
-                    out[name] = c.hash
-        break
-    return out
-
-
 def _img(run: Path, name: str) -> str:
     path = run / name
     if not path.is_file():
@@ -409,7 +419,21 @@ def _img(run: Path, name: str) -> str:
     return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
 
-def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive, objectives: list[str]) -> str:
+def _run_gap(fronts: list[Front], scores: SplitScores) -> str:
+    """The mean optimism gap over the run's distinct front points, in words."""
+    pairs: dict[str, tuple[float, float]] = {}
+    for front in fronts:
+        for c in front.points:
+            t = point_test(scores.row(c.hash), c.values["accuracy"].value)
+            if t is not None and t["validation_accuracy"] is not None:
+                pairs[c.hash] = (t["validation_accuracy"], t["accuracy"]["value"])
+    gap = optimism_gap(list(pairs.values()), run_accuracy([c for f in fronts for c in f.all_points]))
+    return "" if gap is None else str(gap["words"])
+
+
+def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive, objectives: list[str],
+          scores: SplitScores | None = None, plotted: bool = False, baselines: dict[str, str] | None = None) -> str:
+    scores = scores or SplitScores()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>qae report</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
@@ -425,8 +449,11 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         f"<p class='src'>objectives: {', '.join(objectives)}; seed {cfg['seed']}; population {cfg['population']}; "
         f"generations {cfg['generations']}; budgets: {html.escape(json.dumps(cfg.get('budgets', {})))}</p>",
         _setup_html(cfg),
-        _img(run, "hypervolume.png"),
+        splits_html(cfg, scores, run),
     ]
+    if plotted:
+        parts += [_img(run, VALIDATION_TEST_PNG), f"<p>{html.escape(_run_gap(fronts, scores))}</p>"]
+    parts.append(_img(run, "hypervolume.png"))
     for front in fronts:
         slug = front.target.replace("/", "_")
         parts.append(f"<h2>Target {html.escape(front.target)}</h2>")
@@ -434,7 +461,8 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         if not front.feasible:
             parts.append("<p><b>No candidate met the budgets.</b> The closest candidates are kept below.</p>")
         parts.append(_img(run, f"front_{slug}.png"))
-        parts.append(_table(front, objectives))
+        parts.append(references_html(scores, run_accuracy(front.all_points)))
+        parts.append(front_table(front.points, front.all_points, front.recommended, scores, baselines))
         parts.append(_img(run, f"heatmap_{slug}.png"))
         parts.append(_devices_html(run, archive, front, slug))
     parts.append("</body></html>")
@@ -529,25 +557,3 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
             f"{''.join(rows)}</table>"
         )
     return "\n".join(parts)
-
-
-def _table(front: Front, objectives: list[str]) -> str:
-    cols = [o for o in ("accuracy", "size", "latency", "energy", "memory")]
-    acc = run_accuracy(front.all_points)
-    labels = {**LABELS, "accuracy": acc.label}
-    head = "".join(f"<th>{html.escape(labels[o])}</th>" for o in cols)
-    rows = []
-    for c in front.points:
-        cells = []
-        for o in cols:
-            v = c.values.get(o)
-            cells.append(
-                "<td></td>"
-                if v is None
-                else f"<td>{_fmt(o, v.value, acc)}<br><span class='src'>{html.escape(v.source)}</span></td>"
-            )
-        rec = " class='rec'" if c.hash == front.recommended else ""
-        flag = " (emulated)" if c.emulated else ""
-        star = " ★ recommended" if c.hash == front.recommended else ""
-        rows.append(f"<tr{rec}><td class='l'><code>{c.hash}</code>{flag}{star}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>candidate</th>{head}</tr>{''.join(rows)}</table>"

@@ -64,10 +64,12 @@ def run_accuracy(cands: list[Candidate]) -> Accuracy:
 
 def labelled(name: str, v: Value) -> dict[str, Any]:
     """A value as front.json shows it: only accuracy carries the accuracy metric; the others say
-    what they are (archives written before this rule labelled size and mean_cosine with it too)."""
+    what they are (archives written before this rule labelled size and mean_cosine with it too). An
+    accuracy value is the validation score the search chose on (the test score is reported apart)."""
     d = {**v.to_dict(), "device_or_profile": v.detail.get("device") or v.detail.get("profile")}
     if name == "accuracy":
         d.setdefault("unit", metric_unit(d.get("metric")))
+        d.setdefault("split", "validation")
     elif name == "mean_cosine":
         d.update(metric="mean_cosine", unit="fraction")
     elif name == "sqnr":

@@ -12,6 +12,9 @@ Contract:
   reading, not stored.
 - ``errors`` holds typed error records (error kind, message) per candidate and target.
 - The Pareto front is never stored: it is derived from these tables when asked.
+- ``test_scores`` holds, after the search, each front point's, uniform baseline's and FP32's score
+  on the test split with its interval and paired verdicts (``harness.run.testsplit``); the engine
+  state never depends on it.
 
 Thread safety: one ``Archive`` per thread or process; SQLite serialises writers (WAL mode).
 
@@ -135,6 +138,11 @@ CREATE TABLE IF NOT EXISTS device_accuracy (
     message TEXT,
     created REAL NOT NULL,
     PRIMARY KEY (target, hash)
+);
+CREATE TABLE IF NOT EXISTS test_scores (
+    hash TEXT PRIMARY KEY,
+    row TEXT NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS history (
     target TEXT NOT NULL,
@@ -691,6 +699,34 @@ class Archive:
             }
             for h, d, a, c, ha, m, k, msg in rows
         }
+
+    # -- the test split (scored once, after the search) -------------------------------------------
+    def set_test_scores(self, rows: list[dict[str, Any]], replace_all: bool = False) -> None:
+        """Store test-split scores (``harness.run.testsplit``), one row per genome hash (or ``fp32``),
+        all in one transaction; ``replace_all`` first drops every stored row (the test file changed)."""
+        now = time.time()
+        encoded = [(str(r["hash"]), strict_json(r, "a test score")) for r in rows]
+        with self.transaction() as db:
+            if replace_all:
+                db.execute("DELETE FROM test_scores")
+            db.executemany("INSERT OR REPLACE INTO test_scores (hash, row, created) VALUES (?, ?, ?)",
+                           [(h, row, now) for h, row in encoded])
+
+    def test_scores(self) -> dict[str, dict[str, Any]]:
+        """Every stored test score by hash; {} for a run that scored none (or predates test splits)."""
+        try:
+            rows = self._db.execute("SELECT hash, row FROM test_scores").fetchall()
+        except sqlite3.OperationalError:  # an archive from before test splits, opened read-only
+            return {}
+        out = {}
+        for h, text in rows:
+            try:
+                row = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("value"), (int, float)):
+                out[h] = row
+        return out
 
     def count(self, target: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0])

@@ -92,6 +92,9 @@ class SearchConfig:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     #: ``harness.quant.data.DataOptions.to_dict()`` (metric, outputs, constant inputs, sample axes)
     data_options: dict[str, Any] = field(default_factory=dict)
+    #: the test split: a file (``--test``), or a fraction of ``data`` held out once (``--holdout``)
+    test: str | None = None
+    holdout: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,6 +136,7 @@ def absolute_paths(cfg: SearchConfig) -> SearchConfig:
     if not cfg.model.startswith("builtin:"):
         cfg.model = str(absolute(cfg.model))
     cfg.calib, cfg.data, cfg.devices_file = absolute(cfg.calib), absolute(cfg.data), absolute(cfg.devices_file)
+    cfg.test = absolute(cfg.test)
     return cfg
 
 
@@ -153,6 +157,8 @@ def run_identity(cfg: SearchConfig, work: Any, profile_names: Sequence[str]) -> 
              "calib": {"path": str(work.calib.path), "sha256": work.calib.sha256}}
     if work.eval_data is not None:
         ident["data"] = {"path": str(work.eval_data.path), "sha256": work.eval_data.sha256}
+    if getattr(work, "test_data", None) is not None:
+        ident["test"] = {"path": str(work.test_data.path), "sha256": work.test_data.sha256}
     for name in dict.fromkeys(profile_names):
         path = resolve(name)
         ident[f"profile {name}"] = {"path": str(path.resolve()), "sha256": file_sha256(path)}

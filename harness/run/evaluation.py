@@ -38,6 +38,8 @@ def open_workload(cfg: SearchConfig) -> Workload:
         input_shapes=dict(cfg.input_shapes) or None,
         metric=options.metric if options is not None else "auto",
         options=options,
+        test_data=cfg.test,
+        holdout=cfg.holdout,
     )
 
 
@@ -89,28 +91,36 @@ def evaluate_genome(genome_data: dict[str, Any]) -> dict[str, Any]:
     return report.to_dict()
 
 
+def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
+    """The fitness cache's settings hash: everything besides the model and genome that a score
+    depends on, for the ``validation`` split (the search) or the ``test`` split (with statistics)."""
+    import onnxruntime
+
+    data = work.eval_data if split == "validation" else work.test_data
+    assert data is not None
+    settings = {
+        "calib": work.calib.sha256,
+        "eval": data.sha256,
+        "method": cfg.method,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": 1,
+        "metric": getattr(work, "metric", "auto"),
+        # what the data options and shapes change is what is scored: a different cache entry
+        "options": cfg.data_options,
+        "shapes": work.model.shapes_used,
+    }
+    if split != "validation":  # a validation entry keeps the key it always had
+        settings.update(split=split, stats=True)
+    return settings_hash(settings)
+
+
 class HostEvaluator:
     """Accuracy and size of genomes on this host, through the cache and optional worker processes."""
 
     def __init__(self, work: Workload, cfg: SearchConfig) -> None:
-        import onnxruntime
-
         self.work = work
         self.cache = EvalCache()
-        assert work.eval_data is not None
-        self.settings = settings_hash(
-            {
-                "calib": work.calib.sha256,
-                "eval": work.eval_data.sha256,
-                "method": cfg.method,
-                "onnxruntime": onnxruntime.__version__,
-                "threads": 1,
-                "metric": getattr(work, "metric", "auto"),
-                # what the data options and shapes change is what is scored: a different cache entry
-                "options": cfg.data_options,
-                "shapes": work.model.shapes_used,
-            }
-        )
+        self.settings = eval_settings(work, cfg, "validation")
         self.pool: ProcessPoolExecutor | None = None
         if cfg.workers > 1:
             self.pool = ProcessPoolExecutor(
@@ -178,7 +188,7 @@ def host_values(host: dict[str, Any]) -> dict[str, Value]:
     Only the accuracy carries the evaluation's metric (its name and unit); the size is bytes, and
     the mean cosine and SQNR, kept beside it, are labelled as what they are."""
     emulated = bool(host.get("emulated"))
-    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "emulated": emulated}
+    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "emulated": emulated, "split": "validation"}
     metric = str(host["metric"])
     values = {
         "accuracy": Value(float(host["accuracy"]), "computed", {**computed, "metric": metric,

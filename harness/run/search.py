@@ -31,6 +31,7 @@ from harness.run.evaluation import HostEvaluator, Progress, Target, open_workloa
 from harness.run.failures import failure_summary
 from harness.run.seeds import baseline_values, choice_distance, gene_value, layer_choices, layer_sensitivity
 from harness.run.shapes import SHAPE_FLAGS, Shaped, shape_sources
+from harness.run.testsplit import score_test
 
 
 def device_targets(
@@ -125,13 +126,16 @@ def run_search(
     # Everything the stored config derives is computed before the archive exists: an input error
     # found here (e.g. labels the model cannot score) leaves no half-made archive behind.
     fresh = {**cfg.to_dict(), "model_sha256": work.model.sha256, "layers": work.model.layer_names,
-             "shapes_used": work.model.shapes_used, "metric_note": work.metric_note, "identity": identity}
+             "shapes_used": work.model.shapes_used, "metric_note": work.metric_note, "identity": identity,
+             "splits": work.splits}
     archive = Archive(out / "archive.sqlite")
     if resume:
         stored = archive.config()
         # Archives written before identities were stored know only the model's hash.
         old = stored.get("identity") or {"model": {"path": stored["model"], "sha256": stored.get("model_sha256", "")}}
-        changes = identity_changes(old, {k: v for k, v in identity.items() if k in old or "identity" in stored})
+        # The test split is not the search's input (it never sees it): a changed test file is re-scored.
+        current = {k: v for k, v in identity.items() if (k in old or "identity" in stored) and k != "test"}
+        changes = identity_changes({k: v for k, v in old.items() if k != "test"}, current)
         if changes and not force:
             archive.close()
             more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
@@ -146,7 +150,7 @@ def run_search(
             archive = Archive(out / "archive.sqlite")
             resume = False
         else:
-            archive.update_config({**stored, **cfg.to_dict(), "identity": identity})
+            archive.update_config({**stored, **cfg.to_dict(), "identity": identity, "splits": work.splits})
     if not resume:
         archive.start(fresh)
     fixed = {i.name for i in work.model.inputs if i.rank_known and None not in i.shape}
@@ -199,6 +203,13 @@ def run_search(
                 if queued:
                     say(f"{target.name}: {queued} measurements still queued (no device took them): "
                         f"`qae search --resume {out}` measures them")
+        # Only now, with every target's front final, is the test split read: once, for the front
+        # points, the uniform baselines and FP32 (the engine never saw a test score).
+        if work.test_data is not None:
+            score_test(work, archive, cfg, reference, say)
+        else:
+            say("note: no test split (give --test TEST.npz or --holdout FRACTION): the front's accuracy is its "
+                "validation score, chosen on the same samples, so it reads optimistic")
         archive.set_status("finished")
     except BaseException as exc:
         evaluator.close(abort=True)  # Ctrl-C, SIGTERM, a crash: workers go now, not after their tasks

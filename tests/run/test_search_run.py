@@ -87,7 +87,7 @@ def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: 
 
 
 def test_front_dominates_or_equals_the_uniform_baselines(reference_run: Path) -> None:
-    from harness.report.html import candidate_gene
+    from harness.run.testsplit import candidate_gene
 
     archive = Archive(reference_run / "archive.sqlite")
     cfg = archive.config()
