@@ -101,12 +101,17 @@ def _devices(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure-runs", type=int, default=20, help="timed runs per measurement (default %(default)s)")
     p.add_argument("--measure-seconds", type=float, default=0.3,
                    help="minimum timed seconds per measurement (default %(default)s)")
+    p.add_argument("--measure-repeat", type=int, default=1, metavar="N",
+                   help="measure each candidate N times, each a fresh process; the archive keeps every repeat and "
+                   "the latency is the median of their p50s, with their spread (default %(default)s)")
 
 
 def _hil(args: argparse.Namespace) -> dict[str, Any]:
-    if args.measure_per_gen < 0 or args.measure_runs < 1 or args.measure_seconds < 0:
-        raise InputError("--measure-per-gen must be >= 0, --measure-runs >= 1 and --measure-seconds >= 0")
-    return {"per_generation": args.measure_per_gen, "runs": args.measure_runs, "min_seconds": args.measure_seconds}
+    if args.measure_per_gen < 0 or args.measure_runs < 1 or args.measure_seconds < 0 or args.measure_repeat < 1:
+        raise InputError("--measure-per-gen must be >= 0, --measure-runs >= 1, --measure-seconds >= 0 and "
+                         "--measure-repeat >= 1")
+    return {"per_generation": args.measure_per_gen, "runs": args.measure_runs, "min_seconds": args.measure_seconds,
+            "repeats": args.measure_repeat}
 
 
 def _weights(text: str | None) -> dict[str, float] | None:

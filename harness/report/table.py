@@ -83,6 +83,12 @@ def _value_cell(objective: str, v: Value | None, acc: Accuracy) -> str:
     """A value with its provenance; a measured latency with the 95 % interval of its p50 when kept."""
     if v is None:
         return "<td></td>"
+    spread = v.detail.get("spread") if objective == "latency" else None
+    if isinstance(spread, dict) and isinstance(spread.get("spread_pct"), (int, float)):
+        verdict = "within" if spread.get("ok") else "over"
+        return (f"<td>{v.value:.3f}<br><span class='src'>{html.escape(v.source)}, median p50 of "
+                f"{int(spread.get('n') or 0)} repeats, spread {float(spread['spread_pct']):.1f} % ({verdict} 5 %)"
+                "</span></td>")
     ci = v.detail.get("p50_ci95") if objective == "latency" else None
     if ci:
         return (f"<td>{v.value:.3f} [{float(ci[0]):.3f}, {float(ci[1]):.3f}]<br>"

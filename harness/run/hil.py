@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class HilSettings:
     final_rounds: int = 4
     #: front points whose accuracy is also measured on the device at the end (0 turns it off)
     accuracy_points: int = 8
+    #: measurements per candidate, each a fresh process on the device; the archive keeps every one, and
+    #: the latency is the median of their p50s with their spread (MLPerf Mobile's 5 % rule)
+    repeats: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,6 +104,9 @@ class _Inflight:
     path: Path
     genome: Genome
     generation: int
+    settings: Any = None
+    #: the repeats measured so far (``HilSettings.repeats``)
+    done: list[Any] = field(default_factory=list)
 
 
 class DeviceTarget:
@@ -175,7 +181,8 @@ class DeviceTarget:
             base_model=str(self.work.model.path),
             input_shapes=dict(self.work.model.shapes_used),
         )
-        self.inflight[genome.hash] = _Inflight(self.pool.submit(path, settings), path, genome, generation)
+        self.inflight[genome.hash] = _Inflight(self.pool.submit(path, settings), path, genome, generation,
+                                               settings)
         self.waiting.pop(genome.hash, None)
 
     def queue(self, genome: Genome, generation: int) -> None:
@@ -234,9 +241,13 @@ class DeviceTarget:
             if not block and not job.future.done():
                 continue
             rec = job.future.result()
+            if rec.ok and len(job.done) + 1 < max(1, self.settings.repeats):
+                job.done.append(rec)  # another fresh process measures it again before it lands
+                job.future = self.pool.submit(job.path, job.settings)
+                continue
             del self.inflight[h]
             if rec.ok:
-                self._land(rec, job, engine, key_of, objective_fn, generation)
+                self._land([*job.done, rec], job, engine, key_of, objective_fn, generation)
                 landed += 1
                 job.path.unlink(missing_ok=True)
             else:
@@ -245,15 +256,16 @@ class DeviceTarget:
 
     def _land(
         self,
-        rec: Any,
+        recs: list[Any],
         job: _Inflight,
         engine: Any,
         key_of: dict[str, Any],
         objective_fn: Callable[[Genome, dict[str, Value]], Any],
         generation: int,
     ) -> None:
+        rec = recs[-1]
         try:
-            values = self._values_of(rec)
+            values = self._values_of(rec, recs)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # A reply that passed the transport but holds no usable numbers: a failed measurement,
             # closed once (never requeued), not a crash of the search.
@@ -283,8 +295,11 @@ class DeviceTarget:
         self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update)
 
     @staticmethod
-    def _values_of(rec: Any) -> dict[str, Value]:
-        """The archive values of a measurement record; raises ValueError for a non-finite or missing number."""
+    def _values_of(rec: Any, repeats: list[Any] | None = None) -> dict[str, Value]:
+        """The archive values of a measurement record (or of its ``repeats``, each a fresh process: the
+        latency is then the median of their p50s, and every repeat is kept in the detail); raises
+        ValueError for a non-finite or missing number."""
+        from harness.core.latency_stats import replicability
         from harness.run.archive import check_value
 
         source = "simulated" if rec.source == "simulated" else "measured"
@@ -297,8 +312,20 @@ class DeviceTarget:
             "method": {k: rec.method.get(k) for k in ("runs_min", "min_seconds", "threads", "process")},
             "time": time.time(),
         }
-        values = {"latency": Value(float(rec.latency_ms["p50"]), source,
-                                   {**detail, "unit": "ms", "statistic": "p50", **runs_detail(rec)})}
+        p50 = float(rec.latency_ms["p50"])
+        latency_detail = {**detail, "unit": "ms", "statistic": "p50", **runs_detail(rec)}
+        if repeats and len(repeats) > 1:
+            p50s = [float(r.latency_ms["p50"]) for r in repeats]
+            p50 = float(np.median(p50s))
+            latency_detail.update(
+                statistic="median of the repeats' p50s",
+                repeats=[{"device": r.device, "p50_ms": float(r.latency_ms["p50"]), **runs_detail(r)}
+                         for r in repeats],
+                spread=replicability(p50s).to_dict(),
+            )
+            for key in ("runs_ms", "p50_ci95", "p50_ci_method", "no_interval"):
+                latency_detail.pop(key, None)  # each repeat keeps its own
+        values = {"latency": Value(p50, source, latency_detail)}
         if rec.peak_memory_bytes:
             values["memory"] = Value(
                 float(rec.peak_memory_bytes),

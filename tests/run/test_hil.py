@@ -164,3 +164,35 @@ def test_unknown_device_is_a_one_line_error(tmp_path: Path, bad: str) -> None:
     assert_one_line_error(
         qae("search", "builtin:digits-vit", "--device", bad, "--out", str(tmp_path / "r")), "unknown device"
     )
+
+
+def test_repeated_measurements_are_each_kept_with_their_spread(tmp_path: Path) -> None:
+    """--measure-repeat 2: every measured candidate has two fresh-process repeats in the archive, each
+    with its runs and p50 interval; the latency is the median of their p50s, with their spread."""
+    import numpy as np
+
+    cfg = SearchConfig(
+        model="builtin:digits-vit", profiles=[], generations=1, population=4, seed=1, devices=["local"],
+        hil={"per_generation": 2, "runs": 5, "min_seconds": 0.02, "warmup_seconds": 0.02, "accuracy_points": 0,
+             "final_rounds": 1, "repeats": 2},
+    )
+    archive = run_search(cfg, tmp_path / "run", say=lambda m: None)
+    try:
+        measured = [c.values["latency"] for c in archive.candidates("local")
+                    if c.values.get("latency") and c.values["latency"].source == "measured"]
+        assert measured
+        for value in measured:
+            repeats = value.detail["repeats"]
+            assert len(repeats) == 2 and all(len(r["runs_ms"]) >= 5 and len(r["p50_ci95"]) == 2 for r in repeats)
+            assert value.value == pytest.approx(float(np.median([r["p50_ms"] for r in repeats])))
+            spread = value.detail["spread"]
+            assert spread["n"] == 2 and spread["ok"] == (spread["spread_pct"] <= 5.0)
+    finally:
+        archive.close()
+
+
+def test_a_bad_repeat_count_is_a_one_line_error(tmp_path: Path) -> None:
+    from tests.cli.test_cli_model import assert_one_line_error, qae
+
+    assert_one_line_error(qae("search", "builtin:digits-vit", "--device", "local", "--measure-repeat", "0",
+                              "--out", str(tmp_path / "r")), "--measure-repeat >= 1")
