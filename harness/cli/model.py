@@ -20,6 +20,7 @@ from harness.cli.common import (
     parse_shapes,
     print_notes,
 )
+from harness.core.genome import layer_kernels
 from harness.core.model import ModelInfo, TensorSpec, load_model
 
 
@@ -55,15 +56,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if any(layer.macs is None for layer in model.layers):
         print(f"qae: {_unresolved_line(model)}", file=sys.stderr)
     if args.json:
-        print(json.dumps([layer.to_dict() for layer in model.layers], indent=1))
+        print(json.dumps([{**layer.to_dict(), "kernels": list(layer_kernels(layer.op_type))}
+                          for layer in model.layers], indent=1))
         return 0
-    header = ("layer", "op", "weight shape", "params", "MACs")
+    header = ("layer", "op", "kernels", "weight shape", "params", "MACs")
     rows = [
-        (layer.name, layer.op_type, "x".join(map(str, layer.weight_shape)), f"{layer.params:,}", _macs(layer.macs))
+        (layer.name, layer.op_type, ", ".join(layer_kernels(layer.op_type)), "x".join(map(str, layer.weight_shape)),
+         f"{layer.params:,}", _macs(layer.macs))
         for layer in model.layers
     ]
     macs = [layer.macs for layer in model.layers]
-    total = ("total", "", "", f"{sum(lay.params for lay in model.layers):,}",
+    total = ("total", "", "", "", f"{sum(lay.params for lay in model.layers):,}",
              "?" if None in macs else f"{sum(m or 0 for m in macs):,}")
     title = f"{len(model.layers)} quantizable layers of {args.model}"
     if not sys.stdout.isatty():
@@ -91,7 +94,7 @@ def _macs(value: int | None) -> str:
 
 def _plain_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {3, 4}
+    right = {len(header) - 2, len(header) - 1}  # params, MACs
 
     def line(row: tuple[str, ...]) -> str:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

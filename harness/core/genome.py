@@ -12,6 +12,29 @@ Normalisation (so the hash is about what gets built, not how it was spelled):
 - A Conv with ``dynamic`` activations is quantized per tensor: ONNX Runtime's dynamic quantizer
   builds ConvInteger with one weight scale.
 - An LSTM or GRU is weight-only: its activation is ``fp`` (see ``WEIGHT_ONLY_OPS``).
+- Block-wise weights are weight-only: with ``per_block`` (kernels ``matmulnbits`` (ONNX Runtime's
+  com.microsoft MatMulNBits), ``gather_block`` (GatherBlockQuantized) and block-wise QDQ) the
+  activation is ``fp``. For QDQ this is ONNX Runtime 1.32's doing: its CPU optimizer fuses a static
+  activation's Q/DQ and a block-wise weight DequantizeLinear into MatMulIntegerToFloat, which
+  ignores ``block_size`` (int8-stored weights fail to run; int4 weights with 16-bit activations
+  give other outputs than the unoptimized graph), and MatMulInteger takes no blocks. ``accuracy_level: 0`` is
+  MatMulNBits' "unset", the same as no level. An unquantized layer takes the base kernel, block
+  size, level and rounding.
+
+Fields added by issue 15 (``granularity: per_block`` with ``block_size``, ``kernel``,
+``accuracy_level``, ``rounding``) are left out of ``Gene.to_dict()`` at their defaults, so a genome
+that does not use them keeps the canonical form and hash it had before they existed. What combines
+with what (each refusal is a one-line GenomeError naming the layer, op and allowed values):
+- ``per_block`` needs a ``block_size`` (16, 32, 64, 128) and a 2-D weight (MatMul, Gemm, or an
+  embedding Gather through ``gather_block``); a ``block_size`` needs ``per_block``.
+- ``kernel: matmulnbits`` is for MatMul only, ``gather_block`` for an embedding Gather only; both
+  need ``per_block`` and weight_bits 2, 4 or 8 (what ONNX Runtime 1.32's CPU kernels unpack).
+- ``accuracy_level`` (0, 1, 2, 4) only with ``matmulnbits``.
+- ``rounding`` other than ``rtn`` (``mse``, ``hqq``, ``gptq``; see ``harness.quant.rounding``) needs
+  weights of 2 to 8 bits with scheme symmetric or asymmetric (a power-of-two scale is not the
+  optimiser's to choose), and is not for LSTM/GRU; ``gptq`` needs the layer's inputs, so it is for
+  MatMul and Gemm only, per channel or per block. It applies with dynamic activations too: the
+  weights are rounded by qae either way.
 """
 
 from __future__ import annotations
@@ -33,10 +56,27 @@ Bits = Union[int, str]  # noqa: UP007 (a runtime alias: Python 3.10 needs Union 
 WEIGHT_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "fp")
 ACTIVATION_BITS: tuple[Bits, ...] = (2, 3, 4, 5, 6, 8, 16, "dynamic", "fp")
 SCHEMES = ("symmetric", "asymmetric", "power_of_two")
-GRANULARITIES = ("per_channel", "per_tensor")
+GRANULARITIES = ("per_channel", "per_tensor", "per_block")
+#: Block sizes along a weight's input (K) axis; ONNX Runtime wants a power of two >= 16.
+BLOCK_SIZES = (16, 32, 64, 128)
+#: How a layer's quantized weights run: ``qdq`` (ONNX QDQ or ONNX Runtime's dynamic quantizer),
+#: ``matmulnbits`` (com.microsoft MatMulNBits), ``gather_block`` (com.microsoft GatherBlockQuantized).
+KERNELS = ("qdq", "matmulnbits", "gather_block")
+#: The op each non-QDQ kernel replaces.
+KERNEL_OPS = {"matmulnbits": ("MatMul",), "gather_block": ("Gather",)}
+#: Weight widths each packed kernel runs (ONNX Runtime 1.32 CPU: MatMulNBits bits 2/4/8;
+#: GatherBlockQuantized on uint8 data with bits 2/4/8, packed along the last axis).
+KERNEL_BITS: dict[str, tuple[int, ...]] = {"matmulnbits": (2, 4, 8), "gather_block": (2, 4, 8)}
+#: MatMulNBits ``accuracy_level``: 0 unset, 1 fp32, 2 fp16, 4 int8 (A quantized per block).
+ACCURACY_LEVELS = (0, 1, 2, 4)
+ROUNDINGS = ("rtn", "mse", "hqq", "gptq")
 #: Widths ONNX has a real integer type for; the others are emulated in int8 storage.
 NATIVE_BITS = (4, 8, 16)
-FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
+#: The fields every gene file has always had (a gene's first four, and its positional order).
+BASE_FIELDS = ("weight_bits", "activation_bits", "scheme", "granularity")
+#: Issue 15's fields: omitted from ``Gene.to_dict()`` at their defaults (old genomes keep their hash).
+EXTRA_FIELDS = ("block_size", "kernel", "accuracy_level", "rounding")
+FIELDS = BASE_FIELDS + EXTRA_FIELDS
 #: Layers quantized weight-only. ONNX Runtime has no integer LSTM/GRU kernel and its QDQ quantizer
 #: leaves these ops float, so qae stores W and R as integers with a DequantizeLinear feeding the op:
 #: the weights shrink, the recurrence runs in float, and there is no activation precision to choose
@@ -59,6 +99,10 @@ class Gene:
     activation_bits: Bits = 8
     scheme: str = "symmetric"
     granularity: str = "per_channel"
+    block_size: int | None = None
+    kernel: str = "qdq"
+    accuracy_level: int | None = None
+    rounding: str = "rtn"
 
     @property
     def quantized(self) -> bool:
@@ -77,9 +121,11 @@ class Gene:
         """Bits per weight in the ONNX file (emulated widths are stored in int8)."""
         if not self.quantized:
             return 32
+        bits = int(self.weight_bits)
+        if self.kernel != "qdq":  # packed at their width, several weights to a byte
+            return bits
         if self.dynamic:  # MatMulInteger / ConvInteger take 8-bit weights only
             return 8
-        bits = int(self.weight_bits)
         return bits if bits in NATIVE_BITS else 8
 
     @property
@@ -91,11 +137,17 @@ class Gene:
             return True
         return self.static_activation and int(self.activation_bits) not in NATIVE_BITS
 
-    def to_dict(self) -> dict[str, Bits]:
+    def to_dict(self) -> dict[str, Any]:
+        """The gene's fields, issue 15's left out at their defaults (see the module docstring)."""
+        full = asdict(self)
+        return {k: v for k, v in full.items() if k in BASE_FIELDS or v != _EXTRA_DEFAULTS[k]}
+
+    def full_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 BASE_GENE = Gene()
+_EXTRA_DEFAULTS: dict[str, Any] = {k: getattr(BASE_GENE, k) for k in EXTRA_FIELDS}
 
 
 def _parse_bits(value: Any, allowed: tuple[Bits, ...], where: str, field: str) -> Bits:
@@ -130,20 +182,37 @@ def parse_gene(data: Any, base: Gene, where: str) -> Gene:
             gene,
             activation_bits=_parse_bits(data["activation_bits"], ACTIVATION_BITS, where, "activation_bits"),
         )
-    for field, allowed in (("scheme", SCHEMES), ("granularity", GRANULARITIES)):
+    for field, allowed in (("scheme", SCHEMES), ("granularity", GRANULARITIES), ("kernel", KERNELS),
+                           ("rounding", ROUNDINGS)):
         if field in data:
             value = str(data[field]).strip().lower()
             if value not in allowed:
                 raise GenomeError(f"{where}: {field} {data[field]!r} is not supported: use one of {', '.join(allowed)}")
-            gene = replace(gene, **{field: value})
+            gene = replace(gene, **{field: value})  # type: ignore[arg-type]
+    for field, allowed_ints in (("block_size", BLOCK_SIZES), ("accuracy_level", ACCURACY_LEVELS)):
+        if field in data:
+            number = _parse_optional_int(data[field], allowed_ints, where, field)
+            gene = replace(gene, **{field: number})  # type: ignore[arg-type]
     return gene
+
+
+def _parse_optional_int(value: Any, allowed: tuple[int, ...], where: str, field: str) -> int | None:
+    """An integer from ``allowed``, or None (``null`` / ``none`` in a file: the field unset)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    parsed = _parse_bits(value, allowed, where, field)  # type: ignore[arg-type]
+    return int(parsed)
 
 
 def normalise(gene: Gene, op_type: str, where: str) -> Gene:
     """Bring a gene to the one form that means what will be built (see the module docstring)."""
     if not gene.quantized:
         return Gene("fp", "fp", BASE_GENE.scheme, BASE_GENE.granularity)
-    if op_type in ("Gather", *WEIGHT_ONLY_OPS) and gene.activation_bits != "fp":
+    if gene.accuracy_level == 0:  # MatMulNBits' "unset": one spelling for one meaning
+        gene = replace(gene, accuracy_level=None)
+    _check_kernel(gene, op_type, where)
+    weight_only = op_type in ("Gather", *WEIGHT_ONLY_OPS) or gene.granularity == "per_block"
+    if (weight_only or gene.kernel != "qdq") and gene.activation_bits != "fp":
         gene = replace(gene, activation_bits="fp")
     if gene.dynamic and op_type == "Conv" and gene.granularity != "per_tensor":
         gene = replace(gene, granularity="per_tensor")
@@ -152,7 +221,67 @@ def normalise(gene: Gene, op_type: str, where: str) -> Gene:
             f"{where}: activation_bits dynamic needs weight_bits of 8 or fewer "
             f"(ONNX Runtime's integer kernels take 8-bit weights), got {gene.weight_bits}"
         )
+    _check_rounding(gene, op_type, where)
     return gene
+
+
+def layer_kernels(op_type: str) -> tuple[str, ...]:
+    """What a layer of ``op_type`` can be built as: ``qdq`` (always), ``per_block`` QDQ weights
+    (MatMul, Gemm), and the packed kernels whose op it is (``qae layers`` shows this)."""
+    out = ["qdq"]
+    if op_type in ("MatMul", "Gemm"):
+        out.append("qdq per_block")
+    out += [kernel for kernel, ops in KERNEL_OPS.items() if op_type in ops]
+    return tuple(out)
+
+
+def _check_kernel(gene: Gene, op_type: str, where: str) -> None:
+    """The kernel, block and level choices that cannot be built for ``op_type`` (one-line errors)."""
+    sizes = ", ".join(str(b) for b in BLOCK_SIZES)
+    if gene.kernel != "qdq":
+        if op_type not in KERNEL_OPS[gene.kernel]:
+            ops = ", ".join(KERNEL_OPS[gene.kernel])
+            raise GenomeError(f"{where}: kernel {gene.kernel} cannot run a {op_type} layer: it is for {ops} "
+                              f"(use kernel qdq here)")
+        if int(gene.weight_bits) not in KERNEL_BITS[gene.kernel]:
+            bits = ", ".join(str(b) for b in KERNEL_BITS[gene.kernel])
+            raise GenomeError(f"{where}: kernel {gene.kernel} on {op_type} runs weight_bits {bits}, "
+                              f"got {gene.weight_bits}")
+        if gene.granularity != "per_block":
+            raise GenomeError(f"{where}: kernel {gene.kernel} on {op_type} needs granularity per_block with a "
+                              f"block_size ({sizes}), got {gene.granularity}")
+    if gene.granularity == "per_block":
+        if gene.block_size is None:
+            raise GenomeError(f"{where}: granularity per_block needs a block_size: use one of {sizes}")
+        if gene.kernel == "qdq" and op_type not in ("MatMul", "Gemm"):
+            hint = " (an embedding table takes kernel gather_block)" if op_type == "Gather" else ""
+            raise GenomeError(f"{where}: granularity per_block with kernel qdq is for MatMul and Gemm weights, "
+                              f"not {op_type}{hint}: use per_channel or per_tensor")
+    elif gene.block_size is not None:
+        raise GenomeError(f"{where}: block_size {gene.block_size} needs granularity per_block, "
+                          f"got {gene.granularity}: drop block_size or use per_block")
+    if gene.accuracy_level is not None and gene.kernel != "matmulnbits":
+        raise GenomeError(f"{where}: accuracy_level is MatMulNBits' (kernel matmulnbits), got kernel {gene.kernel} "
+                          f"on {op_type}: drop accuracy_level")
+
+
+def _check_rounding(gene: Gene, op_type: str, where: str) -> None:
+    if gene.rounding == "rtn":
+        return
+    if op_type in WEIGHT_ONLY_OPS:
+        raise GenomeError(f"{where}: rounding {gene.rounding} is not available for {op_type} weights: use rtn")
+    if int(gene.weight_bits) > 8:
+        raise GenomeError(f"{where}: rounding {gene.rounding} is for weights of 2 to 8 bits, got "
+                          f"{gene.weight_bits}: use rtn")
+    if gene.rounding == "gptq" and op_type not in ("MatMul", "Gemm"):
+        raise GenomeError(f"{where}: rounding gptq is for MatMul and Gemm weights (it needs their inputs), "
+                          f"not {op_type}: use rtn, mse or hqq")
+    if gene.rounding == "gptq" and gene.granularity == "per_tensor":
+        raise GenomeError(f"{where}: rounding gptq needs granularity per_channel or per_block, got per_tensor: "
+                          "use mse or hqq, or another granularity")
+    if gene.scheme == "power_of_two":
+        raise GenomeError(f"{where}: rounding {gene.rounding} chooses its own scales, which scheme power_of_two "
+                          "fixes: use scheme symmetric or asymmetric, or rounding rtn")
 
 
 class Genome:
@@ -242,13 +371,14 @@ class Genome:
             counts[gene] = counts.get(gene, 0) + 1
         # Ties broken by the gene's JSON, so the file form is the same in every process.
         default = max(counts, key=lambda g: (counts[g], json.dumps(g.to_dict(), sort_keys=True)), default=self.default)
-        base = default.to_dict()
-        layers: dict[str, dict[str, Bits]] = {}
+        base = default.full_dict()
+        layers: dict[str, dict[str, Any]] = {}
         for name in self.genes:
-            diff = {k: v for k, v in self.genes[name].to_dict().items() if base[k] != v}
+            # against every field: a layer back at a default the file's default gene left is named
+            diff = {k: v for k, v in self.genes[name].full_dict().items() if base[k] != v}
             if diff:
                 layers[name] = diff
-        return {"default": base, "layers": layers}
+        return {"default": default.to_dict(), "layers": layers}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -132,6 +132,13 @@ def agreement(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, float]
 
 
 def sizes(proto: onnx.ModelProto, file_bytes: int, nominal_bits: dict[str, int] | None = None) -> SizeReport:
+    """Bytes of the weights: ``nominal_bits`` initializers at their nominal width, the rest as stored.
+
+    The packed kernels (MatMulNBits, GatherBlockQuantized) store their weights as uint8 holding
+    ``8 / bits`` values a byte, so they are counted exactly as stored: packed weights (a MatMul's K
+    padded to whole blocks) plus float scales plus packed zero points; qae never lists them in
+    ``nominal_bits``.
+    """
     nominal_bits = nominal_bits or {}
     weight = stored = 0
     for init in proto.graph.initializer:

@@ -16,8 +16,15 @@ The steps, each for a reason:
 6. LSTM and GRU layers are weight-only and built by qae itself, after ONNX Runtime's passes (its
    quantizers leave these ops float): W and R become integer initializers with a per-gate-row
    DequantizeLinear feeding the op.
+7. Block-wise weights and the packed kernels (issue 15) are qae's own too, after ONNX Runtime's
+   passes (``harness.quant.kernels``): ``kernel: matmulnbits`` turns a MatMul into com.microsoft
+   MatMulNBits, ``kernel: gather_block`` an embedding Gather into GatherBlockQuantized, and
+   ``per_block`` QDQ weights get a DequantizeLinear with ``block_size`` (all three weight-only, see
+   ``harness.core.genome``). A gene's ``rounding`` other than ``rtn`` rounds its weights through
+   ``harness.quant.rounding`` on every path but LSTM/GRU; ``gptq`` needs the layers' calibration
+   inputs as ``samples``.
 
-One module (~600 lines) because every path from a genome to an ONNX model (QDQ, dynamic, weight-
+One module (~670 lines) because every path from a genome to an ONNX model (QDQ, dynamic, weight-
 only, emulated widths, embedding tables, recurrent weights) shares the per-layer planning and the final
 graph edits.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,7 @@ from harness.core.errors import ModelError
 from harness.core.forms import name_nodes
 from harness.core.genome import NATIVE_BITS, WEIGHT_ONLY_OPS, Gene, Genome
 from harness.core.model import LayerSpec, ModelInfo
+from harness.quant import kernels
 from harness.quant.calibration import Ranges
 
 OPSET = 21
@@ -146,16 +155,29 @@ def activation_qparams(rng: tuple[float, float], gene: Gene) -> QParams:
     return QParams(np.array(scale, np.float32), np.array(zero), qlo, qhi, storage)
 
 
-def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
-    """Build the quantized model for ``genome``; the float model in ``model`` is left untouched."""
+def _own_kernel(gene: Gene) -> bool:
+    """Built by ``harness.quant.kernels`` rather than by ONNX Runtime's quantizers."""
+    return gene.kernel != "qdq" or gene.granularity == "per_block"
+
+
+def quantize(
+    model: ModelInfo, genome: Genome, ranges: Ranges, samples: Mapping[str, np.ndarray] | None = None
+) -> QuantResult:
+    """Build the quantized model for ``genome``; the float model in ``model`` is left untouched.
+
+    ``samples``: layer name -> its calibration inputs ``[S, K]``, needed by ``rounding: gptq`` only
+    (``harness.quant.rounding.activation_samples`` collects them).
+    """
     from onnxruntime.quantization import QuantType
 
     proto = copy.deepcopy(model.proto)
     _ensure_opset(proto)
     name_nodes(proto)
+    samples = samples or {}
     quantized = [layer for layer in model.layers if genome[layer.name].quantized]
     recurrent = [layer for layer in quantized if layer.op_type in WEIGHT_ONLY_OPS]
-    layers = [layer for layer in quantized if layer.op_type not in WEIGHT_ONLY_OPS]
+    own = [lay for lay in quantized if lay.op_type not in WEIGHT_ONLY_OPS and _own_kernel(genome[lay.name])]
+    layers = [lay for lay in quantized if lay.op_type not in WEIGHT_ONLY_OPS and not _own_kernel(genome[lay.name])]
     node_names = {layer.name: layer.node_name for layer in model.layers}
     ranges = dict(ranges)
     act_tensor = _split_activations(proto, [lay for lay in layers if lay.activation], node_names, ranges)
@@ -170,9 +192,12 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
         if gene.emulated:
             result.emulated_layers.append(layer.name)
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        qp = weight_qparams(w, gene, layer.channel_axis)
         per_channel = gene.granularity == "per_channel"
-        wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
+        if gene.rounding != "rtn":
+            qp, wq = _rounded_qparams(w, gene, layer, samples.get(layer.name))
+        else:
+            qp = weight_qparams(w, gene, layer.channel_axis)
+            wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(wq.astype(w.dtype), layer.weight))
         qtype = QuantType[qp.storage]
         if per_channel:
@@ -223,6 +248,7 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
+    _own_kernels(proto, own, genome, samples, result)
     for layer in recurrent:
         _dequantized_weights(proto, layer, genome[layer.name], result)
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -232,6 +258,46 @@ def quantize(model: ModelInfo, genome: Genome, ranges: Ranges) -> QuantResult:
     _stamp(proto, result, model)
     result.proto = proto
     return result
+
+
+def _rounded_qparams(
+    w: np.ndarray, gene: Gene, layer: LayerSpec, x: np.ndarray | None
+) -> tuple[QParams, np.ndarray]:
+    """Per-channel scales and the weights on their grid from ``harness.quant.rounding`` (a method
+    other than round-to-nearest), in the form ONNX Runtime's overrides take."""
+    per_tensor = gene.granularity == "per_tensor"
+    rows = w.reshape(1, -1) if per_tensor else kernels.rows_view(w, layer.channel_axis)  # one row: one scale
+    rq = kernels.quantize_rows(rows, gene, block_size=None, x=x)
+    symmetric = rq.zero_point is None
+    qlo, qhi = grid(int(gene.weight_bits), symmetric)
+    zero: np.ndarray = np.zeros(rq.scale.shape[0], np.int64) if symmetric else rq.zero_point.ravel()  # type: ignore[union-attr]
+    scale: np.ndarray = rq.scale.ravel()
+    if per_tensor:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    qp = QParams(scale, zero, int(min(qlo, rq.q.min())), qhi, _storage(gene.weight_storage_bits, symmetric))
+    deq = rq.dequantize()
+    wq = deq.reshape(w.shape) if per_tensor else kernels.from_rows(deq, w.shape, layer.channel_axis)
+    return qp, wq.astype(np.float32)
+
+
+def _own_kernels(
+    proto: onnx.ModelProto, layers: list[LayerSpec], genome: Genome, samples: Mapping[str, np.ndarray],
+    result: QuantResult,
+) -> None:
+    """MatMulNBits, GatherBlockQuantized and block-wise QDQ layers (``harness.quant.kernels``), all
+    weight-only (``harness.core.genome`` says why)."""
+    for layer in layers:
+        gene = genome[layer.name]
+        x = samples.get(layer.name)
+        if gene.kernel == "matmulnbits":
+            kernels.matmul_nbits(proto, layer, gene, x)
+        elif gene.kernel == "gather_block":
+            kernels.gather_block(proto, layer, gene)
+        else:
+            kernels.block_dequantize(proto, layer, gene, x)
+            result.nominal_bits[layer.weight] = int(gene.weight_bits)
+        if gene.emulated:
+            result.emulated_layers.append(layer.name)
 
 
 def _stamp(proto: onnx.ModelProto, result: QuantResult, model: ModelInfo) -> None:
