@@ -45,6 +45,7 @@ class Workload:
     _references: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _test_references: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _plan: metrics.Plan | None = field(default=None, repr=False)
+    _samples: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -135,7 +136,17 @@ class Workload:
         return Genome.uniform(Gene(**fields), self.layer_ops)
 
     def build(self, genome: Genome) -> QuantResult:
-        return quantize(self.model, genome, self.ranges)
+        """The quantized model of ``genome``; a ``rounding: gptq`` layer gets its calibration inputs
+        (collected once for every MatMul/Gemm layer, cached on disk: ``rounding.activation_samples``)."""
+        samples = None
+        if any(gene.rounding == "gptq" for gene in genome.genes.values()):
+            if self._samples is None:
+                from harness.quant.rounding import activation_samples
+
+                eligible = [layer.name for layer in self.model.layers if layer.op_type in ("MatMul", "Gemm")]
+                self._samples = activation_samples(self.model, self.calib, eligible)
+            samples = self._samples
+        return quantize(self.model, genome, self.ranges, samples)
 
     def _eval_set(self) -> Dataset:
         if self.eval_data is None:
