@@ -15,15 +15,30 @@ activations run natively when both are in ``native``, else they take the profile
 the first missing precision. Emulated widths (2, 3, 5, 6 bits) are costed at their storage width,
 so an emulated width is never predicted faster than its storage type.
 
+Block-quantized kernels (issue 15; a gene's optional ``kernel``, ``block_size`` and
+``accuracy_level``, read with ``getattr`` so that genes without them are ``qdq``): a layer whose
+gene names ``matmulnbits`` costs, with ``M`` the GEMM's rows (the activation's elements over K),
+``per_layer + max(MACs / throughput, DRAM / bandwidth) + weights x ns_per_weight + blocks x
+ns_per_block + M x blocks x ns_per_block_row`` from the profile's ``kernels.matmulnbits.rates``
+entry for its width and accuracy level; ``gather_block`` costs ``per_layer + M x dim x
+ns_per_element + M x blocks per row x ns_per_block`` (only gathered rows are dequantized). Their
+weights take ``bits / 8`` bytes each plus one scale (and a packed zero point when asymmetric) per
+block. A kernel, width or op the profile does not list is costed as the QDQ path of the same
+precision (what the target would run instead). A QDQ per-block weight-only MatMul is costed as
+MatMulNBits where the profile says the runtime fuses it (``qdq_per_block_accuracy_level``).
+
 ``CostTable`` precomputes every layer's cost for each of the few execution classes, so that
-predicting a population is a table lookup and a sum (``predict_many``).
+predicting a population is a table lookup and a sum (``predict_many``); a class first seen in a
+genome (a kernel, block size or accuracy level) adds its column once.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,19 +74,62 @@ class GraphStats:
         return cls(ops, elements)
 
 
-def precision_tokens(gene: GeneLike) -> tuple[str, str, str]:
-    """(weight type, activation type, granularity) as the target stores them: emulated widths count
-    as int8; granularity is ``channel`` or ``tensor`` (it matters where weights are dequantized)."""
-    gran = "tensor" if gene.granularity == "per_tensor" else "channel"
+class ExecClass(NamedTuple):
+    """How a layer's gene executes: what the cost model prices. The first three fields are the
+    classic ``(weight type, activation type, granularity)`` tokens; a plain 3-tuple is the same
+    class with the QDQ defaults (``ExecClass(*tokens)``)."""
+
+    weight: str  # fp32 | int2 | int4 | int8 | int16 (storage type)
+    activation: str  # fp32 | dynamic | int4 | int8 | int16
+    granularity: str  # channel | tensor | block
+    kernel: str = "qdq"  # qdq | matmulnbits | gather_block
+    block: int = 0  # block size with granularity block
+    accuracy: int = 0  # MatMulNBits accuracy_level (0: unset)
+    zero_points: bool = False  # per-block zero points stored (asymmetric block quantization)
+
+
+def precision_tokens(gene: GeneLike) -> ExecClass:
+    """The gene's execution class: weight and activation types as the target stores them (emulated
+    widths count as int8), granularity ``channel``, ``tensor`` or ``block`` (it matters where weights
+    are dequantized), and for block-quantized genes the kernel, block size and accuracy level.
+    Genes without the issue-15 fields (``kernel``, ``block_size``, ``accuracy_level``) are ``qdq``."""
     if not gene.quantized:
-        return "fp32", "fp32", "channel"
+        return ExecClass("fp32", "fp32", "channel")
+    kernel = str(getattr(gene, "kernel", None) or "qdq")
+    block = int(getattr(gene, "block_size", None) or 0)
+    zps = block > 0 and getattr(gene, "scheme", "symmetric") == "asymmetric"
+    if kernel != "qdq":
+        acc = int(getattr(gene, "accuracy_level", None) or 0) if kernel == "matmulnbits" else 0
+        return ExecClass(f"int{int(gene.weight_bits)}", "fp32", "block", kernel, block, acc, zps)
+    gran = "tensor" if gene.granularity == "per_tensor" else "block" if gene.granularity == "per_block" else "channel"
+    extra = (block, 0, zps) if gran == "block" else ()
     wt = f"int{gene.weight_storage_bits}"
     if gene.dynamic:
-        return wt, "dynamic", gran
+        return ExecClass(wt, "dynamic", gran, "qdq", *extra)
     if not gene.static_activation:
-        return wt, "fp32", gran
+        return ExecClass(wt, "fp32", gran, "qdq", *extra)
     bits = int(gene.activation_bits)
-    return wt, f"int{bits if bits in (4, 8, 16) else 8}", gran
+    return ExecClass(wt, f"int{bits if bits in (4, 8, 16) else 8}", gran, "qdq", *extra)
+
+
+def gemm_rows(layer: LayerLike) -> float:
+    """The M of the layer's GEMM per inference: the activation's elements over K (a MatMul's rows,
+    batch and sequence together); for an embedding Gather, the ids it looks up."""
+    if layer.op_type == "Gather":
+        ids = getattr(layer, "input_elements", None)
+        out = getattr(layer, "output_elements", None)
+        if ids is None and out is not None and len(layer.weight_shape) == 2:
+            ids = out / max(layer.weight_shape[1], 1)
+        if ids is None:
+            raise ProfileError(
+                f"layer {layer.name} (Gather) has an unknown number of ids because the model's input shapes are "
+                "unknown: give input shapes (--input-shape NAME=D1xD2x..., or data with --data/--calib)"
+            )
+        return float(ids)
+    in_el, _ = layer_io(layer)
+    w = layer.weight_shape
+    k = w[1] if layer.op_type == "Gemm" and layer.channel_axis == 0 else w[0]
+    return in_el / max(int(k), 1) if len(w) == 2 else 0.0
 
 
 def layer_macs(layer: LayerLike) -> int:
@@ -91,9 +149,9 @@ def layer_io(layer: LayerLike) -> tuple[float, float]:
     The layer's own counts (``input_elements`` / ``output_elements``, from shape inference at the
     shapes the model runs at) when it has them; otherwise inferred from MACs and weight shape, which
     is exact for MatMul and Gemm but assumes stride = kernel for a Conv (a patch embedding). An
-    embedding Gather is costed by its table bytes alone (its traffic is the rows it reads, which the
-    calibrated fits absorbed into the table term), and an op without a rule (LSTM, GRU) by what it
-    reports, else nothing.
+    embedding Gather has none here: ``layer_cost`` costs it by the rows it reads (``gemm_rows`` ids
+    x the table's width; the whole table only where the ids are unknown), and an op without a rule
+    (LSTM, GRU) by what it reports, else nothing.
     """
     if layer.op_type == "Gather":
         return 0.0, 0.0
@@ -166,7 +224,7 @@ def path_of(wt: str, at: str, profile: Profile) -> Path:
                 float(fb["energy_per_mac_pj"]["value"]), float(fb["penalty_us"]["value"]))
 
 
-_BYTES = {"fp32": 4.0, "fp16": 2.0, "int16": 2.0, "int8": 1.0, "int4": 0.5, "dynamic": 1.0}
+_BYTES = {"fp32": 4.0, "fp16": 2.0, "int16": 2.0, "int8": 1.0, "int4": 0.5, "int2": 0.25, "dynamic": 1.0}
 
 
 @dataclass
@@ -180,8 +238,114 @@ class LayerCost:
     compute: str
 
 
+def kernel_rate(profile: Profile, kernel: str, bits: int, accuracy: int = 0) -> dict[str, float] | None:
+    """The profile's coefficients for ``kernel`` at ``bits`` (and MatMulNBits' ``accuracy`` level):
+    ``{name: value}``, or None where the profile does not list the kernel or the width."""
+    spec = profile.data.get("kernels", {}).get(kernel)
+    if spec is None or kernel == "qdq" or bits not in spec["bits"]:
+        return None
+    rates = spec["rates"]
+    node = rates.get(f"int{bits}_acc{accuracy}") or rates.get(f"int{bits}")
+    return None if node is None else {k: float(v["value"]) for k, v in node.items()}
+
+
+def rate_key(profile: Profile, kernel: str, bits: int, accuracy: int = 0) -> str | None:
+    """The key under ``kernels.KERNEL.rates`` that ``kernel_rate`` reads, or None."""
+    spec = profile.data.get("kernels", {}).get(kernel)
+    if spec is None or kernel == "qdq" or bits not in spec["bits"]:
+        return None
+    for key in (f"int{bits}_acc{accuracy}", f"int{bits}"):
+        if key in spec["rates"]:
+            return key
+    return None
+
+
+def _block_bytes(params: float, bits: int, block: int, zero_points: bool, scale_bytes: float) -> float:
+    """Packed weights plus one scale (and a packed zero point) per block."""
+    blocks = math.ceil(params / block) if block else 0
+    return params * bits / 8 + blocks * scale_bytes + (blocks * bits / 8 if zero_points else 0.0)
+
+
+def _kernel_cost(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost | None:
+    """A MatMulNBits or GatherBlockQuantized layer's cost; None where the profile or op cannot run it."""
+    bits = int(c.weight[3:])
+    rate = kernel_rate(profile, c.kernel, bits, c.accuracy)
+    w = layer.weight_shape
+    ft = profile.data["float_type"]
+    if rate is None or len(w) != 2 or c.block <= 0:
+        return None
+    onchip = profile.num("memory", "onchip_bytes")
+    bw = profile.num("memory", "dram_bandwidth_gbs") * 1e3  # bytes per us
+    e = profile.data["energy"]
+    dram_pj, onchip_pj = float(e["dram_pj_per_byte"]["value"]), float(e["onchip_pj_per_byte"]["value"])
+    wbytes = _block_bytes(layer.params, bits, c.block, c.zero_points, _BYTES[ft])
+    per_layer = profile.num("overhead", "per_layer_us")
+    m = gemm_rows(layer)
+    if c.kernel == "matmulnbits" and layer.op_type == "MatMul":
+        k, n = int(w[0]), int(w[1])
+        blocks = math.ceil(k / c.block) * n
+        macs = layer_macs(layer)
+        in_el, out_el = layer_io(layer)
+        abytes = (in_el + out_el) * _BYTES[ft]
+        dram = wbytes + (abytes if abytes > onchip else 0.0)
+        compute_us = macs / (rate["throughput_gmacs"] * 1e3)
+        us = (per_layer + max(compute_us, dram / bw) + layer.params * rate.get("ns_per_weight", 0.0) / 1e3
+              + blocks * rate.get("ns_per_block", 0.0) / 1e3 + m * blocks * rate.get("ns_per_block_row", 0.0) / 1e3)
+        compute = "int8" if c.accuracy == 4 and "int8" in e["per_mac_pj"] else ft
+        epm = profile.num("energy", "per_mac_pj", compute)
+        joules = (macs * epm + dram * dram_pj + (abytes if abytes <= onchip else 0.0) * onchip_pj) * 1e-12
+        return LayerCost(us, joules, wbytes, abytes, 0.0, "matmulnbits", compute)
+    if c.kernel == "gather_block" and layer.op_type == "Gather":
+        dim = int(w[1])
+        out_el = m * dim
+        row_blocks = m * math.ceil(dim / c.block)
+        moved = out_el * bits / 8 + row_blocks * _BYTES[ft]  # the gathered rows and their scales only
+        us = per_layer + max(out_el * rate["ns_per_element"] / 1e3 + row_blocks * rate.get("ns_per_block", 0.0) / 1e3,
+                             moved / bw)
+        joules = (moved * dram_pj + out_el * _BYTES[ft] * onchip_pj) * 1e-12
+        return LayerCost(us, joules, wbytes, 0.0, 0.0, "gather_block", ft)
+    return None
+
+
+def _fused_qdq_block(layer: LayerLike, c: ExecClass, profile: Profile) -> ExecClass | None:
+    """The MatMulNBits class a QDQ per-block weight-only MatMul runs as, where the profile says its
+    runtime fuses DequantizeLinear(block_size) -> MatMul (ONNX Runtime's CPU provider does)."""
+    spec = profile.data.get("kernels", {}).get("matmulnbits")
+    if (spec is None or "qdq_per_block_accuracy_level" not in spec or c.activation != "fp32"
+            or layer.op_type != "MatMul"):
+        return None
+    acc = int(spec["qdq_per_block_accuracy_level"]["value"])
+    return ExecClass(c.weight, "fp32", "block", "matmulnbits", c.block, acc, c.zero_points)
+
+
+def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) -> LayerCost:
+    """The cost of ``layer`` in execution class ``c`` (an ``ExecClass`` or a classic 3-tuple)."""
+    c = ExecClass(*c)
+    if c.kernel != "qdq":
+        kc = _kernel_cost(layer, c, profile)
+        if kc is not None:
+            return kc
+        # Not runnable there (kernel, width or op not listed): the QDQ path of the same precision.
+        wt = c.weight if c.weight in ("int4", "int8") else "int8"
+        lc = layer_cost(layer, wt, "fp32", profile, "channel")
+        lc.path = f"{lc.path} (no {c.kernel})"
+        return lc
+    if c.granularity == "block":
+        fused = _fused_qdq_block(layer, c, profile)
+        kc = _kernel_cost(layer, fused, profile) if fused is not None else None
+        if kc is not None:
+            kc.path = "qdq->matmulnbits"
+            return kc
+        lc = layer_cost(layer, c.weight, c.activation, profile, "channel")
+        if c.weight != "fp32" and c.block:
+            scale_bytes = _BYTES[profile.data["float_type"]]
+            lc.weight_bytes = _block_bytes(layer.params, int(c.weight[3:]), c.block, c.zero_points, scale_bytes)
+        return lc
+    return layer_cost(layer, c.weight, c.activation, profile, c.granularity)
+
+
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel") -> LayerCost:
-    """The cost of one layer on one execution path (see the module docstring for the formula)."""
+    """The cost of one layer on one QDQ execution path (see the module docstring for the formula)."""
     p = path_of(wt, at, profile)
     macs = layer_macs(layer)
     in_el, out_el = layer_io(layer)
@@ -190,14 +354,22 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     abytes = in_el * _BYTES[ft] + out_el * _BYTES[ft]
     onchip = profile.num("memory", "onchip_bytes")
     bw = profile.num("memory", "dram_bandwidth_gbs") * 1e3  # bytes per us
-    dram = wbytes + (abytes if abytes > onchip else 0.0)
+    # The weights a run reads and dequantizes: all of them, but an embedding Gather only the rows it
+    # looks up (qae gathers quantized rows, then dequantizes them) when the number of ids is known.
+    touched = float(layer.params)
+    if layer.op_type == "Gather" and len(layer.weight_shape) == 2:
+        try:
+            touched = min(touched, gemm_rows(layer) * layer.weight_shape[1])
+        except ProfileError:
+            pass  # ids unknown: the whole table, as before
+    dram = touched * (_BYTES[wt] if wt != "fp32" else _BYTES[ft]) + (abytes if abytes > onchip else 0.0)
     compute_us = macs / (p.throughput_gmacs * 1e3)
     us = max(compute_us, dram / bw) + profile.num("overhead", "per_layer_us")
     conv = profile.data["conversion"]
     extra_j = 0.0
     transient = 0.0
     if p.kind == "weight_only":
-        us += layer.params * profile.table("weight_only_ns_per_element").get(wt, 0.0) / 1e3
+        us += touched * profile.table("weight_only_ns_per_element").get(wt, 0.0) / 1e3
     if p.kind in ("native", "dequantize") and at != "fp32":
         # Quantize the float input on entry; dynamic activations also find their range at run time.
         per_el = conv["dynamic_ns_per_element"] if at == "dynamic" else conv["ns_per_element"]
@@ -207,14 +379,14 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         dq = profile.table("dequantize_ns_per_element")
         if gran == "tensor" and "dequantize_per_tensor_ns_per_element" in profile.data:
             dq = profile.table("dequantize_per_tensor_ns_per_element")  # one scale: a faster loop
-        us += float(conv["per_op_us"]["value"]) + layer.params * dq.get(wt, 0.0) / 1e3
+        us += float(conv["per_op_us"]["value"]) + touched * dq.get(wt, 0.0) / 1e3
         spill = profile.data.get("dequantize_spill_ns_per_element", {})
         if wt in spill:  # dequantized weights that do not fit on chip cost more per element
-            spilled = max(0.0, layer.params - onchip / _BYTES[p.compute])
+            spilled = max(0.0, touched - onchip / _BYTES[p.compute])
             us += spilled * float(spill[wt]["value"]) / 1e3
         us += (in_el + out_el) * float(conv["ns_per_element"]["value"]) / 1e3
-        transient = layer.params * _BYTES[p.compute]
-        extra_j += layer.params * profile.num("energy", "per_mac_pj", p.compute) * 1e-12
+        transient = touched * _BYTES[p.compute]
+        extra_j += touched * profile.num("energy", "per_mac_pj", p.compute) * 1e-12
     if p.kind == "slower_unit":
         us += p.penalty_us
         dram += abytes  # handing the tensors to another unit goes through shared memory
@@ -255,37 +427,36 @@ class Prediction:
         }
 
 
-_CLASSES: list[tuple[str, str, str]] = [
-    (w, a, g) for w in ("fp32", "int4", "int8", "int16") for a in ("fp32", "dynamic", "int4", "int8", "int16")
+_CLASSES: list[ExecClass] = [
+    ExecClass(w, a, g) for w in ("fp32", "int4", "int8", "int16") for a in ("fp32", "dynamic", "int4", "int8", "int16")
     for g in ("channel", "tensor") if not (w == "fp32" and (a != "fp32" or g != "channel"))
 ]
-_CLASS_INDEX = {c: i for i, c in enumerate(_CLASSES)}
 
 
 class CostTable:
     """Every layer's cost on every execution class, so a population costs a lookup and a sum.
 
-    Built once per (layers, profile, graph); immutable afterwards and safe to share between threads.
+    Built once per (layers, profile, graph) over the classic classes; a class first seen in a genome
+    (a kernel, block size, accuracy level) adds one column under a lock, so a table stays safe to
+    share between threads (columns are only ever appended; arrays are swapped, never resized in place).
     """
 
     def __init__(self, layers: Sequence[LayerLike], profile: Profile, graph: GraphStats | None = None) -> None:
         self.layers = list(layers)
         self.profile = profile
         self.graph = graph or GraphStats()
-        n, c = len(self.layers), len(_CLASSES)
-        self.lat = np.zeros((n, c))
-        self.energy = np.zeros((n, c))
-        self.wbytes = np.zeros((n, c))
-        self.transient = np.zeros((n, c))
+        n = len(self.layers)
+        self.lat = np.zeros((n, 0))
+        self.energy = np.zeros((n, 0))
+        self.wbytes = np.zeros((n, 0))
+        self.transient = np.zeros((n, 0))
         self.abytes = np.zeros(n)
-        self.costs: list[list[LayerCost]] = []
-        for i, layer in enumerate(self.layers):
-            row = [layer_cost(layer, w, a, profile, g) for w, a, g in _CLASSES]
-            self.costs.append(row)
-            for j, lc in enumerate(row):
-                self.lat[i, j], self.energy[i, j] = lc.latency_us, lc.energy_j
-                self.wbytes[i, j], self.transient[i, j] = lc.weight_bytes, lc.transient_bytes
-            self.abytes[i] = row[0].activation_bytes
+        self.costs: list[list[LayerCost]] = [[] for _ in range(n)]
+        self.index: dict[ExecClass, int] = {}
+        self._lock = threading.Lock()
+        self._add(_CLASSES)
+        for i in range(n):
+            self.abytes[i] = self.costs[i][0].activation_bytes
         self.fixed_us = (
             profile.num("overhead", "per_inference_us")
             + self.graph.other_ops * profile.num("overhead", "other_op_us")
@@ -295,8 +466,33 @@ class CostTable:
         self.power_w = float(e["static_power_w"]["value"]) + float(e["active_power_w"]["value"])
         self.runtime_bytes = profile.num("memory", "runtime_overhead_bytes")
 
+    def _add(self, classes: Sequence[ExecClass]) -> None:
+        """Cost every layer in the new ``classes`` and publish their columns (callers hold the lock
+        or own the table)."""
+        new = [c for c in dict.fromkeys(classes) if c not in self.index]
+        if not new:
+            return
+        n = len(self.layers)
+        cols = np.zeros((4, n, len(new)))
+        for i, layer in enumerate(self.layers):
+            row = [cost_of(layer, c, self.profile) for c in new]
+            self.costs[i] = [*self.costs[i], *row]
+            for j, lc in enumerate(row):
+                cols[:, i, j] = (lc.latency_us, lc.energy_j, lc.weight_bytes, lc.transient_bytes)
+        self.lat = np.concatenate([self.lat, cols[0]], axis=1)
+        self.energy = np.concatenate([self.energy, cols[1]], axis=1)
+        self.wbytes = np.concatenate([self.wbytes, cols[2]], axis=1)
+        self.transient = np.concatenate([self.transient, cols[3]], axis=1)
+        start = len(self.index)
+        self.index.update({c: start + j for j, c in enumerate(new)})  # published last
+
     def classes(self, genome: GenomeLike) -> np.ndarray:
-        return np.array([_CLASS_INDEX[precision_tokens(genome[lay.name])] for lay in self.layers], dtype=np.int64)
+        tokens = [precision_tokens(genome[lay.name]) for lay in self.layers]
+        missing = [c for c in tokens if c not in self.index]
+        if missing:
+            with self._lock:
+                self._add(missing)
+        return np.array([self.index[c] for c in tokens], dtype=np.int64)
 
     def totals(self, idx: np.ndarray) -> np.ndarray:
         """Rows of (latency_ms, energy_j, memory_bytes) for class matrices ``idx`` [genomes, layers]."""
@@ -324,6 +520,7 @@ class CostTable:
             rows.append({
                 "layer": layer.name, "op_type": layer.op_type, "macs": layer.macs,
                 "weight_bits": gene.weight_bits, "activation_bits": gene.activation_bits,
+                "kernel": str(getattr(gene, "kernel", None) or "qdq"), "gemm_rows": _rows_or_none(layer),
                 "path": lc.path, "compute": lc.compute, "latency_ms": lc.latency_us / 1e3,
                 "energy_j": lc.energy_j + self.power_w * lc.latency_us * 1e-6,
                 "weight_bytes": lc.weight_bytes,
@@ -338,6 +535,15 @@ class CostTable:
             layers=rows,
             emulated_layers=genome.emulated_layers,
         )
+
+
+def _rows_or_none(layer: LayerLike) -> float | None:
+    if layer.op_type not in ("MatMul", "Gemm", "Gather"):
+        return None
+    try:
+        return gemm_rows(layer)
+    except ProfileError:
+        return None
 
 
 def predict(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from profiles.costmodel import GraphStats, layer_cost
+from profiles.costmodel import ExecClass, GraphStats, cost_of, rate_key
 from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
 from profiles.schema import Profile
@@ -25,13 +25,14 @@ from profiles.schema import Profile
 
 @dataclass
 class Sample:
-    """One measured model: its layers with their (weight, activation) types, and the measured p50."""
+    """One measured model: its layers with their execution classes (``ExecClass``, or classic
+    ``(weight, activation, granularity)`` tuples), and the measured latency."""
 
     id: str
     workload: str
     role: str  # fit | heldout
     layers: Sequence[LayerLike]
-    classes: list[tuple[str, str, str]]
+    classes: Sequence[tuple[Any, ...]]
     graph: GraphStats
     measured_ms: float
 
@@ -46,9 +47,25 @@ class Param:
     hi: float = math.inf
 
 
-def fit_params(profile: Profile) -> list[Param]:
-    """The coefficients a latency calibration can identify: rates, overheads, conversion costs."""
+def fit_params(profile: Profile, samples: Sequence[Sample] = ()) -> list[Param]:
+    """The coefficients a latency calibration can identify: rates, overheads, conversion costs, and
+    the coefficients of each kernel rate (``kernels.K.rates.R``) some sample's layer runs on."""
     d = profile.data
+    kernel_params: list[Param] = []
+    seen: set[tuple[str, str]] = set()
+    for s in samples:
+        for c in s.classes:
+            ec = ExecClass(*c)
+            if ec.kernel == "qdq" or not ec.weight.startswith("int"):
+                continue
+            key = rate_key(profile, ec.kernel, int(ec.weight[3:]), ec.accuracy)
+            if key is None or (ec.kernel, key) in seen:
+                continue
+            seen.add((ec.kernel, key))
+            for coef in d["kernels"][ec.kernel]["rates"][key]:
+                inverse = coef == "throughput_gmacs"
+                kernel_params.append(Param(("kernels", ec.kernel, "rates", key, coef), inverse=inverse,
+                                           lo=1e-6 if inverse else 0.0, hi=10.0 if inverse else math.inf))
     params = [Param(("throughput_gmacs", p), inverse=True, lo=1e-6, hi=10.0) for p in d["throughput_gmacs"]]
     params.append(Param(("memory", "dram_bandwidth_gbs"), inverse=True, lo=1e-3, hi=1.0))
     params += [Param(("overhead", k)) for k in ("per_layer_us", "per_inference_us", "other_op_us",
@@ -58,7 +75,7 @@ def fit_params(profile: Profile) -> list[Param]:
     params += [Param(("weight_only_ns_per_element", p)) for p in d["weight_only_ns_per_element"]]
     for key in ("dequantize_spill_ns_per_element", "dequantize_per_tensor_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
-    return params
+    return params + kernel_params
 
 
 def _get(data: dict[str, Any], keys: tuple[str, ...]) -> float:
@@ -90,16 +107,17 @@ def apply_vector(profile: Profile, params: list[Param], x: np.ndarray) -> None:
 
 def predict_ms(samples: list[Sample], profile: Profile) -> np.ndarray:
     """Predicted latency of each sample; each distinct (layer, class) is costed once."""
-    cache: dict[tuple[str, int, str, str, str], float] = {}
+    cache: dict[tuple[str, int, ExecClass], float] = {}
     fixed = {}
     out = np.zeros(len(samples))
     per_inf = profile.num("overhead", "per_inference_us")
     for i, s in enumerate(samples):
         total = 0.0
-        for j, (layer, (wt, at, gran)) in enumerate(zip(s.layers, s.classes)):
-            key = (s.workload, j, wt, at, gran)
+        for j, (layer, c) in enumerate(zip(s.layers, s.classes)):
+            ec = ExecClass(*c)
+            key = (s.workload, j, ec)
             if key not in cache:
-                cache[key] = layer_cost(layer, wt, at, profile, gran).latency_us
+                cache[key] = cost_of(layer, ec, profile).latency_us
             total += cache[key]
         if s.workload not in fixed:
             fixed[s.workload] = (s.graph.other_ops * profile.num("overhead", "other_op_us")
@@ -114,7 +132,7 @@ def fit(samples: list[Sample], base: Profile) -> tuple[Profile, dict[str, Any]]:
     if len(train) < 3:
         raise ProfileError(f"calibration has {len(train)} usable fit measurements: at least 3 are needed")
     prof = base.copy()
-    params = fit_params(prof)
+    params = fit_params(prof, train)
     x0 = to_vector(prof, params)
     lo = np.array([p.lo for p in params])
     hi = np.array([p.hi for p in params])

@@ -36,7 +36,12 @@ class LayerLike(Protocol):
 
 
 class GeneLike(Protocol):
-    """One layer's precision choice (``weight_bits`` / ``activation_bits`` may be ints or words)."""
+    """One layer's precision choice (``weight_bits`` / ``activation_bits`` may be ints or words).
+
+    Optional attributes read with ``getattr`` (issue 15; absent means QDQ as before): ``kernel``
+    (``qdq`` | ``matmulnbits`` | ``gather_block``), ``block_size`` (int or None, with granularity
+    ``per_block``), ``accuracy_level`` (MatMulNBits' level, int or None) and ``scheme``
+    (``asymmetric`` stores a zero point per block)."""
 
     @property
     def weight_bits(self) -> Any: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,92 @@ def _num(minimum: float = 0.0, exclusive: bool = False) -> dict[str, Any]:
 
 POS = _num(0.0, exclusive=True)
 NONNEG = _num(0.0)
+
+# -- the kernels a profile runs (issue 15) ---------------------------------------------------------
+#: Kernels a gene can name: ``qdq`` (QDQ / dynamic, the rest of the profile), ONNX Runtime's
+#: block-quantized weight-only ``matmulnbits`` and block-quantized embedding ``gather_block``.
+KERNELS = ("qdq", "matmulnbits", "gather_block")
+BLOCK_SIZES = (16, 32, 64, 128)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+KERNEL_BITS = (2, 4, 8)
+
+
+def _knum(minimum: float = 0.0, exclusive: bool = False) -> dict[str, Any]:
+    """A kernel coefficient: value and source, and ``assumption: true`` where no measurement or
+    document gives it (the source then says why the value is what it is)."""
+    out = _num(minimum, exclusive)
+    out["properties"] = {**out["properties"], "assumption": {"type": "boolean"}}
+    return out
+
+
+KPOS, KNONNEG = _knum(0.0, exclusive=True), _knum(0.0)
+#: MatMulNBits rate keys: ``int4`` (every accuracy level without its own entry), ``int4_acc4``...
+MNB_RATE_KEY = "^int[248](_acc[0-4])?$"
+GBQ_RATE_KEY = "^int[248]$"
+_KERNEL_COMMON: dict[str, Any] = {
+    "source": _SOURCE,
+    "assumption": {"type": "boolean"},
+    "note": {"type": "string"},
+    "bits": {"type": "array", "items": {"enum": list(KERNEL_BITS)}, "minItems": 1, "uniqueItems": True},
+    "block_sizes": {"type": "array", "items": {"enum": list(BLOCK_SIZES)}, "minItems": 1, "uniqueItems": True},
+}
+MNB_RATE = {
+    "type": "object",
+    "required": ["throughput_gmacs"],
+    "additionalProperties": False,
+    "properties": {
+        # multiply-accumulates per second (1e9) of the M-dependent GEMM work
+        "throughput_gmacs": KPOS,
+        # per run, independent of M: unpacking / dequantizing each weight, each block
+        "ns_per_weight": KNONNEG,
+        "ns_per_block": KNONNEG,
+        # per row of A and block of B (quantizing A per block at accuracy_level 4, block epilogues)
+        "ns_per_block_row": KNONNEG,
+    },
+}
+GBQ_RATE = {
+    "type": "object",
+    "required": ["ns_per_element"],
+    "additionalProperties": False,
+    "properties": {"ns_per_element": KNONNEG, "ns_per_block": KNONNEG},
+}
+KERNELS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"enum": list(KERNELS)},
+    "additionalProperties": False,
+    "properties": {
+        "qdq": {"type": "object", "additionalProperties": False, "required": ["source"],
+                "properties": {"source": _SOURCE, "note": {"type": "string"}}},
+        "matmulnbits": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["source", "bits", "block_sizes", "accuracy_levels", "rates"],
+            "properties": {
+                **_KERNEL_COMMON,
+                "accuracy_levels": {"type": "array", "items": {"enum": list(ACCURACY_LEVELS)}, "minItems": 1,
+                                    "uniqueItems": True},
+                # the accuracy_level ORT gives a QDQ DequantizeLinear(block_size) -> MatMul it fuses into
+                # MatMulNBits (session option session.qdq_matmulnbits_accuracy_level); absent: no fusion
+                "qdq_per_block_accuracy_level": {"type": "object", "required": ["value", "source"],
+                                                 "additionalProperties": False,
+                                                 "properties": {"value": {"enum": list(ACCURACY_LEVELS)},
+                                                                "source": _SOURCE}},
+                "rates": {"type": "object", "propertyNames": {"pattern": MNB_RATE_KEY}, "minProperties": 1,
+                          "additionalProperties": MNB_RATE},
+            },
+        },
+        "gather_block": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["source", "bits", "block_sizes", "rates"],
+            "properties": {
+                **_KERNEL_COMMON,
+                "rates": {"type": "object", "propertyNames": {"pattern": GBQ_RATE_KEY}, "minProperties": 1,
+                          "additionalProperties": GBQ_RATE},
+            },
+        },
+    },
+}
 
 
 def _table(item: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -146,6 +233,8 @@ SCHEMA: dict[str, Any] = {
         # Relative error of a prediction (one standard deviation), a default until calibrated.
         "uncertainty": POS,
         "calibration": {"type": "object"},
+        # Optional: the kernels besides QDQ the target's runtime runs, with their cost coefficients.
+        "kernels": KERNELS_SCHEMA,
     },
 }
 
@@ -186,6 +275,11 @@ class Profile:
     def table(self, key: str, sub: str | None = None) -> dict[str, float]:
         node = self.data[key] if sub is None else self.data[key][sub]
         return {k: float(v["value"]) for k, v in node.items()}
+
+    @property
+    def kernels(self) -> set[str]:
+        """The kernels this target runs (``kernels_of``)."""
+        return kernels_of(self)
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -236,11 +330,12 @@ def error_line(err: jsonschema.ValidationError) -> str:
     if v == "minimum":
         return f"{where} must be >= {kw:g} (got {err.instance!r})"
     if v == "enum":
-        kind = "precision" if set(kw) & set(ACT_PRECISIONS) else "value"
+        kind = "precision" if set(kw) & set(ACT_PRECISIONS) else "kernel" if set(kw) == set(KERNELS) else "value"
         return f"{where}: unknown {kind} {err.instance!r}: use one of {', '.join(map(str, kw))}"
     if v == "propertyNames":
-        bad = err.instance if isinstance(err.instance, str) else "?"
-        return f"{where}: unknown precision {bad!r}: use one of {', '.join(PRECISIONS)}"
+        return _bad_key(err)
+    if v == "pattern":  # a mapping key its pattern refuses (propertyNames)
+        return f"{where}: unknown key {err.instance!r}: use {_KEY_HINTS.get(kw, kw)}"
     if v == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return f"{where}: unknown field {extra[0] if extra else '?'!r}"
@@ -262,11 +357,27 @@ def validate(data: Any, source: str) -> None:
     # A propertyNames failure reports at the parent: name the offending key as the field.
     if err.validator == "propertyNames" or (err.parent is not None and err.parent.validator == "propertyNames"):
         parent = err.parent if err.parent is not None else err
-        keys = [k for k in parent.instance if k not in PRECISIONS]
-        where = _field(parent.absolute_path)
-        raise ProfileError(f"{source}: {where}: unknown precision {keys[0] if keys else '?'!r}: "
-                         f"use one of {', '.join(PRECISIONS)}")
+        raise ProfileError(f"{source}: {_bad_key(parent)}")
     raise ProfileError(f"{source}: {error_line(err)}")
+
+
+#: How a key pattern reads in a message.
+_KEY_HINTS = {MNB_RATE_KEY: "int2, int4 or int8, optionally with _accN for accuracy_level N (int4_acc4)",
+              GBQ_RATE_KEY: "int2, int4 or int8"}
+
+
+def _bad_key(err: jsonschema.ValidationError) -> str:
+    """One line for a mapping with a key its schema does not allow (a precision, kernel, rate key)."""
+    rule = err.schema.get("propertyNames", {}) if isinstance(err.schema, dict) else {}
+    where = _field(err.absolute_path)
+    if "enum" in rule:
+        allowed = [str(k) for k in rule["enum"]]
+        keys = [k for k in err.instance if k not in allowed]
+        kind = "precision" if set(allowed) & set(ACT_PRECISIONS) else "kernel" if "qdq" in allowed else "key"
+        return f"{where}: unknown {kind} {keys[0] if keys else '?'!r}: use one of {', '.join(allowed)}"
+    pattern = str(rule.get("pattern", ""))
+    keys = [k for k in err.instance if not re.search(pattern, str(k))]
+    return f"{where}: unknown key {keys[0] if keys else '?'!r}: use {_KEY_HINTS.get(pattern, pattern)}"
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
@@ -295,6 +406,51 @@ def _check_consistency(data: dict[str, Any], source: str) -> None:
     for p in thr:
         if p not in data["energy"]["per_mac_pj"]:
             raise ProfileError(f"{source}: missing field energy.per_mac_pj.{p} (it has a throughput)")
+    _check_kernels(data.get("kernels", {}), source)
+
+
+def _check_kernels(kernels: dict[str, Any], source: str) -> None:
+    """Every listed width (and accuracy level) of a kernel has a rate, and every rate a listed width."""
+    for name in ("matmulnbits", "gather_block"):
+        spec = kernels.get(name)
+        if spec is None:
+            continue
+        levels = spec.get("accuracy_levels", [0])
+        rates = spec["rates"]
+        for key in rates:
+            bits, _, acc = key.partition("_acc")
+            if int(bits[3:]) not in spec["bits"]:
+                raise ProfileError(f"{source}: kernels.{name}.rates.{key}: {bits} is not in kernels.{name}.bits "
+                                   f"{spec['bits']}: list it or remove the rate")
+            if acc and int(acc) not in levels:
+                raise ProfileError(f"{source}: kernels.{name}.rates.{key}: accuracy_level {acc} is not in "
+                                   f"kernels.{name}.accuracy_levels {levels}: list it or remove the rate")
+        for b in spec["bits"]:
+            for a in levels:
+                if f"int{b}_acc{a}" not in rates and f"int{b}" not in rates:
+                    what = f"int{b}" + (f" (or int{b}_acc{a})" if name == "matmulnbits" else "")
+                    raise ProfileError(f"{source}: missing field kernels.{name}.rates.{what}: a listed width "
+                                       "needs a rate")
+
+
+def kernels_of(profile: Profile) -> set[str]:
+    """The kernels ``profile``'s target runs: always ``qdq``, plus those its ``kernels:`` lists.
+
+    A search offers a gene's ``kernel`` only where this holds it, and then only the widths, block
+    sizes and accuracy levels ``kernel_options`` gives."""
+    return {"qdq", *profile.data.get("kernels", {})}
+
+
+def kernel_options(profile: Profile, kernel: str) -> dict[str, list[int]]:
+    """What ``kernel`` runs on ``profile``'s target: ``bits``, ``block_sizes`` and (MatMulNBits)
+    ``accuracy_levels`` (only the levels that change speed are listed); empty where it does not run."""
+    spec = profile.data.get("kernels", {}).get(kernel)
+    if spec is None or kernel == "qdq":
+        return {}
+    out = {"bits": sorted(spec["bits"]), "block_sizes": sorted(spec["block_sizes"])}
+    if kernel == "matmulnbits":
+        out["accuracy_levels"] = sorted(spec["accuracy_levels"])
+    return out
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -332,7 +488,7 @@ def _display(path: Path) -> str:
 
 
 def list_profiles() -> list[dict[str, Any]]:
-    """Shipped and calibrated profiles: name, path, kind (base|calibrated), description."""
+    """Shipped and calibrated profiles: name, path, kind (base|calibrated), description, kernels."""
     out = []
     for kind, folder in (("base", PROFILES_DIR), ("calibrated", CALIBRATED_DIR)):
         for path in sorted(folder.glob("*.yaml")):
@@ -340,8 +496,11 @@ def list_profiles() -> list[dict[str, Any]]:
                 data = yaml.safe_load(path.read_text()) or {}
             except (OSError, yaml.YAMLError):
                 data = {}
+            raw = data.get("kernels")
+            kernels: dict[str, Any] = raw if isinstance(raw, dict) else {}
             out.append({"name": path.stem, "path": str(path), "kind": kind,
-                        "description": str(data.get("description", "")).strip().splitlines()[0:1] or [""]})
+                        "description": str(data.get("description", "")).strip().splitlines()[0:1] or [""],
+                        "kernels": sorted({"qdq", *map(str, kernels)})})
     for row in out:
         row["description"] = row["description"][0]
     return out

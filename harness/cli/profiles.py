@@ -74,10 +74,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="hardware profiles")
-    for col in ("name", "kind", "description"):
+    for col in ("name", "kind", "kernels", "description"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["name"], row["kind"], row["description"])
+        table.add_row(row["name"], row["kind"], ", ".join(row["kernels"]), row["description"])
     Console().print(table)
     return 0
 

@@ -1,8 +1,10 @@
 """``qae calibrate``: measure a micro-benchmark suite on a device and fit a profile to it.
 
-Phases: (1) the suite: single-layer MatMul models over a spread of shapes and precisions, plus whole
-candidate models of digits-vit and of a larger transformer (``profiles.microbench``), each with a
-role, ``fit`` or ``heldout``; (2) each model is built with qae's own quantizer and measured through
+Phases: (1) the suite: single-layer MatMul models over a spread of shapes and precisions, single
+MatMulNBits / GatherBlockQuantized kernels at M = 1 and M = 64 (``kernel_items``: built directly
+with onnx.helper, so that the fit learns the profile's ``kernels:`` rates), plus whole candidate
+models of digits-vit and of a larger transformer (``profiles.microbench``), each with a role,
+``fit`` or ``heldout``; (2) each model is built with qae's own quantizer and measured through
 the device's transport (``harness.devices.transport``); (3) the profile is fitted on the micro-benchmarks
 and the ``fit`` candidates (``profiles.fit``) and judged on the held-out candidates; (4) the
 calibrated profile is written with its data summary and held-out error.
@@ -27,12 +29,21 @@ import numpy as np
 import yaml
 
 from harness.core.errors import InputError
-from profiles.costmodel import GraphStats, precision_tokens
+from profiles.costmodel import ExecClass, GraphStats, precision_tokens
 from profiles.fit import Sample, errors, fit
-from profiles.microbench import LayerShape, save_with_calib, single_layer, transformer
+from profiles.microbench import (
+    GatherShape,
+    KernelShape,
+    LayerShape,
+    kernel_model,
+    save_with_calib,
+    single_gather,
+    single_layer,
+    transformer,
+)
 from profiles.schema import Profile, load_profile, parse
 
-MAX_MODELS = 40
+MAX_MODELS = 100
 
 #: (weight_bits, activation_bits, weight) of a candidate layer: what a search proposes, int4 included.
 CANDIDATE_GENES: list[tuple[Any, Any, float]] = [
@@ -51,11 +62,40 @@ MICRO_GENES = {
     "w4a8t": {"weight_bits": 4, "activation_bits": 8, "granularity": "per_tensor"},
     "w16a16t": {"weight_bits": 16, "activation_bits": 16, "granularity": "per_tensor"},
 }
+#: Embedding-Gather genes: fp32, and int8 per-tensor (qae's per-row int8 Gather build fails in ORT
+#: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales)
+GATHER_GENES = {
+    "fp": {"weight_bits": "fp", "activation_bits": "fp"},
+    "w8t": {"weight_bits": 8, "activation_bits": "fp", "granularity": "per_tensor"},
+}
+
+
+#: The block-quantized kernels the full suite measures, as (kernel, bits, block, accuracy_level,
+#: [(K, N), ...]), each at M = 1 and M = 64: MiniLM's projection shapes and its 30522 x 384 word table.
+KERNEL_PLAN: list[tuple[str, int, int, int, list[tuple[int, int]]]] = [
+    ("matmulnbits", 4, 32, 0, [(384, 384), (384, 1536)]),
+    ("matmulnbits", 4, 128, 0, [(1536, 384)]),
+    ("matmulnbits", 4, 32, 4, [(384, 384), (1536, 384)]),
+    ("matmulnbits", 4, 128, 4, [(384, 1536)]),
+    ("matmulnbits", 8, 32, 0, [(384, 384)]),
+    ("matmulnbits", 8, 128, 0, [(384, 384)]),
+    ("matmulnbits", 8, 32, 4, [(384, 384)]),
+    ("matmulnbits", 8, 128, 4, [(1536, 384)]),
+    ("matmulnbits", 2, 32, 0, [(384, 384)]),
+    ("matmulnbits", 2, 32, 4, [(384, 384)]),
+    ("matmulnbits", 2, 128, 4, [(384, 384)]),
+    ("gather_block", 4, 32, 0, [(30522, 384)]),
+    ("gather_block", 4, 128, 0, [(30522, 384)]),
+    ("gather_block", 8, 32, 0, [(30522, 384)]),
+    ("gather_block", 8, 128, 0, [(30522, 384)]),
+]
+KERNEL_ROWS = (1, 64)
 
 
 @dataclass(frozen=True)
 class Item:
-    """One model to measure. ``workload`` is ``micro:TAG``, ``builtin:NAME`` or ``transformer``."""
+    """One model to measure. ``workload`` is ``micro:TAG``, ``kernel:TAG`` (a single block-quantized
+    kernel; ``genome`` then holds its ``KernelShape`` fields), ``builtin:NAME`` or ``transformer``."""
 
     id: str
     workload: str
@@ -68,10 +108,48 @@ class Suite:
     items: list[Item]
     larger: dict[str, int] = field(default_factory=lambda: {"dim": 384, "tokens": 16, "blocks": 2})
     micro_shapes: dict[str, LayerShape] = field(default_factory=dict)
+    #: ``gather:TAG`` workloads: a float embedding Gather the quantizer builds (fp32 / QDQ int8)
+    gather_shapes: dict[str, GatherShape] = field(default_factory=dict)
+
+
+def kernel_items(plan: list[tuple[str, int, int, int, list[tuple[int, int]]]] | None = None,
+                 rows: tuple[int, ...] = KERNEL_ROWS) -> list[Item]:
+    """One ``fit`` item per kernel variant, shape and M (see ``KERNEL_PLAN``)."""
+    out = []
+    for kernel, bits, block, acc, shapes in KERNEL_PLAN if plan is None else plan:
+        for k, n in shapes:
+            for m in rows:
+                shape = KernelShape(kernel, m, k, n, bits, block, acc)
+                out.append(Item(f"kernel-{shape.tag}", f"kernel:{shape.tag}", asdict(shape), "fit"))
+    return out
+
+
+def kernel_layer(shape: KernelShape) -> Any:
+    """The layer a kernel model is costed as: the MatMul or embedding Gather it replaces."""
+    from harness.core.model import LayerSpec
+
+    if shape.kernel == "gather_block":
+        return LayerSpec("layer", "/layer/Gather", "Gather", "w", (shape.k, shape.n), shape.k * shape.n, 0, None,
+                         "y", 0, input_elements=shape.m, output_elements=shape.m * shape.n)
+    return LayerSpec("layer", "/layer/MatMul", "MatMul", "w", (shape.k, shape.n), shape.k * shape.n,
+                     shape.m * shape.k * shape.n, "x", "y", 1, input_elements=shape.m * shape.k,
+                     output_elements=shape.m * shape.n)
+
+
+def kernel_class(shape: KernelShape) -> ExecClass:
+    return ExecClass(f"int{shape.bits}", "fp32", "block", shape.kernel, shape.block, shape.accuracy, False)
+
+
+@dataclass(frozen=True)
+class KernelGenome:
+    """Stands in for a genome in the measurement records of a kernel item."""
+
+    hash: str
 
 
 def default_suite(quick: bool = False, seed: int = 0) -> Suite:
-    """40 models (17 micro, 11 + 12 whole candidates with 6 + 7 held out); ``quick`` is 7 tiny ones."""
+    """90 models (17 micro at 16 tokens, 12 more at M = 1 and 64, 4 embedding Gathers, 34
+    block-quantized kernels, 11 + 12 whole candidates with 6 + 7 held out); ``quick`` is 7 tiny ones."""
     if quick:
         shapes = {"A": LayerShape(8, 64, 64)}
         micro = [("A", "fp"), ("A", "w8a8"), ("A", "w4a8")]
@@ -89,6 +167,21 @@ def default_suite(quick: bool = False, seed: int = 0) -> Suite:
         per_model, fit_mixed, names = 0, 2, ["builtin:digits-vit", "transformer"]
     items = [Item(f"micro-{shapes[s].tag}-{g}", f"micro:{shapes[s].tag}", {"default": MICRO_GENES[g]}, "fit")
              for s, g in micro]
+    gathers: dict[str, GatherShape] = {}
+    if not quick:
+        # fp32 and int8 (dynamic, QDQ) at the kernels' M = 1 and M = 64, and MiniLM-sized embedding
+        # Gathers (fp32, int8 QDQ per-tensor) beside GatherBlockQuantized
+        for m in KERNEL_ROWS:
+            for k, n in ((384, 384), (1536, 384)):
+                shape = LayerShape(m, k, n)
+                shapes[f"M{m}x{k}"] = shape
+                items += [Item(f"micro-{shape.tag}-{g}", f"micro:{shape.tag}", {"default": MICRO_GENES[g]}, "fit")
+                          for g in ("fp", "w8dyn", "w8a8")]
+            gshape = GatherShape(m, 30522, 384)
+            gathers[gshape.tag] = gshape
+            items += [Item(f"micro-{gshape.tag}-{g}", f"gather:{gshape.tag}", {"default": GATHER_GENES[g]}, "fit")
+                      for g in GATHER_GENES]
+        items += kernel_items()
     rng = np.random.default_rng(seed)
     uniforms = ["fp", "w8a8", "w8dyn"]
     counts = {"builtin:digits-vit": 11, "transformer": 12} if not quick else {n: per_model for n in names}
@@ -100,7 +193,7 @@ def default_suite(quick: bool = False, seed: int = 0) -> Suite:
                 continue
             role = "fit" if i < len(uniforms) + fit_mixed else "heldout"
             items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, role))
-    return Suite(items, larger, {s.tag: s for s in shapes.values()})
+    return Suite(items, larger, {s.tag: s for s in shapes.values()}, gathers)
 
 
 def mixed_genome(layer_names: list[str], seed: int) -> dict[str, Any]:
@@ -154,6 +247,7 @@ class Builder:
     def __init__(self, suite: Suite, work: Path) -> None:
         self.suite, self.work = suite, work
         self._workloads: dict[str, Any] = {}
+        self._kernels: dict[str, bytes] = {}
 
     def workload(self, name: str) -> Any:
         from harness.quant.workload import Workload
@@ -165,6 +259,14 @@ class Builder:
                 if name == "transformer":
                     proto, stem = transformer(**self.suite.larger), "transformer-{dim}x{tokens}x{blocks}".format(
                         **self.suite.larger)
+                elif name.startswith("gather:"):
+                    gshape = self.suite.gather_shapes[name.split(":", 1)[1]]
+                    proto = single_gather(gshape)
+                    stem = f"{gshape.tag}-{hashlib.sha256(proto.SerializeToString()).hexdigest()[:8]}"
+                    # ids 0/1 as a device feeds them; the model spreads them over the table
+                    onnx_path, calib = save_with_calib(proto, self.work / "float", stem, ids_below=2)
+                    self._workloads[name] = Workload.open(onnx_path, calib=calib)
+                    return self._workloads[name]
                 else:
                     tag = name.split(":", 1)[1]
                     proto, stem = single_layer(self.suite.micro_shapes[tag]), tag
@@ -172,7 +274,14 @@ class Builder:
                 self._workloads[name] = Workload.open(onnx_path, calib=calib)
         return self._workloads[name]
 
+    def kernel_bytes(self, item: Item) -> bytes:
+        if item.id not in self._kernels:
+            self._kernels[item.id] = kernel_model(KernelShape(**item.genome)).SerializeToString()
+        return self._kernels[item.id]
+
     def genome(self, item: Item) -> Any:
+        if item.workload.startswith("kernel:"):  # named by content: a changed builder makes a new model
+            return KernelGenome(hashlib.sha256(self.kernel_bytes(item)).hexdigest()[:16])
         work = self.workload(item.workload)
         data = item.genome
         if "mix_seed" in data:
@@ -184,15 +293,34 @@ class Builder:
 
         genome = self.genome(item)
         path = self.work / "models" / f"{item.id}-{genome.hash}.onnx"
+        if item.workload.startswith("kernel:"):
+            if not path.exists():
+                from harness.core.atomic import atomic_write_bytes
+
+                atomic_write_bytes(path, self.kernel_bytes(item))
+            return path, genome
         if not path.exists():
             save_model(self.workload(item.workload).build(genome), path)
         return path, genome
 
+    def input_shapes(self, item: Item) -> dict[str, list[int]]:
+        """The shapes the device feeds: the workload's data shapes, or a kernel model's fixed ones."""
+        if item.workload.startswith("kernel:"):
+            shape = KernelShape(**item.genome)
+            return {"ids": [1, shape.m]} if shape.kernel == "gather_block" else {"x": [1, shape.m, shape.k]}
+        return dict(self.workload(item.workload).model.shapes_used)
+
     def sample(self, item: Item, genome: Any, measured_ms: float) -> Sample:
+        if item.workload.startswith("kernel:"):
+            shape = KernelShape(**item.genome)
+            # a gather model spreads its ids with one Add of M elements (profiles.microbench.spread_ids)
+            graph = GraphStats(1, shape.m) if shape.kernel == "gather_block" else GraphStats()
+            return Sample(item.id, item.workload, item.role, [kernel_layer(shape)], [kernel_class(shape)],
+                          graph, measured_ms)
         model = self.workload(item.workload).model
         classes = [precision_tokens(genome[layer.name]) for layer in model.layers]
         graph = GraphStats.of(model) if item.workload in ("transformer",) or item.workload.startswith(
-            "builtin:") else GraphStats()
+            ("builtin:", "gather:")) else GraphStats()
         return Sample(item.id, item.workload, item.role, model.layers, classes, graph, measured_ms)
 
 
@@ -265,7 +393,7 @@ def run(
                         measure = next(gen)
                     # The device feeds the shapes the cost model counts (the workload's data shapes),
                     # never a 1 it picked for a symbolic batch; the transport reads them per call.
-                    settings.input_shapes = dict(builder.workload(item.workload).model.shapes_used)
+                    settings.input_shapes = builder.input_shapes(item)
                     raw = measure(path)
                     rec = {"key": key, "id": item.id, "workload": item.workload, "role": item.role,
                            "genome_hash": genome.hash, "model_sha256": sha, "device": device,
@@ -308,7 +436,7 @@ def run(
 def _memory_overhead(store: Store, samples: list[Sample], builder: Builder, suite: Suite,
                      profile: Profile) -> float | None:
     """Runtime overhead = median of measured peak memory minus predicted weights + activations."""
-    from profiles.costmodel import layer_cost
+    from profiles.costmodel import cost_of
 
     peaks = {r["id"]: r.get("peak_memory_bytes") for r in store.records.values() if r.get("ok")}
     diffs = []
@@ -316,7 +444,7 @@ def _memory_overhead(store: Store, samples: list[Sample], builder: Builder, suit
         peak = peaks.get(s.id)
         if not peak:
             continue
-        costs = [layer_cost(lay, wt, at, profile, g) for lay, (wt, at, g) in zip(s.layers, s.classes)]
+        costs = [cost_of(lay, c, profile) for lay, c in zip(s.layers, s.classes)]
         model_bytes = sum(c.weight_bytes for c in costs) + max((c.activation_bytes for c in costs), default=0)
         diffs.append(float(peak) - model_bytes)
     return float(max(np.median(diffs), 0.0)) if diffs else None

@@ -114,12 +114,19 @@ def test_gru_is_costed_from_its_macs_and_all_its_weights(tmp_path: Path) -> None
 # (host-cpu-local): the old shape inference left the attention score Add and Softmax [1, 12, 64, 64]
 # of all six layers without a shape, so their 1.05 M elements were not costed at all; ONNX Runtime's
 # shapes now count them (the headline's predictions were below the measurements, so they move closer).
+# Issue 15: host-cpu-local was re-fitted on 90 models (the block-quantized kernels, fp32 / int8 at
+# M = 1 and 64, MiniLM-sized Gathers; calibration 3896fc288c0f): digits-vit w8a8 0.0704 -> 0.0743 ms,
+# fp 0.0575 -> 0.0471 ms. An embedding Gather is now costed by the rows it reads, not its whole table
+# (measured: a 30522x384 fp32 Gather of 64 ids takes ~5 us, the old table term said 444 us on
+# host-cpu-local): MiniLM on hexagon-htp moves by -0.21 ms on every genome; on host-cpu-local by
+# -0.73 ms (w8a8, old fit) and then by the re-fit.
 PINNED = {
-    ("builtin:digits-vit", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 0.0704398, "fp": 0.0574648},
+    ("builtin:digits-vit", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 0.074282, "fp": 0.047081},
     ("builtin:digits-vit", "hexagon-htp"): {"w8a8": 0.490008, "fp": 0.462007, "w8-dynamic": 3.26427, "w4": 0.462121},
     ("builtin:digits-vit", "arm-neon-a76"): {"w8a8": 0.30013, "fp": 0.281834, "w8-dynamic": 0.304786},
-    ("builtin:minilm-l6", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 6.95443, "fp": 14.3491, "w4": 14.3095},
-    ("builtin:minilm-l6", "hexagon-htp"): {"w8a8": 1.63168, "fp": 1.80127, "w8-dynamic": 13.1623, "w4": 1.8942},
+    ("builtin:minilm-l6", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 6.738328, "fp": 15.975917,
+                                                                       "w4": 16.34711},
+    ("builtin:minilm-l6", "hexagon-htp"): {"w8a8": 1.425095, "fp": 1.625453, "w8-dynamic": 12.955738, "w4": 1.731566},
 }
 GENES = {"w8a8": Gene(8, 8), "fp": Gene("fp", "fp"), "w8-dynamic": Gene(8, "dynamic"), "w4": Gene(4, "fp")}
 
