@@ -117,7 +117,16 @@ RULES = {
                    "dynamic int8's runs multiplied by 1.1, no 5 % floor. Without timed runs: the ratio of p50s.",
     "strictly_better": "Strictly better than dynamic int8: covers it, is smaller in weight bytes or 'better' in "
                        "mean cosine, and is within 1.1x of its latency (rule above).",
+    "smaller": "Smaller than dynamic int8 (issue 15): weight bytes at most dynamic int8's divided by 1.35 with a mean "
+               "cosine not 'worse' than dynamic int8's on test and within 1.1x its latency (rule above); stretch: "
+               "divided by 1.5 with the lower end of the mean cosine's 95 % interval at least 0.99 and within "
+               "1.25x its latency (the same one-sided test against its runs scaled by 1.25).",
 }
+#: (name, size divisor, cosine rule, latency factor) of the issue-15 conditions against dynamic int8
+SMALLER = (("1.35x smaller", 1.35, "not worse than dynamic int8", 1.1),
+           ("1.5x smaller (stretch)", 1.5, "lower end >= 0.99", 1.25))
+#: how the block kernels' 4-bit weights are rounded in the headline's search (``--rounding``)
+ROUNDING = "hqq"
 
 
 def fixed_shapes(src: Path, dst: Path, tokens: int = TOKENS) -> Path:
@@ -250,7 +259,7 @@ def search(population: int, generations: int, workers: int, out: Path) -> tuple[
     from harness.run.search import run_search
 
     cfg = SearchConfig(model=WORKLOAD, profiles=[PROFILE], population=population, generations=generations,
-                       seed=SEED, workers=workers)
+                       seed=SEED, workers=workers, rounding=ROUNDING)
     t0 = time.perf_counter()
     archive = run_search(cfg, out)
     return archive, time.perf_counter() - t0
@@ -281,6 +290,10 @@ def pick_measured(front: list[dict[str, Any]], baselines: dict[str, dict[str, An
         hits = [i for i, p in enumerate(front)
                 if p[SIZE] <= b[SIZE] and p["validation"]["mean_cosine"] >= b["validation"]["mean_cosine"]]
         chosen += sorted(hits, key=lambda i: front[i]["predicted_latency_ms"])[:3]
+    dyn = baselines.get(DYN)
+    for _, divisor, _, _ in SMALLER if dyn else ():  # the candidates for the size conditions: best cosine first
+        small = [i for i, p in enumerate(front) if p[SIZE] <= dyn[SIZE] / divisor]
+        chosen += sorted(small, key=lambda i: -front[i]["validation"]["mean_cosine"])[:3]
     spread = np.unique(np.round(np.linspace(0, len(front) - 1, MAX_MEASURED_FRONT)).astype(int)).tolist()
     for i in spread:
         if len(set(chosen)) >= MAX_MEASURED_FRONT:
@@ -480,11 +493,38 @@ def judge(baselines: dict[str, dict[str, Any]], front: list[dict[str, Any]]) -> 
                                                        "not measured" if lat is None else
                                                        "significantly slower than 1.1x dynamic int8")})
     better = [c["hash"] for c in candidates if c["ok"]]
-    return {"decided_on": "test", "size": SIZE, "covers_each_baseline": cover, "same_model_controls": controls(
+    smaller = {name: smaller_than(front, dyn, divisor, rule, factor) for name, divisor, rule, factor in SMALLER}
+    return {"smaller_than_dynamic_int8": smaller,
+            "decided_on": "test", "size": SIZE, "covers_each_baseline": cover, "same_model_controls": controls(
                 baselines, front),
             "all_covered": all(c["covered"] for c in cover.values()), "baseline_ahead_on": ahead,
             "dynamic_int8_candidates": candidates, "beats_dynamic_int8_within_1.1x_latency": better,
             "dynamic_int8_condition": bool(better)}
+
+
+def smaller_than(front: list[dict[str, Any]], dyn: dict[str, Any], divisor: float, rule: str,
+                 factor: float) -> dict[str, Any]:
+    """Issue 15's conditions: measured front points at most dynamic int8's weight bytes / ``divisor``,
+    with their cosine rule (not worse than dynamic int8's on test, or the interval's lower end at
+    least 0.99) and within ``factor`` x its latency (one-sided test against its scaled runs)."""
+    limit = dyn[SIZE] / divisor
+    rows = []
+    for p in front:
+        if p[SIZE] > limit:
+            continue
+        vs = p["vs"][DYN]
+        cos = p["test"]["mean_cosine"]
+        cos_ok = vs["mean_cosine"]["verdict"] != "worse" if rule.startswith("not worse") else cos["ci95"][0] >= 0.99
+        lat = None
+        if p.get("latency_ms") is not None and dyn.get("latency_ms") is not None and all_runs(p) and all_runs(dyn):
+            lat = within_factor(all_runs(p), all_runs(dyn), factor)
+        ok = bool(cos_ok and lat is not None and lat["holds"])
+        why = None if ok else ("mean cosine" if not cos_ok else "not measured" if lat is None else "latency")
+        rows.append({"hash": p["hash"][:12], "weight_bytes": p[SIZE], "ratio": dyn[SIZE] / p[SIZE],
+                     "mean_cosine": cos, "vs_dynamic_cosine": vs["mean_cosine"], "latency": lat, "ok": ok,
+                     "fails_on": why})
+    return {"limit_bytes": limit, "divisor": divisor, "cosine_rule": rule, "latency_factor": factor,
+            "met": any(r["ok"] for r in rows), "points": rows}
 
 
 def controls(baselines: dict[str, dict[str, Any]], front: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -558,6 +598,14 @@ def verdict_lines(body: dict[str, Any]) -> list[str]:
                      f"{lat['words'] if lat else 'not measured'})" + ("" if c["ok"] else f": no, {c['why_not']}"))
     out.append(head + (": " + "; ".join(parts) if parts else ": no measured front point covers dynamic int8")
                + ".")
+    for name, cond in v.get("smaller_than_dynamic_int8", {}).items():
+        head = (f"{name} than dynamic int8 (at most {cond['limit_bytes'] / 1e6:.2f} weight MB, mean cosine "
+                f"{cond['cosine_rule']}, within {cond['latency_factor']:g}x its latency): "
+                f"**{'yes' if cond['met'] else 'no'}**")
+        parts = [f"qae {r['hash']} ({r['ratio']:.2f}x smaller; mean cosine {_ci(r['mean_cosine'])}, vs dynamic "
+                 f"int8 {_diff(r['vs_dynamic_cosine'])}; {r['latency']['words'] if r['latency'] else 'not measured'})"
+                 + ("" if r["ok"] else f": fails on {r['fails_on']}") for r in cond["points"]]
+        out.append(head + (": " + "; ".join(parts) if parts else ": no measured front point is that small") + ".")
     for c in v.get("same_model_controls", []):
         out.append(f"control: qae {c['hash']} computes what {c['baseline']} computes (same weight bytes, test "
                    f"differences exactly 0); measured {c['words']}: the between-process noise the latency tests "

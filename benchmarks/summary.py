@@ -208,6 +208,22 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
     return out
 
 
+def kernels_section(d: dict[str, Any]) -> list[str]:
+    """Issue 15's table: each kernel's measured latency at M = 1 and M = 64 beside int8 and fp32, with
+    the cost model's predictions."""
+    profiles = list(d.get("profiles") or [])
+    out = ["## Kernels at M = 1 and M = 64 (`python -m benchmarks.bench_kernels`)", "", _env(d), "",
+           f"One layer per model, measured with the local agent ({d.get('statistic', 'min of the timed runs')}; "
+           f"load average {d.get('loadavg_after', ['?'])[0]} after the run: a busy machine reads slower); "
+           f"predictions by {', '.join(profiles)} (calibration {d.get('calibration_id')}).", "",
+           "| layer | M | variant | measured ms | " + " | ".join(f"{p} ms" for p in profiles) + " |",
+           "|---|---|---|---|" + "---|" * len(profiles)]
+    for r in d.get("rows", []):
+        preds = " | ".join(_fmt(r.get(f"predicted_ms[{p}]"), ".4f") for p in profiles)
+        out.append(f"| {r['layer']} | {r['m']} | {r['variant']} | {_fmt(r.get('measured_ms'), '.4f')} | {preds} |")
+    return [*out, ""]
+
+
 def headline_section(d: dict[str, Any]) -> list[str]:
     """The MiniLM headline: verdicts decided on the test split, each with its interval (a headline
     from before issue 14, decided on validation, renders as it did)."""
@@ -342,6 +358,12 @@ def write_summary(root: Path | None = None) -> Path:
     cost = _load(root, "costmodel")
     if cost:
         lines += costmodel_section(cost, headline)
+    kernels = _load(root, "kernels")
+    if kernels:
+        try:
+            lines += kernels_section(kernels)
+        except (KeyError, TypeError) as exc:
+            lines += ["## kernels", "", f"(unreadable result: {exc!r})", ""]
     if headline:
         try:
             lines += headline_section(headline)

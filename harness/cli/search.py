@@ -53,6 +53,10 @@ def register(sub: Any) -> None:
     _common(p)
     _devices(p)
     p.add_argument("--emulated", action="store_true", help="also search emulated widths (2, 3, 6 bits)")
+    p.add_argument("--rounding", choices=("rtn", "mse", "hqq", "gptq"), default="rtn",
+                   help="how the block kernels' weights under 8 bits are rounded (MatMulNBits, GatherBlockQuantized, "
+                   "offered where the target's profile runs them): round to nearest, an MSE clipping search, HQQ, "
+                   "or GPTQ on the calibration data (default %(default)s)")
     p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder (--devices may be given "
                    "again: it replaces the stored devices file)")
     p.add_argument("--force", action="store_true",
@@ -172,6 +176,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         data_options=data_options(args).to_dict(),
         test=args.test,
         holdout=args.holdout,
+        rounding=args.rounding,
     )
     out = (Path(args.out) if args.out else default_out(args.model)).resolve()
     with _locked(out):

@@ -52,6 +52,14 @@ MENU: tuple[tuple[Any, Any], ...] = (
     (16, 16),
 )
 EMULATED_MENU: tuple[tuple[Any, Any], ...] = ((6, 8), (3, 8), (2, "fp"), (3, "fp"))
+#: Block-quantized kernels (issue 15), offered on a target whose profile runs them: the ops each
+#: replaces, and the widths and block sizes the search tries (within what the profile lists).
+KERNEL_MENU: dict[str, dict[str, tuple[Any, ...]]] = {
+    "matmulnbits": {"ops": ("MatMul",), "bits": (4, 8), "block_sizes": (32, 128)},
+    "gather_block": {"ops": ("Gather",), "bits": (4, 8), "block_sizes": (32, 128)},
+}
+#: ``--rounding``: how weights under 8 bits of the block kernels are rounded (``harness.quant.rounding``)
+ROUNDINGS = ("rtn", "mse", "hqq", "gptq")
 #: Uniform genomes every initial population holds: static int8, int4 weights, float, and dynamic int8
 #: (ONNX Runtime's strongest simple baseline; FACTS.md).
 BASELINES: dict[str, tuple[Bits, Bits]] = {
@@ -95,6 +103,8 @@ class SearchConfig:
     #: the test split: a file (``--test``), or a fraction of ``data`` held out once (``--holdout``)
     test: str | None = None
     holdout: float | None = None
+    #: rounding of the block kernels' weights under 8 bits (``ROUNDINGS``)
+    rounding: str = "rtn"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

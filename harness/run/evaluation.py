@@ -271,8 +271,11 @@ def engine_state(engine: Any, genome: Any) -> tuple[dict[str, Any], int, dict[st
 
 
 def layers_dict(decoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Search-space values (``harness.run.seeds.gene_value``) back to genome-file genes: four base
+    fields, then any ``(field, value)`` pairs (issue 15's fields, present only when not default)."""
     return {
-        name: {"weight_bits": v[0], "activation_bits": v[1], "scheme": v[2], "granularity": v[3]}
+        name: {"weight_bits": v[0], "activation_bits": v[1], "scheme": v[2], "granularity": v[3],
+               **{str(k): x for k, x in v[4:]}}
         for name, v in decoded.items()
     }
 

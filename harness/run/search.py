@@ -19,7 +19,9 @@ from harness.core.errors import InputError, QaeError, RunChangedError
 from harness.quant.workload import Workload
 from harness.run.archive import Archive
 from harness.run.config import (
+    BASELINES,
     BUDGET_KEYS,
+    FALLBACK_BASE,
     OBJECTIVES,
     SENSITIVITY_LADDER,
     SearchConfig,
@@ -29,7 +31,14 @@ from harness.run.config import (
 from harness.run.driver import Driver
 from harness.run.evaluation import HostEvaluator, Progress, Target, open_workload, violations
 from harness.run.failures import failure_summary
-from harness.run.seeds import baseline_values, choice_distance, gene_value, layer_choices, layer_sensitivity
+from harness.run.seeds import (
+    baseline_values,
+    choice_distance,
+    gene_value,
+    kernel_seeds,
+    layer_choices,
+    layer_sensitivity,
+)
 from harness.run.shapes import SHAPE_FLAGS, Shaped, shape_sources
 from harness.run.testsplit import score_test
 
@@ -166,13 +175,18 @@ def run_search(
     try:
         reference = work.evaluate(None)
         fp32 = reference.accuracy
-        choices = layer_choices(work, cfg)
         names = [layer.name for layer in work.model.layers]
-        space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices], distance=choice_distance)
         sensitivity = layer_sensitivity(work, evaluator, cfg)
         started = time.time()
         for target in targets:
+            # Each target's menu: the QDQ genes, plus the block-quantized kernels its profile runs.
+            choices = layer_choices(work, cfg, getattr(target, "profile", None))
+            space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices],
+                                distance=choice_distance)
             baselines = baseline_values(work, cfg, sensitivity)
+            dynamic = baseline_values(work, cfg)[list(BASELINES).index(FALLBACK_BASE)]
+            baselines += kernel_seeds(dynamic.values if hasattr(dynamic, "values") else
+                                      [dynamic] * len(names), choices)
             engine_cfg = EngineConfig(
                 n_objectives=len(cfg.objectives),
                 n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from harness.core.genome import Gene, Genome, normalise
+from harness.core.errors import GenomeError
+from harness.core.genome import EXTRA_FIELDS, Gene, Genome, normalise
 from harness.quant.workload import Workload
 from harness.run.config import (
     BASELINE_TABLES,
@@ -17,14 +19,48 @@ from harness.run.config import (
     EMULATED_MENU,
     FALLBACK_BASE,
     FALLBACK_COUNTS,
+    KERNEL_MENU,
     MENU,
     SearchConfig,
 )
 from harness.run.evaluation import HostEvaluator
 
 
-def layer_choices(work: Workload, cfg: SearchConfig) -> list[list[Gene]]:
-    """Per layer, the distinct genes the menu allows once normalised (a Gather has no activation)."""
+def kernel_genes(layer: Any, cfg: SearchConfig, profile: Any) -> list[Gene]:
+    """The block-quantized genes ``layer`` is offered on ``profile``'s target: each kernel the profile
+    runs (``profiles.kernels_of``) whose op this layer is, at the widths and block sizes both the
+    profile (``kernel_options``) and ``KERNEL_MENU`` list, at every accuracy level the profile says
+    changes speed. Widths under 8 bits take the run's ``rounding``."""
+    from profiles import kernel_options, kernels_of
+
+    out: list[Gene] = []
+    for kernel in sorted(kernels_of(profile) - {"qdq"}):
+        menu, options = KERNEL_MENU.get(kernel), kernel_options(profile, kernel)
+        if menu is None or layer.op_type not in menu["ops"] or len(layer.weight_shape) != 2:
+            continue
+        scheme = "asymmetric" if kernel == "gather_block" else cfg.scheme  # rows off zero cost nothing there
+        for bits in [b for b in menu["bits"] if b in options.get("bits", [])]:
+            for block in [b for b in menu["block_sizes"] if b in options.get("block_sizes", [])]:
+                levels: list[int | None] = [*options.get("accuracy_levels", [])] or [None]
+                for level in levels:
+                    rounding = cfg.rounding if bits < 8 else "rtn"
+                    gene = Gene(bits, "fp", scheme, "per_block", block_size=block, kernel=kernel,
+                                accuracy_level=level or None, rounding=rounding)
+                    try:
+                        gene = normalise(gene, layer.op_type, layer.name)
+                    except GenomeError:
+                        if rounding == "rtn":
+                            continue
+                        # a rounding this op cannot take (GPTQ needs a MatMul's inputs): round to nearest
+                        gene = normalise(replace(gene, rounding="rtn"), layer.op_type, layer.name)
+                    if gene not in out:
+                        out.append(gene)
+    return out
+
+
+def layer_choices(work: Workload, cfg: SearchConfig, profile: Any = None) -> list[list[Gene]]:
+    """Per layer, the distinct genes the menu allows once normalised (a Gather has no activation),
+    plus the block-quantized kernels ``profile``'s target runs (``kernel_genes``)."""
     menu = MENU + (EMULATED_MENU if cfg.emulated else ())
     out = []
     for layer in work.model.layers:
@@ -42,6 +78,8 @@ def layer_choices(work: Workload, cfg: SearchConfig) -> list[list[Gene]]:
                     gene = normalise(Gene(w, a, scheme, granularity), layer.op_type, layer.name)
                     if gene not in genes:
                         genes.append(gene)
+        if profile is not None:
+            genes += [g for g in kernel_genes(layer, cfg, profile) if g not in genes]
         out.append(genes)
     return out
 
@@ -81,6 +119,31 @@ def _bits(v: Any) -> float:
     return named[v] if v in named else float(v)
 
 
+def kernel_seeds(base: Sequence[Any], choices: Sequence[Sequence[Gene]]) -> list[Any]:
+    """Seeds from the block kernels a target runs: ``base`` (a baseline's per-layer values) with every
+    embedding table block-quantized (GatherBlockQuantized, the narrowest width offered at its
+    smallest block: only the gathered rows are dequantized, so it costs little time), then the same
+    with the matmuls' narrowest MatMulNBits gene too. Empty when the target offers neither."""
+    from search.space import PerLayer
+
+    def narrowest(genes: Sequence[Gene], kernel: str) -> Gene | None:
+        offered = [g for g in genes if g.kernel == kernel]
+        return min(offered, key=lambda g: (int(g.weight_bits), g.block_size or 0, g.accuracy_level or 0),
+                   default=None)
+
+    out: list[Any] = []
+    values = list(base)
+    for kernel in ("gather_block", "matmulnbits"):
+        changed = False
+        for i, genes in enumerate(choices):
+            gene = narrowest(genes, kernel)
+            if gene is not None:
+                values[i], changed = gene_value(gene), True
+        if changed:
+            out.append(PerLayer(tuple(values)))
+    return out
+
+
 def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[float] | None = None) -> list[Any]:
     """The seeded baselines as choice values (a ``PerLayer`` where ``BASELINE_TABLES`` gives embedding
     tables their own grid: ``w8-dynamic`` is then ONNX Runtime's ``quantize_dynamic`` as a user runs it).
@@ -112,7 +175,7 @@ def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[flo
     for count in counts:
         values = list(dynamic)
         for i in order[:count]:
-            w, _, scheme, granularity = dynamic[i]
+            w, _, scheme, granularity = dynamic[i][:4]
             values[i] = gene_value(normalise(Gene(w, "fp", scheme, granularity), layers[i].op_type, layers[i].name))
         out.append(PerLayer(tuple(values)))
     return out
@@ -125,10 +188,17 @@ def choice_distance(a: Any, b: Any) -> float:
     act = abs(np.log2(_bits(a[1])) - np.log2(_bits(b[1]))) + (
         0.0 if (a[1] == "dynamic") == (b[1] == "dynamic") else 0.5
     )
-    return float(2 * w + act + (a[2] != b[2]) + (a[3] != b[3]))
+    # the issue-15 fields ride as (field, value) pairs after the four base ones: each that differs is one step
+    extra = len(set(a[4:]) ^ set(b[4:])) / 2
+    return float(2 * w + act + (a[2] != b[2]) + (a[3] != b[3]) + extra)
 
 
 def gene_value(gene: Gene) -> tuple[Any, ...]:
-    return (gene.weight_bits, gene.activation_bits, gene.scheme, gene.granularity)
+    """A gene as a search-space value: its four base fields, then ``(field, value)`` pairs for the
+    issue-15 fields that differ from their defaults (``Gene.to_dict``'s rule). A gene that uses none
+    of them stays the 4-tuple it always was, so earlier runs' spaces (and their fingerprints) decode
+    as before; ``harness.run.evaluation.layers_dict`` reads both forms."""
+    extras = tuple((k, v) for k, v in gene.to_dict().items() if k in EXTRA_FIELDS)
+    return (gene.weight_bits, gene.activation_bits, gene.scheme, gene.granularity, *extras)
 
 

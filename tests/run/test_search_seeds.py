@@ -84,3 +84,53 @@ def test_dynamic_baseline_and_fallbacks_follow_sensitivity(work: Workload) -> No
                                          for n, v in decoded.items()}})
         reports.append(work.evaluate(work.build(genome)))
     assert len({r.weight_bytes for r in reports}) == 1
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    """Gather -> MatMul -> MatMul with widths block kernels take (64 columns)."""
+    tmp = tmp_path_factory.mktemp("wide")
+    rng = np.random.default_rng(1)
+
+    def init(name: str, shape: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
+         helper.make_node("MatMul", ["h", "W1"], ["h1"], name="fc1"),
+         helper.make_node("MatMul", ["h1", "W2"], ["y"], name="fc2")],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [init("E", [50, 64]), init("W1", [64, 128]), init("W2", [128, 4])],
+    )
+    path = tmp / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    data = tmp / "ids.npz"
+    np.savez(data, ids=rng.integers(0, 50, size=32).astype(np.int64))
+    return Workload.open(path, calib=data, eval_data=data)
+
+
+def test_block_kernels_are_offered_only_where_the_profile_runs_them(wide: Workload) -> None:
+    from harness.run.config import KERNEL_MENU
+    from profiles import kernel_options, kernels_of, load_profile
+
+    cfg = SearchConfig(model="m", profiles=[], rounding="hqq")
+    assert all(g.kernel == "qdq" for genes in layer_choices(wide, cfg) for g in genes)
+    ane = load_profile("apple-ane")
+    assert kernels_of(ane) == {"qdq"}
+    assert all(g.kernel == "qdq" for genes in layer_choices(wide, cfg, ane) for g in genes)
+    host = load_profile("host-cpu")
+    emb, fc1, fc2 = layer_choices(wide, cfg, host)
+    assert {g.kernel for g in emb} - {"qdq"} == {"gather_block"}
+    assert {g.kernel for g in fc1} - {"qdq"} == {"matmulnbits"}
+    for layer, genes in zip(wide.model.layers, (emb, fc1, fc2)):
+        for gene in (g for g in genes if g.kernel != "qdq"):
+            options = kernel_options(host, gene.kernel)
+            assert gene.weight_bits in options["bits"] and gene.weight_bits in KERNEL_MENU[gene.kernel]["bits"]
+            assert gene.block_size in options["block_sizes"] and gene.granularity == "per_block"
+            assert gene.rounding == ("hqq" if int(gene.weight_bits) < 8 else "rtn")
+            # every gene offered builds, loads in ONNX Runtime and scores
+            genome = wide.genome({"default": {"weight_bits": "fp"}, "layers": {layer.name: gene.to_dict()}})
+            report = wide.evaluate(wide.build(genome))
+            assert 0.0 <= report.accuracy <= 1.0
