@@ -126,7 +126,7 @@ RULES = {
 SMALLER = (("1.35x smaller", 1.35, "not worse than dynamic int8", 1.1),
            ("1.5x smaller (stretch)", 1.5, "lower end >= 0.99", 1.25))
 #: how the block kernels' 4-bit weights are rounded in the headline's search (``--rounding``)
-ROUNDING = "hqq"
+ROUNDING = "gptq"
 
 
 def fixed_shapes(src: Path, dst: Path, tokens: int = TOKENS) -> Path:
