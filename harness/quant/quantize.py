@@ -495,6 +495,22 @@ def _strip_activation_qdq(proto: onnx.ModelProto, tensors: list[str]) -> None:
                         node.input[i] = tensor
             remove.append(dnode)
         remove.append(qnode)
+    # A tensor that is a graph output keeps its name: ONNX Runtime renames its producer's output
+    # (``y_QuantizeLinear_Input``) and lets the DequantizeLinear write ``y``. Give the name back.
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    for dnode in [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in targets]:
+        qnode = producers.get(dnode.input[0])
+        if qnode is None or qnode.op_type != "QuantizeLinear" or qnode in remove or dnode in remove:
+            continue
+        source = qnode.input[0]
+        for node in proto.graph.node:
+            for i, name in enumerate(node.output):
+                if name == source:
+                    node.output[i] = dnode.output[0]
+            for i, name in enumerate(node.input):
+                if name == source:
+                    node.input[i] = dnode.output[0]
+        remove += [qnode, dnode]
     for node in remove:
         proto.graph.node.remove(node)
     _drop_unused_initializers(proto)

@@ -189,3 +189,31 @@ def test_embedding_rows_are_gathered_before_dequantizing(tmp_path: Path, granula
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rows = sess.run(["h"], {"ids": ids})[0]
     assert np.allclose(rows, whole[ids].astype(np.float32), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_an_embedding_table_whose_rows_are_the_graph_output_builds_and_runs(tmp_path: Path, granularity: str) -> None:
+    """ONNX Runtime quantizes a Gather's output that is a graph output with the table's own (per-row)
+    scales, which its QuantizeLinear then refuses; the Gather reads no activation, so qae removes
+    that pair and gives the output its name back."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from harness.quant.workload import Workload
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], name="emb")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor("E", TensorProto.FLOAT, [50, 64], table.ravel())],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "ids.npz", ids=rng.integers(0, 50, size=32).astype(np.int64))
+    work = Workload.open(tmp_path / "m.onnx", calib=tmp_path / "ids.npz", eval_data=tmp_path / "ids.npz")
+    result = work.build(work.uniform(weight_bits=8, activation_bits=8, granularity=granularity))
+    assert [o.name for o in result.proto.graph.output] == ["y"]
+    assert not any(n.op_type == "QuantizeLinear" for n in result.proto.graph.node)
+    report = work.evaluate(result)
+    assert report.sqnr_db is not None and report.sqnr_db > 30  # int8 rows, dequantized: close to the table
