@@ -6,7 +6,9 @@ the relative squared error of the weight (``||W - Wq||^2 / ||W||^2``) and of the
 calibration inputs GPTQ was fitted to and on held-out (evaluation) inputs. End to end, every MatMul
 weight of the float model is replaced by its dequantized weight (what a weight-only QDQ or
 MatMulNBits model computes, up to float rounding) and the model is scored on the evaluation split
-with the workload's metric and mean cosine against FP32. Prints only; writes nothing under results/.
+with the workload's metric and mean cosine against FP32 on the TEST split (issue 14's rules: 95 %
+intervals, and each method's paired difference with RTN on the same test samples: "better"/"worse"
+only when its interval excludes 0). Writes results/bench/rounding.json.
 
     python -m benchmarks.bench_rounding [--model builtin:minilm-l6] [--bits 4] [--block 32] [--asymmetric]
 """
@@ -21,7 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from harness.quant.evaluate import output_names, run_all, session
+from benchmarks import common
+from harness.core.stats import SampleStats, interval, paired_difference, verdict
+from harness.quant.evaluate import run_all, session
 from harness.quant.rounding import METHODS, activation_samples, quantize_weight
 from harness.quant.workload import Workload
 
@@ -30,7 +34,29 @@ def _rel(err: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sum(err.astype(np.float64) ** 2) / max(float(np.sum(ref.astype(np.float64) ** 2)), 1e-30))
 
 
-def run(spec: str, bits: int, block: int | None, symmetric: bool, max_rows: int, layers_cap: int | None) -> None:
+def _test_stats(work: Workload, proto: onnx.ModelProto) -> dict[str, SampleStats]:
+    """Per-sample statistics on the test split: the workload's accuracy metric and the mean cosine
+    with FP32 (pooled sentence embeddings for an embedding model, each sample's output otherwise)."""
+    from benchmarks.bench_headline import split_stats
+    from harness.quant.evaluate import evaluate
+
+    if work.metric == "embedding":
+        got = split_stats(work, proto, "test")
+        return {"accuracy": got["top1_agreement"], "mean_cosine": got["mean_cosine"]}
+    assert work.test_data is not None
+    rep = evaluate(proto, work.test_data, file_bytes=proto.ByteSize(), reference_outputs=work.test_references,
+                   plan=work.plan, with_stats=True)
+    out = run_all(session(proto), work.test_data, [work.plan.outputs[0]])[work.plan.outputs[0]]
+    ref = work.test_references[work.plan.outputs[0]]
+    a, b = out.reshape(len(out), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
+    cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    assert rep.sample_stats is not None
+    return {"accuracy": SampleStats.from_dict(rep.sample_stats),
+            "mean_cosine": SampleStats("mean", {"c": cos[:, None]})}
+
+
+def run(spec: str, bits: int, block: int | None, symmetric: bool, max_rows: int,
+        layers_cap: int | None) -> dict[str, Any]:
     work = Workload.open(spec)
     assert work.eval_data is not None
     layers = [lay for lay in work.model.layers if lay.op_type == "MatMul"][:layers_cap]
@@ -67,18 +93,34 @@ def run(spec: str, bits: int, block: int | None, symmetric: bool, max_rows: int,
     for method in METHODS:
         r = np.mean(np.array(ratios[method]), axis=0)
         print(f"    {method:5s} {r[0]:.3f} / {r[1]:.3f} / {r[2]:.3f}   {seconds[method]:.1f}s")
-    print(f"  end to end on the evaluation split ({work.eval_data.n} samples), all {len(layers)} layers replaced:")
-    names_out = output_names(work.model.proto)
+    print(f"  end to end on the test split ({work.test_data.n if work.test_data else 0} samples), all {len(layers)} "
+          "layers replaced (95 % intervals; difference with rtn, paired):")
+    result: dict[str, Any] = {"model": spec, "bits": bits, "block_size": block, "symmetric": symmetric,
+                              "layers": len(layers), "metric": work.plan.key, "methods": {}}
+    stats: dict[str, dict[str, SampleStats]] = {}
     for method in METHODS:
         proto = onnx.ModelProto()
         proto.CopyFrom(work.model.proto)
         for tensor in proto.graph.initializer:
             if tensor.name in deq[method]:
                 tensor.CopyFrom(numpy_helper.from_array(deq[method][tensor.name], tensor.name))
-        outputs = run_all(session(proto), work.eval_data, names_out)
-        got: dict[str, Any] = work.score_outputs(outputs)
-        print(f"    {method:5s} {got['metric']}={got['accuracy']:.4f}  mean cosine={got['mean_cosine']:.5f}"
-              f"  sqnr={got['sqnr_db']:.2f} dB")
+        stats[method] = _test_stats(work, proto)
+        r = np.mean(np.array(ratios[method]), axis=0)
+        row: dict[str, Any] = {"weight_error_ratio": float(r[0]), "output_error_ratio_calib": float(r[1]),
+                               "output_error_ratio_heldout": float(r[2]), "seconds": seconds[method]}
+        for key, st in stats[method].items():
+            ci = interval(st)
+            row[key] = {"value": ci.value, "ci95": [ci.lo, ci.hi], "method": ci.method}
+            if method != "rtn":
+                diff = paired_difference(st, stats["rtn"][key])
+                row[key]["vs_rtn"] = {"difference": diff.value, "ci95": [diff.lo, diff.hi], "verdict": verdict(diff)}
+        result["methods"][method] = row
+        vs = row["mean_cosine"].get("vs_rtn")
+        print(f"    {method:5s} {work.plan.key}={row['accuracy']['value']:.4f} {row['accuracy']['ci95']}  "
+              f"mean cosine={row['mean_cosine']['value']:.5f}"
+              + (f"  vs rtn {vs['difference']:+.5f} [{vs['ci95'][0]:+.5f}, {vs['ci95'][1]:+.5f}] {vs['verdict']}"
+                 if vs else ""))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="first 6 layers only")
     args = ap.parse_args(argv)
     models = args.model or ["builtin:digits-vit", *(["builtin:minilm-l6"] if minilm.available() else [])]
+    results = []
     for spec in models:
         for bits in args.bits or [4, 3]:
-            run(spec, bits, args.block or None, not args.asymmetric, args.max_rows, 6 if args.quick else None)
+            results.append(run(spec, bits, args.block or None, not args.asymmetric, args.max_rows,
+                               6 if args.quick else None))
+    path = common.write_result("rounding", {"benchmark": "rounding", "quick": args.quick, "split": "test",
+                                            "runs": results})
+    print(f"wrote {path}")
     return 0
 
 

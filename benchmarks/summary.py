@@ -224,6 +224,30 @@ def kernels_section(d: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def rounding_section(d: dict[str, Any]) -> list[str]:
+    """Issue 15: each rounding method against round-to-nearest at the same bytes, scored on test."""
+    out = ["## Rounding at equal bytes (`python -m benchmarks.bench_rounding`)", "", _env(d), "",
+           "Every MatMul weight of the float model replaced by its quantized-dequantized weight (what a weight-only "
+           "block kernel computes), the same bits and block size for every method, so the same bytes; scored on "
+           "the test split with 95 % intervals; the difference with rtn is paired over the same test samples.", ""]
+    for r in d.get("runs", []):
+        block = r.get("block_size") or "per-channel"
+        out += [f"**{r['model']}**, {r['layers']} MatMuls at {r['bits']} bits, block {block}, "
+                f"{'symmetric' if r.get('symmetric') else 'asymmetric'}:", "",
+                f"| method | weight error / rtn | output error / rtn (held-out) | {r['metric']} [95 % CI] | "
+                "mean cosine [95 % CI] | mean cosine vs rtn |", "|---|---|---|---|---|---|"]
+        for method, m in r["methods"].items():
+            acc, cos = m["accuracy"], m["mean_cosine"]
+            vs = cos.get("vs_rtn")
+            vs_text = (f"{vs['difference']:+.5f} [{vs['ci95'][0]:+.5f}, {vs['ci95'][1]:+.5f}]: {vs['verdict']}"
+                       if vs else "")
+            out.append(f"| {method} | {m['weight_error_ratio']:.3f} | {m['output_error_ratio_heldout']:.3f} | "
+                       f"{acc['value']:.4f} [{acc['ci95'][0]:.4f}, {acc['ci95'][1]:.4f}] | {cos['value']:.5f} "
+                       f"[{cos['ci95'][0]:.5f}, {cos['ci95'][1]:.5f}] | {vs_text} |")
+        out.append("")
+    return out
+
+
 def headline_section(d: dict[str, Any]) -> list[str]:
     """The MiniLM headline: verdicts decided on the test split, each with its interval (a headline
     from before issue 14, decided on validation, renders as it did)."""
@@ -358,6 +382,12 @@ def write_summary(root: Path | None = None) -> Path:
     cost = _load(root, "costmodel")
     if cost:
         lines += costmodel_section(cost, headline)
+    rounding = _load(root, "rounding")
+    if rounding:
+        try:
+            lines += rounding_section(rounding)
+        except (KeyError, TypeError) as exc:
+            lines += ["## rounding", "", f"(unreadable result: {exc!r})", ""]
     kernels = _load(root, "kernels")
     if kernels:
         try:
