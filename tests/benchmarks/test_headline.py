@@ -177,3 +177,29 @@ def test_legacy_headline_still_renders(tmp_path: Path) -> None:
     old = json.loads((Path(__file__).resolve().parent / "legacy_headline.json").read_text())
     lines = summary.headline_section(old)
     assert any("front point at least as good in size and mean cosine" in line for line in lines)
+
+
+def test_the_size_conditions_judge_size_cosine_and_latency_together() -> None:
+    """Issue 15's conditions: ``bad`` is 2.06x smaller and fast but worse in cosine; ``small`` is only
+    1.14x smaller: neither meets 1.35x. A point 1.4x smaller with a noise-level cosine and dynamic
+    int8's latency meets it; made 1.3x slower it fails on latency."""
+    rng = np.random.default_rng(11)
+    body, _ = _body(rng)
+    v = body["verdict"]["smaller_than_dynamic_int8"]
+    first = v["1.35x smaller"]
+    assert not first["met"]
+    assert {r["hash"]: r["fails_on"] for r in first["points"]} == {"bad000000000": "mean cosine"}
+    base_cos = 0.99 + 0.004 * rng.standard_normal(N)
+    hits = rng.random(N) < 0.9
+    dyn_stats = _stats(base_cos, hits)
+    dyn = _row(_runs(rng, 7.0), 22.7e6, dyn_stats)
+    for median, met in ((7.0, True), (9.1, False)):
+        e = 0.0002 * rng.standard_normal(N)
+        mine = _stats(base_cos + e - e.mean(), hits)
+        p = _row(_runs(rng, median), 22.7e6 / 1.4, mine, hash="tiny" + "0" * 12, predicted_latency_ms=median)
+        bh.versus([p], {bh.DYN: dyn}, {bh.DYN: dyn_stats, f"front:{p['hash'][:12]}": mine})
+        got = bh.smaller_than([p], dyn, 1.35, "not worse than dynamic int8", 1.1)
+        assert got["met"] is met, got["points"][0]
+        assert got["points"][0]["fails_on"] == (None if met else "latency")
+    lines = bh.verdict_lines(body)
+    assert any(line.startswith("1.35x smaller than dynamic int8") and "**no**" in line for line in lines)
