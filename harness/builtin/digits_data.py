@@ -1,7 +1,9 @@
-"""The data splits of ``builtin:digits-vit``, and rewriting its data files without retraining.
+"""The data splits of ``builtin:digits-vit`` and ``builtin:digits-cnn``, and rewriting their data files
+without retraining.
 
 Torch-free (numpy, scikit-learn, onnxruntime), so tests and ``--data-only`` rebuilds need no
-training stack; ``harness.builtin.train_digits_vit`` uses this module for its splits.
+training stack; ``harness.builtin.train_digits_vit`` and ``train_digits_cnn`` use this module for
+their splits, so both workloads ship the same calib/eval/test files, trained on the same images.
 
 The 1797 images of ``sklearn.datasets.load_digits`` are split once, stratified, with fixed seeds:
 

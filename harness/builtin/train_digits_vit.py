@@ -35,51 +35,27 @@ Rebuild (about a minute on two CPU cores; needs torch, onnx, onnxruntime, scikit
 
 Then run ``pytest tests/builtin/test_builtin_digits_vit.py``, which checks the shipped files without torch.
 
-One module because it is one recipe (model, training loop, export, checks) that a user reruns as a
-script; only the data split lives apart, in ``harness.builtin.digits_data``, so that the tests and
-``--data-only`` need no torch.
+This module holds what is digits-vit's own (the model and its ``Recipe``); the training loop,
+export, checks and file writing are shared with ``builtin:digits-cnn`` in
+``harness.builtin.digits_train``, and the data split lives in ``harness.builtin.digits_data``, so
+that the tests and ``--data-only`` need no torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import io
-import json
 import math
-import os
-import platform
-import tempfile
-import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-import sklearn
 import torch
 from torch import nn
-from torch.nn import functional
 
-from harness.builtin.digits_data import (
-    DEFAULT_OUT,
-    SEED,
-    Splits,
-    accuracies,
-    make_splits,
-    ort_session,
-    rewrite_data,
-    split_meta,
-    write_data,
-)
+from harness.builtin import digits_train
+from harness.builtin.digits_data import DEFAULT_OUT, SEED, Splits
+from harness.builtin.digits_train import TrainConfig
 
-OPSET = 21
-# Parity between torch and ONNX Runtime on the exported graph; both run FP32 on CPU.
-PARITY_ATOL = 1e-4
 MIN_ACCURACY = 0.95
 
 
@@ -100,19 +76,6 @@ class VitConfig:
     @property
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimiser settings, recorded verbatim in meta.json."""
-
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 10
-    label_smoothing: float = 0.1
-    max_shift: int = 1  # random translation in pixels, the only augmentation
 
 
 # --------------------------------------------------------------------------------------- model
@@ -211,44 +174,7 @@ class DigitsViT(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
-# ---------------------------------------------------------------------------------------- data
-
-
-def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels in x and y, filling with zeros.
-
-    Digits are centred but not perfectly; small shifts are the cheapest augmentation that helps a
-    patch-based model, whose patch grid otherwise sees each stroke at one fixed offset.
-    """
-    if max_shift <= 0:
-        return x
-    n, _, h, w = x.shape
-    padded = functional.pad(x, (max_shift, max_shift, max_shift, max_shift))
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen)
-    rows = offsets[:, 0, None] + torch.arange(h)  # [N,h]
-    cols = offsets[:, 1, None] + torch.arange(w)  # [N,w]
-    batch = torch.arange(n)[:, None, None]
-    return padded[batch, 0, rows[:, :, None], cols[:, None, :]][:, None]
-
-
-# ------------------------------------------------------------------------------------ training
-
-
-def set_determinism(seed: int) -> None:
-    # One thread: reductions in a multi-threaded CPU kernel may split work differently from run
-    # to run, and the model is too small to gain from threads anyway.
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True)
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+# ---------------------------------------------------------------------------------------- main
 
 
 def train(
@@ -258,229 +184,54 @@ def train(
     seed: int,
     log: Callable[[str], None] = print,
 ) -> DigitsViT:
-    set_determinism(seed)
-    model = DigitsViT(cfg)
-    # No weight decay on biases, norms and the positional embedding: decaying them only hurts.
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "pos_embed"]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "pos_embed"]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": tcfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=tcfg.lr,
-    )
-    x = torch.from_numpy(splits.train_x)
-    y = torch.from_numpy(splits.train_y)
-    calib_x = torch.from_numpy(splits.calib_x)
-    calib_y = torch.from_numpy(splits.calib_y)
-    gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(x) / tcfg.batch_size)
-    total = tcfg.epochs * steps_per_epoch
-    warmup = tcfg.warmup_epochs * steps_per_epoch
-    step = 0
-    for epoch in range(tcfg.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        running = 0.0
-        for start in range(0, len(x), tcfg.batch_size):
-            idx = order[start : start + tcfg.batch_size]
-            xb = random_shift(x[idx], tcfg.max_shift, gen)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, warmup, tcfg.lr)
-            loss = functional.cross_entropy(model(xb), y[idx], label_smoothing=tcfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item() * len(idx)
-            step += 1
-        if (epoch + 1) % 25 == 0 or epoch == 0:
-            # Progress is reported on the calibration split, never on eval or test: they stay unseen
-            # until the final, single measurement on the exported file.
-            model.eval()
-            with torch.no_grad():
-                calib_acc = float((model(calib_x).argmax(1) == calib_y).float().mean())
-            log(f"epoch {epoch + 1:4d}  loss {running / len(x):.4f}  calib acc {calib_acc:.4f}")
-    model.eval()
+    """Train with the shared recipe (``digits_train.train_model``); the positional embedding is not decayed."""
+    model = digits_train.train_model(lambda: DigitsViT(cfg), splits, tcfg, seed, log, no_decay=("pos_embed",))
+    assert isinstance(model, DigitsViT)
     return model
 
 
-# -------------------------------------------------------------------------------------- export
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temp file in the same folder, then os.replace: no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; shipped data must be readable like any file checked out by git.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def export_onnx(model: DigitsViT, cfg: VitConfig) -> bytes:
-    """Export with the legacy TorchScript exporter and return the serialized, checked model."""
-    dummy = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # The legacy exporter's symbolic functions stop at opset 20 and it warns about 21, but
-        # every op this model uses has the same semantics in 21 (that version only added int4/
-        # uint4 types and blocked Q/DQ, which the quantizer uses later), so stamping 21 is sound.
-        # The legacy exporter is chosen on purpose: it names nodes by module path.
-        warnings.filterwarnings("ignore", message=".*opset version 21 is not supported.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buf,  # type: ignore[arg-type]  # torch accepts a file object too
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["pixels"],
-            output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-        )
-    proto = onnx.load_model_from_string(buf.getvalue())
-    onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
-
-
-def check_parity(model: DigitsViT, sess: ort.InferenceSession, x: np.ndarray) -> float:
-    """Max |torch - onnxruntime| over the given inputs; raises if over PARITY_ATOL."""
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    got = sess.run(["logits"], {"pixels": x})[0]
-    diff = float(np.max(np.abs(ref - got)))
-    if diff > PARITY_ATOL:
-        raise RuntimeError(f"onnxruntime differs from torch by {diff:.3g} > {PARITY_ATOL}")
-    return diff
-
-
-def check_node_names(proto: onnx.ModelProto, cfg: VitConfig) -> dict[str, list[str]]:
+def expected_nodes(cfg: VitConfig) -> list[str]:
     """Every quantizable module must own a node whose name carries its module path."""
-    by_type: dict[str, list[str]] = {}
-    for node in proto.graph.node:
-        if node.op_type in ("MatMul", "Gemm", "Conv"):
-            by_type.setdefault(node.op_type, []).append(node.name)
-    names = [n for group in by_type.values() for n in group]
     expected = ["/patch_embed/", "/head/"]
     for i in range(cfg.depth):
         expected += [f"/blocks.{i}/attn/{p}/" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
         expected += [f"/blocks.{i}/ffn/{p}/" for p in ("fc1", "fc2")]
-    missing = [e for e in expected if not any(e in n for n in names)]
-    if missing:
-        raise RuntimeError(f"exported graph has no MatMul/Gemm/Conv node named for {missing}")
-    return by_type
+    return expected
 
 
-# ---------------------------------------------------------------------------------------- main
+def recipe(cfg: VitConfig | None = None, tcfg: TrainConfig | None = None) -> digits_train.Recipe:
+    cfg = cfg or VitConfig()
 
-
-def build(out: Path, seed: int = SEED, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, export, verify and write the workload into ``out``; returns the meta dict."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg, tcfg = VitConfig(), TrainConfig()
-    splits = make_splits(seed)
-    log(f"splits: {splits.sizes()}")
-    t0 = time.perf_counter()
-    model = train(splits, cfg, tcfg, seed, log)
-    train_seconds = time.perf_counter() - t0
-    log(f"trained in {train_seconds:.1f} s")
-
-    model_bytes = export_onnx(model, cfg)
-    proto = onnx.load_model_from_string(model_bytes)
-    node_names = check_node_names(proto, cfg)
-    sess = ort_session(model_bytes)
-    parity = max(
-        check_parity(model, sess, splits.eval_x),
-        check_parity(model, sess, splits.test_x),
-        check_parity(model, sess, splits.calib_x[:1]),  # batch 1: the dynamic axis really works
-    )
-    scores = accuracies(sess, splits)
-    eval_acc = scores["fp32_eval_accuracy"]
-    log(f"onnxruntime FP32 accuracy {scores} (max |torch - ort| {parity:.2e})")
-    if eval_acc < MIN_ACCURACY:
-        raise RuntimeError(f"eval accuracy {eval_acc:.4f} is under {MIN_ACCURACY}; not writing")
-
-    meta: dict[str, Any] = {
-        "name": "builtin:digits-vit",
-        "task": "image classification, sklearn.datasets.load_digits (8x8, 10 classes)",
-        "input": {
-            "name": "pixels",
-            "shape": ["batch", 1, 8, 8],
-            "dtype": "float32",
-            "range": [0.0, 1.0],
-            "preprocessing": "pixel / 16",
-        },
-        "output": {"name": "logits", "shape": ["batch", cfg.num_classes], "dtype": "float32"},
-        # one inference, for predictions without --input-shape (the symbolic batch is never a silent 1)
-        "input_shapes": {"pixels": [1, 1, 8, 8]},
-        "metric": "top1",
-        "seed": seed,
-        "splits": split_meta(splits),
-        "architecture": {
+    def architecture(model: nn.Module) -> dict[str, Any]:
+        return {
             "type": "vit",
             **asdict(cfg),
             "num_tokens": cfg.num_tokens,
             "parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "training": {
-            **asdict(tcfg),
-            "optimizer": "AdamW",
-            "schedule": "warmup+cosine",
-            "seconds": round(train_seconds, 2),
-            "threads": 1,
-        },
-        **scores,  # fp32_eval_accuracy (validation), fp32_test_accuracy, fp32_calib_accuracy
-        "accuracy_measured_with": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-        "torch_ort_max_abs_diff": parity,
-        "onnx_opset": OPSET,
-        # All MatMul/Gemm/Conv nodes; the two per block without a weight (/attn/MatMul, MatMul_1)
-        # are the attention score and context products between activations.
-        "matmul_gemm_conv_nodes": node_names,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__,
-        },
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "rebuild": "python -m harness.builtin.train_digits_vit",
-    }
+        }
 
-    _atomic_write(out / "model.onnx", lambda fh: fh.write(model_bytes))
-    write_data(out, splits)
-    meta_text = json.dumps(meta, indent=2) + "\n"
-    # meta.json last: its presence with a matching accuracy marks a complete build.
-    _atomic_write(out / "meta.json", lambda fh: fh.write(meta_text.encode("utf-8")))
-    log(f"wrote {out}")
-    return meta
+    return digits_train.Recipe(
+        name="builtin:digits-vit",
+        make_model=lambda: DigitsViT(cfg),
+        train=tcfg or TrainConfig(),
+        architecture=architecture,
+        # All MatMul/Gemm/Conv nodes land in meta.json; the two per block without a weight
+        # (/attn/MatMul, MatMul_1) are the attention score and context products between activations.
+        expected_nodes=expected_nodes(cfg),
+        rebuild="python -m harness.builtin.train_digits_vit",
+        min_accuracy=MIN_ACCURACY,
+        no_decay=("pos_embed",),
+    )
+
+
+def build(out: Path, seed: int = SEED, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, export, verify and write the workload into ``out``; returns the meta dict."""
+    return digits_train.build(out, recipe(), seed, log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--seed", type=int, default=SEED, help="split, init and shuffle seed")
-    parser.add_argument(
-        "--data-only",
-        action="store_true",
-        help="keep model.onnx; rewrite calib/eval/test.npz and meta.json's splits and FP32 accuracies",
-    )
-    args = parser.parse_args(argv)
-    if args.data_only:
-        meta = rewrite_data(args.out, args.seed)
-        print(f"wrote {args.out}: {meta['splits']}")
-    else:
-        build(args.out, args.seed)
-    return 0
+    description = __doc__.splitlines()[0] if __doc__ else None
+    return digits_train.main(argv, lambda out, seed: build(out, seed), DEFAULT_OUT, description)
 
 
 if __name__ == "__main__":

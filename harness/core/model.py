@@ -39,7 +39,7 @@ QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv", "Gather", "LSTM", "GRU")
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3}
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin"
-BUILTINS = {"digits-vit": "digits_vit", "minilm-l6": "minilm_l6"}
+BUILTINS = {"digits-vit": "digits_vit", "digits-cnn": "digits_cnn", "minilm-l6": "minilm_l6"}
 #: Builtins whose model is too big to ship: a module whose ``ensure_model()`` exports it on first
 #: use (from an optional extra) and returns its path. Their data still ships in ``BUILTIN_DIR``.
 EXPORTED_BUILTINS = {"minilm-l6": "harness.builtin.minilm"}

@@ -1,9 +1,10 @@
 """Every builtin ships three disjoint, fixed splits: calib, eval (validation) and test.
 
 Checks the shipped files only (no model export): sizes against meta.json, disjointness by sentence
-text for builtin:minilm-l6 (digits-vit's images are checked in test_builtin_digits_vit.py), file
-modes, and ``builtin_data``'s kinds. That test.npz runs through each model is checked beside each
-model: test_builtin_digits_vit.py and test_minilm.py.
+text for builtin:minilm-l6 (digits-vit's images are checked in test_builtin_digits_vit.py; digits-cnn
+ships the very same files, test_builtin_digits_cnn.py), file modes, and ``builtin_data``'s kinds.
+That test.npz runs through each model is checked beside each model: test_builtin_digits_vit.py,
+test_builtin_digits_cnn.py and test_minilm.py.
 """
 
 from __future__ import annotations
