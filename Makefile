@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.qae-installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The peers (issue 16) live in venvs of their own (pyproject extras peers, peers-aimet, peers-inc);
+# QAE_PEERS_PYTHON[_PEER] names their interpreters. Work in progress: digits-vit, accuracy and size only.
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks.bench_peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
