@@ -199,7 +199,7 @@ def run_nncf_wc(a: argparse.Namespace, cal: dict, val: tuple, cb: Top1, out: Pat
     model = onnx.load(a.model)
     calib_items = [rows(cal, i, i + 1) for i in range(n_of(cal))]
     # Conv is left out: NNCF 3.4.0 writes a Conv weight's DequantizeLinear with a scale ORT rejects
-    # ("For per axis quantization, scale must be 1D tensor with size 32"), see notes/peers_findings.md.
+    # ("For per axis quantization, scale must be 1D tensor with size 32"), see benchmarks/PEERS.md.
     q = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, ratio=0.8, group_size=-1,
                               backup_mode=nncf.BackupMode.INT8_ASYM, dataset=nncf.Dataset(calib_items),
                               subset_size=len(calib_items), ignored_scope=nncf.IgnoredScope(types=["Conv"]))
