@@ -37,17 +37,10 @@ from onnx import helper, numpy_helper
 from harness.core.errors import ModelError
 from harness.core.genome import Gene
 from harness.core.model import LayerSpec
+from harness.quant.rounding import INT_TYPES, grid
 
 MS_DOMAIN = "com.microsoft"
 
-_INT_TYPES = {
-    (4, True): onnx.TensorProto.INT4,
-    (4, False): onnx.TensorProto.UINT4,
-    (8, True): onnx.TensorProto.INT8,
-    (8, False): onnx.TensorProto.UINT8,
-    (16, True): onnx.TensorProto.INT16,
-    (16, False): onnx.TensorProto.UINT16,
-}
 
 
 @dataclass(frozen=True)
@@ -76,14 +69,6 @@ class RowQuant:
     def dequantize(self) -> np.ndarray:
         zero = 0 if self.zero_point is None else self.expand(self.zero_point)
         return ((self.q - zero) * self.expand(self.scale)).astype(np.float32)
-
-
-def grid(bits: int, symmetric: bool) -> tuple[int, int]:
-    """The integer range of a ``bits``-wide value: restricted symmetric or full unsigned."""
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        return -qmax, qmax
-    return 0, 2**bits - 1
 
 
 def rows_view(w: np.ndarray, channel_axis: int) -> np.ndarray:
@@ -273,7 +258,7 @@ def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np
     rq = quantize_rows(rows_view(w, axis), gene, block_size=block, x=x)
     k_axis = 1 - axis
     symmetric = rq.zero_point is None
-    elem = _INT_TYPES[(gene.weight_storage_bits, symmetric)]
+    elem = INT_TYPES[(gene.weight_storage_bits, symmetric)]
     q = from_rows(rq.q, w.shape, axis)
     # scales in the weight's layout: [n_blocks, N] for a MatMul's [K, N], [N, n_blocks] for a Gemm's [N, K]
     scale = rq.scale if axis == 0 else rq.scale.T

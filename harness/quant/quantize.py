@@ -49,6 +49,7 @@ from harness.core.genome import NATIVE_BITS, WEIGHT_ONLY_OPS, Gene, Genome
 from harness.core.model import LayerSpec, ModelInfo
 from harness.quant import kernels
 from harness.quant.calibration import Ranges
+from harness.quant.rounding import INT_TYPES, grid
 
 OPSET = 21
 _HOLD_DOMAIN = "ai.qae.hold"
@@ -89,14 +90,6 @@ def _storage(bits: int, signed: bool) -> str:
 
 def _pow2(scale: np.ndarray) -> np.ndarray:
     return np.exp2(np.ceil(np.log2(scale))).astype(np.float32)
-
-
-def grid(bits: int, symmetric: bool) -> tuple[int, int]:
-    """The integer range of a ``bits``-wide value: restricted symmetric or full unsigned."""
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        return -qmax, qmax
-    return 0, 2**bits - 1
 
 
 def weight_qparams(w: np.ndarray, gene: Gene, axis: int) -> QParams:
@@ -582,14 +575,6 @@ def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> N
     proto.graph.node.extend(kept)
 
 
-_INT_TYPES = {
-    (4, True): onnx.TensorProto.INT4,
-    (4, False): onnx.TensorProto.UINT4,
-    (8, True): onnx.TensorProto.INT8,
-    (8, False): onnx.TensorProto.UINT8,
-    (16, True): onnx.TensorProto.INT16,
-    (16, False): onnx.TensorProto.UINT16,
-}
 
 
 def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, result: QuantResult) -> None:
@@ -602,7 +587,7 @@ def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, r
     node = next(n for n in proto.graph.node if n.name == layer.node_name)
     position = list(proto.graph.node).index(node)
     signed = gene.scheme != "asymmetric"
-    elem = _INT_TYPES[(gene.weight_storage_bits, signed)]
+    elem = INT_TYPES[(gene.weight_storage_bits, signed)]
     for slot, weight in ((1, layer.weight), (2, layer.extra_weights[0])):
         w = numpy_helper.to_array(inits[weight]).astype(np.float32)
         qp = weight_qparams(w, gene, 1)

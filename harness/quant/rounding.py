@@ -127,8 +127,20 @@ class Quantized:
         return (q * self.expand(self.scale)).astype(np.float32)
 
 
+#: (bits, signed) -> the ONNX integer type a quantized weight is stored in
+INT_TYPES = {
+    (4, True): onnx.TensorProto.INT4,
+    (4, False): onnx.TensorProto.UINT4,
+    (8, True): onnx.TensorProto.INT8,
+    (8, False): onnx.TensorProto.UINT8,
+    (16, True): onnx.TensorProto.INT16,
+    (16, False): onnx.TensorProto.UINT16,
+}
+
+
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
-    """The integer range of a ``bits``-wide weight (``harness.quant.quantize.grid``'s rule)."""
+    """The integer range of a ``bits``-wide weight: restricted symmetric or full unsigned (every
+    quantizer of qae uses this one grid)."""
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         return -qmax, qmax
