@@ -290,10 +290,11 @@ def pick_measured(front: list[dict[str, Any]], baselines: dict[str, dict[str, An
         hits = [i for i, p in enumerate(front)
                 if p[SIZE] <= b[SIZE] and p["validation"]["mean_cosine"] >= b["validation"]["mean_cosine"]]
         chosen += sorted(hits, key=lambda i: front[i]["predicted_latency_ms"])[:3]
-    dyn = baselines.get(DYN)
-    for _, divisor, _, _ in SMALLER if dyn else ():  # the candidates for the size conditions: best cosine first
-        small = [i for i, p in enumerate(front) if p[SIZE] <= dyn[SIZE] / divisor]
-        chosen += sorted(small, key=lambda i: -front[i]["validation"]["mean_cosine"])[:3]
+    if DYN in baselines:  # the candidates for the size conditions: best validation cosine first
+        dyn_size = float(baselines[DYN][SIZE])
+        for _, divisor, _, _ in SMALLER:
+            small = [i for i, p in enumerate(front) if p[SIZE] <= dyn_size / divisor]
+            chosen += sorted(small, key=lambda i: -front[i]["validation"]["mean_cosine"])[:3]
     spread = np.unique(np.round(np.linspace(0, len(front) - 1, MAX_MEASURED_FRONT)).astype(int)).tolist()
     for i in spread:
         if len(set(chosen)) >= MAX_MEASURED_FRONT:

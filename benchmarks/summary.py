@@ -356,6 +356,107 @@ def _headline_legacy(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _lat(lat: dict[str, Any] | None) -> str:
+    if not lat or lat.get("latency_ms") is None:
+        return "-"
+    ci = lat.get("p50_ci95")
+    return f"{lat['latency_ms']:.4g}" + (f" ({ci[0]:.4g}–{ci[1]:.4g})" if ci else "")
+
+
+def _top1(r: dict[str, Any]) -> str:
+    v, ci = r.get("test_value"), r.get("test_ci95")
+    if v is None:
+        return "-"
+    return f"{v:.4f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
+def _bytes(v: Any) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    c = r.get("qae_comparison")
+    if not c:
+        return "-"
+    if c.get("covered"):
+        ax = c.get("axes", {})
+        wb = ax.get("weight_bytes", {}).get("ratio")
+        t = ax.get("test_top1", {})
+        lat = ax.get("latency", {}).get("ratio")
+        bits = [f"{wb:.2f}x bytes" if wb is not None else "",
+                f"top-1 {100 * t['qae_minus_peer']:+.1f} pt ({t.get('verdict')})" if "qae_minus_peer" in t else "",
+                f"{lat:.2f}x latency" if lat is not None else ""]
+        return f"covered by qae `{str(c.get('by'))[:12]}`: " + ", ".join(b for b in bits if b)
+    return "**peer ahead** on " + "; ".join(c.get("ahead") or ["?"])
+
+
+def peers_section(d: dict[str, Any] | None) -> list[str]:
+    """Issue 16: per workload and tool, weight bytes, test top-1 with its interval, latency with its
+    interval, wall time, evaluations, and qae's comparison (``benchmarks/bench_peers.py``)."""
+    lines = ["## peers (issue 16)", ""]
+    if not d:
+        return [*lines, "No results/bench/peers.json: run `python -m benchmarks.bench_peers` (PEERS.md: the venvs).",
+                ""]
+    lines += [_env(d), "", f"`{d.get('command', 'python -m benchmarks.bench_peers')}`; tolerable drop "
+              f"{d.get('tolerable_drop', '?')} ({d.get('drop', '?')}). Test top-1 on qae's evaluator with its 95 % "
+              "interval; latency = p50 on qae's local agent (passes in alternating orders, a fresh child per model and "
+              "pass) with the 95 % interval of the median, ms. qae covers a peer when one front point has weight bytes "
+              "<= the peer's, a paired test top-1 difference that is not \"worse\", and a latency not significantly "
+              "slower (Mann-Whitney U, 5 % floor).", ""]
+    peers = d.get("peers") or {}
+    for spec, row in (d.get("workloads") or {}).items():
+        lines += [f"### {spec}", ""]
+        if row.get("error"):
+            lines += [f"not run: {row['error']}", ""]
+            continue
+        lines += ["| tool | version | weight B | test top-1 (95 % CI) | latency ms (95 % CI) | wall s | evaluations | "
+                  "qae comparison |", "|---|---|---|---|---|---|---|---|"]
+        fp = row.get("fp32") or {}
+        lines.append(f"| FP32 | - | {_bytes(fp.get('weight_bytes'))} | {_top1(fp)} | {_lat(fp.get('latency'))} "
+                     "| - | - | - |")
+        for name, r in row.items():
+            if name in ("fp32", "qae", "error", "latency_error") or not isinstance(r, dict):
+                continue
+            version = r.get("version") or (peers.get(name) or {}).get("version") or "-"
+            if r.get("status") != "ok":
+                err = str(r.get("error") or r.get("status") or "?").replace("|", "/").replace("\n", " ")[:200]
+                lines.append(f"| {name} | {version} | - | - | - | {r.get('wall_s', '-')} | - | "
+                             f"{r.get('status')}: {err} |")
+                continue
+            evals = r.get("full_evaluations", r.get("callback_calls"))
+            lines.append(f"| {name} | {version} | {_bytes(r.get('weight_bytes'))} | {_top1(r)} | "
+                         f"{_lat(r.get('latency'))} | {r.get('wall_s', '-')} | {evals if evals is not None else '-'} | "
+                         f"{_verdict(r)} |")
+        q = row.get("qae") or {}
+        if q.get("error"):
+            lines.append(f"| qae | - | - | - | - | - | - | error: {q['error']} |")
+        for p in q.get("points", []):
+            lines.append(f"| qae `{str(p.get('hash'))[:12]}` | - | {_bytes(p.get('weight_bytes'))} | {_top1(p)} | "
+                         f"{_lat(p.get('latency'))} | {q.get('wall_s', '-')} | {q.get('evaluations', '-')} | "
+                         "front point |")
+        for p in q.get("baselines", []):
+            role = ", ".join(r.split(":", 1)[1] for r in p.get("roles", []) if r.startswith("baseline:"))
+            lines.append(f"| qae uniform {role} | - | {_bytes(p.get('weight_bytes'))} | {_top1(p)} | "
+                         f"{_lat(p.get('latency'))} | - | - | not on the front (not compared) |")
+        if q.get("wall_s") is not None:
+            lines += ["", f"qae: population {q.get('population')}, generations {q.get('generations')}: "
+                      f"{q['wall_s']} s, {q.get('evaluations')} evaluations; slowest peer {q.get('budget_s')} s "
+                      f"({'within' if q.get('within_budget') else 'over'} it)."]
+        ahead = [(n, r) for n, r in row.items() if isinstance(r, dict) and (r.get("qae_comparison") or {}).get("ahead")]
+        if ahead:
+            lines += ["", "Where a peer stays ahead (against qae's closest front point):"]
+            for n, r in ahead:
+                c = r["qae_comparison"]
+                lines.append(f"- {n}: " + "; ".join(c["ahead"]))
+                lines += [f"  - {g}" for g in c.get("gaps", [])]
+        if row.get("latency_error"):
+            lines += ["", f"latency not measured: {row['latency_error']}"]
+        lines.append("")
+    for spec, why in (d.get("skipped") or {}).items():
+        lines += [f"{spec}: {why}", ""]
+    return lines
+
+
 def write_summary(root: Path | None = None) -> Path:
     root = root or common.RESULTS
     run = _load(root, "run") or {}
@@ -399,6 +500,10 @@ def write_summary(root: Path | None = None) -> Path:
             lines += headline_section(headline)
         except (KeyError, TypeError) as exc:
             lines += ["## headline", "", f"(unreadable result: {exc!r})", ""]
+    try:
+        lines += peers_section(_load(root, "peers"))
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        lines += ["## peers (issue 16)", "", f"(unreadable result: {exc!r})", ""]
     lines += ["## Reproduce", "", "```sh", "make bench                                   # all parts, then this file",
               "python -m benchmarks --parts search,headline  # a subset", "python -m benchmarks --quick",
               "python -m benchmarks.bench_search --fresh-table  # re-evaluate the enumerated space", "```", ""]

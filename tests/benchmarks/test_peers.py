@@ -1,0 +1,176 @@
+"""benchmarks/bench_peers.py (issue 16): qae's comparison with a peer on synthetic data (no peer
+installed), the summary's peers section, and a missing peer reported with its error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_peers, summary
+from harness.core.stats import SampleStats
+
+N = 300
+
+
+def top1(correct: np.ndarray) -> dict[str, Any]:
+    return SampleStats("mean", {"logits": correct.astype(np.float64).reshape(-1, 1)}).to_dict()
+
+
+def latency(ms: float, seed: int, runs: int = 60) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    passes = [{"pass": n, "p50_ms": ms, "runs_ms": (ms + rng.normal(0, ms * 0.01, runs)).round(5).tolist()}
+              for n in range(3)]
+    from benchmarks.bench_headline import latency_of
+
+    return latency_of(passes, [])
+
+
+def model(name: str, wb: float, correct: np.ndarray, ms: float, seed: int) -> dict[str, Any]:
+    return {"hash": name, "weight_bytes": wb, "_stats": top1(correct), "latency": latency(ms, seed),
+            "test_value": float(correct.mean())}
+
+
+@pytest.fixture()
+def correct() -> np.ndarray:
+    c = np.ones(N, dtype=bool)
+    c[:6] = False  # 98 % top-1
+    return c
+
+
+def test_covered_by_the_smallest_point_that_holds_every_axis(correct: np.ndarray) -> None:
+    peer = model("peer", 30_000, correct, 0.10, 1)
+    points = [model("a" * 16, 20_000, correct, 0.20, 2),  # smaller, as accurate, 2x slower
+              model("b" * 16, 25_000, correct, 0.10, 3),  # smaller, as accurate, as fast: covers
+              model("c" * 16, 28_000, correct, 0.09, 4)]  # also covers
+    c = bench_peers.compare_peer(peer, points)
+    assert c["covered"] and c["by"] == "b" * 16 and c["also_covering"] == ["c" * 16]
+    assert c["axes"]["test_top1"]["verdict"] == "within noise"
+    assert c["axes"]["weight_bytes"]["ratio"] == pytest.approx(25_000 / 30_000)
+
+
+def test_peer_ahead_says_on_what_and_by_how_much(correct: np.ndarray) -> None:
+    worse = correct.copy()
+    worse[6:60] = False  # 80 %: significantly worse than the peer's 98 %
+    peer = model("peer", 10_000, correct, 0.10, 1)
+    points = [model("a" * 16, 12_000, correct, 0.10, 2),  # larger
+              model("b" * 16, 9_000, worse, 0.10, 3),  # smaller but worse on top-1
+              model("c" * 16, 9_500, correct, 0.50, 4)]  # smaller, as accurate, 5x slower
+    c = bench_peers.compare_peer(peer, points)
+    assert not c["covered"] and c["by"] is None
+    assert len(c["ahead"]) == 1
+    assert any("weight_bytes: best qae point holding the other two axes is aaaaaaaaaaaa at 1.20" in g
+               for g in c["gaps"])
+    assert any(g.startswith("latency:") and "cccccccccccc at 5.0" in g for g in c["gaps"])
+    assert any(g.startswith("test_top1:") and "bbbbbbbbbbbb" in g for g in c["gaps"])
+
+
+def test_missing_latency_or_model_is_not_covered(correct: np.ndarray) -> None:
+    peer = model("peer", 10_000, correct, 0.10, 1)
+    unmeasured = {**model("a" * 16, 5_000, correct, 0.10, 2), "latency": None}
+    c = bench_peers.compare_peer(peer, [unmeasured])
+    assert not c["covered"] and any("latency" in a for a in c["ahead"])
+    assert not bench_peers.compare_peer({"weight_bytes": None}, [unmeasured])["covered"]
+    assert not bench_peers.compare_peer(peer, [])["covered"]
+
+
+def test_strip_private_drops_stats_and_runs() -> None:
+    body = {"x": {"_stats": {"a": 1}, "latency": {"passes": [{"runs_ms": [1.0, 2.0], "p50_ms": 1.5}]}}}
+    out = bench_peers.strip_private(body)
+    assert "_stats" not in out["x"]
+    assert out["x"]["latency"]["passes"][0] == {"runs_ms": None, "n_runs": 2, "p50_ms": 1.5}
+    json.dumps(out)
+
+
+def test_agent_ready_keeps_static_shapes_and_fixes_symbolic(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def write(dims: list[Any], name: str) -> Path:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        path = tmp_path / name
+        onnx.save(helper.make_model(g), str(path))
+        return path
+
+    static = bench_peers.agent_ready(write(["batch", 1, 8, 8], "a.onnx"), tmp_path / "a2.onnx")
+    dims = onnx.load(str(static)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [1, 8, 8]
+    tokens = bench_peers.agent_ready(write(["batch", "seq"], "b.onnx"), tmp_path / "b2.onnx")
+    dims = onnx.load(str(tokens)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == 64
+
+
+def _body(correct: np.ndarray) -> dict[str, Any]:
+    peer = model("peer", 30_000, correct, 0.10, 1)
+    points = [model("b" * 16, 25_000, correct, 0.10, 3)]
+    peer.update(status="ok", version="9.9", wall_s=3.0, callback_calls=4, test_ci95=[0.96, 0.99],
+                qae_comparison=bench_peers.compare_peer(peer, points))
+    ahead = model("peer2", 1_000, correct, 0.10, 1)
+    ahead.update(status="ok", version="1.0", wall_s=9.0, qae_comparison=bench_peers.compare_peer(ahead, points))
+    for p in points:
+        p["test_ci95"] = [0.96, 0.99]
+    return bench_peers.strip_private({
+        "command": "python -m benchmarks.bench_peers", "tolerable_drop": 0.01, "drop": "absolute top-1",
+        "peers": {"nncf": {"available": True, "version": "9.9"}, "aimet": {"available": False}},
+        "skipped": {"builtin:minilm-l6": "not run: not top-1"},
+        "workloads": {"builtin:digits-cnn": {
+            "fp32": {"weight_bytes": 73_384, "test_value": 0.99, "test_ci95": [0.98, 1.0],
+                     "latency": latency(0.02, 9)},
+            "nncf": peer, "olive": ahead,
+            "aimet": {"status": "missing", "error": "ModuleNotFoundError: No module named 'aimet_onnx'"},
+            "qae": {"wall_s": 2.5, "evaluations": 96, "population": 16, "generations": 6, "budget_s": 9.0,
+                    "within_budget": True, "points": points,
+                    "baselines": [{**model("d" * 16, 26_000, correct, 0.05, 5), "roles": ["baseline:w8a8"]}]}},
+            "builtin:minilm-l6": {"error": "RuntimeError: its metric is not top-1"}}})
+
+
+def test_peers_section_renders(correct: np.ndarray) -> None:
+    text = "\n".join(summary.peers_section(_body(correct)))
+    assert "### builtin:digits-cnn" in text
+    assert "| nncf | 9.9 | 30,000 | 0.9800 (0.960–0.990) |" in text
+    assert "covered by qae `bbbbbbbbbbbb`" in text
+    assert "**peer ahead** on weight bytes" in text and "- olive: weight bytes" in text
+    assert "missing: ModuleNotFoundError: No module named 'aimet_onnx'" in text
+    assert "population 16, generations 6: 2.5 s, 96 evaluations; slowest peer 9.0 s (within it)" in text
+    assert "builtin:minilm-l6: not run: not top-1" in text
+    assert "| qae uniform w8a8 | - | 26,000 |" in text and "not on the front (not compared)" in text
+
+
+def test_summary_without_or_with_broken_peers_json(tmp_path: Path, correct: np.ndarray) -> None:
+    assert "No results/bench/peers.json" in "\n".join(summary.peers_section(None))
+    text = summary.write_summary(tmp_path).read_text()
+    assert "## peers (issue 16)" in text and "No results/bench/peers.json" in text
+    (tmp_path / "peers.json").write_text(json.dumps({"workloads": {"w": {"qae": {"points": [None]}}}}))
+    text = summary.write_summary(tmp_path).read_text()
+    assert "## peers (issue 16)" in text
+    (tmp_path / "peers.json").write_text(json.dumps(_body(correct)))
+    assert "covered by qae" in summary.write_summary(tmp_path).read_text()
+
+
+def test_missing_peer_becomes_a_result_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = bench_peers.probe(sys.executable, "aimet")  # .venv holds no peer
+    if info["available"]:
+        pytest.skip("aimet-onnx is installed in this interpreter")
+    assert "ModuleNotFoundError" in info["error"]
+    monkeypatch.setattr(bench_peers, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_peers, "write_result", lambda name, body: (tmp_path / f"{name}.json").write_text(
+        json.dumps(body)) and tmp_path / f"{name}.json")
+    assert bench_peers.main(["--workloads", "builtin:digits-cnn", "--peers", "aimet", "--no-latency", "--no-qae",
+                             "--python", f"aimet={sys.executable}", "--out", str(tmp_path / "m")]) == 0
+    body = json.loads((tmp_path / "peers.json").read_text())
+    row = body["workloads"]["builtin:digits-cnn"]
+    assert row["aimet"]["status"] == "missing" and "aimet_onnx" in row["aimet"]["error"]
+    assert row["fp32"]["test_value"] >= 0.97 and "_stats" not in row["fp32"]
+    assert "builtin:minilm-l6" in body["skipped"]
+
+
+def test_a_crashing_peer_child_is_reported(tmp_path: Path) -> None:
+    rec = bench_peers.run_peer("nncf", sys.executable, tmp_path / "absent.onnx", {"calib": tmp_path / "c.npz",
+                               "eval": tmp_path / "e.npz"}, tmp_path / "out", 120, False, 1)
+    assert rec.get("status") == "error" and rec.get("error")
