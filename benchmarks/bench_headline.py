@@ -68,6 +68,7 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,13 +305,16 @@ def pick_measured(front: list[dict[str, Any]], baselines: dict[str, dict[str, An
 
 
 # -- latency --------------------------------------------------------------------------------------
-def measure_all(paths: dict[str, Path], root: Path) -> dict[str, dict[str, Any]]:
+def measure_all(paths: dict[str, Path], root: Path,
+                shaped: Callable[[Path, Path], Path] | None = None) -> dict[str, dict[str, Any]]:
     """Every model measured in ``PASSES`` passes in alternating orders on one local agent (a fresh
-    child per model and pass), every timed run kept (``latency_of``)."""
+    child per model and pass), every timed run kept (``latency_of``). ``shaped(src, dst)`` writes the
+    copy the agent times (default ``fixed_shapes``: [batch, TOKENS] inputs)."""
     from harness.devices.config import DeviceConfig
     from harness.devices.connect import connect
 
-    fixed = {k: fixed_shapes(p, root / f"m-{k.replace(':', '-')}.onnx") for k, p in paths.items()}
+    shaped = shaped or fixed_shapes
+    fixed = {k: shaped(p, root / f"m-{k.replace(':', '-')}.onnx") for k, p in paths.items()}
     passes: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
     errors: dict[str, list[str]] = {k: [] for k in paths}
     device = DeviceConfig(name="local", transport="local", cache_dir=str(root / "agent"), sensor="none")

@@ -227,26 +227,10 @@ def agent_ready(src: Path, dst: Path) -> Path:
 def measure_all(paths: dict[str, Path], root: Path) -> dict[str, dict[str, Any]]:
     """``bench_headline.measure_all`` with ``agent_ready`` for the shapes: PASSES passes in
     alternating orders on one local agent, a fresh child per model and pass, every run kept."""
-    from benchmarks.bench_headline import PASSES, SETTINGS, latency_of
-    from harness.devices.config import DeviceConfig
-    from harness.devices.connect import connect
+    from benchmarks import bench_headline
 
     root.mkdir(parents=True, exist_ok=True)
-    fixed = {k: agent_ready(p, root / f"m-{k.replace(':', '-')}.onnx") for k, p in paths.items()}
-    passes: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
-    errors: dict[str, list[str]] = {k: [] for k in paths}
-    device = DeviceConfig(name="local", transport="local", cache_dir=str(root / "agent"), sensor="none")
-    with connect(device) as t:
-        for n in range(PASSES):
-            order = list(fixed) if n % 2 == 0 else list(reversed(fixed))
-            for k in order:
-                rec = t.measure(fixed[k], SETTINGS)
-                if rec.ok and rec.latency_ms:
-                    runs = [round(float(x), 4) for x in rec.runs_ms] if rec.runs_ms else None
-                    passes[k].append({"pass": n, "p50_ms": float(rec.latency_ms["p50"]), "runs_ms": runs})
-                else:
-                    errors[k].append(f"{rec.error_kind}: {rec.message}")
-    return {k: latency_of(passes[k], errors[k]) for k in paths}
+    return bench_headline.measure_all(paths, root, shaped=agent_ready)
 
 
 # -- the comparison ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,9 @@ from harness.run.seeds import baseline_values, choice_distance, layer_choices
 from search.space import PerLayer, SearchSpace
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    tmp = tmp_path_factory.mktemp("seeds")
-    rng = np.random.default_rng(0)
+def _gather_matmuls(tmp: Path, rows: int, width: int, hidden: int, seed: int) -> Workload:
+    """Gather (a table of ``rows`` x ``width``) -> MatMul -> MatMul, with ids to calibrate and score."""
+    rng = np.random.default_rng(seed)
 
     def init(name: str, shape: list[int]) -> onnx.TensorProto:
         return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
@@ -32,13 +32,18 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Workload:
         "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [init("E", [20, 8]), init("W1", [8, 8]), init("W2", [8, 4])],
+        [init("E", [rows, width]), init("W1", [width, hidden]), init("W2", [hidden, 4])],
     )
     path = tmp / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
     data = tmp / "ids.npz"
-    np.savez(data, ids=rng.integers(0, 20, size=32).astype(np.int64))
+    np.savez(data, ids=rng.integers(0, rows, size=32).astype(np.int64))
     return Workload.open(path, calib=data, eval_data=data)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    return _gather_matmuls(tmp_path_factory.mktemp("seeds"), 20, 8, 8, 0)
 
 
 def _space(work: Workload, cfg: SearchConfig) -> SearchSpace:
@@ -88,27 +93,8 @@ def test_dynamic_baseline_and_fallbacks_follow_sensitivity(work: Workload) -> No
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    """Gather -> MatMul -> MatMul with widths block kernels take (64 columns)."""
-    tmp = tmp_path_factory.mktemp("wide")
-    rng = np.random.default_rng(1)
-
-    def init(name: str, shape: list[int]) -> onnx.TensorProto:
-        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
-
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
-         helper.make_node("MatMul", ["h", "W1"], ["h1"], name="fc1"),
-         helper.make_node("MatMul", ["h1", "W2"], ["y"], name="fc2")],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [init("E", [50, 64]), init("W1", [64, 128]), init("W2", [128, 4])],
-    )
-    path = tmp / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
-    data = tmp / "ids.npz"
-    np.savez(data, ids=rng.integers(0, 50, size=32).astype(np.int64))
-    return Workload.open(path, calib=data, eval_data=data)
+    """The same graph with widths block kernels take (64 columns)."""
+    return _gather_matmuls(tmp_path_factory.mktemp("wide"), 50, 64, 128, 1)
 
 
 def test_block_kernels_are_offered_only_where_the_profile_runs_them(wide: Workload) -> None:
