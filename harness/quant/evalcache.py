@@ -1,7 +1,8 @@
 """Fitness cache: host-side accuracy and size of a genome, keyed by what determines them.
 
 The key is (model sha256, genome hash, evaluation settings hash); the settings cover the
-calibration and evaluation data, the calibration method and the ONNX Runtime version, so a cached
+calibration and evaluation data, the calibration method, the ONNX Runtime version and the quantizer's
+BUILD_VERSION, so a cached
 value is only reused when rebuilding the candidate would give the same numbers. Stored in SQLite
 under the cache folder, shared by runs and worker processes; hits and misses are counted per
 instance so a run can report its hit rate.

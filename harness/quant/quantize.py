@@ -52,6 +52,10 @@ from harness.quant.calibration import Ranges
 from harness.quant.rounding import INT_TYPES, grid
 
 OPSET = 21
+# Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
+# fitness cache keys on it, so no score of the old build is served for the new one.
+# 2: never-negative activations on the unsigned grid (issue 16).
+BUILD_VERSION = 2
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -132,9 +136,19 @@ def fake_quantize(w: np.ndarray, qp: QParams, axis: int | None) -> np.ndarray:
 def activation_qparams(rng: tuple[float, float], gene: Gene) -> QParams:
     bits = int(gene.activation_bits)
     symmetric = gene.scheme != "asymmetric"
+    lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
+    if symmetric and lo == 0.0:
+        # Never negative (after a ReLU / ReLU6, a pixel input): zero point 0 on the unsigned grid.
+        # Still symmetric's zero point, twice the resolution, and ONNX Runtime can then drop the
+        # Relu/Clip in front of the QuantizeLinear and fuse DQ -> Conv -> Q into QLinearConv.
+        qlo, qhi = grid(bits, False)
+        scale = np.array(hi / qhi if hi > 0 else 1.0, np.float32)
+        if gene.scheme == "power_of_two":
+            scale = _pow2(scale)
+        storage = _storage(bits if bits in NATIVE_BITS else 8, False)
+        return QParams(scale, np.array(0), qlo, qhi, storage)
     qlo, qhi = grid(bits, symmetric)
     storage = _storage(bits if bits in NATIVE_BITS else 8, symmetric)
-    lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
     if symmetric:
         span = max(abs(lo), abs(hi)) / qhi
         scale = np.array(span if span > 0 else 1.0, np.float32)

@@ -217,3 +217,29 @@ def test_an_embedding_table_whose_rows_are_the_graph_output_builds_and_runs(tmp_
     assert not any(n.op_type == "QuantizeLinear" for n in result.proto.graph.node)
     report = work.evaluate(result)
     assert report.sqnr_db is not None and report.sqnr_db > 30  # int8 rows, dequantized: close to the table
+
+
+def test_never_negative_activations_take_the_unsigned_grid_and_fuse_into_qlinearconv(tmp_path: Path) -> None:
+    """ReLU6 outputs are never negative: a symmetric gene gives them zero point 0 on uint8 (twice
+    the resolution of int8's half grid), so ORT drops the Clip and runs QLinearConv, not float Conv."""
+    import onnxruntime as ort
+
+    from harness.quant.workload import Workload
+
+    work = Workload.open("builtin:digits-cnn")
+    proto = _write(work, {"default": W8A8, "layers": {}}, tmp_path / "w8a8.onnx")
+    layer = work.model.layer("blocks.1.pw")  # reads a ReLU6 output
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear"
+             and n.input[0] == f"{layer.activation}__qae_{layer.name}")
+    zero = numpy_helper.to_array(_init(proto, q.input[2]))
+    assert zero.dtype == np.uint8 and int(zero) == 0
+    values = _capture(proto, q.output[0], onnx.TensorProto.UINT8, {"pixels": work.eval_data.inputs["pixels"]})
+    assert values.max() > 127  # the upper half of the grid is in use
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "w8a8.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    convs = [lay for lay in work.model.layers if lay.op_type == "Conv"]
+    # every Conv whose output feeds the next quantized Conv runs as QLinearConv (the last one feeds a pool)
+    assert ops.count("QLinearConv") >= len(convs) - 1, ops
