@@ -54,8 +54,8 @@ from harness.quant.rounding import INT_TYPES, grid
 OPSET = 21
 # Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
 # fitness cache keys on it, so no score of the old build is served for the new one.
-# 2: never-negative activations on the unsigned grid (issue 16).
-BUILD_VERSION = 2
+# 2: never-negative activations on the unsigned grid; 3: output Q/DQ of Conv + ReLU into a pool (issue 16).
+BUILD_VERSION = 3
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -255,6 +255,7 @@ def quantize(
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
+        _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges)
     _own_kernels(proto, own, genome, samples, result)
     for layer in recurrent:
         _dequantized_weights(proto, layer, genome[layer.name], result)
@@ -484,6 +485,72 @@ def _static_pass(
     )
     with _Quiet():
         return quantizer.quantize_model()
+
+
+def _constant_of(proto: onnx.ModelProto, name: str) -> float | None:
+    """The scalar value of an initializer or Constant node output, else None."""
+    for init in proto.graph.initializer:
+        if init.name == name:
+            return float(numpy_helper.to_array(init).reshape(-1)[0])
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+            return float(numpy_helper.to_array(node.attribute[0].t).reshape(-1)[0])
+    return None
+
+
+def _quantize_conv_outputs(
+    proto: onnx.ModelProto, convs: list[LayerSpec], genome: Genome, ranges: Ranges
+) -> None:
+    """Give a static 8-bit Conv whose never-negative output reaches no quantized layer (a pooling
+    head, a residual Add) an output Q/DQ at its activation's precision.
+
+    ONNX Runtime has no integer Conv kernel with a float output: without a QuantizeLinear after it
+    (a Relu/Clip in between is dropped when the grid already clips), DQ -> Conv runs as a float
+    Conv on dequantized tensors. A Conv feeding the next layer gets that Q from the next layer's
+    input; this gives it to the others. The range is the Conv output's calibrated range, clipped by
+    the Relu/Clip chain after it."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in proto.graph.output}
+    for layer in convs:
+        gene = genome[layer.name]
+        if not gene.static_activation or int(gene.activation_bits) != 8 or layer.output not in ranges:
+            continue
+        tensor, (lo, hi) = layer.output, ranges[layer.output]
+        while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Relu", "Clip"):
+            act = consumers[tensor][0]
+            if act.op_type == "Relu":
+                lo, hi = max(lo, 0.0), max(hi, 0.0)
+            else:  # Clip(x, min, max), either bound optional
+                bounds = [_constant_of(proto, name) if name else None for name in (*act.input[1:3], "", "")[:2]]
+                lo = lo if bounds[0] is None else max(lo, bounds[0])
+                hi = hi if bounds[1] is None else min(hi, bounds[1])
+            tensor = act.output[0]
+        users = consumers.get(tensor, [])
+        feeds_a_layer = any(n.op_type in ("QuantizeLinear", "Identity") for n in users)
+        # Never-negative outputs only (a Conv + ReLU block), on the unsigned grid: an int8 Q/DQ that
+        # ORT propagates through a Reshape fails to load in ORT 1.32 ("output_dtype INT8 does not match
+        # y_zero_point type UINT8", its S8->U8 rewrite; benchmarks/PEERS.md has NNCF hitting it).
+        if tensor in outputs or not users or feeds_a_layer or not 0.0 <= lo <= hi:
+            continue
+        qp = activation_qparams((lo, hi), gene)
+        prefix = f"{tensor}__qae_out"
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(np.array(qp.scale, np.float32), f"{prefix}_scale"),
+            numpy_helper.from_array(np.array(qp.zero_point, _np_storage(qp.storage)), f"{prefix}_zero_point"),
+        ])
+        for node in users:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = f"{prefix}_dq"
+        proto.graph.node.extend([
+            helper.make_node("QuantizeLinear", [tensor, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_q"],
+                             name=f"{prefix}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
+                             [f"{prefix}_dq"], name=f"{prefix}_DequantizeLinear"),
+        ])
 
 
 def _strip_activation_qdq(proto: onnx.ModelProto, tensors: list[str]) -> None:
