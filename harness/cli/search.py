@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,9 @@ def register(sub: Any) -> None:
                    help="how the block kernels' weights under 8 bits are rounded (MatMulNBits, GatherBlockQuantized, "
                    "offered where the target's profile runs them): round to nearest, an MSE clipping search, HQQ, "
                    "or GPTQ on the calibration data (default %(default)s)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop starting generations after this many seconds; the front so far is the result, and "
+                   "--resume RUN goes on (with --resume: a new limit for the resumed part)")
     p.add_argument("--resume", metavar="RUN", help="continue a killed run from its folder (--devices may be given "
                    "again: it replaces the stored devices file)")
     p.add_argument("--force", action="store_true",
@@ -131,6 +135,13 @@ def _weights(text: str | None) -> dict[str, float] | None:
     return out
 
 
+def _time_limit(args: argparse.Namespace) -> float | None:
+    limit = args.time_limit
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
+        raise InputError(f"--time-limit {limit:g} is not a positive number of seconds: e.g. --time-limit 600")
+    return limit  # type: ignore[no-any-return]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from harness.run.config import SearchConfig, absolute_paths, default_out, parse_budgets
 
@@ -144,6 +155,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             archive.close()
             if args.devices:  # a --devices given again replaces the stored one (the run moved, or the file did)
                 cfg.devices_file = args.devices
+            cfg.time_limit = _time_limit(args)  # a limit is for this process's part, never inherited
             return _run(absolute_paths(cfg), out, resume=True, force=args.force)
     if args.force:
         raise InputError("--force goes with --resume RUN: it starts a new search there when the inputs changed")
@@ -177,6 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         test=args.test,
         holdout=args.holdout,
         rounding=args.rounding,
+        time_limit=_time_limit(args),
     )
     out = (Path(args.out) if args.out else default_out(args.model)).resolve()
     with _locked(out):

@@ -454,6 +454,12 @@ class Archive:
             for h, seq, g, gen, emu, feas, viol in rows
         ]
 
+    def created(self, target: str) -> dict[str, float]:
+        """When each candidate of ``target`` was recorded (``time.time()``): the front at any moment of
+        a run is the front of the candidates recorded by then."""
+        rows = self._db.execute("SELECT hash, created FROM candidates WHERE target = ?", (target,)).fetchall()
+        return {h: float(t) for h, t in rows}
+
     def _current_values(self, target: str) -> dict[str, dict[str, Value]]:
         rank = {s: i for i, s in enumerate(MERGE_ORDER)}
         best: dict[str, dict[str, tuple[int, int, Value]]] = {}

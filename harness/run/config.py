@@ -105,6 +105,8 @@ class SearchConfig:
     holdout: float | None = None
     #: rounding of the block kernels' weights under 8 bits (``ROUNDINGS``)
     rounding: str = "rtn"
+    #: seconds from the start (``--time-limit``): no generation starts after it (None: no limit)
+    time_limit: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

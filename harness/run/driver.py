@@ -47,12 +47,16 @@ class Driver:
         started: float,
         on_progress: Callable[[Progress], None] | None,
         metric: str = "",
+        deadline: float | None = None,
     ) -> None:
+        """``deadline`` (``time.time()``): no generation is asked for after it (``--time-limit``)."""
         from harness.run.hil import DeviceTarget
 
         self.engine, self.space, self.work, self.evaluator = engine, space, work, evaluator
         self.target, self.cfg, self.fp32, self.archive = target, cfg, fp32, archive
         self.started, self.on_progress, self.metric = started, on_progress, metric
+        self.deadline = deadline
+        self.timed_out = False
         self.hil: DeviceTarget | None = target if isinstance(target, DeviceTarget) else None
         self.key_of: dict[str, Any] = {}
         self.hash_by_key: dict[Any, str] = {}
@@ -101,6 +105,9 @@ class Driver:
                 if hil.shares_host:  # measure this host in a quiet window, not under the evaluation load
                     hil.poll(engine, self.key_of, self.objective, generation + 1, block=True)
             self._progress()
+            if self.deadline is not None and time.time() >= self.deadline and not engine.done:
+                self.timed_out = True  # the front so far is the answer; --resume goes on from here
+                break
         if hil is not None:
             self._finish()
 

@@ -121,6 +121,7 @@ def run_search(
     aside and starts a new search in the same folder, so results of two models never mix."""
     from search import Engine, EngineConfig, Record, SearchError, SearchSpace
 
+    deadline = None if cfg.time_limit is None else time.time() + cfg.time_limit
     for name in cfg.objectives:
         if name not in OBJECTIVES:
             raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
@@ -207,8 +208,12 @@ def run_search(
                     engine = Engine(space, engine_cfg)
             except SearchError as exc:
                 raise InputError(f"cannot resume the run in {out} ({exc}): start a new run with --out") from None
-            Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress,
-                   reference.metric).run()
+            driver = Driver(engine, space, work, evaluator, target, cfg, fp32, archive, started, on_progress,
+                            reference.metric, deadline)
+            driver.run()
+            if driver.timed_out:
+                say(f"{target.name}: --time-limit {cfg.time_limit:g} s reached after generation {engine.generation} "
+                    f"({engine.n_evaluations} evaluations): `qae search --resume {out}` continues the search")
             summary = failure_summary(archive, target.name)
             if summary.failed:
                 say(summary.line())

@@ -93,7 +93,8 @@ def score_test(
             found.setdefault(c.hash, c)
         for c in cands:
             found.setdefault(c.hash, c)
-    baselines = {name: h for name, h in baseline_hashes(archive, layers).items() if name != FP32}
+    # a baseline that failed to build or evaluate has no values: nothing to score on test
+    baselines = {name: h for name, h in baseline_hashes(archive, layers).items() if name != FP32 and h in found}
     for name, h in baselines.items():
         roles.setdefault(h, []).append(f"baseline:{name}")
     roles[FP32] = [FP32]

@@ -86,6 +86,24 @@ def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: 
     assert sorted(p["id"] for p in front["points"]) == sorted(p["id"] for p in ref_front["points"])
 
 
+def test_time_limit_stops_after_a_generation_and_resume_finishes_the_same_search(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _search(out, "--time-limit", "0.001")  # passed as soon as the first generation is in
+    assert first.returncode == 0, first.stderr
+    assert "--time-limit 0.001 s reached after generation 1" in first.stderr, first.stderr
+    assert f"qae search --resume {out}" in first.stderr
+    assert _count(out / "archive.sqlite") == 10  # one generation of --population 10
+    assert (out / "front.json").exists()  # the front so far is a result, with its report
+    resumed = qae("search", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--time-limit" not in resumed.stderr  # a limit is for the part it was given to
+    cands = Archive(out / "archive.sqlite").candidates("hexagon-htp")
+    ref = Archive(reference_run / "archive.sqlite").candidates("hexagon-htp")
+    assert [c.hash for c in cands] == [c.hash for c in ref]
+
+
 def test_front_dominates_or_equals_the_uniform_baselines(reference_run: Path) -> None:
     from harness.run.testsplit import candidate_gene
 
@@ -162,6 +180,7 @@ def test_unmeetable_budget_finishes_and_keeps_the_closest(tmp_path: Path) -> Non
         (["builtin:digits-vit", "--profile", "hexagon-htp", "--objectives", "accuracy,speed"], "unknown objective"),
         (["builtin:nope", "--profile", "hexagon-htp"], "unknown builtin model"),
         (["builtin:digits-vit", "--profile", "hexagon-htp", "--budget", "latency=fast"], "is not NAME=NUMBER"),
+        (["builtin:digits-vit", "--profile", "hexagon-htp", "--time-limit", "-5"], "not a positive number"),
     ],
 )
 def test_bad_search_input_is_a_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
