@@ -54,8 +54,9 @@ from harness.quant.rounding import INT_TYPES, grid
 OPSET = 21
 # Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
 # fitness cache keys on it, so no score of the old build is served for the new one.
-# 2: never-negative activations on the unsigned grid; 3: output Q/DQ of Conv + ReLU into a pool (issue 16).
-BUILD_VERSION = 3
+# 2: never-negative activations on the unsigned grid; 3: output Q/DQ of Conv + ReLU into a pool;
+# 4: no all-zero weight/bias zero points on Conv (issue 16).
+BUILD_VERSION = 4
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -256,6 +257,7 @@ def quantize(
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
         _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges)
+        _drop_zero_points(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
     _own_kernels(proto, own, genome, samples, result)
     for layer in recurrent:
         _dequantized_weights(proto, layer, genome[layer.name], result)
@@ -551,6 +553,32 @@ def _quantize_conv_outputs(
             helper.make_node("DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
                              [f"{prefix}_dq"], name=f"{prefix}_DequantizeLinear"),
         ])
+
+
+def _drop_zero_points(proto: onnx.ModelProto, convs: set[str]) -> None:
+    """Leave out the all-zero zero points of the DequantizeLinear of a Conv's weight and bias.
+
+    The input is optional and defaults to 0 of the stored type, so the model computes the same;
+    ORT's quantizer writes them anyway (an int32 zero per output channel for the bias: as many bytes
+    as the bias itself). ORT still fuses the Conv into QLinearConv without them; its QGemm fusion
+    needs them, so Gemm and MatMul keep theirs."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    users: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    for node in proto.graph.node:
+        if node.name not in convs:
+            continue
+        for name in node.input[1:3]:  # weight, bias
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[0] not in inits:
+                continue
+            zero = inits.get(dq.input[2])
+            if zero is not None and users[dq.input[2]] == 1 and not numpy_helper.to_array(zero).any():
+                del dq.input[2]
+    _drop_unused_initializers(proto)
 
 
 def _strip_activation_qdq(proto: onnx.ModelProto, tensors: list[str]) -> None:

@@ -70,7 +70,11 @@ def layer_choices(work: Workload, cfg: SearchConfig, profile: Any = None) -> lis
         # 30k-token vocabulary outweighs what they buy, so per-tensor is offered there too. Its values
         # are rarely centred on zero (MiniLM's words span -0.51..1.05) and only the gathered rows are
         # dequantized, so an asymmetric grid costs nothing at run time: it is offered as well.
-        granularities = [cfg.granularity] + (["per_tensor"] if gather else [])
+        # A Conv pays its per-channel scales twice (the weight's, and its int32 bias's), 8 bytes per
+        # output channel: on small and depthwise convs that is a fifth of the layer at 8 bits, and
+        # 8-bit weights are often fine per tensor, so a Conv is offered per-tensor too.
+        conv = layer.op_type == "Conv"
+        granularities = [cfg.granularity] + (["per_tensor"] if gather or conv else [])
         schemes = [cfg.scheme] + (["asymmetric"] if gather else [])
         for granularity in dict.fromkeys(granularities):
             for scheme in dict.fromkeys(schemes):

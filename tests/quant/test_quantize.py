@@ -243,6 +243,10 @@ def test_never_negative_activations_take_the_unsigned_grid_and_fuse_into_qlinear
     convs = [lay for lay in work.model.layers if lay.op_type == "Conv"]
     # every Conv runs as QLinearConv: the last one, which feeds the pooling head, gets its own output Q
     assert ops.count("QLinearConv") == len(convs), ops
+    for conv in convs:  # the weight's and the bias's all-zero zero points are left out (0 is the default)
+        node = next(n for n in proto.graph.node if n.name == conv.node_name)
+        dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in node.input[1:]]
+        assert len(dqs) == 2 and all(len(dq.input) == 2 for dq in dqs), conv.name
     last = convs[-1].output
     assert any(n.op_type == "QuantizeLinear" and n.name.endswith("__qae_out_QuantizeLinear") for n in proto.graph.node)
     assert last in {n.input[0] for n in proto.graph.node if n.op_type == "Clip"}

@@ -59,6 +59,15 @@ def test_embedding_tables_offer_asymmetric_per_tensor(work: Workload) -> None:
     assert {(g.scheme, g.granularity) for g in emb} == {("symmetric", "per_channel"), ("symmetric", "per_tensor"),
                                                         ("asymmetric", "per_channel"), ("asymmetric", "per_tensor")}
     assert {g.scheme for g in fc1} == {"symmetric"}  # matmuls keep the run's scheme
+    assert {g.granularity for g in fc1} == {"per_channel"}  # and its granularity
+
+
+def test_convolutions_offer_per_tensor_weights() -> None:
+    cnn = Workload.open("builtin:digits-cnn")
+    cfg = SearchConfig(model="builtin:digits-cnn", profiles=["host-cpu"])
+    for layer, genes in zip(cnn.model.layers, layer_choices(cnn, cfg)):
+        want = {"per_channel", "per_tensor"} if layer.op_type == "Conv" else {"per_channel"}
+        assert {g.granularity for g in genes if g.quantized} == want, layer.name
 
 
 def test_dynamic_baseline_and_fallbacks_follow_sensitivity(work: Workload) -> None:
