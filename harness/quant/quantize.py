@@ -55,8 +55,8 @@ OPSET = 21
 # Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
 # fitness cache keys on it, so no score of the old build is served for the new one.
 # 2: never-negative activations on the unsigned grid; 3: output Q/DQ of Conv + ReLU into a pool;
-# 4: no all-zero weight/bias zero points on Conv (issue 16).
-BUILD_VERSION = 4
+# 4: no all-zero weight/bias zero points on Conv; 5: float bias on a Conv ORT cannot fuse (issue 16).
+BUILD_VERSION = 5
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -258,6 +258,7 @@ def quantize(
         _insert_clips(proto, clips)
         _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges)
         _drop_zero_points(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
+        _float_bias_where_unfused(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
     _own_kernels(proto, own, genome, samples, result)
     for layer in recurrent:
         _dequantized_weights(proto, layer, genome[layer.name], result)
@@ -578,6 +579,50 @@ def _drop_zero_points(proto: onnx.ModelProto, convs: set[str]) -> None:
             zero = inits.get(dq.input[2])
             if zero is not None and users[dq.input[2]] == 1 and not numpy_helper.to_array(zero).any():
                 del dq.input[2]
+    _drop_unused_initializers(proto)
+
+
+_FUSABLE = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def _float_bias_where_unfused(proto: onnx.ModelProto, convs: set[str]) -> None:
+    """A Conv that ORT cannot run as QLinearConv (4- or 16-bit weights or activations, float
+    activations) gets its int32 bias back as float: the same values its DequantizeLinear computes,
+    without a scale per output channel (4 bytes a channel). A fusable Conv keeps the int32 bias its
+    fusion needs."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+
+    def stored(tensor: str) -> int | None:
+        """The element type of the quantized tensor a DequantizeLinear reads, else None."""
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        src = dq.input[0]
+        if src in inits:
+            return int(inits[src].data_type)
+        q = producer.get(src)
+        if q is not None and q.op_type == "QuantizeLinear" and len(q.input) > 2 and q.input[2] in inits:
+            return int(inits[q.input[2]].data_type)
+        return None
+
+    drop: list[onnx.NodeProto] = []
+    for node in proto.graph.node:
+        if node.name not in convs or len(node.input) < 3:
+            continue
+        dq = producer.get(node.input[2])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        if stored(node.input[0]) in _FUSABLE and stored(node.input[1]) in _FUSABLE:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.int64) if len(dq.input) > 2 else 0
+        # exactly what DequantizeLinear computes: float(q - zero) * scale, in float32
+        proto.graph.initializer.append(numpy_helper.from_array((q - zero).astype(np.float32) * scale, dq.output[0]))
+        drop.append(dq)
+    for dq in drop:
+        proto.graph.node.remove(dq)
     _drop_unused_initializers(proto)
 
 

@@ -260,3 +260,27 @@ def test_a_signed_conv_output_feeding_a_reshape_gets_no_output_qdq(digits_worklo
     import onnxruntime as ort
 
     ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_a_conv_ort_cannot_fuse_keeps_its_bias_float_on_the_int32_grid(tmp_path: Path) -> None:
+    """4-bit weights: no QLinearConv, so the bias needs no int32 + scale per channel; it is stored
+    as the float values the int32 bias dequantizes to. An 8-bit Conv keeps its int32 bias."""
+    from harness.quant.workload import Workload
+
+    work = Workload.open("builtin:digits-cnn")
+    data = {"default": {**W8A8, "weight_bits": 4}, "layers": {"blocks.1.pw": {"weight_bits": 8}}}
+    proto = _write(work, data, tmp_path / "mixed.onnx")
+    inits = {t.name: t for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for layer in (lay for lay in work.model.layers if lay.op_type == "Conv"):
+        bias = next(n for n in proto.graph.node if n.name == layer.node_name).input[2]
+        if layer.name == "blocks.1.pw":
+            dq = producer[bias]
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.INT32
+            continue
+        assert bias in inits and inits[bias].data_type == onnx.TensorProto.FLOAT and bias not in producer
+        w_dq = producer[next(n for n in proto.graph.node if n.name == layer.node_name).input[1]]
+        x_dq = producer[next(n for n in proto.graph.node if n.name == layer.node_name).input[0]]
+        step = numpy_helper.to_array(inits[w_dq.input[1]]) * numpy_helper.to_array(inits[x_dq.input[1]])
+        ratio = numpy_helper.to_array(inits[bias]) / step
+        assert np.allclose(ratio, np.round(ratio), atol=1e-3), layer.name  # still on the int32 bias grid
