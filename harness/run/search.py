@@ -38,6 +38,8 @@ from harness.run.seeds import (
     kernel_seeds,
     layer_choices,
     layer_sensitivity,
+    per_layer,
+    per_tensor_seed,
 )
 from harness.run.shapes import SHAPE_FLAGS, Shaped, shape_sources
 from harness.run.testsplit import score_test
@@ -185,9 +187,9 @@ def run_search(
             space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices],
                                 distance=choice_distance)
             baselines = baseline_values(work, cfg, sensitivity)
-            dynamic = baseline_values(work, cfg)[list(BASELINES).index(FALLBACK_BASE)]
-            baselines += kernel_seeds(dynamic.values if hasattr(dynamic, "values") else
-                                      [dynamic] * len(names), choices)
+            plain = [per_layer(v, len(names)) for v in baseline_values(work, cfg)]
+            baselines += per_tensor_seed(plain[list(BASELINES).index("w8a8")], choices)
+            baselines += kernel_seeds(plain[list(BASELINES).index(FALLBACK_BASE)], choices)
             engine_cfg = EngineConfig(
                 n_objectives=len(cfg.objectives),
                 n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),

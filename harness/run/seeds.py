@@ -148,6 +148,30 @@ def kernel_seeds(base: Sequence[Any], choices: Sequence[Sequence[Gene]]) -> list
     return out
 
 
+def per_layer(value: Any, n: int) -> list[Any]:
+    """A seed's choice value per layer: a ``PerLayer``'s own, or one value repeated ``n`` times."""
+    return list(value.values) if hasattr(value, "values") else [value] * n
+
+
+def per_tensor_seed(base: Sequence[Any], choices: Sequence[Sequence[Gene]]) -> list[Any]:
+    """``base`` (the w8a8 baseline's per-layer values) with per-tensor weights on every Conv whose
+    menu offers them: the per-tensor int8 CNN that TFLite and Neural Compressor make by default,
+    smaller by two scales per output channel. Empty when no layer offers it."""
+    from search.space import PerLayer
+
+    values, changed = list(base), False
+    for i, genes in enumerate(choices):
+        w, a, scheme, granularity = base[i][:4]
+        if granularity == "per_tensor" or a in ("fp", "dynamic"):
+            continue
+        offered = next((g for g in genes if g.kernel == "qdq" and (g.weight_bits, g.activation_bits, g.scheme,
+                                                                     g.granularity) == (w, a, scheme, "per_tensor")),
+                       None)
+        if offered is not None:
+            values[i], changed = gene_value(offered), True
+    return [PerLayer(tuple(values))] if changed else []
+
+
 def baseline_values(work: Workload, cfg: SearchConfig, sensitivity: Sequence[float] | None = None) -> list[Any]:
     """The seeded baselines as choice values (a ``PerLayer`` where ``BASELINE_TABLES`` gives embedding
     tables their own grid: ``w8-dynamic`` is then ONNX Runtime's ``quantize_dynamic`` as a user runs it).

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from harness.quant.workload import Workload
 from harness.run.config import BASELINES, SearchConfig
-from harness.run.seeds import baseline_values, choice_distance, layer_choices
+from harness.run.seeds import baseline_values, choice_distance, layer_choices, per_layer, per_tensor_seed
 from search.space import PerLayer, SearchSpace
 
 
@@ -68,6 +68,13 @@ def test_convolutions_offer_per_tensor_weights() -> None:
     for layer, genes in zip(cnn.model.layers, layer_choices(cnn, cfg)):
         want = {"per_channel", "per_tensor"} if layer.op_type == "Conv" else {"per_channel"}
         assert {g.granularity for g in genes if g.quantized} == want, layer.name
+    # and the initial population holds the per-tensor int8 CNN (w8a8 with per-tensor convs)
+    plain = [per_layer(v, len(cnn.model.layers)) for v in baseline_values(cnn, cfg)]
+    (seed,) = per_tensor_seed(plain[0], layer_choices(cnn, cfg))
+    want = [(8, 8, "symmetric", "per_tensor" if lay.op_type == "Conv" else "per_channel") for lay in cnn.model.layers]
+    assert [v[:4] for v in seed.values] == want
+    assert per_tensor_seed(plain[0], [[g for g in genes if g.granularity != "per_tensor"]
+                                      for genes in layer_choices(cnn, cfg)]) == []
 
 
 def test_dynamic_baseline_and_fallbacks_follow_sensitivity(work: Workload) -> None:
