@@ -190,6 +190,8 @@ def run_search(
             plain = [per_layer(v, len(names)) for v in baseline_values(work, cfg)]
             baselines += per_tensor_seed(plain[list(BASELINES).index("w8a8")], choices)
             baselines += kernel_seeds(plain[list(BASELINES).index(FALLBACK_BASE)], choices)
+            # ONNX Runtime's MatMulNBitsQuantizer as a user runs it: 4-bit matmuls, everything else float
+            baselines += kernel_seeds(plain[list(BASELINES).index("fp32")], choices, kernels=("matmulnbits",))
             engine_cfg = EngineConfig(
                 n_objectives=len(cfg.objectives),
                 n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),

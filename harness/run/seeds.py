@@ -123,11 +123,13 @@ def _bits(v: Any) -> float:
     return named[v] if v in named else float(v)
 
 
-def kernel_seeds(base: Sequence[Any], choices: Sequence[Sequence[Gene]]) -> list[Any]:
+def kernel_seeds(base: Sequence[Any], choices: Sequence[Sequence[Gene]],
+                 kernels: Sequence[str] = ("gather_block", "matmulnbits")) -> list[Any]:
     """Seeds from the block kernels a target runs: ``base`` (a baseline's per-layer values) with every
     embedding table block-quantized (GatherBlockQuantized, the narrowest width offered at its
     smallest block: only the gathered rows are dequantized, so it costs little time), then the same
-    with the matmuls' narrowest MatMulNBits gene too. Empty when the target offers neither."""
+    with the matmuls' narrowest MatMulNBits gene too (``kernels`` says which, in order). Empty when
+    the target offers none of them."""
     from search.space import PerLayer
 
     def narrowest(genes: Sequence[Gene], kernel: str) -> Gene | None:
@@ -137,7 +139,7 @@ def kernel_seeds(base: Sequence[Any], choices: Sequence[Sequence[Gene]]) -> list
 
     out: list[Any] = []
     values = list(base)
-    for kernel in ("gather_block", "matmulnbits"):
+    for kernel in kernels:
         changed = False
         for i, genes in enumerate(choices):
             gene = narrowest(genes, kernel)

@@ -136,3 +136,20 @@ def test_block_kernels_are_offered_only_where_the_profile_runs_them(wide: Worklo
             genome = wide.genome({"default": {"weight_bits": "fp"}, "layers": {layer.name: gene.to_dict()}})
             report = wide.evaluate(wide.build(genome))
             assert 0.0 <= report.accuracy <= 1.0
+
+
+def test_kernel_seeds_include_onnx_runtimes_matmulnbits_quantizer(wide: Workload) -> None:
+    """Dynamic int8 with block-quantized tables (then MatMulNBits too), and float with 4-bit
+    MatMulNBits matmuls: ONNX Runtime's MatMulNBitsQuantizer as a user runs it."""
+    from harness.run.seeds import gene_value, kernel_seeds
+    from profiles import load_profile
+
+    cfg = SearchConfig(model="m", profiles=[])
+    choices = layer_choices(wide, cfg, load_profile("host-cpu"))
+    fp = [next(gene_value(g) for g in genes if g.weight_bits == "fp") for genes in choices]
+    (seed,) = kernel_seeds(fp, choices, kernels=("matmulnbits",))
+    emb, fc1, fc2 = seed.values
+    mnb = ("kernel", "matmulnbits")
+    assert emb == fp[0] and mnb in fc1 and mnb in fc2 and fc1[0] == fc2[0] == 4
+    assert ("kernel", "gather_block") in kernel_seeds(fp, choices)[0].values[0]
+    assert kernel_seeds(fp, [[g for g in genes if g.kernel == "qdq"] for genes in choices]) == []
