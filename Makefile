@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.qae-installed
 
-.PHONY: setup test demo lint bench bench-peers clean
+.PHONY: setup test demo lint bench bench-peers peers-venvs clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
-# The peers (issue 16) live in venvs of their own (pyproject extras peers, peers-aimet, peers-inc);
-# QAE_PEERS_PYTHON[_PEER] names their interpreters. Work in progress: digits-vit, accuracy and size only.
-bench-peers: $(STAMP)
+# The peers (issue 16) live in venvs of their own, built from the pyproject extras peers, peers-aimet
+# and peers-inc (their pins clash); QAE_PEERS_PYTHON[_PEER] may name other interpreters.
+peers-venvs: $(STAMP)
+	$(PY) -m benchmarks.peers_venvs
+
+bench-peers: peers-venvs
 	$(PY) -m benchmarks.bench_peers
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers .venv-peers-aimet .venv-peers-inc .pytest_cache .mypy_cache .ruff_cache

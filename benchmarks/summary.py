@@ -367,7 +367,7 @@ def _top1(r: dict[str, Any]) -> str:
     v, ci = r.get("test_value"), r.get("test_ci95")
     if v is None:
         return "-"
-    return f"{v:.4f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+    return f"{v:.4f}" + (f" ({ci[0]:.4f}–{ci[1]:.4f})" if ci else "")
 
 
 def _bytes(v: Any) -> str:
@@ -378,44 +378,49 @@ def _verdict(r: dict[str, Any]) -> str:
     c = r.get("qae_comparison")
     if not c:
         return "-"
+    at = f" at {c['judged_at_s']:g} s" if c.get("judged_at_s") is not None else ""
     if c.get("covered"):
         ax = c.get("axes", {})
         wb = ax.get("weight_bytes", {}).get("ratio")
-        t = ax.get("test_top1", {})
+        t = ax.get("test_metric", ax.get("test_top1", {}))
         lat = ax.get("latency", {}).get("ratio")
         bits = [f"{wb:.2f}x bytes" if wb is not None else "",
-                f"top-1 {100 * t['qae_minus_peer']:+.1f} pt ({t.get('verdict')})" if "qae_minus_peer" in t else "",
+                f"{100 * t['qae_minus_peer']:+.2f} pt ({t.get('verdict')})" if "qae_minus_peer" in t else "",
                 f"{lat:.2f}x latency" if lat is not None else ""]
-        return f"covered by qae `{str(c.get('by'))[:12]}`: " + ", ".join(b for b in bits if b)
-    return "**peer ahead** on " + "; ".join(c.get("ahead") or ["?"])
+        return f"covered{at} by qae `{str(c.get('by'))[:12]}`: " + ", ".join(b for b in bits if b)
+    later = c.get("qae_covers_at_s")
+    then = f" (qae covers it by {later:g} s)" if later is not None else ""
+    return f"**peer ahead**{at} on " + "; ".join(c.get("ahead") or ["?"]) + then
 
 
 def peers_section(d: dict[str, Any] | None) -> list[str]:
-    """Issue 16: per workload and tool, weight bytes, test top-1 with its interval, latency with its
-    interval, wall time, evaluations, and qae's comparison (``benchmarks/bench_peers.py``)."""
+    """Issue 16: per workload and tool, weight bytes, the test metric with its interval, latency with
+    its interval, wall time, evaluations, and qae's comparison at each peer's own wall time
+    (``benchmarks/bench_peers.py``)."""
     lines = ["## peers (issue 16)", ""]
     if not d:
-        return [*lines, "No results/bench/peers.json: run `python -m benchmarks.bench_peers` (PEERS.md: the venvs).",
-                ""]
+        return [*lines, "No results/bench/peers.json: run `make bench-peers` (benchmarks/PEERS.md: the venvs).", ""]
     lines += [_env(d), "", f"`{d.get('command', 'python -m benchmarks.bench_peers')}`; tolerable drop "
-              f"{d.get('tolerable_drop', '?')} ({d.get('drop', '?')}). Test top-1 on qae's evaluator with its 95 % "
-              "interval; latency = p50 on qae's local agent (passes in alternating orders, a fresh child per model and "
-              "pass) with the 95 % interval of the median, ms. qae covers a peer when one front point has weight bytes "
-              "<= the peer's, a paired test top-1 difference that is not \"worse\", and a latency not significantly "
-              "slower (Mann-Whitney U, 5 % floor).", ""]
+              f"{d.get('tolerable_drop', '?')} ({d.get('drop', '?')}). The test metric is scored by qae's evaluator "
+              "with its 95 % interval; latency = p50 on qae's local agent (passes in alternating orders, a fresh "
+              "child per model and pass) with the 95 % interval of the median, ms. qae runs for the slowest peer's "
+              "wall time and is judged against each peer by its front at THAT peer's wall time: it covers the peer "
+              "when one front point then has weight bytes <= the peer's, a paired test difference that is not "
+              "\"worse\", and a latency not significantly slower (Mann-Whitney U, 5 % floor).", ""]
     peers = d.get("peers") or {}
     for spec, row in (d.get("workloads") or {}).items():
         lines += [f"### {spec}", ""]
         if row.get("error"):
             lines += [f"not run: {row['error']}", ""]
             continue
-        lines += ["| tool | version | weight B | test top-1 (95 % CI) | latency ms (95 % CI) | wall s | evaluations | "
-                  "qae comparison |", "|---|---|---|---|---|---|---|---|"]
+        metric = row.get("metric", "top1")
+        lines += [f"| tool | version | weight B | test {metric} (95 % CI) | latency ms (95 % CI) | wall s | "
+                  "evaluations | qae comparison |", "|---|---|---|---|---|---|---|---|"]
         fp = row.get("fp32") or {}
         lines.append(f"| FP32 | - | {_bytes(fp.get('weight_bytes'))} | {_top1(fp)} | {_lat(fp.get('latency'))} "
                      "| - | - | - |")
         for name, r in row.items():
-            if name in ("fp32", "qae", "error", "latency_error") or not isinstance(r, dict):
+            if name in ("fp32", "qae", "error", "latency_error", "metric") or not isinstance(r, dict):
                 continue
             version = r.get("version") or (peers.get(name) or {}).get("version") or "-"
             if r.get("status") != "ok":
@@ -423,7 +428,7 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
                 lines.append(f"| {name} | {version} | - | - | - | {r.get('wall_s', '-')} | - | "
                              f"{r.get('status')}: {err} |")
                 continue
-            evals = r.get("full_evaluations", r.get("callback_calls"))
+            evals = r.get("equivalent_full_evaluations", r.get("full_evaluations", r.get("callback_calls")))
             lines.append(f"| {name} | {version} | {_bytes(r.get('weight_bytes'))} | {_top1(r)} | "
                          f"{_lat(r.get('latency'))} | {r.get('wall_s', '-')} | {evals if evals is not None else '-'} | "
                          f"{_verdict(r)} |")
@@ -431,20 +436,19 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
         if q.get("error"):
             lines.append(f"| qae | - | - | - | - | - | - | error: {q['error']} |")
         for p in q.get("points", []):
+            on = ", ".join(p.get("on_front_at") or []) or "-"
             lines.append(f"| qae `{str(p.get('hash'))[:12]}` | - | {_bytes(p.get('weight_bytes'))} | {_top1(p)} | "
-                         f"{_lat(p.get('latency'))} | {q.get('wall_s', '-')} | {q.get('evaluations', '-')} | "
-                         "front point |")
-        for p in q.get("baselines", []):
-            role = ", ".join(r.split(":", 1)[1] for r in p.get("roles", []) if r.startswith("baseline:"))
-            lines.append(f"| qae uniform {role} | - | {_bytes(p.get('weight_bytes'))} | {_top1(p)} | "
-                         f"{_lat(p.get('latency'))} | - | - | not on the front (not compared) |")
+                         f"{_lat(p.get('latency'))} | found at {p.get('at_s', '-')} | - | on the front at the wall "
+                         f"time of: {on} |")
         if q.get("wall_s") is not None:
-            lines += ["", f"qae: population {q.get('population')}, generations {q.get('generations')}: "
-                      f"{q['wall_s']} s, {q.get('evaluations')} evaluations; slowest peer {q.get('budget_s')} s "
-                      f"({'within' if q.get('within_budget') else 'over'} it)."]
+            cover = (q.get("time_to_cover_all_s") or {}).get("words", "-")
+            lines += ["", f"qae: population {q.get('population')}, --time-limit {q.get('time_limit_s')} s (the "
+                      f"slowest peer): {q['wall_s']} s in all (with calibration and the final test scoring), "
+                      f"{q.get('evaluations')} evaluations; evaluations by each peer's wall time: "
+                      f"{q.get('evaluations_at')}. Time to cover every peer: {cover}."]
         ahead = [(n, r) for n, r in row.items() if isinstance(r, dict) and (r.get("qae_comparison") or {}).get("ahead")]
         if ahead:
-            lines += ["", "Where a peer stays ahead (against qae's closest front point):"]
+            lines += ["", "Where a peer stays ahead (against qae's closest front point at the peer's wall time):"]
             for n, r in ahead:
                 c = r["qae_comparison"]
                 lines.append(f"- {n}: " + "; ".join(c["ahead"]))
@@ -452,8 +456,6 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
         if row.get("latency_error"):
             lines += ["", f"latency not measured: {row['latency_error']}"]
         lines.append("")
-    for spec, why in (d.get("skipped") or {}).items():
-        lines += [f"{spec}: {why}", ""]
     return lines
 
 

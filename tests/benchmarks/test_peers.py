@@ -49,7 +49,7 @@ def test_covered_by_the_smallest_point_that_holds_every_axis(correct: np.ndarray
               model("c" * 16, 28_000, correct, 0.09, 4)]  # also covers
     c = bench_peers.compare_peer(peer, points)
     assert c["covered"] and c["by"] == "b" * 16 and c["also_covering"] == ["c" * 16]
-    assert c["axes"]["test_top1"]["verdict"] == "within noise"
+    assert c["axes"]["test_metric"]["verdict"] == "within noise"
     assert c["axes"]["weight_bytes"]["ratio"] == pytest.approx(25_000 / 30_000)
 
 
@@ -66,7 +66,7 @@ def test_peer_ahead_says_on_what_and_by_how_much(correct: np.ndarray) -> None:
     assert any("weight_bytes: best qae point holding the other two axes is aaaaaaaaaaaa at 1.20" in g
                for g in c["gaps"])
     assert any(g.startswith("latency:") and "cccccccccccc at 5.0" in g for g in c["gaps"])
-    assert any(g.startswith("test_top1:") and "bbbbbbbbbbbb" in g for g in c["gaps"])
+    assert any(g.startswith("test_metric:") and "bbbbbbbbbbbb" in g for g in c["gaps"])
 
 
 def test_missing_latency_or_model_is_not_covered(correct: np.ndarray) -> None:
@@ -108,38 +108,75 @@ def test_agent_ready_keeps_static_shapes_and_fixes_symbolic(tmp_path: Path) -> N
 
 def _body(correct: np.ndarray) -> dict[str, Any]:
     peer = model("peer", 30_000, correct, 0.10, 1)
-    points = [model("b" * 16, 25_000, correct, 0.10, 3)]
-    peer.update(status="ok", version="9.9", wall_s=3.0, callback_calls=4, test_ci95=[0.96, 0.99],
-                qae_comparison=bench_peers.compare_peer(peer, points))
+    points = [{**model("b" * 16, 25_000, correct, 0.10, 3), "at_s": 1.5, "on_front_at": ["nncf", "olive"]}]
+    peer.update(status="ok", version="9.9", wall_s=3.0, equivalent_full_evaluations=4, test_ci95=[0.96, 0.99],
+                qae_comparison={**bench_peers.compare_peer(peer, points), "judged_at_s": 3.0})
     ahead = model("peer2", 1_000, correct, 0.10, 1)
-    ahead.update(status="ok", version="1.0", wall_s=9.0, qae_comparison=bench_peers.compare_peer(ahead, points))
+    ahead.update(status="ok", version="1.0", wall_s=9.0,
+                 qae_comparison={**bench_peers.compare_peer(ahead, points), "judged_at_s": 9.0})
     for p in points:
         p["test_ci95"] = [0.96, 0.99]
     return bench_peers.strip_private({
         "command": "python -m benchmarks.bench_peers", "tolerable_drop": 0.01, "drop": "absolute top-1",
         "peers": {"nncf": {"available": True, "version": "9.9"}, "aimet": {"available": False}},
-        "skipped": {"builtin:minilm-l6": "not run: not top-1"},
         "workloads": {"builtin:digits-cnn": {
+            "metric": "top1",
             "fp32": {"weight_bytes": 73_384, "test_value": 0.99, "test_ci95": [0.98, 1.0],
                      "latency": latency(0.02, 9)},
             "nncf": peer, "olive": ahead,
+            "inc_rtn": {"status": "not_applicable", "error": "the model has no MatMul"},
             "aimet": {"status": "missing", "error": "ModuleNotFoundError: No module named 'aimet_onnx'"},
-            "qae": {"wall_s": 2.5, "evaluations": 96, "population": 16, "generations": 6, "budget_s": 9.0,
-                    "within_budget": True, "points": points,
-                    "baselines": [{**model("d" * 16, 26_000, correct, 0.05, 5), "roles": ["baseline:w8a8"]}]}},
+            "qae": {"wall_s": 9.5, "time_limit_s": 9.0, "evaluations": 96, "population": 16, "budget_s": 9.0,
+                    "evaluations_at": {"nncf": 40, "olive": 90}, "points": points,
+                    "time_to_cover_all_s": {"seconds": None, "words": "no checkpoint covers every peer"}}},
             "builtin:minilm-l6": {"error": "RuntimeError: its metric is not top-1"}}})
 
 
 def test_peers_section_renders(correct: np.ndarray) -> None:
     text = "\n".join(summary.peers_section(_body(correct)))
-    assert "### builtin:digits-cnn" in text
-    assert "| nncf | 9.9 | 30,000 | 0.9800 (0.960–0.990) |" in text
-    assert "covered by qae `bbbbbbbbbbbb`" in text
-    assert "**peer ahead** on weight bytes" in text and "- olive: weight bytes" in text
+    assert "### builtin:digits-cnn" in text and "test top1 (95 % CI)" in text
+    assert "| nncf | 9.9 | 30,000 | 0.9800 (0.9600–0.9900) |" in text
+    assert "covered at 3 s by qae `bbbbbbbbbbbb`" in text
+    assert "**peer ahead** at 9 s on weight bytes" in text and "- olive: weight bytes" in text
     assert "missing: ModuleNotFoundError: No module named 'aimet_onnx'" in text
-    assert "population 16, generations 6: 2.5 s, 96 evaluations; slowest peer 9.0 s (within it)" in text
-    assert "builtin:minilm-l6: not run: not top-1" in text
-    assert "| qae uniform w8a8 | - | 26,000 |" in text and "not on the front (not compared)" in text
+    assert "not_applicable: the model has no MatMul" in text
+    assert "--time-limit 9.0 s (the slowest peer): 9.5 s in all" in text
+    assert "Time to cover every peer: no checkpoint covers every peer" in text
+    assert "found at 1.5" in text and "on the front at the wall time of: nncf, olive" in text
+    assert "builtin:minilm-l6" in text and "not run: RuntimeError: its metric is not top-1" in text
+
+
+def _cand(h: str, val: float, wb: float, ms: float, at: float) -> dict[str, Any]:
+    return {"hash": h * 16, "validation": val, "weight_bytes": wb, "predicted_ms": ms, "at_s": at}
+
+
+def test_front_at_a_moment_holds_only_what_was_found_by_then() -> None:
+    cands = [_cand("a", 0.90, 100, 1.0, 1.0), _cand("b", 0.95, 100, 1.0, 2.0),  # b dominates a
+             _cand("c", 0.80, 50, 1.0, 2.5), _cand("d", 0.99, 200, 2.0, 9.0)]
+    assert [c["hash"][0] for c in bench_peers.front_at(cands, 0.5)] == []
+    assert [c["hash"][0] for c in bench_peers.front_at(cands, 1.0)] == ["a"]
+    assert [c["hash"][0] for c in bench_peers.front_at(cands, 3.0)] == ["c", "b"]
+    assert [c["hash"][0] for c in bench_peers.front_at(cands, 10.0)] == ["c", "b", "d"]
+
+
+def test_pick_chooses_on_validation_within_the_peers_bytes() -> None:
+    front = [_cand("a", 0.80, 50, 0.5, 1), _cand("b", 0.97, 90, 0.9, 1), _cand("c", 0.98, 95, 1.5, 1),
+             _cand("d", 0.99, 200, 2.0, 1)]
+    got = [c["hash"][0] for c in bench_peers.pick(front, {"weight_bytes": 100, "val_metric": 0.97}, k=4)]
+    assert got == ["c", "b"]  # best validation first, then the fastest at or above the peer's score; d too big
+    assert [c["hash"][0] for c in bench_peers.pick(front, {"weight_bytes": 10, "val_metric": 0.9})] == ["a", "b"]
+    assert [c["hash"][0] for c in bench_peers.thin(front, 3)] == ["a", "c", "d"]
+
+
+def test_time_to_cover_is_the_first_checkpoint_covering_every_peer(correct: np.ndarray) -> None:
+    early = {**model("e" * 16, 40_000, correct, 0.10, 2), "at_s": 1.0, "on_front_at": ["p1"]}
+    late = {**model("f" * 16, 20_000, correct, 0.10, 3), "at_s": 4.0, "on_front_at": ["p2"]}
+    done = {"p1": {**model("p1", 30_000, correct, 0.10, 1), "wall_s": 2.0},
+            "p2": {**model("p2", 30_000, correct, 0.10, 4), "wall_s": 5.0}}
+    got = bench_peers.time_to_cover(done, [early, late], "top1")
+    assert got["seconds"] == 5.0  # at 2 s only the 40 kB point existed: too big for either peer
+    assert got["per_peer"] == {"p1": 5.0, "p2": 5.0}
+    assert bench_peers.time_to_cover(done, [early], "top1")["seconds"] is None
 
 
 def test_summary_without_or_with_broken_peers_json(tmp_path: Path, correct: np.ndarray) -> None:
@@ -150,7 +187,7 @@ def test_summary_without_or_with_broken_peers_json(tmp_path: Path, correct: np.n
     text = summary.write_summary(tmp_path).read_text()
     assert "## peers (issue 16)" in text
     (tmp_path / "peers.json").write_text(json.dumps(_body(correct)))
-    assert "covered by qae" in summary.write_summary(tmp_path).read_text()
+    assert "covered at 3 s by qae" in summary.write_summary(tmp_path).read_text()
 
 
 def test_missing_peer_becomes_a_result_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,11 +203,26 @@ def test_missing_peer_becomes_a_result_with_its_error(tmp_path: Path, monkeypatc
     body = json.loads((tmp_path / "peers.json").read_text())
     row = body["workloads"]["builtin:digits-cnn"]
     assert row["aimet"]["status"] == "missing" and "aimet_onnx" in row["aimet"]["error"]
-    assert row["fp32"]["test_value"] >= 0.97 and "_stats" not in row["fp32"]
-    assert "builtin:minilm-l6" in body["skipped"]
+    assert row["fp32"]["test_value"] >= 0.97 and "_stats" not in row["fp32"] and row["metric"] == "top1"
 
 
 def test_a_crashing_peer_child_is_reported(tmp_path: Path) -> None:
     rec = bench_peers.run_peer("nncf", sys.executable, tmp_path / "absent.onnx", {"calib": tmp_path / "c.npz",
-                               "eval": tmp_path / "e.npz"}, tmp_path / "out", 120, False, 1)
+                               "eval": tmp_path / "e.npz"}, tmp_path / "out", 120, False, 1, "top1")
     assert rec.get("status") == "error" and rec.get("error")
+
+
+def test_peer_venvs_come_from_the_extras_held_to_qaes_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from benchmarks import peers_venvs
+
+    assert peers_venvs.requirements("peers-inc")[0].startswith("neural-compressor==")
+    assert f"onnxruntime=={version('onnxruntime')}" in peers_venvs.constraints()
+    assert peers_venvs.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(("would install" in line or "up to date" in line) for line in out)
+    for peer, (_, _, venv) in bench_peers.PEERS.items():  # every peer's venv is one the extras build
+        assert venv in peers_venvs.VENVS.values(), peer
+    with pytest.raises(SystemExit):
+        peers_venvs.main(["--only", "peers-gpu"])
