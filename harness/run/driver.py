@@ -114,9 +114,10 @@ class Driver:
     def _evaluate(self, batch: list[Any]) -> None:
         engine, target, archive = self.engine, self.target, self.archive
         genomes = [Genome.from_dict({"layers": layers_dict(self.space.decode(g))}, self.work.layer_ops) for g in batch]
-        hosts = self.evaluator.evaluate(genomes)
         fit_n = self.hil.fit_n if self.hil is not None else 0
-        for g, genome, host in zip(batch, genomes, hosts):
+        # recorded one by one as each is evaluated: the front of a run is current to the candidate,
+        # and a killed run loses at most what was in flight
+        for g, genome, host in zip(batch, genomes, self.evaluator.evaluate_iter(genomes)):
             self._remember(tuple(g), genome.hash, genome)
             generation = engine.generation + 1
             if "error_kind" in host:

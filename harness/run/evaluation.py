@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -133,22 +133,22 @@ class HostEvaluator:
             _WORK = work
 
     def evaluate(self, genomes: list[Genome]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any] | None] = []
-        todo = []
-        for i, genome in enumerate(genomes):
-            hit = self.cache.get(self.work.model.sha256, genome.hash, self.settings)
-            out.append(hit)
-            if hit is None:
-                todo.append(i)
-        payload = [genomes[i].to_dict() for i in todo]
-        results = (
-            list(self.pool.map(evaluate_genome, payload)) if self.pool else [evaluate_genome(p) for p in payload]
-        )
-        for i, res in zip(todo, results):
+        return list(self.evaluate_iter(genomes))
+
+    def evaluate_iter(self, genomes: list[Genome]) -> Iterator[dict[str, Any]]:
+        """Each genome's result in order, as soon as it and those before it are done (cache hits at
+        once), so a caller can record a candidate while the rest of its batch is evaluated."""
+        hits = [self.cache.get(self.work.model.sha256, g.hash, self.settings) for g in genomes]
+        payload = [g.to_dict() for g, hit in zip(genomes, hits) if hit is None]
+        results = self.pool.map(evaluate_genome, payload) if self.pool else map(evaluate_genome, payload)
+        for genome, hit in zip(genomes, hits):
+            if hit is not None:
+                yield hit
+                continue
+            res = next(results)
             if "error_kind" not in res:
-                self.cache.put(self.work.model.sha256, genomes[i].hash, self.settings, res)
-            out[i] = res
-        return [r for r in out if r is not None]
+                self.cache.put(self.work.model.sha256, genome.hash, self.settings, res)
+            yield res
 
     def close(self, abort: bool = False) -> None:
         """``abort`` (an interrupt or a crash): stop the workers now instead of letting their tasks finish."""

@@ -108,6 +108,25 @@ def set_aside(path: Path) -> Path:
     return dest
 
 
+#: the sensitivity probes may take at most this share of a --time-limit
+PROBE_SHARE = 1 / 3
+#: a probe (build + score) against one FP32 scoring of the validation split, from runs here
+PROBE_COST = 1.5
+
+
+def probes_too_dear(cfg: SearchConfig, n_layers: int, one_eval: float, say: Callable[[str], None]) -> bool:
+    """Whether the one-per-layer sensitivity probes would take more than ``PROBE_SHARE`` of the time
+    limit (estimated from one FP32 scoring, ``one_eval`` seconds); says so when they are skipped."""
+    if cfg.time_limit is None:
+        return False
+    cost = n_layers * PROBE_COST * one_eval
+    if cost <= PROBE_SHARE * cfg.time_limit:
+        return False
+    say(f"sensitivity probes skipped: {n_layers} of them would take about {cost:.0f} s, more than a third of "
+        f"--time-limit {cfg.time_limit:g} s; the first generation holds the uniform and kernel seeds instead")
+    return True
+
+
 def run_search(
     cfg: SearchConfig,
     out: Path,
@@ -176,10 +195,13 @@ def run_search(
     targets += device_targets(cfg, work, archive, out, say)
     evaluator = HostEvaluator(work, cfg)
     try:
+        clock = time.perf_counter()
         reference = work.evaluate(None)
+        one_eval = time.perf_counter() - clock
         fp32 = reference.accuracy
         names = [layer.name for layer in work.model.layers]
-        sensitivity = layer_sensitivity(work, evaluator, cfg)
+        dear = probes_too_dear(cfg, len(names), one_eval, say)
+        sensitivity = None if dear else layer_sensitivity(work, evaluator, cfg)
         started = time.time()
         for target in targets:
             # Each target's menu: the QDQ genes, plus the block-quantized kernels its profile runs.
@@ -200,7 +222,7 @@ def run_search(
                 max_generations=cfg.generations,
                 seed=cfg.seed,
                 baselines=tuple(baselines),
-                sensitivity=tuple(sensitivity),
+                sensitivity=None if sensitivity is None else tuple(sensitivity),
                 sensitivity_ladder=tuple((*v, cfg.scheme, cfg.granularity) for v in SENSITIVITY_LADDER),
             )
             state = archive.engine_state(target.name)

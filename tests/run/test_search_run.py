@@ -86,22 +86,35 @@ def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: 
     assert sorted(p["id"] for p in front["points"]) == sorted(p["id"] for p in ref_front["points"])
 
 
-def test_time_limit_stops_after_a_generation_and_resume_finishes_the_same_search(
-    reference_run: Path, tmp_path: Path
-) -> None:
+def test_time_limit_stops_after_a_generation_and_resume_finishes_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = _search(out, "--time-limit", "0.001")  # passed as soon as the first generation is in
     assert first.returncode == 0, first.stderr
+    assert "sensitivity probes skipped" in first.stderr  # they would take more than a third of it
     assert "--time-limit 0.001 s reached after generation 1" in first.stderr, first.stderr
     assert f"qae search --resume {out}" in first.stderr
-    assert _count(out / "archive.sqlite") == 10  # one generation of --population 10
+    before = [c.hash for c in Archive(out / "archive.sqlite").candidates("hexagon-htp")]
+    assert len(before) == 10  # one generation of --population 10
     assert (out / "front.json").exists()  # the front so far is a result, with its report
     resumed = qae("search", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "--time-limit" not in resumed.stderr  # a limit is for the part it was given to
-    cands = Archive(out / "archive.sqlite").candidates("hexagon-htp")
-    ref = Archive(reference_run / "archive.sqlite").candidates("hexagon-htp")
-    assert [c.hash for c in cands] == [c.hash for c in ref]
+    after = [c.hash for c in Archive(out / "archive.sqlite").candidates("hexagon-htp")]
+    assert after[:10] == before and len(after) == len(set(after)) == 40  # 4 generations, each genome once
+
+
+def test_probes_are_skipped_only_when_they_would_eat_a_third_of_the_time_limit() -> None:
+    from harness.run.config import SearchConfig
+    from harness.run.search import probes_too_dear
+
+    said: list[str] = []
+    cfg = SearchConfig(model="m", profiles=[])
+    assert not probes_too_dear(cfg, 40, 10.0, said.append)  # no limit: always probe
+    cfg.time_limit = 60.0
+    assert not probes_too_dear(cfg, 10, 1.0, said.append)  # 15 s of 60
+    assert probes_too_dear(cfg, 40, 1.0, said.append)  # 60 s of 60
+    assert said == ["sensitivity probes skipped: 40 of them would take about 60 s, more than a third of "
+                    "--time-limit 60 s; the first generation holds the uniform and kernel seeds instead"]
 
 
 def test_front_dominates_or_equals_the_uniform_baselines(reference_run: Path) -> None:
