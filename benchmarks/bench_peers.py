@@ -386,7 +386,8 @@ def strip_private(obj: Any) -> Any:
 
 
 def bench(workloads: list[str], peers: list[str], pythons: dict[str, str], timeout: float, max_trials: int,
-          root: Path, population: int = QAE_POPULATION, latency: bool = True, with_qae: bool = True) -> dict[str, Any]:
+          root: Path, population: int = QAE_POPULATION, latency: bool = True, with_qae: bool = True,
+          reuse: bool = False) -> dict[str, Any]:
     from harness.core.model import builtin_data, load_model
     from harness.quant.workload import Workload
 
@@ -414,13 +415,17 @@ def bench(workloads: list[str], peers: list[str], pythons: dict[str, str], timeo
         models: dict[str, Path] = {"fp32": Path(model)}
         for peer in peers:
             info = body["peers"][peer]
-            if not info.get("available"):
+            out = root / name / peer
+            if reuse and (out / "result.json").is_file():  # the peer's earlier run in this folder, as it was
+                print(f"== {spec} / {peer}: reusing {out}", flush=True)
+                rec = {**json.loads((out / "result.json").read_text()), "reused_run": str(out)}
+            elif not info.get("available"):
                 row[peer] = {"status": "missing", "error": info.get("error")}
                 continue
-            print(f"== {spec} / {peer} ({info['version']})", flush=True)
-            out = root / name / peer
-            rec = run_peer(peer, info["python"], Path(model), data, out, timeout, name in TRANSFORMERS, max_trials,
-                           flag)
+            else:
+                print(f"== {spec} / {peer} ({info['version']})", flush=True)
+                rec = run_peer(peer, info["python"], Path(model), data, out, timeout, name in TRANSFORMERS,
+                               max_trials, flag)
             rec["version"] = rec.get("version") or info.get("version")
             if rec.get("status") == "ok" and rec.get("model_out"):
                 try:
@@ -528,7 +533,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-latency", action="store_true", help="skip the local agent's latency passes")
     ap.add_argument("--no-qae", action="store_true", help="skip qae's own search (and the comparison)")
     ap.add_argument("--out", default=None, help="folder for the peers' models (default: a temporary one)")
+    ap.add_argument("--reuse-peers", action="store_true",
+                    help="take each peer's result and model from an earlier run in --out instead of running it "
+                    "again (its own wall time and calls as recorded); qae, the test scores and every latency are "
+                    "measured anew")
     args = ap.parse_args(argv)
+    if args.reuse_peers and not args.out:
+        ap.error("--reuse-peers reads an earlier run: give its folder with --out")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
@@ -537,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="qae-peers-"))
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     body = bench(workloads, peers, pythons, args.timeout, args.max_trials, root, args.qae_population,
-                 latency=not args.no_latency, with_qae=not args.no_qae)
+                 latency=not args.no_latency, with_qae=not args.no_qae, reuse=args.reuse_peers)
     body["models_in"] = str(root)
     body["command"] = "python -m benchmarks.bench_peers " + " ".join(argv if argv is not None else sys.argv[1:])
     body = strip_private(body)

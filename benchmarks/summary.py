@@ -432,6 +432,7 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {name} | {version} | {_bytes(r.get('weight_bytes'))} | {_top1(r)} | "
                          f"{_lat(r.get('latency'))} | {r.get('wall_s', '-')} | {evals if evals is not None else '-'} | "
                          f"{_verdict(r)} |")
+        reused = sorted(n for n, r in row.items() if isinstance(r, dict) and r.get("reused_run"))
         q = row.get("qae") or {}
         if q.get("error"):
             lines.append(f"| qae | - | - | - | - | - | - | error: {q['error']} |")
@@ -446,6 +447,9 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
                       f"slowest peer): {q['wall_s']} s in all (with calibration and the final test scoring), "
                       f"{q.get('evaluations')} evaluations; evaluations by each peer's wall time: "
                       f"{q.get('evaluations_at')}. Time to cover every peer: {cover}."]
+        if reused:
+            lines += ["", f"Reused from an earlier run (`--reuse-peers`): {', '.join(reused)}; their wall times and "
+                      "calls are as recorded then, their test scores and latencies were measured in this run."]
         ahead = [(n, r) for n, r in row.items() if isinstance(r, dict) and (r.get("qae_comparison") or {}).get("ahead")]
         if ahead:
             lines += ["", "Where a peer stays ahead (against qae's closest front point at the peer's wall time):"]

@@ -226,3 +226,22 @@ def test_peer_venvs_come_from_the_extras_held_to_qaes_runtime(capsys: pytest.Cap
         assert venv in peers_venvs.VENVS.values(), peer
     with pytest.raises(SystemExit):
         peers_venvs.main(["--only", "peers-gpu"])
+
+
+def test_reuse_peers_takes_the_earlier_result_without_the_peer(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    earlier = tmp_path / "m" / "digits-cnn" / "aimet"
+    earlier.mkdir(parents=True)
+    (earlier / "result.json").write_text(json.dumps({"peer": "aimet", "status": "error", "wall_s": 7.5,
+                                                     "error": "RuntimeError: no config met the goal"}))
+    monkeypatch.setattr(bench_peers, "write_result", lambda name, body: (tmp_path / f"{name}.json").write_text(
+        json.dumps(body)) and tmp_path / f"{name}.json")
+    assert bench_peers.main(["--workloads", "builtin:digits-cnn", "--peers", "aimet", "--no-latency", "--no-qae",
+                             "--python", f"aimet={sys.executable}", "--out", str(tmp_path / "m"),
+                             "--reuse-peers"]) == 0
+    row = json.loads((tmp_path / "peers.json").read_text())["workloads"]["builtin:digits-cnn"]
+    assert row["aimet"]["wall_s"] == 7.5 and row["aimet"]["reused_run"] == str(earlier)  # not "missing"
+    text = "\n".join(summary.peers_section(json.loads((tmp_path / "peers.json").read_text())))
+    assert "Reused from an earlier run (`--reuse-peers`): aimet" in text
+    with pytest.raises(SystemExit):
+        bench_peers.main(["--reuse-peers"])  # needs --out
