@@ -26,6 +26,7 @@ Methods: ``qae`` (search.Engine as ``qae search`` configures it: uniform baselin
 sensitivity-guided genomes in the first population; its per-group sensitivity probes are
 evaluations and count against the budget), ``pymoo_nsga2`` (NSGA2, integer variables, SBX + PM with
 rounding, duplicate elimination), ``optuna_nsga2`` (NSGAIISampler, categorical parameters),
+``optuna_motpe`` (Optuna's multi-objective TPESampler, multivariate),
 ``random`` (uniform, without replacement) and ``greedy_sensitivity`` (AIMET/HAWQ style: probe each
 group at each lower choice, then lower the least sensitive group per unit of cost saved first,
 one path per cost weighting; deterministic, so its seeds agree). Two ablations of qae's seeding are
@@ -62,7 +63,7 @@ from harness.core.atomic import atomic_write_text
 
 WORKLOAD = "builtin:digits-vit"
 PROFILE = "host-cpu-local"
-METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "random", "greedy_sensitivity")
+METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "random", "greedy_sensitivity")
 OBJECTIVES = ("accuracy_loss", "weight_bytes", "latency_ms")
 POP_SIZE = 20
 CHOICES_BLOCK: tuple[tuple[Any, Any], ...] = (("fp", "fp"), (8, 8), (8, "dynamic"), (4, 8), (4, "fp"))
@@ -365,13 +366,25 @@ def run_pymoo(oracle: Oracle, seed: int) -> None:
             stale = stale + 1 if oracle.count == before else 0
 
 
-def run_optuna(oracle: Oracle, seed: int) -> None:
-    """Optuna NSGAIISampler over categorical parameters; stops at the distinct-genome budget."""
+def optuna_sampler(kind: str, seed: int) -> Any:
+    """``nsga2``: NSGAIISampler; ``motpe``: the multi-objective TPESampler (MOTPE)."""
+    import optuna
+
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=POP_SIZE, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def run_optuna(oracle: Oracle, seed: int, kind: str = "nsga2") -> None:
+    """An Optuna sampler (``optuna_sampler``) over categorical parameters; stops at the distinct-genome
+    budget."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     table = oracle.table
-    sampler = optuna.samplers.NSGAIISampler(population_size=POP_SIZE, seed=seed)
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental
+        warnings.simplefilter("ignore")
+        sampler = optuna_sampler(kind, seed)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
     stale = [0]
 
@@ -453,6 +466,7 @@ RUNNERS: dict[str, Callable[[Oracle, int], None]] = {
     "qae": run_qae,
     "pymoo_nsga2": run_pymoo,
     "optuna_nsga2": run_optuna,
+    "optuna_motpe": lambda oracle, seed: run_optuna(oracle, seed, "motpe"),
     "random": run_random,
     "greedy_sensitivity": run_greedy,
     # ablations of qae's seeding, reported beside the five methods (not part of the bars)
