@@ -138,6 +138,21 @@ def run_peer(peer: str, python: str, model: Path, data: dict[str, Path], out: Pa
     return rec
 
 
+def stored_result(path: Path) -> dict[str, Any] | None:
+    """A peer child's result.json, if it is one: a JSON object with a status, and for a finished run a
+    wall time and a model file that still exists. Anything else is None (the peer runs again)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("status"), str):
+        return None
+    if rec["status"] == "ok" and not (isinstance(rec.get("wall_s"), (int, float))
+                                      and Path(str(rec.get("model_out", ""))).is_file()):
+        return None
+    return rec
+
+
 def score(work: Any, path: Path, metric: str) -> dict[str, Any]:
     """qae on the test split: the metric with its 95 % interval and per-sample statistics (for the
     paired comparisons), and qae's size rule."""
@@ -416,9 +431,10 @@ def bench(workloads: list[str], peers: list[str], pythons: dict[str, str], timeo
         for peer in peers:
             info = body["peers"][peer]
             out = root / name / peer
-            if reuse and (out / "result.json").is_file():  # the peer's earlier run in this folder, as it was
+            earlier = stored_result(out / "result.json") if reuse else None
+            if earlier is not None:  # the peer's earlier run in this folder, as it was
                 print(f"== {spec} / {peer}: reusing {out}", flush=True)
-                rec = {**json.loads((out / "result.json").read_text()), "reused_run": str(out)}
+                rec = {**earlier, "reused_run": str(out)}
             elif not info.get("available"):
                 row[peer] = {"status": "missing", "error": info.get("error")}
                 continue

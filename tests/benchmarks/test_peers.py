@@ -245,3 +245,14 @@ def test_reuse_peers_takes_the_earlier_result_without_the_peer(tmp_path: Path,
     assert "Reused from an earlier run (`--reuse-peers`): aimet" in text
     with pytest.raises(SystemExit):
         bench_peers.main(["--reuse-peers"])  # needs --out
+
+
+def test_a_stored_result_is_reused_only_when_it_is_one(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    for text in ("{not json", "[1, 2]", json.dumps({"wall_s": 3.0}),
+                 json.dumps({"status": "ok", "wall_s": 3.0, "model_out": str(tmp_path / "gone.onnx")})):
+        path.write_text(text)
+        assert bench_peers.stored_result(path) is None, text
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    path.write_text(json.dumps({"status": "ok", "wall_s": 3.0, "model_out": str(tmp_path / "m.onnx")}))
+    assert bench_peers.stored_result(path) == {"status": "ok", "wall_s": 3.0, "model_out": str(tmp_path / "m.onnx")}
