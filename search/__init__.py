@@ -8,6 +8,7 @@ from __future__ import annotations
 from search.engine import Engine, EngineConfig
 from search.errors import SearchError
 from search.evaluation import Evaluation, Record
+from search.initial import PROBE_BUDGET_SHARE, probes_affordable
 from search.metrics import hypervolume, normalise, normalised_hypervolume, recommend, weighted_fitness
 from search.nsga2 import budget_violation
 from search.operators import (
@@ -28,6 +29,7 @@ from search.space import Genome, SearchSpace, genome_key
 from search.surrogate import Screening, SurrogateScreening
 
 __all__ = [
+    "PROBE_BUDGET_SHARE",
     "AdaptiveMutation",
     "ClipRepair",
     "Crossover",
@@ -54,6 +56,7 @@ __all__ = [
     "hypervolume",
     "normalise",
     "normalised_hypervolume",
+    "probes_affordable",
     "recommend",
     "weighted_fitness",
 ]

@@ -434,17 +434,31 @@ class Engine:
         if screening is None or not screening.active(records):
             children = self._bred(n, seen)
             return children + self._random(n - len(children), seen)
-        # Breed a pool many times the batch, let the screening pick what is worth evaluating.
+        # The screening's anchors first, then breed a pool many times the rest of the batch and let
+        # the screening pick what is worth evaluating.
+        anchors: list[Made] = []
+        for genome in screening.anchors(records, space, seen)[:n]:
+            if space.is_valid(genome) and genome not in seen:
+                seen.add(genome)
+                anchors.append((genome, "surrogate", ()))
+        n -= len(anchors)
+        if n <= 0:
+            return anchors
         unscreened = min(n, round(screening.explore * n))
         size = n * screening.pool_factor
         n_random = round(screening.random_share * (size - unscreened))
         pool = self._bred(size - n_random, seen)
         pool += self._random(size - len(pool), seen)
         kept, rest = pool[:unscreened], pool[unscreened:]
+        for genome in screening.propose(self._rng, records, n, space):
+            genome = config.repair.repair(tuple(int(x) for x in genome), space)
+            if space.is_valid(genome) and genome not in seen:
+                seen.add(genome)
+                rest.append((genome, "surrogate", ()))
         picked = screening.choose(self._rng, [g for g, _, _ in rest], records, n - len(kept), space)
         if len(set(picked)) != len(picked) or not all(0 <= i < len(rest) for i in picked):
             raise SearchError(f"screening {describe(screening)} returned bad indices")
-        return kept + [rest[i] for i in picked[: n - len(kept)]]
+        return anchors + kept + [rest[i] for i in picked[: n - len(kept)]]
 
     def _bred(self, n: int, seen: set[Genome]) -> list[Made]:
         """Up to ``n`` unseen children of the operators (added to ``seen``)."""

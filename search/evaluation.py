@@ -74,8 +74,9 @@ class Evaluation:
 
 
 #: How a genome was made: a uniform baseline, a sensitivity-guided seed, a random genome (initial
-#: fill, or fallback when operators only reproduce known genomes), or by the variation operators.
-ORIGINS = ("baseline", "sensitivity", "random", "crossover", "mutation")
+#: fill, or fallback when operators only reproduce known genomes), by the variation operators, or
+#: proposed by the surrogate screening (an optimum of its model).
+ORIGINS = ("baseline", "sensitivity", "random", "crossover", "mutation", "surrogate")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,16 @@ import numpy as np
 
 from search.space import Genome, SearchSpace
 
+#: Sensitivity probes (one evaluation per layer or group) may take at most this share of a run's
+#: evaluation budget; beyond it a run starts from its uniform seeds instead (issue 17: on a small
+#: budget the probes cost more than the guided genomes return).
+PROBE_BUDGET_SHARE = 0.15
+
+
+def probes_affordable(n_probes: int, budget: int | None) -> bool:
+    """Whether ``n_probes`` probe evaluations fit ``PROBE_BUDGET_SHARE`` of ``budget`` (None: no limit)."""
+    return budget is None or n_probes <= PROBE_BUDGET_SHARE * budget
+
 
 def baseline_genomes(space: SearchSpace, baselines: Sequence[Any]) -> list[Genome]:
     """Uniform genomes for each baseline choice value; values the space cannot express are skipped."""

@@ -31,7 +31,7 @@ import abc
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import moocore
 import numpy as np
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # scikit-learn costs ~0.9 s to import: only a screening run p
 
 
 class Screening(abc.ABC):
-    """Chooses which candidate children to evaluate."""
+    """Chooses which candidate children to evaluate (and may add candidates of its own to the pool)."""
 
     #: pool size as a multiple of the wanted number of children
     pool_factor: int = 1
@@ -57,6 +57,16 @@ class Screening(abc.ABC):
     def active(self, records: Sequence[Record]) -> bool:
         """Whether to screen at all given the told records (else the engine breeds as usual)."""
         return True
+
+    def propose(
+        self, rng: np.random.Generator, records: Sequence[Record], n: int, space: SearchSpace
+    ) -> list[Genome]:
+        """Up to ``n`` genomes of the screening's own to add to the pool (the engine drops seen ones)."""
+        return []
+
+    def anchors(self, records: Sequence[Record], space: SearchSpace, seen: set[Genome]) -> list[Genome]:
+        """Unseen genomes to evaluate in any case, before the screened ones (none by default)."""
+        return []
 
     @abc.abstractmethod
     def choose(
@@ -95,6 +105,78 @@ class LinearModel:
         pairs = [m.predict(x, return_std=True) for m in self.models]
         return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
 
+    def weights(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(targets, features): the posterior mean of each target's weights, or with ``rng`` one draw
+        from each weight posterior (Thompson sampling)."""
+        if rng is None:
+            return np.array([m.coef_ for m in self.models])
+        # eigh: the posterior covariance can be singular to rounding (Cholesky then fails)
+        return np.array([rng.multivariate_normal(m.coef_, (m.sigma_ + m.sigma_.T) / 2, method="eigh")
+                         for m in self.models])
+
+
+@dataclass(frozen=True)
+class GaussianProcessModel:
+    """One scikit-learn Gaussian process per target on the one-hot genome: a Matern-5/2 kernel (on
+    one-hot vectors the distance counts the layers whose choice differs, so it sees interactions the
+    linear model cannot) plus an additive linear part (a dot-product kernel) and white noise, with
+    hyperparameters by marginal likelihood from one deterministic start."""
+
+    models: tuple[object, ...]
+    #: records the hyperparameters are fitted on at most (the posterior then uses all of them)
+    tune_on: ClassVar[int] = 120
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> GaussianProcessModel:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
+        from threadpoolctl import threadpool_limits
+
+        out = []
+        for j in range(y.shape[1]):
+            kernel = (ConstantKernel(1.0) * Matern(length_scale=2.0, length_scale_bounds=(0.1, 100.0), nu=2.5)
+                      + ConstantKernel(0.1) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3))
+                      + WhiteKernel(1e-3, (1e-6, 1.0)))
+            # alpha: jitter on the diagonal, so a near-singular kernel still factorises
+            gp = GaussianProcessRegressor(kernel, alpha=1e-6, normalize_y=True, n_restarts_optimizer=0,
+                                          optimizer=_short_lbfgs)
+            with threadpool_limits(1), warnings.catch_warnings():  # small matrices: threads only contend
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                if len(x) > cls.tune_on:
+                    # hyperparameters from an evenly spaced subset (their fit is the costly part),
+                    # then the posterior on every record with them held fixed
+                    subset = np.linspace(0, len(x) - 1, cls.tune_on).round().astype(int)
+                    kernel = gp.fit(x[subset], y[subset, j]).kernel_
+                    gp = GaussianProcessRegressor(kernel, alpha=1e-6, normalize_y=True, optimizer=None)
+                out.append(gp.fit(x, y[:, j]))
+        return cls(tuple(out))
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            pairs = [m.predict(x, return_std=True) for m in self.models]  # type: ignore[attr-defined]
+        return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+
+
+def _short_lbfgs(obj_func: Any, initial_theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, float]:
+    """scikit-learn's default hyperparameter optimiser (L-BFGS-B on the log marginal likelihood),
+    stopped after 25 iterations: the screening ranks candidates, it needs no exact optimum."""
+    from scipy.optimize import minimize
+
+    res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 25})
+    return res.x, float(res.fun)
+
+
+def separable_argmin(scores: np.ndarray, space: SearchSpace) -> Genome:
+    """The genome minimising a sum of per-(layer, choice) ``scores`` (one-hot order): per layer, its
+    cheapest choice (ties: the lower index). Exact, because an additive model is separable."""
+    offsets = np.concatenate([[0], np.cumsum(space.sizes)]).astype(np.int64)
+    return tuple(int(np.argmin(scores[offsets[i]:offsets[i + 1]])) for i in range(space.n_layers))
+
 
 class SurrogateScreening(Screening):
     """Linear-surrogate screening by expected hypervolume improvement (see the module docstring).
@@ -103,7 +185,9 @@ class SurrogateScreening(Screening):
     uniformly random genomes (the rest the operators breed); ``explore``: share of each batch taken
     unscreened from the operators' children; ``samples``: draws from the predictive distribution
     per candidate for the expected improvement; ``min_records``: told, non-failed records needed
-    before screening starts.
+    before screening starts; ``proposals``: the model's own optima added to the pool, as a multiple of
+    the wanted children (0: none); ``anchor``: per objective, how many unseen genomes of best
+    predicted value each batch evaluates unscreened (``anchors``).
     """
 
     def __init__(
@@ -113,9 +197,14 @@ class SurrogateScreening(Screening):
         explore: float = 0.0,
         samples: int = 16,
         min_records: int = 8,
+        proposals: float = 1.0,
+        anchor: int = 0,
+        model: str = "gp",
     ) -> None:
         if pool_factor < 1 or samples < 1:
             raise ValueError("pool_factor and samples must be >= 1")
+        if proposals < 0:
+            raise ValueError("proposals must be >= 0")
         if not 0.0 <= random_share <= 1.0 or not 0.0 <= explore <= 1.0:
             raise ValueError("random_share and explore must be in [0, 1]")
         self.pool_factor = pool_factor
@@ -123,9 +212,60 @@ class SurrogateScreening(Screening):
         self.explore = explore
         self.samples = samples
         self.min_records = min_records
+        self.proposals = proposals
+        self.anchor = anchor
+        if model not in ("linear", "gp"):
+            raise ValueError("model must be 'linear' or 'gp'")
+        self.model = model
 
     def active(self, records: Sequence[Record]) -> bool:
         return sum(not r.evaluation.failed for r in records) >= self.min_records
+
+    def propose(
+        self, rng: np.random.Generator, records: Sequence[Record], n: int, space: SearchSpace
+    ) -> list[Genome]:
+        """The surrogate's own optima, which breeding may take generations to reach: the exact
+        minimiser of a random weighted sum of the (normalised) objectives, for ``n`` weightings drawn
+        uniformly from the simplex (the single objectives first), half of them on the posterior mean
+        and half on one Thompson draw of the weights (BOCS-style, Baptista & Poloczek 2018). An
+        additive model makes each one a per-layer argmin. With constraints, the predicted violation
+        is added with a weight that dominates."""
+        if self.proposals <= 0 or not self.active(records):
+            return []
+        told = [r for r in records if not r.evaluation.failed]
+        y, m = _targets(told)
+        model = LinearModel.fit(one_hot([r.genome for r in told], space), y)
+        count = max(1, round(self.proposals * n))
+        out: list[Genome] = []
+        for k in range(count):
+            w = np.eye(m)[k] if k < m else rng.dirichlet(np.ones(m))
+            coef = model.weights(rng if k % 2 else None)
+            scores = w @ coef[:m]
+            if coef.shape[0] > m:
+                scores = scores + 10.0 * coef[m]
+            genome = separable_argmin(scores, space)
+            if genome not in out:
+                out.append(genome)
+        return out
+
+    def anchors(self, records: Sequence[Record], space: SearchSpace, seen: set[Genome]) -> list[Genome]:
+        """Per objective, the unseen genome the posterior mean predicts best (``anchor`` of them):
+        the front's extremes are where the hypervolume's corners are, and an expected-improvement
+        pick undervalues a point whose predicted gain is small but nearly certain. Searched among
+        the model's exact optimum and every genome one or two layers away from it."""
+        if self.anchor <= 0 or not self.active(records):
+            return []
+        told = [r for r in records if not r.evaluation.failed]
+        y, m = _targets(told)
+        model = LinearModel.fit(one_hot([r.genome for r in told], space), y)
+        out: list[Genome] = []
+        for j in range(m):
+            for genome in _near_optima(model.weights()[j], space):
+                if genome not in seen and genome not in out:
+                    out.append(genome)
+                    if sum(1 for g in out) >= (j + 1) * self.anchor:
+                        break
+        return out
 
     def choose(
         self, rng: np.random.Generator, pool: Sequence[Genome], records: Sequence[Record], n: int, space: SearchSpace
@@ -133,16 +273,15 @@ class SurrogateScreening(Screening):
         if len(pool) <= n:
             return list(range(len(pool)))
         told = [r for r in records if not r.evaluation.failed]
-        f = np.array([r.evaluation.objectives for r in told], dtype=float)
         cv = np.array([r.evaluation.total_violation for r in told], dtype=float)
-        m = f.shape[1]
-        # normalise by the told range so the hypervolume weighs objectives alike
-        lo, hi = f.min(axis=0), f.max(axis=0)
-        y = (f - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
-        constrained = bool(np.any(cv > 0))
-        if constrained:  # the total violation is one more target; feasible means <= 0
-            y = np.column_stack([y, cv / float(cv.max())])
-        model = LinearModel.fit(one_hot([r.genome for r in told], space), y)
+        y, m = _targets(told)
+        x = one_hot([r.genome for r in told], space)
+        model: LinearModel | GaussianProcessModel = LinearModel.fit(x, y)
+        if self.model == "gp":
+            try:
+                model = GaussianProcessModel.fit(x, y)
+            except (np.linalg.LinAlgError, ValueError):
+                pass  # a kernel that does not factorise even with jitter: the linear model screens this batch
         mean, std = model.predict(one_hot(pool, space))
         z = rng.standard_normal((self.samples, y.shape[1]))
         feasible = cv <= 0
@@ -151,6 +290,41 @@ class SurrogateScreening(Screening):
             return order[:n].tolist()
         front = y[feasible, :m][nsga2.first_front(y[feasible, :m])]
         return _greedy_ehvi(mean, std, z, m, front, np.full(m, 1.1), n)
+
+
+def _near_optima(scores: np.ndarray, space: SearchSpace) -> list[Genome]:
+    """The separable optimum of ``scores`` and every genome one or two layers away from it, best
+    (lowest predicted sum) first; ties by genome."""
+    offsets = np.concatenate([[0], np.cumsum(space.sizes)]).astype(np.int64)
+    best = separable_argmin(scores, space)
+    base = float(sum(scores[offsets[i] + c] for i, c in enumerate(best)))
+    moves = [(float(scores[offsets[i] + c] - scores[offsets[i] + best[i]]), i, c)
+             for i in range(space.n_layers) for c in range(int(space.sizes[i])) if c != best[i]]
+    found: list[tuple[float, Genome]] = [(base, best)]
+    for a, (da, i, c) in enumerate(moves):
+        g = list(best)
+        g[i] = c
+        found.append((base + da, tuple(g)))
+        for db, k, d in moves[a + 1:]:
+            if k != i:
+                h = list(g)
+                h[k] = d
+                found.append((base + da + db, tuple(h)))
+    found.sort()
+    return [g for _, g in found]
+
+
+def _targets(told: Sequence[Record]) -> tuple[np.ndarray, int]:
+    """The regression targets of the told records and the number of objectives: the objectives
+    normalised by the told range (so the hypervolume weighs them alike), then the total violation
+    (normalised by its largest value) once some told record violates a constraint."""
+    f = np.array([r.evaluation.objectives for r in told], dtype=float)
+    cv = np.array([r.evaluation.total_violation for r in told], dtype=float)
+    lo, hi = f.min(axis=0), f.max(axis=0)
+    y = (f - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
+    if np.any(cv > 0):  # feasible means <= 0
+        y = np.column_stack([y, cv / float(cv.max())])
+    return y, f.shape[1]
 
 
 def _dominated(points: np.ndarray, front: np.ndarray) -> np.ndarray:

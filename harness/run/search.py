@@ -19,9 +19,7 @@ from harness.core.errors import InputError, QaeError, RunChangedError
 from harness.quant.workload import Workload
 from harness.run.archive import Archive
 from harness.run.config import (
-    BASELINES,
     BUDGET_KEYS,
-    FALLBACK_BASE,
     OBJECTIVES,
     SENSITIVITY_LADDER,
     SearchConfig,
@@ -32,14 +30,11 @@ from harness.run.driver import Driver
 from harness.run.evaluation import HostEvaluator, Progress, Target, open_workload, violations
 from harness.run.failures import failure_summary
 from harness.run.seeds import (
-    baseline_values,
     choice_distance,
     gene_value,
-    kernel_seeds,
     layer_choices,
     layer_sensitivity,
-    per_layer,
-    per_tensor_seed,
+    seed_values,
 )
 from harness.run.shapes import SHAPE_FLAGS, Shaped, shape_sources
 from harness.run.testsplit import score_test
@@ -115,8 +110,17 @@ PROBE_COST = 1.5
 
 
 def probes_too_dear(cfg: SearchConfig, n_layers: int, one_eval: float, say: Callable[[str], None]) -> bool:
-    """Whether the one-per-layer sensitivity probes would take more than ``PROBE_SHARE`` of the time
-    limit (estimated from one FP32 scoring, ``one_eval`` seconds); says so when they are skipped."""
+    """Whether the one-per-layer sensitivity probes would cost more than a bounded share of the run:
+    more than ``search.PROBE_BUDGET_SHARE`` of its evaluations (population x generations), or more
+    than ``PROBE_SHARE`` of the time limit (estimated from one FP32 scoring, ``one_eval`` seconds).
+    Says so when they are skipped."""
+    from search import PROBE_BUDGET_SHARE, probes_affordable
+
+    if cfg.generations is not None and not probes_affordable(n_layers, cfg.population * cfg.generations):
+        say(f"sensitivity probes skipped: {n_layers} of them would be more than {PROBE_BUDGET_SHARE:.0%} of the "
+            f"{cfg.population * cfg.generations} evaluations (--population x --generations); the first generation "
+            "holds the uniform and kernel seeds instead")
+        return True
     if cfg.time_limit is None:
         return False
     cost = n_layers * PROBE_COST * one_eval
@@ -208,12 +212,7 @@ def run_search(
             choices = layer_choices(work, cfg, getattr(target, "profile", None))
             space = SearchSpace(names, [[gene_value(g) for g in genes] for genes in choices],
                                 distance=choice_distance)
-            baselines = baseline_values(work, cfg, sensitivity)
-            plain = [per_layer(v, len(names)) for v in baseline_values(work, cfg)]
-            baselines += per_tensor_seed(plain[list(BASELINES).index("w8a8")], choices)
-            baselines += kernel_seeds(plain[list(BASELINES).index(FALLBACK_BASE)], choices)
-            # ONNX Runtime's MatMulNBitsQuantizer as a user runs it: 4-bit matmuls, everything else float
-            baselines += kernel_seeds(plain[list(BASELINES).index("fp32")], choices, kernels=("matmulnbits",))
+            baselines = seed_values(work, cfg, choices, sensitivity)
             engine_cfg = EngineConfig(
                 n_objectives=len(cfg.objectives),
                 n_constraints=len(violations({k: 0.0 for k in BUDGET_KEYS}, target.budgets)),

@@ -88,34 +88,44 @@ def layer_choices(work: Workload, cfg: SearchConfig, profile: Any = None) -> lis
     return out
 
 
+def probe_genes(work: Workload, cfg: SearchConfig) -> list[dict[str, Any]]:
+    """The sensitivity probes as genome files: one per layer, that layer at w4a8, the rest float."""
+    return [
+        {
+            "default": {"weight_bits": "fp"},
+            "layers": {layer.name: {"weight_bits": 4, "activation_bits": 8, "scheme": cfg.scheme,
+                                    "granularity": cfg.granularity}},
+        }
+        for layer in work.model.layers
+    ]
+
+
 def layer_sensitivity(work: Workload, evaluator: HostEvaluator, cfg: SearchConfig) -> list[float]:
     """Per layer, 1 - mean cosine to FP32 with only that layer at w4a8 (HAWQ/AIMET-style probe).
 
     One host evaluation per layer, through the fitness cache; low means robust to lower precision.
     """
-    probes = []
-    for layer in work.model.layers:
-        probes.append(
-            Genome.from_dict(
-                {
-                    "default": {"weight_bits": "fp"},
-                    "layers": {
-                        layer.name: {
-                            "weight_bits": 4,
-                            "activation_bits": 8,
-                            "scheme": cfg.scheme,
-                            "granularity": cfg.granularity,
-                        }
-                    },
-                },
-                work.layer_ops,
-            )
-        )
+    probes = [Genome.from_dict(data, work.layer_ops) for data in probe_genes(work, cfg)]
     out = []
     for res in evaluator.evaluate(probes):
         cosine = res.get("mean_cosine")
         out.append(1.0 - float(cosine) if cosine is not None else 1.0)
     return out
+
+
+def seed_values(work: Workload, cfg: SearchConfig, choices: Sequence[Sequence[Gene]],
+                sensitivity: Sequence[float] | None) -> list[Any]:
+    """Every seeded genome of a target's first generation, as choice values: the uniform baselines
+    (and the fallbacks ``sensitivity`` orders), the per-tensor int8 CNN, the block-kernel seeds on
+    the dynamic baseline, and ONNX Runtime's MatMulNBitsQuantizer as a user runs it (4-bit matmuls,
+    everything else float)."""
+    n = len(work.model.layers)
+    baselines = baseline_values(work, cfg, sensitivity)
+    plain = [per_layer(v, n) for v in baseline_values(work, cfg)]
+    baselines += per_tensor_seed(plain[list(BASELINES).index("w8a8")], choices)
+    baselines += kernel_seeds(plain[list(BASELINES).index(FALLBACK_BASE)], choices)
+    baselines += kernel_seeds(plain[list(BASELINES).index("fp32")], choices, kernels=("matmulnbits",))
+    return baselines
 
 
 def _bits(v: Any) -> float:

@@ -227,3 +227,15 @@ def test_archive_merge_rule_and_append_only(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):  # a candidate is recorded once per target
         archive.record("t", "h1", {}, 1, False, True, 0.0, {}, [], {}, 1)
     assert archive.count("t") == 1
+
+
+def test_probes_are_skipped_when_they_would_be_more_than_their_share_of_the_evaluations() -> None:
+    from harness.run.config import SearchConfig
+    from harness.run.search import probes_too_dear
+
+    said: list[str] = []
+    cfg = SearchConfig(model="m", profiles=[], population=8, generations=5)  # 40 evaluations
+    assert not probes_too_dear(cfg, 6, 0.01, said.append)  # 6 of 40 is 15 %
+    assert probes_too_dear(cfg, 7, 0.01, said.append)
+    assert said == ["sensitivity probes skipped: 7 of them would be more than 15% of the 40 evaluations "
+                    "(--population x --generations); the first generation holds the uniform and kernel seeds instead"]
