@@ -15,7 +15,8 @@ from typing import Any
 from benchmarks import common
 from harness.core.atomic import atomic_write_text
 
-METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "random", "greedy_sensitivity")
+METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "optuna_gp", "random", "greedy_sensitivity")
+PEERS = METHODS[1:]
 ABLATIONS = ("qae_no_sensitivity", "qae_unseeded")
 
 
@@ -41,6 +42,96 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def search_section(d: dict[str, Any]) -> list[str]:
+    if "spaces" in d:
+        return spaces_section(d)
+    return one_space_section(d)
+
+
+def spaces_section(d: dict[str, Any]) -> list[str]:
+    """The issue-17 benchmark: several spaces, development and reported seeds apart, bars computed."""
+    budgets = [str(b) for b in d["budgets"]]
+    out = ["## Search quality (`python -m benchmarks.bench_search`)", "", _env(d), "",
+           f"Median hypervolume ratio to each space's reference front (min-max in brackets) at {', '.join(budgets)} "
+           f"distinct evaluations. **Reported seeds {d['reported_seeds'][0]}-{d['reported_seeds'][-1]}** were "
+           f"run only after the engine's defaults were fixed; development seeds {d['dev_seeds'][0]}-"
+           f"{d['dev_seeds'][-1]} are the ones those defaults were tuned on and are shown apart. Objectives "
+           f"{', '.join(d['objectives'])} (latency predicted by `{d.get('profile')}`), all minimised; hypervolume "
+           "normalised by the reference's ideal and nadir, reference point 1.1. Every method draws from the same "
+           "evaluation function and counts each distinct genome once; qae's sensitivity probes are evaluations "
+           f"and count. Population {d['pop_size']} for the NSGA-II methods.", ""]
+    bars: list[str] = []
+    for name, sp in d["spaces"].items():
+        rep, dev = sp["reported"], sp["dev"]
+        out += [f"### {name}", "",
+                f"{sp['kind']}: {len(sp['layers'])} {'groups' if sp['kind'] == 'enumerated' else 'layers'}, "
+                f"choices per {'group' if sp['kind'] == 'enumerated' else 'layer'} {sp['choices_per_layer']}, "
+                f"{sp['size']:.3g} genomes. Reference front: {sp['reference']} ({rep['true_front_size']} points).", "",
+                "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
+                + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
+                "|---|" + "---|" * (2 * len(budgets) + 1)]
+        for m in METHODS + ABLATIONS:
+            r = rep["runs"].get(m)
+            if r is None:
+                continue
+            dv = dev["runs"].get(m)
+            label = f"*ablation:* {m}" if m in ABLATIONS else m
+            cells = [f"{r['median'][b]:.4f} ({r['min'][b]:.3f}-{r['max'][b]:.3f})" if b in r["median"]
+                     else f"not run (capped at {r.get('budget')})" for b in budgets]
+            cells += [f"{dv['median'][b]:.4f}" if dv and b in dv["median"] else "not run" for b in budgets]
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {r.get('method_seconds_per_run', 0):.1f} |")
+        out.append("")
+        for m, why in sp.get("not_run", {}).items():
+            out.append(f"Not run here: {m}: {why}.")
+        for f in sp.get("failed_runs", []):
+            out.append(f"Failed run: {f['method']} seed {f['seed']} (budget {f['budget']}): {f['error']}.")
+        if sp.get("not_run") or sp.get("failed_runs"):
+            out.append("")
+        if sp.get("reference_runs"):
+            out.append("Reference runs at 4x the largest budget (seed 1000): " + "; ".join(
+                f"{m} {v['evaluations']} evaluations in {v['seconds']:.0f} s" for m, v in sp["reference_runs"].items())
+                + ".")
+            out.append("")
+        med = {b: {m: r["median"][b] for m, r in rep["runs"].items() if b in r["median"]} for b in budgets}
+        for b in budgets:
+            ahead = [f"{m} {med[b][m]:.4f}" for m in PEERS if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
+            worse = [f"{m} {med[b][m]:.4f}" for m in ABLATIONS if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
+            if ahead:
+                bars.append(f"{name}, {b} evaluations: qae {med[b]['qae']:.4f} is behind {', '.join(ahead)}")
+            if worse:
+                bars.append(f"{name}, {b} evaluations: qae's defaults {med[b]['qae']:.4f} are behind its ablation "
+                            f"{', '.join(worse)}")
+        if sp["kind"] == "enumerated":
+            for b, need in (("400", 0.99), ("200", 0.98)):
+                if b in med and med[b]["qae"] < need:
+                    bars.append(f"{name}, {b} evaluations: qae {med[b]['qae']:.4f} of the true front, below the "
+                                f"{need:.2f} bar")
+        key = rep.get("most_accurate_corner")
+        if key and key["share"] >= 0.01:
+            hits = "; ".join(f"{m} {sum(r['most_accurate_corner_found'])}/{len(r['most_accurate_corner_found'])}"
+                             for m, r in rep["runs"].items())
+            out += [f"The {key['points']} reference-front point(s) at the lowest accuracy loss "
+                    f"({key['first_objective']:+.4f}) alone hold {key['share'] * 100:.1f} % of its hypervolume; runs "
+                    f"(reported seeds) that evaluated one by {budgets[-1]}: {hits}.", ""]
+        var = sp.get("variant_cosine")
+        if var:
+            out += ["With 1 - mean cosine to FP32 in place of the labelled accuracy loss (same runs, reported seeds): "
+                    + "; ".join(f"{m} " + "/".join(f"{r['median'][b]:.4f}" for b in budgets if b in r["median"])
+                                for m, r in var["runs"].items()) + ".", ""]
+    out += ["How qae ran: exactly as `qae search` configures the engine (harness.run.seeds.seed_values and "
+            "probe_genes on the per-layer spaces): its seeded genomes in the first population, one sensitivity "
+            "probe per layer or group (counted against the budget) when the probes are at most 15 % of it, then "
+            "from the second generation each batch picked from a pool of 20x as many bred children plus the "
+            "optima of a Bayesian linear model (weighted objective sums, posterior mean and Thompson draws) by "
+            "greedy expected hypervolume improvement under a Gaussian process per objective. The ablations run "
+            "the same engine without probes and guided genomes, and without any seeded genome.", "",
+            "### Bars (reported seeds, computed from the numbers above)", ""]
+    out += [f"- {b}." for b in bars] if bars else ["- qae at or above every peer and every ablation on every space "
+                                                  "and budget, and the true-front bars met."]
+    out.append("")
+    return out
+
+
+def one_space_section(d: dict[str, Any]) -> list[str]:
     budgets = [str(b) for b in d["budgets"]]
     med = d["median_hv_ratio"]
     out = ["## Search quality (`python -m benchmarks.bench_search`)", "", _env(d), "",

@@ -1,0 +1,54 @@
+"""The search benchmark's per-layer spaces (issue 17): qae's own menu, real builds, a cache that holds.
+
+Real models (the digits-cnn built-in), real quantization and scoring; nothing timed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import bench_search
+from benchmarks.search_spaces import LayerSpace
+
+
+def test_layer_space_is_run_search_s_menu_and_scores_each_genome_once(tmp_path: Path) -> None:
+    from harness.run.seeds import gene_value, layer_choices
+
+    space = LayerSpace("digits-cnn-layers", tmp_path)
+    genes = layer_choices(space.work, space.cfg, __import__("profiles").load_profile("host-cpu-local"))
+    assert space.choices == [[gene_value(g) for g in layer] for layer in genes]
+    probes = space.probe_genomes()
+    assert len(probes) == len(space.names)
+    for i, probe in enumerate(probes):  # one layer at w4a8, the rest float, as run_search probes
+        decoded = space.space.decode(probe)
+        assert [tuple(decoded[n][:2]) for n in space.names] == [
+            (4, 8) if j == i else ("fp", "fp") for j in range(len(space.names))]
+    rng = np.random.default_rng(0)
+    genomes = [space.random_genome(rng) for _ in range(3)]
+    rows = [space.rows[g] for g in genomes]
+    assert space.evaluation_seconds > 0
+    fp32 = space.rows[tuple([0] * len(space.names))]
+    assert fp32[0] == 0.0  # no loss against itself
+    assert all(r[1] <= fp32[1] for r in rows)  # exact weight bytes: never above FP32
+    again = LayerSpace("digits-cnn-layers", tmp_path)
+    assert all(np.array_equal(again.rows[g], r) for g, r in zip(genomes, rows))
+    assert again.evaluation_seconds == 0.0  # read back, nothing built again
+
+
+def test_qae_on_a_layer_space_probes_then_seeds_like_run_search(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_search, "_OPEN", {})
+    space = bench_search.open_space("digits-cnn-layers")
+    budget = 70  # 10 probes are within 15 % of it
+    run = bench_search.run_method(space, "qae", 0, budget)
+    order = [tuple(g) for g in run["order"]]
+    assert len(order) == budget == len(set(order))
+    assert order[:10] == space.probe_genomes()
+    assert space.space.uniform((8, 8, "symmetric", "per_channel")) in order
+    # below the share, the same engine starts from its seeds without probing
+    small = bench_search.run_method(space, "qae", 0, 40)
+    assert [tuple(g) for g in small["order"][:10]] != space.probe_genomes()
