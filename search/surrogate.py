@@ -6,12 +6,17 @@ the variation operators, sees a pool of unseen candidate children (bred by the u
 crossover and mutation, plus some random genomes) and the told records, and picks which ``n`` of
 them the engine asks for.
 
-``SurrogateScreening`` fits one Bayesian linear regression (scikit-learn's ``BayesianRidge``) per
-objective (and one for the total constraint violation, once some told candidate violates a
-constraint) on a one-hot encoding of the genome: one weight per (layer, choice), with weight and
-noise precisions estimated from the data. Objectives that are sums over layers (weight bytes) are
-fitted exactly, nearly additive ones (latency, accuracy loss) approximately; the residual spread and
-the weights' uncertainty give each prediction a standard deviation. Children are then picked greedily
+``SurrogateScreening`` fits, by default, one Gaussian process per objective (scikit-learn's
+``GaussianProcessRegressor``; and one for the total constraint violation, once some told candidate
+violates a constraint) on a one-hot encoding of the genome: a Matern 5/2 kernel, whose distance
+counts the layers whose choice differs, so it sees interactions between layers, plus a linear
+(dot-product) part and white noise, hyperparameters by marginal likelihood on at most
+``tune_on`` records. ``model="linear"`` uses a Bayesian linear regression instead (``BayesianRidge``:
+one weight per (layer, choice), weight and noise precisions from the data), which also screens a
+batch whose GP kernel does not factorise. Either gives each prediction a mean and a standard
+deviation. The linear model also proposes genomes of its own (``propose``): the exact minimisers of
+weighted sums of its predicted objectives, on the posterior mean and on Thompson draws, which breeding
+alone may take generations to reach; they join the pool with origin ``surrogate``. Children are then picked greedily
 by expected hypervolume improvement over the told feasible front (objectives normalised by the
 told range, reference point 1.1), estimated from draws of the predictive distribution; a draw
 predicted infeasible improves nothing. Each pick joins the front at its mean prediction before the
