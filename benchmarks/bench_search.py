@@ -719,8 +719,24 @@ class RunStore:
         return json.dumps([space, job[1], job[2], job[3], code])
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The stored run of ``key``, or None when there is none or it is not a well-formed run of that
+        job (then it is run again)."""
         got = self.db.execute("SELECT result FROM runs WHERE key = ?", (key,)).fetchone()
-        return None if got is None else json.loads(got[0])
+        if got is None:
+            return None
+        try:
+            run = json.loads(got[0])
+        except ValueError:
+            return None
+        _, method, seed, budget, _ = json.loads(key)
+        if not isinstance(run, dict) or [run.get(k) for k in ("method", "seed", "budget")] != [method, seed, budget]:
+            return None
+        order, after = run.get("order"), run.get("distinct_after_call")
+        ok = (isinstance(order, list) and len(order) <= budget
+              and all(isinstance(g, list) and all(isinstance(x, int) for x in g) for g in order)
+              and isinstance(after, list) and len(after) == run.get("calls")
+              and all(isinstance(run.get(k), (int, float)) for k in ("seconds", "evaluation_seconds")))
+        return run if ok else None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (key, json.dumps(result)))

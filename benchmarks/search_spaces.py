@@ -108,6 +108,8 @@ class LayerSpace:
         text = json.dumps(list(g))
         got = self.db.execute("SELECT accuracy, mean_cosine, weight_bytes, latency_ms FROM rows WHERE key = ? AND "
                               "genome = ?", (self.key, text)).fetchone()
+        if got is not None and not _valid_row(got):
+            got = None  # a damaged cache entry is evaluated again (and replaced)
         if got is None:
             if not self._worker_ready:
                 self._worker_init(self.workload)
@@ -121,7 +123,7 @@ class LayerSpace:
             seconds = time.perf_counter() - t0
             self.evaluation_seconds += seconds
             got = (host["accuracy"], host.get("mean_cosine"), host["weight_bytes"], latency)
-            self.db.execute("INSERT OR IGNORE INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", (self.key, text, *got, seconds))
+            self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", (self.key, text, *got, seconds))
         row = np.array([self.fp32 - float(got[0]), float(got[2]), float(got[3])])
         out = (row, None if got[1] is None else float(got[1]))
         self._memo[g] = out
@@ -156,6 +158,16 @@ class LayerSpace:
         from harness.run.config import SENSITIVITY_LADDER
 
         return tuple((*v, self.cfg.scheme, self.cfg.granularity) for v in SENSITIVITY_LADDER)
+
+
+def _valid_row(row: Sequence[Any]) -> bool:
+    """accuracy in [0, 1], mean cosine None or in [-1, 1], bytes and latency finite and >= 0."""
+    import math
+
+    accuracy, cosine, size, latency = row
+    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (accuracy, size, latency))
+    return (numbers and 0.0 <= accuracy <= 1.0 and size >= 0 and latency >= 0
+            and (cosine is None or (isinstance(cosine, (int, float)) and -1.0 - 1e-9 <= cosine <= 1.0 + 1e-9)))
 
 
 class _Rows:

@@ -52,3 +52,26 @@ def test_qae_on_a_layer_space_probes_then_seeds_like_run_search(tmp_path: Path, 
     # below the share, the same engine starts from its seeds without probing
     small = bench_search.run_method(space, "qae", 0, 40)
     assert [tuple(g) for g in small["order"][:10]] != space.probe_genomes()
+
+
+def test_damaged_cache_rows_and_stored_runs_are_not_trusted(tmp_path: Path) -> None:
+    import sqlite3
+
+    space = LayerSpace("digits-cnn-layers", tmp_path)
+    genome = tuple([1] * len(space.names))
+    row = space.rows[genome].copy()
+    db = sqlite3.connect(tmp_path / "digits-cnn-layers.sqlite")
+    db.execute("UPDATE rows SET accuracy = 7.0 WHERE genome = ?", ("[" + ", ".join(["1"] * len(space.names)) + "]",))
+    db.commit()
+    again = LayerSpace("digits-cnn-layers", tmp_path)
+    assert np.array_equal(again.rows[genome], row) and again.evaluation_seconds > 0  # evaluated anew
+    store = bench_search.RunStore(tmp_path / "runs.sqlite")
+    key = bench_search.RunStore.key("s:k", ("s", "qae", 3, 10), "code")
+    good = {"method": "qae", "seed": 3, "budget": 10, "order": [[0, 1]], "calls": 1, "distinct_after_call": [1],
+            "seconds": 1.0, "evaluation_seconds": 0.5}
+    store.put(key, good)
+    assert store.get(key) == good
+    store.put(key, {**good, "order": [[0, 1]] * 11})  # more genomes than its budget
+    assert store.get(key) is None
+    store.db.execute("UPDATE runs SET result = 'not json' WHERE key = ?", (key,))
+    assert store.get(key) is None
