@@ -864,13 +864,6 @@ class _CosineRows:
         return ((g, self[g]) for g in self.table.rows)
 
 
-def cosine_variant(table: Table) -> Table:
-    """The same table with 1 - mean cosine (fidelity to FP32) in place of the labelled accuracy loss."""
-    cos = table.extra["mean_cosine"]
-    rows = {g: np.array([1.0 - float(cos[g]), r[1], r[2]]) for g, r in table.rows.items()}
-    return Table(table.choices, table.names, rows, table.extra)
-
-
 def _medians(result: dict[str, Any], budgets: Sequence[int], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Budget -> method -> median ratio (None where a method did not run that far)."""
     runs = result["runs"]

@@ -434,16 +434,7 @@ class Engine:
         if screening is None or not screening.active(records):
             children = self._bred(n, seen)
             return children + self._random(n - len(children), seen)
-        # The screening's anchors first, then breed a pool many times the rest of the batch and let
-        # the screening pick what is worth evaluating.
-        anchors: list[Made] = []
-        for genome in screening.anchors(records, space, seen)[:n]:
-            if space.is_valid(genome) and genome not in seen:
-                seen.add(genome)
-                anchors.append((genome, "surrogate", ()))
-        n -= len(anchors)
-        if n <= 0:
-            return anchors
+        # Breed a pool many times the batch, add the screening's own proposals, let it pick.
         unscreened = min(n, round(screening.explore * n))
         size = n * screening.pool_factor
         n_random = round(screening.random_share * (size - unscreened))
@@ -458,7 +449,7 @@ class Engine:
         picked = screening.choose(self._rng, [g for g, _, _ in rest], records, n - len(kept), space)
         if len(set(picked)) != len(picked) or not all(0 <= i < len(rest) for i in picked):
             raise SearchError(f"screening {describe(screening)} returned bad indices")
-        return anchors + kept + [rest[i] for i in picked[: n - len(kept)]]
+        return kept + [rest[i] for i in picked[: n - len(kept)]]
 
     def _bred(self, n: int, seen: set[Genome]) -> list[Made]:
         """Up to ``n`` unseen children of the operators (added to ``seen``)."""

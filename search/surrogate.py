@@ -69,10 +69,6 @@ class Screening(abc.ABC):
         """Up to ``n`` genomes of the screening's own to add to the pool (the engine drops seen ones)."""
         return []
 
-    def anchors(self, records: Sequence[Record], space: SearchSpace, seen: set[Genome]) -> list[Genome]:
-        """Unseen genomes to evaluate in any case, before the screened ones (none by default)."""
-        return []
-
     @abc.abstractmethod
     def choose(
         self, rng: np.random.Generator, pool: Sequence[Genome], records: Sequence[Record], n: int, space: SearchSpace
@@ -191,8 +187,7 @@ class SurrogateScreening(Screening):
     unscreened from the operators' children; ``samples``: draws from the predictive distribution
     per candidate for the expected improvement; ``min_records``: told, non-failed records needed
     before screening starts; ``proposals``: the model's own optima added to the pool, as a multiple of
-    the wanted children (0: none); ``anchor``: per objective, how many unseen genomes of best
-    predicted value each batch evaluates unscreened (``anchors``).
+    the wanted children (0: none); ``model``: ``"gp"`` or ``"linear"``.
     """
 
     def __init__(
@@ -203,7 +198,6 @@ class SurrogateScreening(Screening):
         samples: int = 16,
         min_records: int = 8,
         proposals: float = 1.0,
-        anchor: int = 0,
         model: str = "gp",
     ) -> None:
         if pool_factor < 1 or samples < 1:
@@ -218,7 +212,6 @@ class SurrogateScreening(Screening):
         self.samples = samples
         self.min_records = min_records
         self.proposals = proposals
-        self.anchor = anchor
         if model not in ("linear", "gp"):
             raise ValueError("model must be 'linear' or 'gp'")
         self.model = model
@@ -253,25 +246,6 @@ class SurrogateScreening(Screening):
                 out.append(genome)
         return out
 
-    def anchors(self, records: Sequence[Record], space: SearchSpace, seen: set[Genome]) -> list[Genome]:
-        """Per objective, the unseen genome the posterior mean predicts best (``anchor`` of them):
-        the front's extremes are where the hypervolume's corners are, and an expected-improvement
-        pick undervalues a point whose predicted gain is small but nearly certain. Searched among
-        the model's exact optimum and every genome one or two layers away from it."""
-        if self.anchor <= 0 or not self.active(records):
-            return []
-        told = [r for r in records if not r.evaluation.failed]
-        y, m = _targets(told)
-        model = LinearModel.fit(one_hot([r.genome for r in told], space), y)
-        out: list[Genome] = []
-        for j in range(m):
-            for genome in _near_optima(model.weights()[j], space):
-                if genome not in seen and genome not in out:
-                    out.append(genome)
-                    if sum(1 for g in out) >= (j + 1) * self.anchor:
-                        break
-        return out
-
     def choose(
         self, rng: np.random.Generator, pool: Sequence[Genome], records: Sequence[Record], n: int, space: SearchSpace
     ) -> list[int]:
@@ -281,12 +255,14 @@ class SurrogateScreening(Screening):
         cv = np.array([r.evaluation.total_violation for r in told], dtype=float)
         y, m = _targets(told)
         x = one_hot([r.genome for r in told], space)
-        model: LinearModel | GaussianProcessModel = LinearModel.fit(x, y)
+        model: LinearModel | GaussianProcessModel | None = None
         if self.model == "gp":
             try:
                 model = GaussianProcessModel.fit(x, y)
             except (np.linalg.LinAlgError, ValueError):
                 pass  # a kernel that does not factorise even with jitter: the linear model screens this batch
+        if model is None:
+            model = LinearModel.fit(x, y)
         mean, std = model.predict(one_hot(pool, space))
         z = rng.standard_normal((self.samples, y.shape[1]))
         feasible = cv <= 0
@@ -295,28 +271,6 @@ class SurrogateScreening(Screening):
             return order[:n].tolist()
         front = y[feasible, :m][nsga2.first_front(y[feasible, :m])]
         return _greedy_ehvi(mean, std, z, m, front, np.full(m, 1.1), n)
-
-
-def _near_optima(scores: np.ndarray, space: SearchSpace) -> list[Genome]:
-    """The separable optimum of ``scores`` and every genome one or two layers away from it, best
-    (lowest predicted sum) first; ties by genome."""
-    offsets = np.concatenate([[0], np.cumsum(space.sizes)]).astype(np.int64)
-    best = separable_argmin(scores, space)
-    base = float(sum(scores[offsets[i] + c] for i, c in enumerate(best)))
-    moves = [(float(scores[offsets[i] + c] - scores[offsets[i] + best[i]]), i, c)
-             for i in range(space.n_layers) for c in range(int(space.sizes[i])) if c != best[i]]
-    found: list[tuple[float, Genome]] = [(base, best)]
-    for a, (da, i, c) in enumerate(moves):
-        g = list(best)
-        g[i] = c
-        found.append((base + da, tuple(g)))
-        for db, k, d in moves[a + 1:]:
-            if k != i:
-                h = list(g)
-                h[k] = d
-                found.append((base + da + db, tuple(h)))
-    found.sort()
-    return [g for _, g in found]
 
 
 def _targets(told: Sequence[Record]) -> tuple[np.ndarray, int]:
