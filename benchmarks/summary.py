@@ -17,7 +17,9 @@ from harness.core.atomic import atomic_write_text
 
 METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "optuna_gp", "random", "greedy_sensitivity")
 PEERS = METHODS[1:]
-ABLATIONS = ("qae_no_sensitivity", "qae_unseeded")
+ABLATIONS = ("qae_sensitivity_probes", "qae_unseeded")
+#: the first round's ablation names (results written before the probes were turned off by default)
+OLD_ABLATIONS = ("qae_no_sensitivity",)
 
 
 def _load(root: Path, name: str) -> dict[str, Any] | None:
@@ -54,11 +56,14 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
            f"Median hypervolume ratio to each space's reference front (min-max in brackets) at {', '.join(budgets)} "
            f"distinct evaluations. **Reported seeds {d['reported_seeds'][0]}-{d['reported_seeds'][-1]}** were "
            f"run only after the engine's defaults were fixed; development seeds {d['dev_seeds'][0]}-"
-           f"{d['dev_seeds'][-1]} are the ones those defaults were tuned on and are shown apart. Objectives "
+           f"{d['dev_seeds'][-1]} are the ones those defaults were tuned on and are shown apart"
+           + (f" (seeds {d['seen_seeds'][0]}-{d['seen_seeds'][-1]} were reported in a first round and then looked "
+              "at: the sensitivity probes were turned off by default after them, so they count as development "
+              "seeds now and are not shown)" if d.get("seen_seeds") else "") + ". Objectives "
            f"{', '.join(d['objectives'])} (latency predicted by `{d.get('profile')}`), all minimised; hypervolume "
            "normalised by the reference's ideal and nadir, reference point 1.1. Every method draws from the same "
-           "evaluation function and counts each distinct genome once; qae's sensitivity probes are evaluations "
-           f"and count. Population {d['pop_size']} for the NSGA-II methods.", ""]
+           "evaluation function and counts each distinct genome once; sensitivity probes, where a method runs "
+           f"them, are evaluations and count. Population {d['pop_size']} for the NSGA-II methods.", ""]
     bars: list[str] = []
     for name, sp in d["spaces"].items():
         rep, dev = sp["reported"], sp["dev"]
@@ -69,12 +74,12 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                 "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
                 + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
                 "|---|" + "---|" * (2 * len(budgets) + 1)]
-        for m in METHODS + ABLATIONS:
+        for m in METHODS + ABLATIONS + OLD_ABLATIONS:
             r = rep["runs"].get(m)
             if r is None:
                 continue
             dv = dev["runs"].get(m)
-            label = f"*ablation:* {m}" if m in ABLATIONS else m
+            label = f"*ablation:* {m}" if m in ABLATIONS + OLD_ABLATIONS else m
             cells = [f"{r['median'][b]:.4f} ({r['min'][b]:.3f}-{r['max'][b]:.3f})" if b in r["median"]
                      else f"not run (capped at {r.get('budget')})" for b in budgets]
             cells += [f"{dv['median'][b]:.4f}" if dv and b in dv["median"] else "not run" for b in budgets]
@@ -94,7 +99,8 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
         med = {b: {m: r["median"][b] for m, r in rep["runs"].items() if b in r["median"]} for b in budgets}
         for b in budgets:
             ahead = [f"{m} {med[b][m]:.4f}" for m in PEERS if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
-            worse = [f"{m} {med[b][m]:.4f}" for m in ABLATIONS if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
+            worse = [f"{m} {med[b][m]:.4f}" for m in ABLATIONS + OLD_ABLATIONS
+                     if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
             if ahead:
                 bars.append(f"{name}, {b} evaluations: qae {med[b]['qae']:.4f} is behind {', '.join(ahead)}")
             if worse:
@@ -117,13 +123,18 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             out += ["With 1 - mean cosine to FP32 in place of the labelled accuracy loss (same runs, reported seeds): "
                     + "; ".join(f"{m} " + "/".join(f"{r['median'][b]:.4f}" for b in budgets if b in r["median"])
                                 for m, r in var["runs"].items()) + ".", ""]
-    out += ["How qae ran: exactly as `qae search` configures the engine (harness.run.seeds.seed_values and "
-            "probe_genes on the per-layer spaces): its seeded genomes in the first population, one sensitivity "
-            "probe per layer or group (counted against the budget) when the probes are at most 15 % of it, then "
+    probes_default = "qae_sensitivity_probes" not in {m for sp in d["spaces"].values() for m in sp["reported"]["runs"]}
+    seeding = ("one sensitivity probe per layer or group (counted against the budget) when the probes are at most "
+               "15 % of it, then " if probes_default else "")
+    ablations = ("without probes and guided genomes, and without any seeded genome" if probes_default else
+                 "with `--sensitivity-probes` (one probe per layer or group, counted against the budget, when they "
+                 "are at most 15 % of it, then sensitivity-guided and fallback genomes), and without any seeded genome")
+    out += ["How qae ran: exactly as `qae search` configures the engine by default (harness.run.seeds.seed_values "
+            f"on the per-layer spaces): its seeded genomes in the first population, {seeding}"
             "from the second generation each batch picked from a pool of 20x as many bred children plus the "
             "optima of a Bayesian linear model (weighted objective sums, posterior mean and Thompson draws) by "
             "greedy expected hypervolume improvement under a Gaussian process per objective. The ablations run "
-            "the same engine without probes and guided genomes, and without any seeded genome.", "",
+            f"the same engine {ablations}.", "",
             "### Bars (reported seeds, computed from the numbers above)", ""]
     out += [f"- {b}." for b in bars] if bars else ["- qae at or above every peer and every ablation on every space "
                                                   "and budget, and the true-front bars met."]
@@ -200,7 +211,7 @@ def _why(d: dict[str, Any], budgets: list[str]) -> list[str]:
                        f"{key['share'] * 100:.1f} % of the true front's hypervolume: a run that never evaluates "
                        f"one of them stays below {(1 - key['share']) * 100:.1f} %. Runs that evaluated one within "
                        f"{top} evaluations: {hits}.")
-        for abl in ABLATIONS:
+        for abl in ABLATIONS + OLD_ABLATIONS:
             if abl not in runs:
                 continue
             beats = [b for b in budgets if all(runs[abl]["median"][b] + 1e-12 >= runs[o]["median"][b]
@@ -214,11 +225,11 @@ def _why(d: dict[str, Any], budgets: list[str]) -> list[str]:
 
 def _hv_rows(runs: dict[str, Any], budgets: list[str], found: bool = False) -> list[str]:
     out = []
-    for m in METHODS + ABLATIONS:
+    for m in METHODS + ABLATIONS + OLD_ABLATIONS:
         run = runs.get(m)
         if run is None:
             continue
-        label = f"*ablation:* {m}" if m in ABLATIONS else m
+        label = f"*ablation:* {m}" if m in ABLATIONS + OLD_ABLATIONS else m
         cells = [f"{run['median'][b]:.4f} ({run['min'][b]:.3f}-{run['max'][b]:.3f})" for b in budgets]
         last = run.get("true_front_vectors_found") if found else sorted(set(run["evaluations_used"]))
         out.append(f"| {label} | " + " | ".join(cells) + f" | {last} |")

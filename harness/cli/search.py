@@ -54,6 +54,11 @@ def register(sub: Any) -> None:
     _common(p)
     _devices(p)
     p.add_argument("--emulated", action="store_true", help="also search emulated widths (2, 3, 6 bits)")
+    p.add_argument("--sensitivity-probes", action="store_true",
+                   help="before the search, evaluate one probe per layer (that layer alone at w4a8) and seed "
+                   "sensitivity-guided and fallback genomes from it; skipped when the probes would be more than 15%% "
+                   "of the evaluations or a third of --time-limit (default: off, the search learns per-layer "
+                   "effects from its own evaluations)")
     p.add_argument("--rounding", choices=("rtn", "mse", "hqq", "gptq"), default="rtn",
                    help="how the block kernels' weights under 8 bits are rounded (MatMulNBits, GatherBlockQuantized, "
                    "offered where the target's profile runs them): round to nearest, an MSE clipping search, HQQ, "
@@ -181,6 +186,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         emulated=args.emulated,
+        sensitivity_probes=args.sensitivity_probes,
         devices=list(args.device),
         devices_file=args.devices,
         hil=_hil(args),

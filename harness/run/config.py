@@ -91,6 +91,11 @@ class SearchConfig:
     seed: int = 0
     workers: int = 1
     emulated: bool = False
+    #: ``--sensitivity-probes``: one probe per layer before the search, seeding sensitivity-guided and
+    #: fallback genomes. Off by default: on every space of the search benchmark (issue 17) the engine
+    #: did at least as well without them, since its GP screening learns per-layer effects from the
+    #: population itself and the probes' evaluations are then spent for nothing.
+    sensitivity_probes: bool = False
     scheme: str = "symmetric"
     granularity: str = "per_channel"
     devices: list[str] = field(default_factory=list)
@@ -113,8 +118,11 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        """From an archive's stored config (which also holds derived keys such as model_sha256)."""
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """From an archive's stored config (which also holds derived keys such as model_sha256). A run
+        stored before ``sensitivity_probes`` existed ran the probes, and resumes as it started."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("sensitivity_probes", True)
+        return cls(**known)
 
 
 def parse_budgets(items: Sequence[str]) -> dict[str, float]:

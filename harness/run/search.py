@@ -204,8 +204,11 @@ def run_search(
         one_eval = time.perf_counter() - clock
         fp32 = reference.accuracy
         names = [layer.name for layer in work.model.layers]
-        dear = probes_too_dear(cfg, len(names), one_eval, say)
-        sensitivity = None if dear else layer_sensitivity(work, evaluator, cfg)
+        probes = cfg.sensitivity_probes and not probes_too_dear(cfg, len(names), one_eval, say)
+        sensitivity = None
+        if probes:
+            say(f"sensitivity probes: {len(names)} evaluations, one layer at a time at w4a8")
+            sensitivity = layer_sensitivity(work, evaluator, cfg)
         started = time.time()
         for target in targets:
             # Each target's menu: the QDQ genes, plus the block-quantized kernels its profile runs.

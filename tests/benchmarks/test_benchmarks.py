@@ -36,9 +36,10 @@ def test_search_quality_json_shape(results: Path) -> None:
     for name, run in data["runs"].items():
         assert all(used <= 40 for used in run["evaluations_used"]), name
     # development and reported seeds are kept apart, each with its own table
-    assert data["seeds"] == data["reported_seeds"] == [100, 101] and data["dev_seeds"] == [0]
+    assert data["seeds"] == data["reported_seeds"] == [200, 201] and data["dev_seeds"] == [0]
+    assert not set(data["seen_seeds"]) & set(data["reported_seeds"])  # seeds once looked at are never reported
     space = data["spaces"]["synthetic"]
-    assert space["dev"]["runs"]["qae"]["seeds"] == [0] and space["reported"]["runs"]["qae"]["seeds"] == [100, 101]
+    assert space["dev"]["runs"]["qae"]["seeds"] == [0] and space["reported"]["runs"]["qae"]["seeds"] == [200, 201]
     assert all(run["method_seconds_per_run"] >= 0 for run in space["reported"]["runs"].values())
     key = data["most_accurate_corner"]
     assert 0.0 < key["share"] <= 1.0 and len(key["genomes"]) >= key["points"] >= 1

@@ -88,9 +88,10 @@ def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: 
 
 def test_time_limit_stops_after_a_generation_and_resume_finishes_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = _search(out, "--time-limit", "0.001")  # passed as soon as the first generation is in
+    # passed as soon as the first generation is in
+    first = _search(out, "--time-limit", "0.001", "--sensitivity-probes")
     assert first.returncode == 0, first.stderr
-    assert "sensitivity probes skipped" in first.stderr  # they would take more than a third of it
+    assert "sensitivity probes skipped" in first.stderr  # asked for, but they would cost too much of the run
     assert "--time-limit 0.001 s reached after generation 1" in first.stderr, first.stderr
     assert f"qae search --resume {out}" in first.stderr
     before = [c.hash for c in Archive(out / "archive.sqlite").candidates("hexagon-htp")]
@@ -101,6 +102,23 @@ def test_time_limit_stops_after_a_generation_and_resume_finishes_it(tmp_path: Pa
     assert "--time-limit" not in resumed.stderr  # a limit is for the part it was given to
     after = [c.hash for c in Archive(out / "archive.sqlite").candidates("hexagon-htp")]
     assert after[:10] == before and len(after) == len(set(after)) == 40  # 4 generations, each genome once
+
+
+def test_sensitivity_probes_run_only_when_asked(tmp_path: Path) -> None:
+    from harness.run.config import SearchConfig
+
+    assert SearchConfig(model="m", profiles=[]).sensitivity_probes is False
+    stored = SearchConfig(model="m", profiles=[]).to_dict()
+    assert SearchConfig.from_dict(stored).sensitivity_probes is False
+    del stored["sensitivity_probes"]  # a run stored before the option existed ran them, and resumes so
+    assert SearchConfig.from_dict(stored).sensitivity_probes is True
+    small = ["--generations", "2", "--population", "50"]  # 14 probes are 14 % of 100 evaluations
+    plain = _search(tmp_path / "plain", *small)
+    assert plain.returncode == 0, plain.stderr
+    assert "sensitivity probes" not in plain.stderr
+    asked = _search(tmp_path / "asked", *small, "--sensitivity-probes")
+    assert asked.returncode == 0, asked.stderr
+    assert "sensitivity probes: 14 evaluations, one layer at a time at w4a8" in asked.stderr
 
 
 def test_probes_are_skipped_only_when_they_would_eat_a_third_of_the_time_limit() -> None:
