@@ -293,10 +293,11 @@ class Oracle:
 
     def __call__(self, genome: Sequence[int]) -> np.ndarray:
         g = tuple(int(x) for x in genome)
-        self.calls += 1
         if g not in self.seen:
             if self.exhausted:
-                raise BudgetSpent
+                raise BudgetSpent  # not a call answered: a stored run's calls match its distinct_after_call
+        self.calls += 1
+        if g not in self.seen:
             self.seen.add(g)
             self.order.append(g)
         self.distinct_after_call.append(len(self.order))

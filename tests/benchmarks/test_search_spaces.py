@@ -5,6 +5,7 @@ Real models (the digits-cnn built-in), real quantization and scoring; nothing ti
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,22 @@ def test_qae_on_a_layer_space_probes_then_seeds_like_run_search(tmp_path: Path, 
     monkeypatch.setattr(bench_search, "_OPEN", {})
     space = bench_search.open_space("digits-cnn-layers")
     budget = 70  # 10 probes are within 15 % of it
-    run = bench_search.run_method(space, "qae", 0, budget)
+    run = bench_search.run_method(space, "qae_sensitivity_probes", 0, budget)
     order = [tuple(g) for g in run["order"]]
     assert len(order) == budget == len(set(order))
     assert order[:10] == space.probe_genomes()
     assert space.space.uniform((8, 8, "symmetric", "per_channel")) in order
     # below the share, the same engine starts from its seeds without probing
-    small = bench_search.run_method(space, "qae", 0, 40)
+    small = bench_search.run_method(space, "qae_sensitivity_probes", 0, 40)
     assert [tuple(g) for g in small["order"][:10]] != space.probe_genomes()
+    # qae as qae search runs it by default: no probes, its seeds first
+    plain = [tuple(g) for g in bench_search.run_method(space, "qae", 0, 40)["order"]]
+    assert not set(plain) & set(space.probe_genomes()) and plain[0] == space.space.uniform(space.seed_values(None)[0])
+    # a finished run (stopped by its budget) is one the store gives back
+    store = bench_search.RunStore(tmp_path / "runs.sqlite")
+    key = bench_search.RunStore.key("s:k", ("s", "qae_sensitivity_probes", 0, 40), "code")
+    store.put(key, json.loads(json.dumps(small)))
+    assert store.get(key) == json.loads(json.dumps(small))
 
 
 def test_damaged_cache_rows_and_stored_runs_are_not_trusted(tmp_path: Path) -> None:
