@@ -293,9 +293,8 @@ class Oracle:
 
     def __call__(self, genome: Sequence[int]) -> np.ndarray:
         g = tuple(int(x) for x in genome)
-        if g not in self.seen:
-            if self.exhausted:
-                raise BudgetSpent  # not a call answered: a stored run's calls match its distinct_after_call
+        if g not in self.seen and self.exhausted:
+            raise BudgetSpent  # not a call answered: a stored run's calls match its distinct_after_call
         self.calls += 1
         if g not in self.seen:
             self.seen.add(g)
@@ -885,8 +884,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=len(REPORTED_SEEDS),
                     help=f"reported seeds, from {REPORTED_SEEDS[0]} (default {len(REPORTED_SEEDS)})")
     ap.add_argument("--dev-seeds", type=int, default=5,
-                    help=f"development seeds, from 0 (default %(default)s of the {len(DEV_SEEDS)}; the engine's defaults "
-                    "were tuned on them)")
+                    help=f"development seeds, from 0 (default %(default)s of the {len(DEV_SEEDS)}; the engine's "
+                    "defaults were tuned on them)")
     ap.add_argument("--layer-dev-seeds", type=int, default=None,
                     help="development seeds on the per-layer spaces (default: --dev-seeds)")
     ap.add_argument("--methods", default=",".join(METHODS + ABLATIONS))

@@ -109,9 +109,9 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             out.append("")
         med = {b: {m: r["median"][b] for m, r in rep["runs"].items() if b in r["median"]} for b in budgets}
 
-        def gap(m: str, b: str) -> str:
+        def gap(m: str, b: str, med: dict[str, dict[str, float]] = med, runs: dict[str, Any] = rep["runs"]) -> str:
             """The median gap, and whether ten seeds tell it from seed noise (two-sided Mann-Whitney U)."""
-            return f"{m} {med[b][m]:.4f} (+{med[b][m] - med[b]['qae']:.4f}, {_mwu(rep['runs'], m, b)})"
+            return f"{m} {med[b][m]:.4f} (+{med[b][m] - med[b]['qae']:.4f}, {_mwu(runs, m, b)})"
 
         for b in budgets:
             ahead = [gap(m, b) for m in PEERS if m in med[b] and med[b][m] > med[b]["qae"] + 1e-12]
