@@ -32,6 +32,12 @@ Contract
   from agent 1.4, ``runs_ms``: every timed run in ms (at most ``MAX_RUNS``, evenly spaced over the
   timed window when there were more; ``method.runs_sent`` says which), so the host can put an
   interval on the p50 and test one model against another. Older hosts ignore the key.
+* With ``profile_ops`` (an ``.onnx`` model), from agent 1.5 the result also carries ``op_profile``:
+  after the timed runs, a second session with ONNX Runtime's profiler runs 5-20 more times (never
+  counted in ``latency_ms``); the agent parses the profile and sends, per node of the graph ONNX
+  Runtime ran, ``{name, op_type, provider, ms}`` (median over the profiled runs of the node's kernel
+  time in that run), the number of ``runs`` and ``run_ms`` (their median duration).
+  ``op_times_ms`` ({node: ms}, a mean before 1.5, the median since) stays for older hosts.
 * Each measurement runs in a fresh child process (``agent.py child``) with a hard timeout; the child
   leads its own process group, so a timeout ends it and anything it started (a sensor command), and
   it dies with the agent (PR_SET_PDEATHSIG on Linux, and a parent check in the timed loop elsewhere).
@@ -69,7 +75,7 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.4.0"  # 1.4: a measurement also sends its timed runs (``runs_ms``)
+AGENT_VERSION = "1.5.0"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run)
 PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
@@ -538,23 +544,49 @@ class OrtRunner:
     def run(self):
         self.sess.run(None, self.feed)
 
-    def op_times(self, runs):
-        """Mean kernel time per node (ms) from ORT's profile of ``runs`` runs."""
-        for _ in range(runs):
+    def op_profile(self, runs):
+        """ORT's profile of ``runs`` runs, parsed here (stdlib only): per node of the graph ONNX Runtime
+        ran (after its fusions), its op type, execution provider and median kernel time per run (ms,
+        a node's kernels within one run summed), plus the median of the profiled runs themselves.
+        These runs are extra: they never count towards the reported latency."""
+        import statistics
+
+        for _ in range(runs + 1):  # the session's first run allocates: it is left out below
             self.run()
         path = self.sess.end_profiling()
         with open(path) as f:
             events = json.load(f)
         os.unlink(path)
-        total: dict[str, float] = {}
-        count: dict[str, int] = {}
+        windows = sorted((ev.get("ts", 0), ev.get("ts", 0) + ev.get("dur", 0)) for ev in events
+                         if ev.get("cat") == "Session" and ev.get("name") == "model_run")[1:]
+        per_run: dict[str, dict[int, float]] = {}
+        info: dict[str, tuple[str, Any]] = {}
+        order: list[str] = []
         for ev in events:
             name = ev.get("name", "")
-            if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
-                node = name[: -len("_kernel_time")]
-                total[node] = total.get(node, 0.0) + ev.get("dur", 0) / 1000.0
-                count[node] = count.get(node, 0) + 1
-        return {k: total[k] / count[k] for k in total}
+            if ev.get("cat") != "Node" or not name.endswith("_kernel_time"):
+                continue
+            node = name[: -len("_kernel_time")]
+            ts = ev.get("ts", 0)
+            run = next((i for i, (a, b) in enumerate(windows) if a <= ts <= b), -1)
+            if run < 0:
+                continue  # the first run, or outside every run
+            if node not in per_run:
+                per_run[node] = {}
+                args = ev.get("args") or {}
+                info[node] = (str(args.get("op_name", "")), args.get("provider"))
+                order.append(node)
+            per_run[node][run] = per_run[node].get(run, 0.0) + ev.get("dur", 0) / 1000.0
+        nodes = []
+        for node in order:
+            times = list(per_run[node].values())
+            # a node missing from some runs (a branch not taken) ran 0 ms there
+            times += [0.0] * max(0, len(windows) - len(times))
+            op, provider = info[node]
+            nodes.append({"name": node, "op_type": op, "provider": provider if isinstance(provider, str) else None,
+                          "ms": statistics.median(times)})
+        run_ms = statistics.median([(b - a) / 1000.0 for a, b in windows]) if windows else None
+        return {"runs": runs, "nodes": nodes, "run_ms": run_ms}
 
 
 class LiteRunner:
@@ -601,9 +633,6 @@ class LiteRunner:
 
     def run(self):
         self.it.invoke()
-
-    def op_times(self, runs):
-        return None
 
 
 def measure_child(req):
@@ -665,10 +694,11 @@ def measure_child(req):
         energy = {"joules": joules, "window_s": window, "samples": meter.samples,
                   "per_inference_j": joules / len(times)}
     peak = rss_bytes("VmHWM")
-    op_times = None
+    op_times = op_profile = None
     if profile:
         prof = OrtRunner(path, s, profile=True)
-        op_times = prof.op_times(max(1, min(len(times), 20)))
+        op_profile = prof.op_profile(max(5, min(len(times), 20)))
+        op_times = {n["name"]: n["ms"] for n in op_profile["nodes"]}
     if isinstance(runner, OrtRunner):
         fed = {k: [int(d) for d in v.shape] for k, v in runner.feed.items()}
     else:
@@ -678,7 +708,7 @@ def measure_child(req):
         "latency_ms": _stats(times), "runs_ms": _kept_runs(times), "load_ms": load_ms, "first_run_ms": first_ms,
         "warmup": {"runs": warm_n, "seconds": warm_s}, "timed_seconds": timed_s,
         "peak_memory_bytes": peak, "baseline_memory_bytes": baseline, "memory_growth_bytes": max(0, peak - baseline),
-        "energy": energy, "op_times_ms": op_times,
+        "energy": energy, "op_times_ms": op_times, "op_profile": op_profile,
         "runtime": {"name": "onnxruntime" if path.endswith(".onnx") else "litert", "version": runner.version,
                     "providers": runner.providers},
     }

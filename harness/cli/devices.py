@@ -241,6 +241,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                     break
         finally:
             transport.close()
+        split = _split_profile(path, args.model, genome, recs[-1])
     for rec in recs:
         health.record(dev, rec.ok, rec.error_kind, rec.message)
     rec = recs[-1]
@@ -254,6 +255,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if repeat > 1:
         out["repeats"] = [_record_json(r) for r in recs]
         out["spread"] = spread.to_dict() if spread is not None else None
+    if split is not None:
+        out["layer_times"] = split.to_dict()
     if args.json:
         print(json.dumps(out, default=str))
     elif not ok:
@@ -263,7 +266,47 @@ def cmd_measure(args: argparse.Namespace) -> int:
         _print_record(rec)
     else:
         _print_repeats(recs, spread)
+    if ok and not args.json and settings.profile_ops:
+        _print_split(rec, split)
     return 0 if ok else 3
+
+
+def _split_profile(path: Path, model: str, genome: Any, rec: MeasureRecord) -> Any:
+    """The record's per-op profile split by layer (``harness.quant.opmap.layer_times``): the layers of
+    the float model a genome was built from, else of the measured file itself; None without a profile
+    (a .tflite, an agent before 1.5, a failed measurement)."""
+    if not rec.ok or not rec.op_profile or path.suffix != ".onnx":
+        return None
+    import onnx
+
+    from harness.core.errors import ModelError
+    from harness.core.model import load_model
+    from harness.quant.opmap import layer_times
+
+    try:
+        layers = load_model(model if genome is not None else path, require_layers=False).layers
+    except ModelError:
+        layers = []  # a file this host cannot inventory: its time goes by op type
+    return layer_times(onnx.load(str(path), load_external_data=False), layers, rec.op_profile)
+
+
+def _print_split(rec: MeasureRecord, split: Any) -> None:
+    """Per-layer and per-op-type times of the profiled runs (printed after the timed summary)."""
+    if split is None:
+        why = ("a .tflite has no per-op profile here" if not rec.op_times_ms and not rec.op_profile
+               else f"agent {rec.environment.get('agent_version') or '?'} sends no per-op profile (1.5 does)")
+        print(f"  per-op times: none ({why})")
+        return
+    prof = rec.op_profile or {}
+    run = f", {split.run_ms:.4f} ms per profiled run" if split.run_ms is not None else ""
+    lines = [f"  per-op profile: {prof.get('runs')} extra profiled runs (not in the latency above){run}; "
+             f"kernels {split.total_ms:.4f} ms, medians per run"]
+    width = max([len(k) for k in split.layers] + [len("(other) " + k) for k in split.unattributed] + [10])
+    for name, ms in split.layers.items():
+        lines.append(f"    {name:<{width}s} {ms:9.4f} ms")
+    for op, ms in sorted(split.unattributed.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {'(other) ' + op:<{width}s} {ms:9.4f} ms")
+    print("\n".join(lines))
 
 
 def _record_json(rec: MeasureRecord) -> dict[str, Any]:

@@ -106,6 +106,20 @@ RESULTS: dict[str, dict[str, Any]] = {
                                "joules": _NN, "window_s": _NN},
             },
             "op_times_ms": {"type": ["object", "null"], "maxProperties": 100000, "additionalProperties": _NN},
+            # agent 1.5: per node ONNX Runtime ran, its op type, provider and median kernel ms per run
+            "op_profile": {
+                "type": ["object", "null"],
+                "required": ["runs", "nodes"],
+                "properties": {
+                    "runs": {"type": "integer", "minimum": 1}, "run_ms": _NN_OR_NULL,
+                    "nodes": {"type": "array", "maxItems": 100000, "items": {
+                        "type": "object", "required": ["name", "op_type", "ms"],
+                        "properties": {"name": {"type": "string", "maxLength": 4000},
+                                       "op_type": {"type": "string", "maxLength": 200},
+                                       "provider": {"type": ["string", "null"], "maxLength": 200}, "ms": _NN},
+                    }},
+                },
+            },
             "method": _OBJ, "environment": _OBJ,
         },
     },

@@ -129,6 +129,8 @@ class MeasureRecord:
     energy_method: str | None = None
     idle_power_w: float | None = None
     op_times_ms: dict[str, float] | None = None
+    #: agent 1.5 with ``profile_ops``: {runs, run_ms, nodes: [{name, op_type, provider, ms}]} (medians per run)
+    op_profile: dict[str, Any] | None = None
     method: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     error_kind: str | None = None
@@ -517,7 +519,8 @@ class AgentTransport(Transport):
             energy_j=energy["per_inference_j"] if energy else None,
             energy_method=energy["method"] if energy else None,
             idle_power_w=energy.get("idle_power_w") if energy else None,
-            op_times_ms=res.get("op_times_ms"), method=res.get("method", {}), environment=env,
+            op_times_ms=res.get("op_times_ms"), op_profile=res.get("op_profile"), method=res.get("method", {}),
+            environment=env,
             uploaded_bytes=progress.uploaded, phases_s=progress.phases, energy=energy,
             runs_ms=[float(t) for t in res["runs_ms"]] if res.get("runs_ms") is not None else None,
         )

@@ -78,3 +78,23 @@ def test_qae_measure_takes_shapes_from_the_data_or_the_flag(symbolic: tuple[Path
     p = _qae("measure", str(model), *fast)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert "'x'" in p.stderr and "--input-shape" in p.stderr
+
+
+def test_qae_measure_splits_its_per_op_profile_by_layer(tmp_path: Path) -> None:
+    genome = tmp_path / "g.json"
+    genome.write_text(json.dumps({"default": {"weight_bits": 8, "activation_bits": 8}}))
+    fast = ["--runs", "5", "--min-seconds", "0.02", "--warmup-seconds", "0"]
+    p = _qae("measure", "builtin:digits-vit", "--genome", str(genome), "--profile-ops", "--json", *fast)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    split = out["layer_times"]
+    from harness.core.model import load_model
+
+    layers = [layer.name for layer in load_model("builtin:digits-vit").layers]
+    assert list(split["layers"]) == layers and all(ms > 0 for ms in split["layers"].values())
+    kernels = sum(n["ms"] for n in out["op_profile"]["nodes"])
+    assert abs(split["total_ms"] - kernels) < 1e-9  # every profiled node is a layer's or "other"
+    text = _qae("measure", "builtin:digits-vit", "--genome", str(genome), "--profile-ops", *fast)
+    assert text.returncode == 0, text.stderr
+    assert "extra profiled runs (not in the latency above)" in text.stdout
+    assert "blocks.0.attn.q_proj" in text.stdout and "(other) " in text.stdout  # the model's own ops, by type

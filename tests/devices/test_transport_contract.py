@@ -117,6 +117,14 @@ def test_profile_ops(transport: Transport, models: dict[str, Path]) -> None:
                                                             profile_ops=True))
     assert rec.ok, rec.message
     assert rec.op_times_ms and all(v >= 0 for v in rec.op_times_ms.values())
+    prof = rec.op_profile
+    assert prof is not None and prof["runs"] >= 5 and prof["nodes"]
+    assert {n["provider"] for n in prof["nodes"]} == {"CPUExecutionProvider"}
+    assert all(n["op_type"] for n in prof["nodes"])
+    assert {n["name"]: n["ms"] for n in prof["nodes"]} == rec.op_times_ms  # the old key, same medians
+    # per-node times account for a good share of the profiled runs and never more than all of them
+    total = sum(n["ms"] for n in prof["nodes"])
+    assert 0.2 * prof["run_ms"] <= total <= 1.01 * prof["run_ms"], (total, prof["run_ms"])
 
 
 def test_unloadable_model(transport: Transport, tmp_path: Path) -> None:

@@ -1,0 +1,165 @@
+"""Which layer each node of a quantized model belongs to, and per-layer times from a device's per-op
+profile (agent 1.5 ``op_profile``).
+
+A layer owns its main node (the MatMul / Conv / Gemm / Gather that reads its weight, or the node a
+block kernel replaced it with) and the quantization plumbing that feeds only it: the Quantize /
+DequantizeLinear pairs on its activation, the DequantizeLinear of its weight and bias, and the
+helper nodes qae inserts for it. Walking back from the main node through plumbing ops finds them
+without relying on names. Everything else (layer norms, softmax, reshapes, bias adds, residuals) is
+"unattributed" and reported by op type, so per-layer times and the rest add up to the profile.
+
+ONNX Runtime profiles the graph it ran, after its fusions. A fused kernel keeps the name of the node
+it replaced (a QDQ MatMul runs as ``MatMulIntegerToFloat`` under the MatMul's name, its
+DequantizeLinear nodes folded away) or takes a name that starts with it (``.../MatMul/MatMulScaleFusion/``);
+a profiled name that matches no node of the model sent, by name or prefix, is unattributed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: ops that only move a layer's tensors between representations
+PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Identity", "Cast", "Clip",
+                      "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Sub", "Mul"})
+#: plumbing that may feed a layer only through its weight side (read from initializers alone)
+_ONLY_FROM_CONSTANTS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Sub", "Mul", "Cast"})
+
+
+def _main_node(layer: Any, nodes: Sequence[Any], readers: dict[str, list[int]]) -> int | None:
+    """The node index that is ``layer``'s op in the quantized graph: the first non-plumbing node that
+    reads its weight (or an initializer named after it, such as ``<weight>_quantized``) through
+    plumbing only; else the node of its name."""
+    todo = sorted(t for t in readers if t == layer.weight or t.startswith(layer.weight + "_"))
+    seen: set[str] = set()
+    while todo:
+        tensor = todo.pop(0)
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        for i in readers.get(tensor, []):
+            if nodes[i].op_type not in PLUMBING:
+                return i
+            todo += list(nodes[i].output)
+    return next((i for i, node in enumerate(nodes) if node.name == layer.node_name), None)
+
+
+def node_layers(proto: Any, layers: Sequence[Any]) -> dict[str, str]:
+    """{node name: layer name} for every node of ``proto`` (a quantized ONNX model) that belongs to a
+    layer of ``layers`` (``harness.core.model.LayerSpec``): its main node, the plumbing feeding it
+    alone, and the rescaling after an integer kernel (ONNX Runtime's dynamic quantization: Cast, and
+    Muls by the scales)."""
+    nodes = list(proto.graph.node)
+    readers: dict[str, list[int]] = {}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for t in node.input:
+            readers.setdefault(t, []).append(i)
+        for t in node.output:
+            producer[t] = i
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {n.output[0] for n in nodes if n.op_type == "Constant" and n.output}
+    quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+    def from_(i: int, allowed: set[int]) -> bool:
+        return all(not t or t in constants or producer.get(t) in allowed for t in nodes[i].input)
+
+    out: dict[str, str] = {}
+    for layer in layers:
+        main = _main_node(layer, nodes, readers)
+        if main is None:
+            continue
+        mine = {main}
+        integer = nodes[main].op_type.endswith("Integer")
+        changed = True
+        while changed:
+            changed = False
+            for i in sorted(mine):
+                # back: plumbing whose every reader is this layer's (or a Mul of its scale by constants)
+                for t in nodes[i].input:
+                    k = producer.get(t)
+                    if k is None or k in mine or k in out.values() or nodes[k].op_type not in PLUMBING:
+                        continue
+                    side = [j for o in nodes[k].output for j in readers.get(o, []) if j not in mine]
+                    if not all(nodes[j].op_type == "Mul" and from_(j, {k}) for j in side):
+                        continue  # read elsewhere too: shared, not this layer's
+                    if nodes[k].op_type in _ONLY_FROM_CONSTANTS and not _from_constants(k, nodes, producer, constants):
+                        continue  # a reshape or gather of activations is the model's, not quantization's
+                    mine.add(k)
+                    changed = True
+                # forward, after an integer kernel only: its Cast, and Muls of quantization scales
+                if not integer:
+                    continue
+                for o in nodes[i].output:
+                    for j in readers.get(o, []):
+                        if j in mine or not from_(j, mine):
+                            continue
+                        op = nodes[j].op_type
+                        if (op == "Cast" and i == main) or (op == "Mul" and any(
+                                nodes[producer[t]].op_type in quant_ops | {"Cast", "Mul"} and producer[t] != main
+                                for t in nodes[j].input if producer.get(t) in mine)):
+                            mine.add(j)
+                            changed = True
+        for i in mine:
+            out[nodes[i].name] = layer.name
+    return out
+
+
+def _from_constants(i: int, nodes: Sequence[Any], producer: dict[str, int], constants: set[str]) -> bool:
+    """Whether node ``i`` computes from initializers and constants only (through plumbing)."""
+    todo, seen = [i], set()
+    while todo:
+        k = todo.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        for t in nodes[k].input:
+            if not t or t in constants:
+                continue
+            p = producer.get(t)
+            if p is None or nodes[p].op_type not in PLUMBING:
+                return False
+            todo.append(p)
+    return True
+
+
+@dataclass
+class LayerTimes:
+    """A profile split by layer: ``layers`` {layer: ms}, ``unattributed`` {op type: ms}, and each
+    profiled node's layer (None when unattributed)."""
+
+    layers: dict[str, float] = field(default_factory=dict)
+    unattributed: dict[str, float] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    run_ms: float | None = None
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.layers.values()) + sum(self.unattributed.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "unattributed": self.unattributed, "nodes": self.nodes,
+                "run_ms": self.run_ms, "total_ms": self.total_ms}
+
+
+def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -> LayerTimes:
+    """Per-layer times from a device's ``op_profile`` of ``proto``: each profiled node goes to the
+    layer of the node of that name in ``proto``, or of the longest node name it starts with
+    (a fused kernel); the rest is unattributed, by op type."""
+    owner = node_layers(proto, layers)
+    names = sorted((n.name for n in proto.graph.node if n.name), key=len, reverse=True)
+    out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
+    for node in op_profile["nodes"]:
+        name, ms = str(node["name"]), float(node["ms"])
+        layer = owner.get(name)
+        if layer is None and name not in {n.name for n in proto.graph.node}:
+            base = next((n for n in names if name.startswith(n + "/")), None)
+            layer = owner.get(base) if base else None
+        if layer is None:
+            op = str(node.get("op_type") or "?")
+            out.unattributed[op] = out.unattributed.get(op, 0.0) + ms
+        else:
+            out.layers[layer] += ms
+        out.nodes.append({"name": name, "op_type": node.get("op_type"), "ms": ms, "layer": layer})
+    return out

@@ -1,0 +1,74 @@
+"""Node-to-layer mapping of quantized models, and per-layer times from a real ONNX Runtime profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.quant.opmap import layer_times, node_layers
+
+
+def _owned(proto: Any, layers: Any) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {layer.name: set() for layer in layers}
+    for node, layer in node_layers(proto, layers).items():
+        out[layer].add(node)
+    return out
+
+
+def test_qdq_model_maps_each_layer_to_exactly_its_op_and_quantization_nodes(digits_workload: Any) -> None:
+    work = digits_workload
+    proto = work.build(work.uniform(weight_bits=8, activation_bits=8)).proto
+    float_nodes = {n.name: n for n in work.model.proto.graph.node}
+    owned = _owned(proto, work.model.layers)
+    for layer in work.model.layers:
+        act = f"{layer.activation}__qae_{layer.name}"
+        want = {layer.node_name, f"qae_act/{layer.name}", f"{act}_QuantizeLinear", f"{act}_DequantizeLinear",
+                f"{layer.weight}_DequantizeLinear"}
+        bias = list(float_nodes[layer.node_name].input)[2:]  # a Conv's or Gemm's bias is dequantized too
+        want |= {f"{b}_DequantizeLinear" for b in bias if b}
+        assert owned[layer.name] == want, layer.name
+
+
+def test_dynamic_and_block_kernels_keep_their_rescaling_with_their_layer(digits_workload: Any) -> None:
+    work = digits_workload
+    genome = work.genome({"default": {"weight_bits": 8, "activation_bits": "dynamic"},
+                          "layers": {"blocks.0.attn.q_proj": {"weight_bits": 4, "activation_bits": "fp",
+                                                              "scheme": "symmetric", "granularity": "per_block",
+                                                              "block_size": 32, "kernel": "matmulnbits"}}})
+    proto = work.build(genome).proto
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    owned = _owned(proto, work.model.layers)
+    assert {ops[n] for n in owned["blocks.0.attn.q_proj"]} == {"MatMulNBits"}
+    kinds = sorted(ops[n] for n in owned["blocks.0.attn.k_proj"])
+    # dynamic int8: quantize the input at run time, integer matmul, then cast and rescale
+    assert kinds == ["Cast", "DynamicQuantizeLinear", "Identity", "MatMulInteger", "Mul", "Mul"], kinds
+    # no node is claimed twice, and nothing the model computes besides is claimed at all
+    claimed = [n for names in owned.values() for n in names]
+    assert len(claimed) == len(set(claimed))
+    assert not {ops[n] for n in claimed} & {"LayerNormalization", "Softmax", "Gelu", "Add", "Concat"}
+
+
+@pytest.mark.parametrize("kind", ["w8a8", "dynamic"])
+def test_layer_times_split_a_real_profile_without_losing_time(digits_workload: Any, tmp_path: Path,
+                                                              kind: str) -> None:
+    import onnx
+
+    from device_agents.agent import OrtRunner
+    from harness.quant.quantize import save_model
+
+    work = digits_workload
+    genome = (work.uniform(weight_bits=8, activation_bits=8) if kind == "w8a8"
+              else work.uniform(weight_bits=8, activation_bits="dynamic"))
+    path = tmp_path / f"{kind}.onnx"
+    save_model(work.build(genome), path)
+    profile = OrtRunner(str(path), {"_tmp": str(tmp_path), "threads": 1}, profile=True).op_profile(5)
+    assert profile["runs"] == 5 and profile["nodes"]
+    assert all(n["provider"] == "CPUExecutionProvider" and n["op_type"] and n["ms"] >= 0 for n in profile["nodes"])
+    times = layer_times(onnx.load(str(path)), work.model.layers, profile)
+    assert set(times.layers) == {layer.name for layer in work.model.layers}
+    assert all(ms > 0 for ms in times.layers.values()), times.layers  # every layer's kernel was found
+    assert times.total_ms == pytest.approx(sum(n["ms"] for n in profile["nodes"]))
+    assert times.unattributed  # layer norms, softmax, reshapes: the model's own, kept apart
+    assert 0.0 < times.total_ms <= profile["run_ms"] * 1.01  # kernels fit inside the runs they were part of
