@@ -11,7 +11,8 @@ without relying on names. Everything else (layer norms, softmax, reshapes, bias 
 ONNX Runtime profiles the graph it ran, after its fusions. A fused kernel keeps the name of the node
 it replaced (a QDQ MatMul runs as ``MatMulIntegerToFloat`` under the MatMul's name, its
 DequantizeLinear nodes folded away) or takes a name that starts with it (``.../MatMul/MatMulScaleFusion/``);
-a profiled name that matches no node of the model sent, by name or prefix, is unattributed.
+or is named after the replaced node's output (the NCHWc layout transformer's ``<output>_nchwc``); a
+profiled name that matches no node or output of the model sent, by name or prefix, is unattributed.
 """
 
 from __future__ import annotations
@@ -149,12 +150,18 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -
     (a fused kernel); the rest is unattributed, by op type."""
     owner = node_layers(proto, layers)
     names = sorted((n.name for n in proto.graph.node if n.name), key=len, reverse=True)
+    # a layout transformer names its kernel after the node's output (``<output>_nchwc``)
+    made_by = {t: n.name for n in proto.graph.node for t in n.output if t}
+    tensors = sorted(made_by, key=len, reverse=True)
     out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
     for node in op_profile["nodes"]:
         name, ms = str(node["name"]), float(node["ms"])
         layer = owner.get(name)
         if layer is None and name not in {n.name for n in proto.graph.node}:
             base = next((n for n in names if name.startswith(n + "/")), None)
+            if base is None:
+                made = next((t for t in tensors if name.startswith(t + "_")), None)
+                base = made_by[made] if made else None
             layer = owner.get(base) if base else None
         if layer is None:
             op = str(node.get("op_type") or "?")

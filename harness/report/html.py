@@ -345,6 +345,59 @@ def plot_calibration(archive: Archive, target: str, path: Path) -> bool:
     return True
 
 
+def layer_times_point(archive: Archive, front: Front) -> tuple[Candidate, dict[str, Any]] | None:
+    """The front point whose per-layer times the report shows: the recommended one if it was
+    profiled on a device, else the front's first profiled point, else None."""
+    rows = archive.layer_times(front.target)
+    profiled = [c for c in front.points if c.hash in rows]
+    if not profiled:
+        return None
+    pick = next((c for c in profiled if c.hash == front.recommended), profiled[0])
+    return pick, rows[pick.hash]
+
+
+def plot_layer_times(archive: Archive, front: Front, path: Path) -> bool:
+    """A bar per layer, the cost model's prediction beside the device's profiler (one profiled front
+    point), and the measured time of the ops no layer owns. False when nothing was profiled."""
+    got = layer_times_point(archive, front)
+    if got is None:
+        return False
+    cand, row = got
+    measured, predicted = row["measured"], row["predicted"]
+    names = [n for n in measured.get("order") or [] if n in measured["layers"]] or list(measured["layers"])
+    meas = [float(measured["layers"][n]) for n in names]
+    pred = [float(predicted["layers"].get(n, 0.0)) for n in names]
+    other = sum(float(v) for v in measured.get("unattributed", {}).values())
+    # the model's own time outside its layers: the profiler's ops of no layer; the cost model's total
+    # less its layers (per-inference overhead and the ops it does not cost per layer)
+    rest = max(0.0, float(predicted.get("latency_ms") or 0.0) - sum(pred))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 0.32 * (len(names) + 1) + 1.9))
+    y = np.arange(len(names) + 1)
+    pv, mv = [*pred, rest], [*meas, other]
+    ax.barh(y - 0.2, pv, height=0.4, color="#9ab",
+            label=f"predicted ({predicted.get('calibration_id') or 'profile'})")
+    ax.barh(y + 0.2, mv, height=0.4, color="#c63",
+            label=f"measured on {row['device']} (profiler, median of {measured.get('runs')} runs)")
+    # the layers set the scale; the rest of the model, often larger, is clipped and labelled
+    top = max([*pv[:-1], *mv[:-1], 1e-9]) * 1.4
+    ax.set_xlim(0, top)
+    for yy, v in ((y[-1] - 0.2, rest), (y[-1] + 0.2, other)):
+        if v > top:
+            ax.text(top * 0.98, yy, f"{v:.3f} ms", ha="right", va="center", fontsize=7, color="white")
+    ax.set_yticks(y)
+    ax.set_yticklabels([*names, "rest of the model"], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per inference")
+    ax.set_title(f"{front.target}: per-layer latency of {cand.hash[:10]}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _heat_label(c: Candidate, scores: SplitScores, acc: Accuracy) -> str:
     row = scores.row(c.hash)
     if row is None:
@@ -381,6 +434,8 @@ def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
             images += [f"front_{slug}.png", f"heatmap_{slug}.png"]
             if plot_calibration(archive, front.target, run / f"calibration_{slug}.png"):
                 images.append(f"calibration_{slug}.png")
+            if plot_layer_times(archive, front, run / f"layers_{slug}.png"):
+                images.append(f"layers_{slug}.png")
         plot_hypervolume({t: archive.history(t) for t in targets}, run / "hypervolume.png")
         images.append("hypervolume.png")
         series = {f.target: [r for r in (scores.row(c.hash) for c in f.points) if r is not None] for f in fronts}
@@ -516,6 +571,10 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
         f"{sum(j['status'] == 'queued' for j in jobs)} still waiting for a device.</p>",
         _img(run, f"calibration_{slug}.png"),
     ]
+    if (run / f"layers_{slug}.png").exists() and layer_times_point(archive, front) is not None:
+        parts += ["<p>Per-layer latency of one measured front point: the device's profiler (extra runs, never "
+                  "part of its measured latency) beside the cost model's per-layer prediction.</p>",
+                  _img(run, f"layers_{slug}.png")]
     events = archive.events(front.target)
     if events:
         items = "".join(f"<li><b>{html.escape(e['kind'])}</b> {html.escape(e['message'])}</li>" for e in events)

@@ -144,6 +144,14 @@ CREATE TABLE IF NOT EXISTS test_scores (
     row TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS layer_times (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    device TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash, device)
+);
 CREATE TABLE IF NOT EXISTS history (
     target TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -732,6 +740,35 @@ class Archive:
                 continue
             if isinstance(row, dict) and isinstance(row.get("value"), (int, float)):
                 out[h] = row
+        return out
+
+    # -- per-layer times (a device's per-op profile split by layer, agent 1.5) ----------------------
+    def set_layer_times(self, target: str, genome_hash: str, device: str, data: dict[str, Any]) -> None:
+        """Store one measurement's per-layer times: ``measured`` (``harness.quant.opmap.LayerTimes``,
+        ms per layer and unattributed per op type, from the device's profiler) and ``predicted`` (the
+        target's cost model per layer), each labelled with its source."""
+        text = strict_json({"measured": {**data["measured"], "source": "measured"},
+                            "predicted": {**data["predicted"], "source": "predicted"}}, "layer times")
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO layer_times (target, hash, device, data, created) "
+                       "VALUES (?, ?, ?, ?, ?)", (target, genome_hash, device, text, time.time()))
+
+    def layer_times(self, target: str) -> dict[str, dict[str, Any]]:
+        """{hash: {device, measured, predicted}} of ``target`` (the latest device's per hash); {} for an
+        archive from before per-layer times."""
+        try:
+            rows = self._db.execute("SELECT hash, device, data FROM layer_times WHERE target = ? ORDER BY created",
+                                    (target,)).fetchall()
+        except sqlite3.OperationalError:  # an older archive, opened read-only
+            return {}
+        out = {}
+        for h, device, text in rows:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("measured"), dict):
+                out[h] = {"device": device, **data}
         return out
 
     def count(self, target: str) -> int:

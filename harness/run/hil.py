@@ -77,6 +77,9 @@ class HilSettings:
     #: measurements per candidate, each a fresh process on the device; the archive keeps every one, and
     #: the latency is the median of their p50s with their spread (MLPerf Mobile's 5 % rule)
     repeats: int = 1
+    #: each measurement also profiles per op (5-20 extra runs, never counted in its latency), and the
+    #: archive keeps per-layer measured times beside the cost model's per-layer prediction
+    profile_ops: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -177,6 +180,7 @@ class DeviceTarget:
             timeout_s=s.timeout_s,
             threads=s.threads,
             idle_seconds=0.5,
+            profile_ops=s.profile_ops,
             genome=genome,
             base_model=str(self.work.model.path),
             input_shapes=dict(self.work.model.shapes_used),
@@ -292,7 +296,27 @@ class DeviceTarget:
             engine.revise(key, objective_fn(job.genome, current))
             record = next(r for r in reversed(engine.records()) if r.genome == key)
             update = (record.to_dict(), engine.state_dict(include_records=False), engine.generation)
-        self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update)
+        if self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update):
+            self._layer_times(rec, job)
+
+    def _layer_times(self, rec: Any, job: _Inflight) -> None:
+        """Keep the measurement's per-op profile split by layer, beside the per-layer prediction."""
+        if not getattr(rec, "op_profile", None) or not job.path.exists():
+            return
+        import onnx
+
+        from harness.quant.opmap import layer_times
+
+        measured = layer_times(onnx.load(str(job.path)), self.work.model.layers, rec.op_profile)
+        pred = self.table.predict(job.genome)
+        scale = getattr(self.table, "scale", 1.0)
+        predicted = {"layers": {r["layer"]: float(r["latency_ms"]) * scale for r in pred.layers},
+                     "latency_ms": float(pred.latency_ms), "calibration_id": pred.calibration_id}
+        row = measured.to_dict()
+        row.pop("nodes")  # the per-node list stays on the device record; the archive keeps the split
+        row["runs"] = rec.op_profile.get("runs")
+        row["order"] = [layer.name for layer in self.work.model.layers]  # the stored dicts lose the model's order
+        self.archive.set_layer_times(self.name, job.genome.hash, rec.device, {"measured": row, "predicted": predicted})
 
     @staticmethod
     def _values_of(rec: Any, repeats: list[Any] | None = None) -> dict[str, Value]:

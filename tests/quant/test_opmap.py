@@ -50,7 +50,7 @@ def test_dynamic_and_block_kernels_keep_their_rescaling_with_their_layer(digits_
     assert not {ops[n] for n in claimed} & {"LayerNormalization", "Softmax", "Gelu", "Add", "Concat"}
 
 
-@pytest.mark.parametrize("kind", ["w8a8", "dynamic"])
+@pytest.mark.parametrize("kind", ["w8a8", "dynamic", "fp32"])  # fp32: ORT's NCHWc Conv takes its output's name
 def test_layer_times_split_a_real_profile_without_losing_time(digits_workload: Any, tmp_path: Path,
                                                               kind: str) -> None:
     import onnx
@@ -59,8 +59,8 @@ def test_layer_times_split_a_real_profile_without_losing_time(digits_workload: A
     from harness.quant.quantize import save_model
 
     work = digits_workload
-    genome = (work.uniform(weight_bits=8, activation_bits=8) if kind == "w8a8"
-              else work.uniform(weight_bits=8, activation_bits="dynamic"))
+    bits = {"w8a8": (8, 8), "dynamic": (8, "dynamic"), "fp32": ("fp", "fp")}[kind]
+    genome = work.uniform(weight_bits=bits[0], activation_bits=bits[1])
     path = tmp_path / f"{kind}.onnx"
     save_model(work.build(genome), path)
     profile = OrtRunner(str(path), {"_tmp": str(tmp_path), "threads": 1}, profile=True).op_profile(5)

@@ -196,3 +196,36 @@ def test_a_bad_repeat_count_is_a_one_line_error(tmp_path: Path) -> None:
 
     assert_one_line_error(qae("search", "builtin:digits-vit", "--device", "local", "--measure-repeat", "0",
                               "--out", str(tmp_path / "r")), "--measure-repeat >= 1")
+
+
+def test_measured_candidates_keep_per_layer_times_and_the_report_shows_them(tmp_path: Path) -> None:
+    """A search with --device local: each measurement's per-op profile is split by layer and kept beside the
+    cost model's per-layer prediction, each labelled; the report draws them for a measured front point."""
+    from harness.core.model import load_model
+    from harness.report.html import build_report
+
+    cfg = SearchConfig(
+        model="builtin:digits-vit", profiles=[], generations=1, population=4, seed=2, devices=["local"],
+        hil={"per_generation": 2, "runs": 5, "min_seconds": 0.02, "warmup_seconds": 0.02, "accuracy_points": 0,
+             "final_rounds": 1},
+    )
+    out = tmp_path / "run"
+    archive = run_search(cfg, out, say=lambda m: None)
+    try:
+        rows = archive.layer_times("local")
+        measured = {c.hash for c in archive.candidates("local")
+                    if c.values.get("latency") and c.values["latency"].source == "measured"}
+    finally:
+        archive.close()
+    assert rows and set(rows) <= measured  # only measured candidates, each once
+    names = [layer.name for layer in load_model("builtin:digits-vit").layers]
+    for row in rows.values():
+        assert row["device"] == "local"
+        assert row["measured"]["source"] == "measured" and row["predicted"]["source"] == "predicted"
+        assert row["measured"]["order"] == names and set(row["measured"]["layers"]) == set(names)
+        assert all(v > 0 for v in row["measured"]["layers"].values())  # every layer's kernel found in the profile
+        assert set(row["predicted"]["layers"]) == set(names)
+        assert row["measured"]["unattributed"] and row["measured"]["runs"] >= 5
+    build_report(out)
+    assert (out / "layers_local.png").stat().st_size > 0
+    assert "Per-layer latency of one measured front point" in (out / "report.html").read_text()
