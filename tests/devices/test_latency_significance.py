@@ -71,7 +71,9 @@ def test_identical_models_are_not_called_different_and_a_slower_one_is(tmp_path:
             a2.append(_runs(t.measure(twin, QUICK)))
             b.append(_runs(t.measure(slow, QUICK)))
     same = [compare(x, y) for x, y in zip(a, a2)]
-    assert sum(c.significant for c in same) <= 1, [c.words for c in same]  # "not different in most repeats"
+    # not different in most repeats: one process of a pair can land on a slower stretch of a shared host
+    # (CI saw 1.46x between two processes of one model), which is why compare_repeats exists
+    assert sum(c.significant for c in same) <= len(same) // 2, [c.words for c in same]
     slower = [compare(y, x, b_name="the base model") for x, y in zip(a, b)]
     assert all(c.significant and c.ratio > 1 for c in slower), [c.words for c in slower]
     assert "x the latency of the base model (Mann-Whitney U" in slower[0].words
