@@ -153,11 +153,12 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -
     # a layout transformer names its kernel after the node's output (``<output>_nchwc``)
     made_by = {t: n.name for n in proto.graph.node for t in n.output if t}
     tensors = sorted(made_by, key=len, reverse=True)
+    known = {n.name for n in proto.graph.node}
     out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
     for node in op_profile["nodes"]:
         name, ms = str(node["name"]), float(node["ms"])
         layer = owner.get(name)
-        if layer is None and name not in {n.name for n in proto.graph.node}:
+        if layer is None and name not in known:
             base = next((n for n in names if name.startswith(n + "/")), None)
             if base is None:
                 made = next((t for t in tensors if name.startswith(t + "_")), None)

@@ -297,7 +297,10 @@ class DeviceTarget:
             record = next(r for r in reversed(engine.records()) if r.genome == key)
             update = (record.to_dict(), engine.state_dict(include_records=False), engine.generation)
         if self.archive.finish_job(self.name, job.genome.hash, rec.device, values, gap, update):
-            self._layer_times(rec, job)
+            try:
+                self._layer_times(rec, job)
+            except (KeyError, TypeError, ValueError) as exc:  # a profile that does not split: the latency stands
+                self.say(f"{self.name}: per-layer times of {job.genome.hash[:10]} from {rec.device} not kept ({exc})")
 
     def _layer_times(self, rec: Any, job: _Inflight) -> None:
         """Keep the measurement's per-op profile split by layer, beside the per-layer prediction."""
