@@ -10,8 +10,10 @@ without relying on names. Everything else (layer norms, softmax, reshapes, bias 
 
 ONNX Runtime profiles the graph it ran, after its fusions. A fused kernel keeps the name of the node
 it replaced (a QDQ MatMul runs as ``MatMulIntegerToFloat`` under the MatMul's name, its
-DequantizeLinear nodes folded away) or takes a name that starts with it (``.../MatMul/MatMulScaleFusion/``);
-or is named after the replaced node's output (the NCHWc layout transformer's ``<output>_nchwc``); a
+DequantizeLinear nodes folded away) or takes a name that starts with it (``.../MatMul/MatMulScaleFusion/``,
+``<node>_token_<k>`` for a QDQ Conv run as ``QLinearConv``),
+or is named after the replaced node's output (the NCHWc layout transformer's ``<output>_nchwc``, where
+the output may be that of an activation fused into it, such as a Conv's Clip); a
 profiled name that matches no node or output of the model sent, by name or prefix, is unattributed.
 """
 
@@ -24,6 +26,9 @@ from typing import Any
 #: ops that only move a layer's tensors between representations
 PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Identity", "Cast", "Clip",
                       "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Sub", "Mul"})
+#: activations ONNX Runtime fuses into the kernel before them (a Conv's Relu or Clip): its fused kernel
+#: may be named after the activation's output
+FUSED_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "HardSwish"})
 #: plumbing that may feed a layer only through its weight side (read from initializers alone)
 _ONLY_FROM_CONSTANTS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Sub", "Mul", "Cast"})
 
@@ -40,7 +45,8 @@ def _main_node(layer: Any, nodes: Sequence[Any], readers: dict[str, list[int]]) 
             continue
         seen.add(tensor)
         for i in readers.get(tensor, []):
-            if nodes[i].op_type not in PLUMBING:
+            # an embedding layer's op is itself a Gather: plumbing elsewhere, the layer here
+            if nodes[i].op_type not in PLUMBING or nodes[i].op_type == layer.op_type:
                 return i
             todo += list(nodes[i].output)
     return next((i for i, node in enumerate(nodes) if node.name == layer.node_name), None)
@@ -154,15 +160,28 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -
     made_by = {t: n.name for n in proto.graph.node for t in n.output if t}
     tensors = sorted(made_by, key=len, reverse=True)
     known = {n.name for n in proto.graph.node}
+    by_name = {n.name: n for n in proto.graph.node}
+
+    def made(tensor: str) -> str | None:
+        """The node a kernel named after ``tensor`` stands for: its producer, or, for an activation
+        fused into the kernel before it, that kernel's node."""
+        node = by_name.get(made_by[tensor])
+        if node is not None and node.op_type in FUSED_ACTIVATIONS and node.input and node.input[0] in made_by:
+            before = made_by[node.input[0]]
+            if before in owner:
+                return before
+        return made_by[tensor]
+
     out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
     for node in op_profile["nodes"]:
         name, ms = str(node["name"]), float(node["ms"])
         layer = owner.get(name)
         if layer is None and name not in known:
-            base = next((n for n in names if name.startswith(n + "/")), None)
+            # a fusion's kernel: "<node>/...", or "<node>_token_<k>" (ORT's unique-name suffix)
+            base = next((n for n in names if name.startswith(n + "/") or name.startswith(n + "_token_")), None)
             if base is None:
-                made = next((t for t in tensors if name.startswith(t + "_")), None)
-                base = made_by[made] if made else None
+                tensor = next((t for t in tensors if name.startswith(t + "_")), None)
+                base = made(tensor) if tensor else None
             layer = owner.get(base) if base else None
         if layer is None:
             op = str(node.get("op_type") or "?")

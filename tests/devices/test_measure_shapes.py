@@ -91,7 +91,8 @@ def test_qae_measure_splits_its_per_op_profile_by_layer(tmp_path: Path) -> None:
     from harness.core.model import load_model
 
     layers = [layer.name for layer in load_model("builtin:digits-vit").layers]
-    assert list(split["layers"]) == layers and all(ms > 0 for ms in split["layers"].values())
+    assert list(split["layers"]) == layers
+    assert {n["layer"] for n in split["nodes"] if n["layer"]} == set(layers)  # every layer's kernel was found
     kernels = sum(n["ms"] for n in out["op_profile"]["nodes"])
     assert abs(split["total_ms"] - kernels) < 1e-9  # every profiled node is a layer's or "other"
     text = _qae("measure", "builtin:digits-vit", "--genome", str(genome), "--profile-ops", *fast)
