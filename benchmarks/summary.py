@@ -110,7 +110,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
         med = {b: {m: r["median"][b] for m, r in rep["runs"].items() if b in r["median"]} for b in budgets}
 
         def gap(m: str, b: str, med: dict[str, dict[str, float]] = med, runs: dict[str, Any] = rep["runs"]) -> str:
-            """The median gap, and whether ten seeds tell it from seed noise (two-sided Mann-Whitney U)."""
+            """The median gap, and whether the seeds tell it from seed noise (two-sided Mann-Whitney U)."""
             return f"{m} {med[b][m]:.4f} (+{med[b][m] - med[b]['qae']:.4f}, {_mwu(runs, m, b)})"
 
         for b in budgets:
@@ -162,7 +162,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             "### Bars (reported seeds, computed from the numbers above)", ""]
     if bars:
         out += ["Where qae's defaults are behind a peer or an ablation (the gap in medians, and the two-sided "
-                "Mann-Whitney U p-value of the ten reported seeds' ratios against qae's):", ""]
+                f"Mann-Whitney U p-value of the {len(d['reported_seeds'])} reported seeds' ratios against qae's):", ""]
     out += [f"- {b}." for b in bars] if bars else ["- qae at or above every peer and every ablation on every space "
                                                   "and budget, and the true-front bars met."]
     out.append("")

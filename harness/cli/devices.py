@@ -267,7 +267,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         _print_repeats(recs, spread)
     if ok and not args.json and settings.profile_ops:
-        _print_split(rec, split)
+        _print_split(rec, split, path.suffix)
     return 0 if ok else 3
 
 
@@ -290,10 +290,10 @@ def _split_profile(path: Path, model: str, genome: Any, rec: MeasureRecord) -> A
     return layer_times(onnx.load(str(path), load_external_data=False), layers, rec.op_profile)
 
 
-def _print_split(rec: MeasureRecord, split: Any) -> None:
+def _print_split(rec: MeasureRecord, split: Any, suffix: str) -> None:
     """Per-layer and per-op-type times of the profiled runs (printed after the timed summary)."""
     if split is None:
-        why = ("a .tflite has no per-op profile here" if not rec.op_times_ms and not rec.op_profile
+        why = ("a .tflite has no per-op profile here" if suffix == ".tflite"
                else f"agent {rec.environment.get('agent_version') or '?'} sends no per-op profile (1.5 does)")
         print(f"  per-op times: none ({why})")
         return

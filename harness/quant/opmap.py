@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: ops that only move a layer's tensors between representations
-PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Identity", "Cast", "Clip",
+PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Identity", "Cast",
                       "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather", "Sub", "Mul"})
 #: activations ONNX Runtime fuses into the kernel before them (a Conv's Relu or Clip): its fused kernel
 #: may be named after the activation's output
@@ -69,6 +69,13 @@ def node_layers(proto: Any, layers: Sequence[Any]) -> dict[str, str]:
     constants |= {n.output[0] for n in nodes if n.op_type == "Constant" and n.output}
     quant_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
+    def plumbing(k: int) -> bool:
+        """Quantization plumbing; a Clip only where it bounds a QuantizeLinear's input (qae's clip of an
+        emulated width), never a ReLU6 between layers."""
+        if nodes[k].op_type == "Clip":
+            return all(nodes[j].op_type == "QuantizeLinear" for o in nodes[k].output for j in readers.get(o, []))
+        return nodes[k].op_type in PLUMBING
+
     def from_(i: int, allowed: set[int]) -> bool:
         return all(not t or t in constants or producer.get(t) in allowed for t in nodes[i].input)
 
@@ -86,8 +93,8 @@ def node_layers(proto: Any, layers: Sequence[Any]) -> dict[str, str]:
                 # back: plumbing whose every reader is this layer's (or a Mul of its scale by constants)
                 for t in nodes[i].input:
                     k = producer.get(t)
-                    if k is None or k in mine or k in out.values() or nodes[k].op_type not in PLUMBING:
-                        continue
+                    if k is None or k in mine or nodes[k].name in out or not plumbing(k):
+                        continue  # not plumbing, or an earlier layer's already
                     side = [j for o in nodes[k].output for j in readers.get(o, []) if j not in mine]
                     if not all(nodes[j].op_type == "Mul" and from_(j, {k}) for j in side):
                         continue  # read elsewhere too: shared, not this layer's

@@ -92,9 +92,9 @@ class SearchConfig:
     workers: int = 1
     emulated: bool = False
     #: ``--sensitivity-probes``: one probe per layer before the search, seeding sensitivity-guided and
-    #: fallback genomes. Off by default: on every space of the search benchmark (issue 17) the engine
-    #: did at least as well without them, since its GP screening learns per-layer effects from the
-    #: population itself and the probes' evaluations are then spent for nothing.
+    #: fallback genomes. Off by default: in the search benchmark's first round (issue 17) the engine did
+    #: at least as well without them in every cell, and on the seeds reported since the two are within
+    #: seed noise; its GP screening learns per-layer effects from the population itself.
     sensitivity_probes: bool = False
     scheme: str = "symmetric"
     granularity: str = "per_channel"

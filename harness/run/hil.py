@@ -316,7 +316,7 @@ class DeviceTarget:
         predicted = {"layers": {r["layer"]: float(r["latency_ms"]) * scale for r in pred.layers},
                      "latency_ms": float(pred.latency_ms), "calibration_id": pred.calibration_id}
         row = measured.to_dict()
-        row.pop("nodes")  # the per-node list stays on the device record; the archive keeps the split
+        row.pop("nodes")  # the archive keeps the split; the per-node list (ORT's graph, not the model's) is dropped
         row["runs"] = rec.op_profile.get("runs")
         row["order"] = [layer.name for layer in self.work.model.layers]  # the stored dicts lose the model's order
         self.archive.set_layer_times(self.name, job.genome.hash, rec.device, {"measured": row, "predicted": predicted})
