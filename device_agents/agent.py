@@ -75,7 +75,7 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.5.0"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run)
+AGENT_VERSION = "1.5.1"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run); 1.5.1: load average
 PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
@@ -368,6 +368,15 @@ def temperatures(root="/"):
     return temps
 
 
+def loadavg():
+    """The 1-minute load average (runnable tasks) or None where the OS has none: a measurement taken
+    while the device is busy says so."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def runtimes():
     found = {}
     try:
@@ -547,7 +556,8 @@ class OrtRunner:
     def op_profile(self, runs):
         """ORT's profile of ``runs`` runs, parsed here (stdlib only): per node of the graph ONNX Runtime
         ran (after its fusions), its op type, execution provider and median kernel time per run (ms,
-        a node's kernels within one run summed), plus the median of the profiled runs themselves.
+        a node's kernels within one run summed; ``iqm_ms`` the interquartile mean), plus the median
+        of the profiled runs themselves.
         These runs are extra: they never count towards the reported latency."""
         import statistics
 
@@ -584,9 +594,18 @@ class OrtRunner:
             times += [0.0] * max(0, len(windows) - len(times))
             op, provider = info[node]
             nodes.append({"name": node, "op_type": op, "provider": provider if isinstance(provider, str) else None,
-                          "ms": statistics.median(times)})
+                          "ms": statistics.median(times), "iqm_ms": interquartile_mean(times)})
         run_ms = statistics.median([(b - a) / 1000.0 for a, b in windows]) if windows else None
         return {"runs": runs, "nodes": nodes, "run_ms": run_ms}
+
+
+def interquartile_mean(values):
+    """The mean of the middle half of ``values``: robust like the median, but it resolves the
+    sub-microsecond differences that a profiler counting whole microseconds hides in a median."""
+    xs = sorted(values)
+    k = len(xs) // 4
+    mid = xs[k:len(xs) - k] or xs
+    return sum(mid) / len(mid)
 
 
 class LiteRunner:
@@ -974,7 +993,8 @@ class Agent:
         s["_tmp"] = self.tmp
         req = {"model_path": path, "settings": s, "agent_pid": os.getpid(),
                "sensor": sensor_spec if sensor is not None else None, "sysfs_root": self.root}
-        env_before = {"governor": governor(self.root), "temperatures_c": temperatures(self.root)}
+        env_before = {"governor": governor(self.root), "temperatures_c": temperatures(self.root),
+                      "loadavg": loadavg()}
         t0 = time.perf_counter()
         res = run_child(req, float(s.get("timeout_s", 120.0)))
         res["agent_seconds"] = time.perf_counter() - t0
@@ -991,6 +1011,7 @@ class Agent:
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "runtime": res.pop("runtime"),
             "governor": env_before["governor"], "temperatures_c_before": env_before["temperatures_c"],
             "temperatures_c_after": temperatures(self.root),
+            "loadavg_1m_before": env_before["loadavg"], "loadavg_1m_after": loadavg(),
         }
         res["method"] = {
             "runs_min": int(s.get("runs", 50)), "min_seconds": float(s.get("min_seconds", 1.0)),

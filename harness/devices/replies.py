@@ -106,7 +106,8 @@ RESULTS: dict[str, dict[str, Any]] = {
                                "joules": _NN, "window_s": _NN},
             },
             "op_times_ms": {"type": ["object", "null"], "maxProperties": 100000, "additionalProperties": _NN},
-            # agent 1.5: per node ONNX Runtime ran, its op type, provider and median kernel ms per run
+            # agent 1.5: per node ONNX Runtime ran, its op type, provider and median kernel ms per run;
+            # 1.5.1 adds the interquartile mean (``iqm_ms``: finer than the profiler's whole microseconds)
             "op_profile": {
                 "type": ["object", "null"],
                 "required": ["runs", "nodes"],
@@ -116,7 +117,8 @@ RESULTS: dict[str, dict[str, Any]] = {
                         "type": "object", "required": ["name", "op_type", "ms"],
                         "properties": {"name": {"type": "string", "maxLength": 4000},
                                        "op_type": {"type": "string", "maxLength": 200},
-                                       "provider": {"type": ["string", "null"], "maxLength": 200}, "ms": _NN},
+                                       "provider": {"type": ["string", "null"], "maxLength": 200}, "ms": _NN,
+                                       "iqm_ms": _NN},
                     }},
                 },
             },

@@ -156,11 +156,24 @@ class LayerTimes:
         return {"layers": self.layers, "unattributed": self.unattributed, "nodes": self.nodes,
                 "run_ms": self.run_ms, "total_ms": self.total_ms}
 
+    def scaled_to(self, latency_ms: float) -> LayerTimes:
+        """The same split scaled so that it sums to ``latency_ms`` (a timed run's latency): under the
+        profiler every kernel runs slower than in a timed run (digits-vit's microsecond kernels about
+        5x, a 0.1 ms MatMul 1.1-1.4x), so the profile gives each layer's share and the timed runs the
+        scale."""
+        total = self.total_ms
+        f = latency_ms / total if total > 0 else 1.0
+        return LayerTimes(layers={k: v * f for k, v in self.layers.items()},
+                          unattributed={k: v * f for k, v in self.unattributed.items()},
+                          nodes=[{**n, "ms": n["ms"] * f} for n in self.nodes], run_ms=self.run_ms)
 
-def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -> LayerTimes:
+
+def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any], statistic: str = "ms") -> LayerTimes:
     """Per-layer times from a device's ``op_profile`` of ``proto``: each profiled node goes to the
     layer of the node of that name in ``proto``, or of the longest node name it starts with
-    (a fused kernel); the rest is unattributed, by op type."""
+    (a fused kernel); the rest is unattributed, by op type. ``statistic`` is the per-node figure
+    summed: ``ms`` (the median per run) or ``iqm_ms`` (the interquartile mean, agent 1.5.1; the
+    median where a node lacks it)."""
     owner = node_layers(proto, layers)
     names = sorted((n.name for n in proto.graph.node if n.name), key=len, reverse=True)
     # a layout transformer names its kernel after the node's output (``<output>_nchwc``)
@@ -181,7 +194,7 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any]) -
 
     out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
     for node in op_profile["nodes"]:
-        name, ms = str(node["name"]), float(node["ms"])
+        name, ms = str(node["name"]), float(node.get(statistic, node["ms"]))
         layer = owner.get(name)
         if layer is None and name not in known:
             # a fusion's kernel: "<node>/...", or "<node>_token_<k>" (ORT's unique-name suffix)

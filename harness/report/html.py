@@ -378,7 +378,8 @@ def plot_layer_times(archive: Archive, front: Front, path: Path) -> bool:
     ax.barh(y - 0.2, pv, height=0.4, color="#9ab",
             label=f"predicted ({predicted.get('calibration_id') or 'profile'})")
     ax.barh(y + 0.2, mv, height=0.4, color="#c63",
-            label=f"measured on {row['device']} (profiler, median of {measured.get('runs')} runs)")
+            label=f"measured on {row['device']} ({measured.get('runs')} profiled runs" + (
+                f", shares of the {measured['scaled_to']})" if measured.get("scaled_to") else ")"))
     # the layers set the scale; the rest of the model, often larger, is clipped and labelled
     top = max([*pv[:-1], *mv[:-1], 1e-9]) * 1.4
     ax.set_xlim(0, top)

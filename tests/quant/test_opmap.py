@@ -123,3 +123,15 @@ def test_layer_times_split_a_real_profile_without_losing_time(tmp_path: Path, mo
     assert times.total_ms == pytest.approx(sum(n["ms"] for n in profile["nodes"]))
     assert times.unattributed  # layer norms, softmax, reshapes: the model's own, kept apart
     assert 0.0 < times.total_ms <= profile["run_ms"] * 1.01  # kernels fit inside the runs they were part of
+
+
+def test_a_split_scaled_to_the_timed_latency_keeps_every_share() -> None:
+    from harness.quant.opmap import LayerTimes
+
+    raw = LayerTimes(layers={"a": 0.3, "b": 0.1}, unattributed={"Add": 0.1},
+                     nodes=[{"name": "n", "op_type": "MatMul", "ms": 0.3, "layer": "a"}], run_ms=0.7)
+    timed = raw.scaled_to(0.05)
+    assert timed.total_ms == pytest.approx(0.05)
+    assert timed.layers["a"] / timed.layers["b"] == pytest.approx(3.0)
+    assert timed.unattributed["Add"] == pytest.approx(0.01) and timed.nodes[0]["ms"] == pytest.approx(0.03)
+    assert timed.run_ms == 0.7 and raw.total_ms == pytest.approx(0.5)  # the profiled run as it was; raw untouched
