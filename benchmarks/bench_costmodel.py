@@ -1,10 +1,16 @@
-"""Calibrate ``host-cpu`` on this machine (local transport, <= 40 models) and report held-out error.
+"""Calibrate ``host-cpu`` on this machine (local transport, per-op profiles on) and report held-out error.
 
-Run: ``python -m benchmarks.bench_costmodel [--quick] [--fresh]``. Prints, for the held-out whole
-candidate models of digits-vit and of the larger transformer, the share of predictions within
-+-10 % (nn-Meter's metric) and the MAPE, and writes everything to results/bench/costmodel.json.
-Measurements are kept in results/bench/calibration/ and reused by a re-run (``--fresh`` discards them).
-Also times the population path of the cost model (100 genomes) as a rate, not as a pass/fail.
+Run: ``python -m benchmarks.bench_costmodel [--quick] [--fresh] [--no-minilm]``. The suite is
+``qae calibrate``'s (micro-benchmarks, block kernels, whole candidates of digits-vit, a MiniLM-sized
+transformer and digits-cnn, some held out) plus, held out, the measured front points of the MiniLM
+headline run (results/bench/headline.json: real MiniLM-L6 candidates at 64 tokens). Prints, per
+workload, the share of held-out predictions within +-10 % (nn-Meter's metric), the MAPE and the
+Kendall tau of predicted against measured latency; the per-layer error by op type; the fidelity
+reached when only 10, 20 or 40 of the calibration models are fitted (random draws, held-out set
+unchanged); and the same calibration fitted on whole-model latencies only (the ablation of the
+per-layer times). Writes results/bench/costmodel.json; measurements are kept in
+results/bench/calibration/ and reused by a re-run (``--fresh`` discards them). Also times the
+population path of the cost model (100 genomes) as a rate, not as a pass/fail.
 """
 
 from __future__ import annotations
@@ -14,17 +20,70 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.core.atomic import atomic_write_text
 from harness.core.genome import Gene, Genome
 from harness.core.model import load_model
-from harness.run.calibrate import default_suite, run
+from harness.run.calibrate import Item, default_suite, run
 from profiles.costmodel import CostTable, GraphStats
+from profiles.fit import errors, fit, layer_errors
 from profiles.schema import load_profile
 
 OUT = Path("results/bench")
+#: calibration-set sizes of the few-shot curve, and random draws per size
+CURVE_SIZES = (10, 20, 40)
+CURVE_DRAWS = 5
+MINILM = "builtin:minilm-l6"
+
+
+def minilm_front_items(path: Path = OUT / "headline.json") -> list[Item]:
+    """The measured front points of the MiniLM headline run, as held-out items (never fitted)."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [Item(f"minilm-front-{pt['hash'][:12]}", "builtin:minilm-l6", pt["genome"], "heldout")
+            for pt in data.get("front", []) if isinstance(pt.get("genome"), dict)]
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in ("n", "within_10pct", "mape", "bias", "kendall_tau")}
+
+
+def refit(collected: dict[str, Any], fit_ids: set[str] | None, per_layer: bool) -> dict[str, Any]:
+    """Fit only the calibration models ``fit_ids`` (all fit models when None), with or without their
+    per-layer times; judge on every held-out model."""
+    samples = [s for s in collected["samples"] if s.role == "heldout" or fit_ids is None or s.id in fit_ids]
+    layers = [ls for ls in collected["layer_samples"] if ls.role == "fit" and (fit_ids is None or ls.id in fit_ids)]
+    fitted, rep = fit(samples, collected["base"], layers if per_layer else [])
+    errs = errors(samples, fitted)
+    held = errs["heldout"]
+    lay = layer_errors([ls for ls in collected["layer_samples"] if ls.role == "heldout"], fitted, collected["base"])
+    return {"fit_models": rep["models"], "layer_times": rep["layer_times"], "heldout": _brief(held),
+            "by_workload": {w: _brief(v) for w, v in held["by_workload"].items()},
+            "heldout_layers_mape": lay["heldout"]["mape"]}
+
+
+def fidelity_curve(collected: dict[str, Any], sizes: tuple[int, ...] = CURVE_SIZES, draws: int = CURVE_DRAWS,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """Held-out fidelity when only ``n`` calibration models (a random draw of the fit models) are fitted."""
+    ids = sorted({s.id for s in collected["samples"] if s.role == "fit"})
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        if n > len(ids):
+            continue
+        for d in range(draws):
+            pick = set(rng.choice(ids, size=n, replace=False).tolist())
+            row = {"n": n, "draw": d}
+            try:
+                row.update(refit(collected, pick, per_layer=True))
+            except Exception as exc:  # a draw too small to fit is a result, said as such
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            out.append(row)
+    return out
 
 
 def population_rate(profile_path: Path) -> dict[str, float]:
@@ -48,34 +107,63 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="7 tiny models: checks the pipeline only")
     ap.add_argument("--fresh", action="store_true", help="discard stored measurements first")
+    ap.add_argument("--no-minilm", action="store_true", help="leave out the MiniLM headline front points")
     args = ap.parse_args(argv)
     out = OUT / "calibration" / ("host-cpu-quick.yaml" if args.quick else "host-cpu-local.yaml")
     store = out.with_name(out.stem + ".measurements.jsonl")
     if args.fresh and store.exists():
         store.unlink()
     t0 = time.perf_counter()
-    report = run("local", "host-cpu", out, suite=default_suite(quick=args.quick), progress=sys.stderr.isatty())
+    front = minilm_front_items() if not args.quick and not args.no_minilm else []
+    # MiniLM's front is held out; six random MiniLM candidates are fitted, as `qae calibrate --model` does
+    suite = default_suite(quick=args.quick, models=[MINILM] if front else [])
+    suite.items += front
+    collected: dict[str, Any] = {}
+    report = run("local", "host-cpu", out, suite=suite, progress=sys.stderr.isatty(), collect=collected)
     elapsed = time.perf_counter() - t0
-    held = report["heldout"]
-    print(f"calibrated host-cpu on local: {report['models']} models x {report['passes']} passes "
-          f"({report['measured']} measurements now, {report['reused']} reused, {len(report['failed'])} failed, "
+    print(f"calibrated host-cpu on local: {report['models']} models, {report['passes']} to {report['max_passes']} "
+          f"passes ({report['measured']} measurements now, {report['reused']} reused, {len(report['failed'])} failed, "
           f"{elapsed:.0f} s), statistic {report['statistic']}")
-    for workload, s in sorted(held.get("by_workload", {}).items()):
-        print(f"  held-out {workload:22s} n={s['n']:2d}  within +-10 %: {s['within_10pct'] * 100:5.1f} %  "
-              f"MAPE {s['mape'] * 100:5.1f} %")
-    if held["n"]:
-        share, mape = held["within_10pct"] * 100, held["mape"] * 100
-        print(f"  held-out all                    n={held['n']:2d}  within +-10 %: {share:5.1f} %  MAPE {mape:5.1f} %")
-    fitm = report["fit"]
-    print(f"  fit set                         n={fitm['n']:2d}  within +-10 %: {fitm['within_10pct'] * 100:5.1f} %  "
-          f"MAPE {fitm['mape'] * 100:5.1f} %")
+    from harness.cli.profiles import fidelity_text
+
+    print(fidelity_text(report))
+    t1 = time.perf_counter()
+    whole_only = refit(collected, None, per_layer=False)
+    fit_ids = {s.id for s in collected["samples"] if s.role == "fit"}
+    own = {it.id for it in suite.items if it.workload == MINILM and it.role == "fit"}
+    without_own = refit(collected, fit_ids - own, per_layer=True) if own else None
+    curve = fidelity_curve(collected) if not args.quick else []
+    refit_s = time.perf_counter() - t1
+    wo = whole_only["heldout"]
+    print(f"  ablation, whole-model latencies only: held-out n={wo['n']} within +-10 %: "
+          f"{(wo['within_10pct'] or 0) * 100:.1f} %, MAPE {(wo['mape'] or 0) * 100:.1f} %, per-layer MAPE "
+          f"{(whole_only['heldout_layers_mape'] or 0) * 100:.1f} %")
+    if without_own:
+        mf = without_own["by_workload"].get(MINILM, {})
+        share, mape = (mf.get("within_10pct") or 0) * 100, (mf.get("mape") or 0) * 100
+        every = (without_own["heldout"]["within_10pct"] or 0) * 100
+        print(f"  ablation, without the {len(own)} fitted MiniLM candidates: MiniLM front within +-10 %: "
+              f"{share:.1f} % (n={mf.get('n')}), MAPE {mape:.1f} %, Kendall tau {mf.get('kendall_tau')}; "
+              f"all held-out {every:.1f} %")
+    for n in sorted({r["n"] for r in curve}):
+        rows = [r for r in curve if r["n"] == n and "heldout" in r]
+        if not rows:
+            continue
+        within = [r["heldout"]["within_10pct"] for r in rows]
+        mapes = [r["heldout"]["mape"] for r in rows]
+        print(f"  {n:3d} calibration models ({len(rows)} draws): held-out within +-10 % median "
+              f"{np.median(within) * 100:.1f} % [{min(within) * 100:.1f}, {max(within) * 100:.1f}], MAPE median "
+              f"{np.median(mapes) * 100:.1f} %")
     rate = population_rate(out)
     print(f"  cost model: table {rate['table_build_ms']:.1f} ms, then 100 genomes in "
           f"{rate['predict_100_genomes_ms']:.2f} ms")
     from benchmarks.common import environment
 
     result = {"benchmark": "costmodel", "profile": str(out), "elapsed_s": elapsed, **report, "population": rate,
-              "environment": environment()}
+              "ablation_whole_model_only": whole_only, "ablation_without_minilm_candidates": without_own,
+              "fidelity_curve": curve,
+              "fidelity_curve_note": f"{CURVE_DRAWS} random draws of the fit models per size, held-out set unchanged",
+              "refit_s": refit_s, "environment": environment()}
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "costmodel.json", json.dumps(result, indent=1, default=str))
     return 0

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks import common
 from harness.core.atomic import atomic_write_text
 
@@ -317,23 +319,68 @@ def devices_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _p(v: Any) -> str:
+    return "-" if v is None else f"{v * 100:.1f} %"
+
+
 def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> list[str]:
     held = d.get("heldout", {})
+    noise = d.get("noise") or {}
     out = ["## Cost model fidelity (`python -m benchmarks.bench_costmodel`)", "", _env(d), "",
-           f"Calibrated `host-cpu` on this machine ({d.get('models')} models x {d.get('passes')} passes, "
-           f"statistic {d.get('statistic')}; {d.get('measured')} measured in this run, {d.get('reused')} reused "
-           "from results/bench/calibration/). Held-out candidates (never fitted):", "",
-           "| workload | n | within +-10 % | MAPE |", "|---|---|---|---|"]
+           f"Calibrated `host-cpu` on this machine ({d.get('models')} models, {d.get('passes')} to "
+           f"{d.get('max_passes', d.get('passes'))} interleaved passes, statistic {d.get('statistic')}; "
+           f"{d.get('measured')} measured in this run, {d.get('reused')} reused from results/bench/calibration/), "
+           "per-op profiles on: each measured layer's time enters the fit beside the whole-model latencies. "
+           f"Noise: {noise.get('verdict', 'not recorded')}; median spread between a model's passes "
+           f"{_p(noise.get('spread_median'))}, {len(noise.get('beyond_bound') or [])} model(s) still beyond "
+           f"{_p(noise.get('spread_bound'))} after the extra passes.", "",
+           "Held-out candidates (never fitted); `builtin:minilm-l6` rows are the MiniLM headline's front points "
+           "(real MiniLM-L6 at 64 tokens), measured here with the calibration's protocol; bias is the median signed "
+           "error (negative: predicted too fast); Kendall tau ranks the held-out candidates of one workload:", "",
+           "| workload | n | within +-10 % | MAPE | bias | Kendall tau |", "|---|---|---|---|---|---|"]
     for name, s in sorted(held.get("by_workload", {}).items()):
-        out.append(f"| {name} | {s['n']} | {s['within_10pct'] * 100:.1f} % | {s['mape'] * 100:.1f} % |")
+        out.append(f"| {name} | {s['n']} | {_p(s['within_10pct'])} | {_p(s['mape'])} | {_p(s.get('bias'))} | "
+                   f"{_fmt(s.get('kendall_tau'), '.2f')} |")
     if held.get("n"):
-        out.append(f"| all held-out | {held['n']} | {held['within_10pct'] * 100:.1f} % | {held['mape'] * 100:.1f} % |")
-    if headline and headline.get("minilm_costmodel_fidelity", {}).get("n"):
-        f = headline["minilm_costmodel_fidelity"]
-        out.append(f"| builtin:minilm-l6 (qae front points of the headline, measured there) | {f['n']} | "
-                   f"{f['within_10pct'] * 100:.1f} % | {f['mape'] * 100:.1f} % |")
-    out += ["", "`transformer` is the calibration suite's MiniLM-shaped synthetic transformer (384 wide); the "
-            "MiniLM row compares the headline's predicted and measured latencies of the real model.", ""]
+        out.append(f"| all held-out | {held['n']} | {_p(held['within_10pct'])} | {_p(held['mape'])} | "
+                   f"{_p(held.get('bias'))} | |")
+    wo = (d.get("ablation_whole_model_only") or {}).get("heldout")
+    own = d.get("ablation_without_minilm_candidates")
+    if wo or own:
+        out += ["", "Ablations (same measurements, fitted again):", ""]
+    if wo:
+        out.append(f"- whole-model latencies only (no per-layer times): held-out within +-10 % "
+                   f"{_p(wo['within_10pct'])}, MAPE {_p(wo['mape'])}; per-layer MAPE of held-out layers "
+                   f"{_p(d['ablation_whole_model_only'].get('heldout_layers_mape'))} (with them: "
+                   f"{_p((d.get('layers') or {}).get('heldout', {}).get('mape'))}).")
+    if own:
+        mf = own["by_workload"].get("builtin:minilm-l6", {})
+        out.append(f"- without the six fitted MiniLM candidates (`--model builtin:minilm-l6`): MiniLM front "
+                   f"within +-10 % {_p(mf.get('within_10pct'))}, MAPE {_p(mf.get('mape'))}, Kendall tau "
+                   f"{_fmt(mf.get('kendall_tau'), '.2f')}; all held-out {_p(own['heldout']['within_10pct'])}.")
+    curve = [r for r in d.get("fidelity_curve") or [] if "heldout" in r]
+    if curve:
+        out += ["", f"Few-shot calibration: held-out fidelity when only N of the calibration models are fitted "
+                f"({d.get('fidelity_curve_note', '')}):", "",
+                "| N models | draws | within +-10 %, median [min, max] | MAPE, median "
+                "| MiniLM front Kendall tau, median |",
+                "|---|---|---|---|---|"]
+        for n in sorted({r["n"] for r in curve}):
+            rows = [r for r in curve if r["n"] == n]
+            w = [r["heldout"]["within_10pct"] for r in rows]
+            taus = [r["by_workload"].get("builtin:minilm-l6", {}).get("kendall_tau") for r in rows]
+            taus = [t for t in taus if t is not None]
+            out.append(f"| {n} | {len(rows)} | {_p(float(np.median(w)))} [{_p(min(w))}, {_p(max(w))}] | "
+                       f"{_p(float(np.median([r['heldout']['mape'] for r in rows])))} | "
+                       f"{_fmt(float(np.median(taus)) if taus else None, '.2f')} |")
+    kinds = ((d.get("layers") or {}).get("heldout") or {}).get("by_kind") or {}
+    if kinds:
+        out += ["", "Per-layer time of held-out models by op type, precision and path (which kernel the model gets "
+                "wrong; the plot is results/bench/calibration/host-cpu-local.layers.png):", "",
+                "| kind | n | MAPE | bias | median measured ms |", "|---|---|---|---|---|"]
+        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]["n"] * kv[1]["measured_ms"]):
+            out.append(f"| {k} | {v['n']} | {_p(v['mape'])} | {_p(v.get('bias'))} | {v['measured_ms']:.4f} |")
+    out.append("")
     return out
 
 

@@ -27,6 +27,12 @@ block. A kernel, width or op the profile does not list is costed as the QDQ path
 precision (what the target would run instead). A QDQ per-block weight-only MatMul is costed as
 MatMulNBits where the profile says the runtime fuses it (``qdq_per_block_accuracy_level``).
 
+What per-layer profiles taught (issue 18): the rest of the graph also holds the MatMuls between
+two activations (attention), costed at the float rate from ``GraphStats.other_macs``; an embedding
+table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 on ONNX Runtime) is
+dequantized whole on every run; and ``op_factors`` scale one op type's path against MatMul's (a
+ConvInteger is not a MatMulInteger), fitted from per-layer times only.
+
 ``CostTable`` precomputes every layer's cost for each of the few execution classes, so that
 predicting a population is a table lookup and a sum (``predict_many``); a class first seen in a
 genome (a kernel, block size or accuracy level) adds its column once.
@@ -56,12 +62,15 @@ class GraphStats:
 
     other_ops: int = 0
     other_elements: int = 0
+    #: multiply-accumulates of the MatMuls between two activations (attention's Q K^T and its
+    #: weighting of V): float GEMMs as costly as a layer's, though no layer's
+    other_macs: int = 0
 
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
         layer_nodes = {layer.node_name for layer in model.layers}
         shapes = model.tensor_shapes()
-        ops = elements = 0
+        ops = elements = macs = 0
         for node in model.proto.graph.node:
             if node.name in layer_nodes or node.op_type in _FREE_OPS:
                 continue
@@ -71,7 +80,19 @@ class GraphStats:
                 # and the calibrated profiles were fitted without it.
                 if shapes.get(out):
                     elements += int(np.prod(shapes[out]))
-        return cls(ops, elements)
+            a = shapes.get(node.input[0]) if node.input else None
+            out_shape = shapes.get(node.output[0]) if node.output else None
+            if node.op_type == "MatMul" and a and out_shape:
+                macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
+        return cls(ops, elements, macs)
+
+    def fixed_us(self, profile: Profile) -> float:
+        """The rest of the graph's time per inference: op overheads, elements written, and the
+        activation-by-activation MatMuls at the float rate."""
+        ft = profile.data["float_type"]
+        return (self.other_ops * profile.num("overhead", "other_op_us")
+                + self.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
+                + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3))
 
 
 class ExecClass(NamedTuple):
@@ -224,6 +245,12 @@ def path_of(wt: str, at: str, profile: Profile) -> Path:
                 float(fb["energy_per_mac_pj"]["value"]), float(fb["penalty_us"]["value"]))
 
 
+def op_path(kind: str, activation: str) -> str:
+    """The ``op_factors`` key of a QDQ execution path: its kind, with dynamic-activation native
+    layers apart (ONNX Runtime runs them as MatMulInteger / ConvInteger, not QLinear kernels)."""
+    return "native_dynamic" if kind == "native" and activation == "dynamic" else kind
+
+
 _BYTES = {"fp32": 4.0, "fp16": 2.0, "int16": 2.0, "int8": 1.0, "int4": 0.5, "int2": 0.25, "dynamic": 1.0}
 
 
@@ -357,7 +384,8 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     # The weights a run reads and dequantizes: all of them, but an embedding Gather only the rows it
     # looks up (qae gathers quantized rows, then dequantizes them) when the number of ids is known.
     touched = float(layer.params)
-    if layer.op_type == "Gather" and len(layer.weight_shape) == 2:
+    whole_table = profile.data.get("gather_table_ns_per_element", {}).get(wt) if layer.op_type == "Gather" else None
+    if layer.op_type == "Gather" and len(layer.weight_shape) == 2 and whole_table is None:
         try:
             touched = min(touched, gemm_rows(layer) * layer.weight_shape[1])
         except ProfileError:
@@ -370,6 +398,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     transient = 0.0
     if p.kind == "weight_only":
         us += touched * profile.table("weight_only_ns_per_element").get(wt, 0.0) / 1e3
+    if whole_table is not None:  # the runtime dequantizes the whole table each run, then gathers
+        us += touched * float(whole_table["value"]) / 1e3
+        transient = touched * _BYTES[ft]
     if p.kind in ("native", "dequantize") and at != "fp32":
         # Quantize the float input on entry; dynamic activations also find their range at run time.
         per_el = conv["dynamic_ns_per_element"] if at == "dynamic" else conv["ns_per_element"]
@@ -390,6 +421,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     if p.kind == "slower_unit":
         us += p.penalty_us
         dram += abytes  # handing the tensors to another unit goes through shared memory
+    factor = profile.data.get("op_factors", {}).get(layer.op_type, {}).get(op_path(p.kind, at))
+    if factor is not None:
+        us *= float(factor["value"])
     e = profile.data["energy"]
     joules = (
         macs * p.energy_per_mac_pj * 1e-12
@@ -457,11 +491,7 @@ class CostTable:
         self._add(_CLASSES)
         for i in range(n):
             self.abytes[i] = self.costs[i][0].activation_bytes
-        self.fixed_us = (
-            profile.num("overhead", "per_inference_us")
-            + self.graph.other_ops * profile.num("overhead", "other_op_us")
-            + self.graph.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
-        )
+        self.fixed_us = profile.num("overhead", "per_inference_us") + self.graph.fixed_us(profile)
         e = profile.data["energy"]
         self.power_w = float(e["static_power_w"]["value"]) + float(e["active_power_w"]["value"])
         self.runtime_bytes = profile.num("memory", "runtime_overhead_bytes")

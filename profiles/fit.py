@@ -1,10 +1,16 @@
 """Fitting a profile's coefficients to measurements, and the held-out error of the result.
 
 The model fitted is the cost model itself (``profiles.costmodel.layer_cost``), so a calibrated
-profile predicts with exactly the formula it was fitted with. Coefficients stay physical: every
-fitted value is >= 0, throughputs and bandwidth are fitted as their inverses (time per MAC, per
-byte) with bounds, and the loss is robust (``soft_l1`` on log ratios) so that one disturbed
-measurement cannot drag the fit.
+profile predicts with exactly the formula it was fitted with. Two kinds of data enter one robust
+fit: whole-model latencies (``Sample``), which alone identify the per-inference overhead and the
+genome-independent rest of the graph, and, where the device sent a per-op profile, each layer's
+measured time (``LayerSample``: its kernel and the Q/DQ, casts and rescaling serving it alone, from
+``harness.quant.opmap``), so that one measurement teaches the fit one number per layer and a wrong
+kernel rate shows up in its own op type's error (``layer_errors``). Each group carries the same total
+weight, so hundreds of layer times do not drown the latencies the predictions are judged on.
+Coefficients stay physical: every fitted value is >= 0, throughputs and bandwidth are fitted as
+their inverses (time per MAC, per byte) with bounds, and the loss is robust (``soft_l1`` on log
+ratios) so that one disturbed measurement cannot drag the fit.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from profiles.costmodel import ExecClass, GraphStats, cost_of, rate_key
+from profiles.costmodel import ExecClass, GraphStats, cost_of, op_path, path_of, rate_key
 from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
 from profiles.schema import Profile
@@ -37,6 +43,27 @@ class Sample:
     measured_ms: float
 
 
+@dataclass
+class LayerSample:
+    """One layer's measured time in one measured model (``harness.quant.opmap.layer_times``): the
+    kernel and the quantization plumbing serving it alone, median per run under the profiler."""
+
+    id: str  # the measured model's id
+    workload: str
+    role: str  # fit | heldout, the model's
+    layer: LayerLike
+    cls: tuple[Any, ...]
+    measured_ms: float
+
+
+def layer_kind(layer: LayerLike, cls: tuple[Any, ...], profile: Profile) -> str:
+    """What the error table groups by: op type, weight / activation types and execution path
+    (``MatMul int8/int8 native``, ``MatMul int4/fp32 matmulnbits``, ``Gather fp32/fp32 float``)."""
+    ec = ExecClass(*cls)
+    path = cost_of(layer, ec, profile).path
+    return f"{layer.op_type} {ec.weight}/{ec.activation} {path}"
+
+
 @dataclass(frozen=True)
 class Param:
     """A fitted coefficient: its key path in the profile and whether it is fitted as an inverse."""
@@ -47,14 +74,14 @@ class Param:
     hi: float = math.inf
 
 
-def fit_params(profile: Profile, samples: Sequence[Sample] = ()) -> list[Param]:
+def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -> list[Param]:
     """The coefficients a latency calibration can identify: rates, overheads, conversion costs, and
     the coefficients of each kernel rate (``kernels.K.rates.R``) some sample's layer runs on."""
     d = profile.data
     kernel_params: list[Param] = []
     seen: set[tuple[str, str]] = set()
     for s in samples:
-        for c in s.classes:
+        for c in (s.classes if isinstance(s, Sample) else [s.cls]):
             ec = ExecClass(*c)
             if ec.kernel == "qdq" or not ec.weight.startswith("int"):
                 continue
@@ -73,9 +100,37 @@ def fit_params(profile: Profile, samples: Sequence[Sample] = ()) -> list[Param]:
     params += [Param(("conversion", k)) for k in ("per_op_us", "ns_per_element", "dynamic_ns_per_element")]
     params += [Param(("dequantize_ns_per_element", p)) for p in d["dequantize_ns_per_element"]]
     params += [Param(("weight_only_ns_per_element", p)) for p in d["weight_only_ns_per_element"]]
-    for key in ("dequantize_spill_ns_per_element", "dequantize_per_tensor_ns_per_element"):
+    for key in ("dequantize_spill_ns_per_element", "dequantize_per_tensor_ns_per_element",
+                "gather_table_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
-    return params + kernel_params
+    return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
+
+
+#: bounds of a fitted op factor: a kernel 20x off the shared rates is a model to fix, not to fit
+OP_FACTOR_BOUNDS = (0.05, 20.0)
+
+
+def op_factor_params(profile: Profile, layers: Sequence[LayerSample]) -> list[Param]:
+    """One ``op_factors.OP.PATH`` coefficient per op type other than MatMul (the reference the
+    shared rates describe) and QDQ execution path that some measured layer time runs on: only
+    per-layer times tell an op type's kernels apart (in whole-model latencies the factor of a Conv
+    and the shared int8 rate are confounded). Added to ``profile`` at 1.0 where it has none."""
+    factors = profile.data.setdefault("op_factors", {})
+    out: list[Param] = []
+    for s in layers:
+        ec = ExecClass(*s.cls)
+        if ec.kernel != "qdq" or s.layer.op_type == "MatMul":
+            continue  # block kernels have rates of their own; MatMul is what the shared rates describe
+        key = op_path(path_of(ec.weight, ec.activation, profile).kind, ec.activation)
+        node = factors.setdefault(s.layer.op_type, {})
+        if key not in node:
+            node[key] = {"value": 1.0, "source": "neutral start of the per-layer fit"}
+        param = Param(("op_factors", s.layer.op_type, key), lo=OP_FACTOR_BOUNDS[0], hi=OP_FACTOR_BOUNDS[1])
+        if param not in out:
+            out.append(param)
+    if not factors:
+        profile.data.pop("op_factors")
+    return out
 
 
 def _get(data: dict[str, Any], keys: tuple[str, ...]) -> float:
@@ -120,42 +175,58 @@ def predict_ms(samples: list[Sample], profile: Profile) -> np.ndarray:
                 cache[key] = cost_of(layer, ec, profile).latency_us
             total += cache[key]
         if s.workload not in fixed:
-            fixed[s.workload] = (s.graph.other_ops * profile.num("overhead", "other_op_us")
-                                 + s.graph.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3)
+            fixed[s.workload] = s.graph.fixed_us(profile)
         out[i] = (total + per_inf + fixed[s.workload]) / 1e3
     return out
 
 
-def fit(samples: list[Sample], base: Profile) -> tuple[Profile, dict[str, Any]]:
-    """Fit ``base``'s coefficients to the ``fit`` samples; returns the fitted profile and a report."""
+def predict_layers_ms(samples: Sequence[LayerSample], profile: Profile) -> np.ndarray:
+    """Predicted time of each measured layer (its ``cost_of`` latency)."""
+    return np.array([cost_of(s.layer, ExecClass(*s.cls), profile).latency_us / 1e3 for s in samples])
+
+
+def fit(samples: list[Sample], base: Profile, layers: Sequence[LayerSample] = ()) -> tuple[Profile, dict[str, Any]]:
+    """Fit ``base``'s coefficients to the ``fit`` samples and the per-layer times of ``fit`` models
+    (``layers``); returns the fitted profile and a report."""
     train = [s for s in samples if s.role == "fit"]
     if len(train) < 3:
         raise ProfileError(f"calibration has {len(train)} usable fit measurements: at least 3 are needed")
+    train_layers = [s for s in layers if s.role == "fit" and s.measured_ms > 0]
     prof = base.copy()
-    params = fit_params(prof, train)
+    params = fit_params(prof, [*train, *train_layers])
     x0 = to_vector(prof, params)
     lo = np.array([p.lo for p in params])
     hi = np.array([p.hi for p in params])
     x0 = np.clip(x0, lo, np.where(np.isfinite(hi), hi, np.inf))
     y = np.log(np.array([s.measured_ms for s in train]))
+    y_layers = np.log(np.array([s.measured_ms for s in train_layers]))
+    # the layer times as a group weigh as much as the whole-model latencies
+    w_layers = math.sqrt(len(train) / len(train_layers)) if train_layers else 0.0
     # Scale each coefficient by its starting size so the solver moves them comparably.
     scale = np.where(x0 > 0, x0, 1e-3)
 
     def residuals(z: np.ndarray) -> np.ndarray:
         apply_vector(prof, params, z * scale)
         pred = predict_ms(train, prof)
-        return np.log(np.maximum(pred, 1e-9)) - y
+        whole = np.log(np.maximum(pred, 1e-9)) - y
+        if not train_layers:
+            return whole
+        per_layer = np.log(np.maximum(predict_layers_ms(train_layers, prof), 1e-9)) - y_layers
+        return np.concatenate([whole, w_layers * per_layer])
 
     res = least_squares(residuals, x0 / scale, bounds=(lo / scale, hi / scale), loss="soft_l1",
                         f_scale=0.05, max_nfev=400)
     apply_vector(prof, params, res.x * scale)
     report = {"converged": bool(res.success), "evaluations": int(res.nfev), "cost": float(res.cost),
+              "models": len(train), "layer_times": len(train_layers),
               "fitted": [".".join(p.keys) for p in params]}
     return prof, report
 
 
 def errors(samples: list[Sample], profile: Profile) -> dict[str, Any]:
-    """MAPE and the share within +-10 % (nn-Meter's metric), overall and per workload, per role."""
+    """MAPE and the share within +-10 % (nn-Meter's metric), overall and per workload, per role; for
+    held-out whole models, the Kendall tau of predicted against measured latency per workload (does
+    the model rank a front's candidates as the device does)."""
     pred = predict_ms(samples, profile)
     rows: list[dict[str, Any]] = []
     for s, p in zip(samples, pred):
@@ -171,13 +242,46 @@ def errors(samples: list[Sample], profile: Profile) -> dict[str, Any]:
     return out
 
 
+def layer_errors(layers: Sequence[LayerSample], profile: Profile, base: Profile | None = None) -> dict[str, Any]:
+    """Per-layer error by op type and path (``layer_kind``, classified on ``base`` or ``profile``),
+    per role: which kernel the profile gets wrong. ``rows`` holds every layer's numbers."""
+    pred = predict_layers_ms(layers, profile) if layers else np.zeros(0)
+    rows: list[dict[str, Any]] = []
+    for s, p in zip(layers, pred):
+        rows.append({"id": s.id, "workload": s.workload, "role": s.role, "layer": s.layer.name,
+                     "kind": layer_kind(s.layer, s.cls, base or profile), "measured_ms": s.measured_ms,
+                     "predicted_ms": float(p), "error": float(p / s.measured_ms - 1.0)})
+    out: dict[str, Any] = {"rows": rows}
+    for role in ("fit", "heldout"):
+        sel = [r for r in rows if r["role"] == role]
+        out[role] = summarize(sel)
+        out[role]["by_kind"] = {k: {**summarize([r for r in sel if r["kind"] == k]),
+                                    "measured_ms": float(np.median([r["measured_ms"] for r in sel if r["kind"] == k]))}
+                                for k in sorted({r["kind"] for r in sel})}
+    return out
+
+
+def kendall_tau(rows: Sequence[dict[str, Any]]) -> float | None:
+    """Kendall's tau-b (scipy) of predicted against measured over ``rows``; None below 3 rows."""
+    if len(rows) < 3:
+        return None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]).statistic
+    return None if tau is None or not math.isfinite(float(tau)) else float(tau)
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """n, MAPE, the share within +-10 %, RMS relative error, median signed error (a bias: > 0 is
+    predicted too slow) and Kendall's tau of the ranking."""
     if not rows:
-        return {"n": 0, "mape": None, "within_10pct": None, "rms_rel": None}
+        return {"n": 0, "mape": None, "within_10pct": None, "rms_rel": None, "bias": None, "kendall_tau": None}
     err = np.array([r["error"] for r in rows])
     return {
         "n": len(rows),
         "mape": float(np.mean(np.abs(err))),
         "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
         "rms_rel": float(np.sqrt(np.mean(err**2))),
+        "bias": float(np.median(err)),
+        "kendall_tau": kendall_tau(rows),
     }

@@ -23,6 +23,8 @@ from profiles.errors import ProfileError
 
 #: Precisions a profile can name: compute and storage types, plus ``dynamic`` activations.
 PRECISIONS = ("fp32", "fp16", "int16", "int8", "int4")
+#: the execution paths ``op_factors`` may correct (``profiles.costmodel.op_path``)
+OP_PATHS = ("float", "weight_only", "native", "native_dynamic", "dequantize", "slower_unit")
 ACT_PRECISIONS = (*PRECISIONS, "dynamic")
 
 PROFILES_DIR = Path(__file__).resolve().parent
@@ -213,6 +215,14 @@ SCHEMA: dict[str, Any] = {
         "dequantize_spill_ns_per_element": _table(NONNEG, PRECISIONS),
         # Where a per-tensor scale dequantizes faster than per-channel scales (optional).
         "dequantize_per_tensor_ns_per_element": _table(NONNEG, PRECISIONS),
+        # Optional: embedding tables of these weight types cannot be indexed in their integer type
+        # (ONNX Runtime's Gather takes no int4): the whole table is dequantized on every run, at this cost.
+        "gather_table_ns_per_element": _table(NONNEG, PRECISIONS),
+        # Optional: a latency factor per op type and execution path (float, weight_only, native,
+        # native_dynamic, dequantize, slower_unit) relative to MatMul, which the shared rates describe;
+        # fitted from per-layer times where one op type's kernel runs faster or slower than the shared
+        # rates say (a ConvInteger against a MatMulInteger).
+        "op_factors": {"type": "object", "additionalProperties": _table(POS, OP_PATHS)},
         "fallback": _table(FALLBACK, ACT_PRECISIONS),
         "energy": {
             "type": "object",

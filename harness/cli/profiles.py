@@ -57,6 +57,17 @@ def register(sub: Any) -> None:
     p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per model (default 1)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads while measuring (default 1)")
     p.add_argument("--passes", type=int, default=2, help="interleaved passes over the suite (default 2)")
+    p.add_argument("--max-passes", type=int, default=None,
+                   help="more interleaved passes, up to this many, for models whose passes differ by more than "
+                        "--spread (default: --passes + 2)")
+    p.add_argument("--spread", type=float, default=0.05,
+                   help="largest accepted difference between a model's passes, as a fraction (default 0.05)")
+    p.add_argument("--model", action="append", default=[], metavar="builtin:NAME|FILE.onnx",
+                   help="also fit 6 candidates of this model (its float, w8a8 and dynamic int8 builds and three "
+                        "random mixes): the fit sees the shapes and ops your search will run; repeatable")
+    p.add_argument("--calib", help="calibration data (.npz) for a --model FILE.onnx")
+    p.add_argument("--no-profile-ops", dest="profile_ops", action="store_false",
+                   help="skip the per-op profiles: fit whole-model latencies only (faster, no per-layer table)")
     p.add_argument("--statistic", choices=["min", "p50"], default="min",
                    help="latency statistic fitted: min (robust on a shared host, default) or p50")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -155,23 +166,79 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.min_seconds < 0 or args.threads < 1 or args.passes < 1:
         raise InputError("--runs, --threads and --passes must be >= 1 and --min-seconds >= 0")
+    if args.max_passes is not None and args.max_passes < args.passes:
+        raise InputError(f"--max-passes {args.max_passes} is below --passes {args.passes}: give at least --passes")
+    if not 0 < args.spread < 1:
+        raise InputError(f"--spread {args.spread}: give a fraction between 0 and 1, such as 0.05")
     output = Path(args.output) if args.output else Path("profiles/calibrated") / f"{args.device}.yaml"
     if output.suffix not in (".yaml", ".yml"):
         raise InputError(f"-o {output}: a calibrated profile is a .yaml file")
     settings = MeasureSettings(runs=args.runs, min_seconds=args.min_seconds, warmup_runs=1,
-                               warmup_seconds=min(0.5, args.min_seconds), timeout_s=120, threads=args.threads)
-    report = run(args.device, args.profile, output, suite=default_suite(quick=args.quick), settings=settings,
-                 progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic)
+                               warmup_seconds=min(0.5, args.min_seconds), timeout_s=120, threads=args.threads,
+                               profile_ops=args.profile_ops)
+    files = [m for m in args.model if not m.startswith("builtin:")]
+    if any(not m.endswith(".onnx") for m in files):
+        raise InputError(f"--model {files[0]}: give builtin:NAME or an .onnx file")
+    if len(files) > 1 or (files and not args.calib) or (args.calib and not files):
+        raise InputError("--calib goes with exactly one --model FILE.onnx (its calibration inputs, .npz)")
+    missing = [m for m in files + ([args.calib] if args.calib else []) if not Path(m).is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file")
+    suite = default_suite(quick=args.quick, models=args.model)
+    if files:
+        suite.model_calib[files[0]] = args.calib
+    report = run(args.device, args.profile, output, suite=suite, settings=settings,
+                 progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic,
+                 max_passes=args.max_passes, spread=args.spread)
     if args.json:
         print(json.dumps({k: v for k, v in report.items()}, default=str))
         return 0
-    held = report["heldout"]
-    print(f"wrote {output} ({report['measured']} models measured, {report['reused']} reused from "
-          f"{report['measurements']}, {len(report['failed'])} failed)", file=sys.stderr)
-    if held["n"]:
-        for workload, s in sorted(held["by_workload"].items()):
-            print(f"held-out {workload}: {s['within_10pct'] * 100:.0f} % within +-10 %, MAPE {s['mape'] * 100:.1f} % "
-                  f"(n={s['n']})")
-        print(f"held-out all: {held['within_10pct'] * 100:.0f} % within +-10 %, MAPE {held['mape'] * 100:.1f} % "
-              f"(n={held['n']})")
+    print(f"wrote {output} ({report['measured']} measurements now, {report['reused']} reused from "
+          f"{report['measurements']}, {len(report['failed'])} models failed)", file=sys.stderr)
+    print(fidelity_text(report))
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.1f} %"
+
+
+def _tau(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def fidelity_text(report: dict[str, Any]) -> str:
+    """The fidelity tables of a calibration: whole models per workload (fit and held out), per-layer
+    time per op type and path, and the noise verdict."""
+    lines = ["whole models          role     n   within +-10 %   MAPE    bias    Kendall tau"]
+    for role in ("heldout", "fit"):
+        block = report[role]
+        for workload, s in sorted(block.get("by_workload", {}).items()):
+            lines.append(f"  {workload:20s} {role:8s} {s['n']:3d}   {_pct(s['within_10pct']):>11s}  "
+                         f"{_pct(s['mape']):>7s} {_pct(s['bias']):>7s}   {_tau(s['kendall_tau']):>5s}")
+        if block["n"]:
+            lines.append(f"  {'all':20s} {role:8s} {block['n']:3d}   {_pct(block['within_10pct']):>11s}  "
+                         f"{_pct(block['mape']):>7s} {_pct(block['bias']):>7s}")
+    layers = report.get("layers") or {}
+    kinds = {k for role in ("fit", "heldout") for k in (layers.get(role) or {}).get("by_kind", {})}
+    if kinds:
+        lines.append("per-layer time by op type and path (bias > 0: predicted too slow)")
+        lines.append(f"  {'kind':42s} {'n fit':>5s} {'MAPE fit':>9s} {'n held':>6s} {'MAPE held':>9s} "
+                     f"{'bias held':>9s} {'median ms':>9s}")
+        for k in sorted(kinds):
+            f = layers["fit"]["by_kind"].get(k, {"n": 0, "mape": None})
+            h = layers["heldout"]["by_kind"].get(k, {"n": 0, "mape": None, "bias": None})
+            med = (h if h["n"] else f).get("measured_ms")
+            lines.append(f"  {k:42s} {f['n']:5d} {_pct(f['mape']):>9s} {h['n']:6d} {_pct(h['mape']):>9s} "
+                         f"{_pct(h.get('bias')):>9s} {med if med is None else f'{med:.3f}':>9}")
+    if layers.get("unsplit"):
+        lines.append(f"  no per-layer split for: {', '.join(layers['unsplit'])}")
+    noise = report.get("noise") or {}
+    if noise:
+        beyond = noise.get("beyond_bound") or []
+        lines.append(f"noise: {noise.get('verdict')}; median spread between passes {_pct(noise.get('spread_median'))}, "
+                     f"{len(beyond)} model(s) still beyond {_pct(noise.get('spread_bound'))}"
+                     + (f" ({', '.join(beyond[:6])}{'...' if len(beyond) > 6 else ''})" if beyond else ""))
+    if report.get("plot"):
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)

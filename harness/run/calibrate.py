@@ -10,7 +10,8 @@ and the ``fit`` candidates (``profiles.fit``) and judged on the held-out candida
 calibrated profile is written with its data summary and held-out error.
 
 Resumable: every measurement is appended, as one JSON line, to ``OUTPUT.measurements.jsonl`` the
-moment it arrives (flushed and fsynced; a torn last line is ignored). A re-run with the same output
+moment it arrives (flushed and fsynced; a torn last line is ignored), without its list of every
+timed run (the latency summary and the per-op profile stay). A re-run with the same output
 and settings reuses every measurement whose key (item, model hash, settings, device) matches.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,7 @@ import yaml
 
 from harness.core.errors import InputError
 from profiles.costmodel import ExecClass, GraphStats, precision_tokens
-from profiles.fit import Sample, errors, fit
+from profiles.fit import LayerSample, Sample, errors, fit, layer_errors
 from profiles.microbench import (
     GatherShape,
     KernelShape,
@@ -43,7 +45,7 @@ from profiles.microbench import (
 )
 from profiles.schema import Profile, load_profile, parse
 
-MAX_MODELS = 100
+MAX_MODELS = 150
 
 #: (weight_bits, activation_bits, weight) of a candidate layer: what a search proposes, int4 included.
 CANDIDATE_GENES: list[tuple[Any, Any, float]] = [
@@ -62,11 +64,13 @@ MICRO_GENES = {
     "w4a8t": {"weight_bits": 4, "activation_bits": 8, "granularity": "per_tensor"},
     "w16a16t": {"weight_bits": 16, "activation_bits": 16, "granularity": "per_tensor"},
 }
-#: Embedding-Gather genes: fp32, and int8 per-tensor (qae's per-row int8 Gather build fails in ORT
-#: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales)
+#: Embedding-Gather genes: fp32, int8 per-tensor (qae's per-row int8 Gather build fails in ORT
+#: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales), and int4
+#: weight-only, whose table ORT dequantizes whole on every run)
 GATHER_GENES = {
     "fp": {"weight_bits": "fp", "activation_bits": "fp"},
     "w8t": {"weight_bits": 8, "activation_bits": "fp", "granularity": "per_tensor"},
+    "w4": {"weight_bits": 4, "activation_bits": "fp"},
 }
 
 
@@ -110,6 +114,8 @@ class Suite:
     micro_shapes: dict[str, LayerShape] = field(default_factory=dict)
     #: ``gather:TAG`` workloads: a float embedding Gather the quantizer builds (fp32 / QDQ int8)
     gather_shapes: dict[str, GatherShape] = field(default_factory=dict)
+    #: calibration data (.npz) of each .onnx model the suite measures candidates of
+    model_calib: dict[str, str] = field(default_factory=dict)
 
 
 def kernel_items(plan: list[tuple[str, int, int, int, list[tuple[int, int]]]] | None = None,
@@ -147,9 +153,14 @@ class KernelGenome:
     hash: str
 
 
-def default_suite(quick: bool = False, seed: int = 0) -> Suite:
-    """90 models (17 micro at 16 tokens, 12 more at M = 1 and 64, 4 embedding Gathers, 34
-    block-quantized kernels, 11 + 12 whole candidates with 6 + 7 held out); ``quick`` is 7 tiny ones."""
+def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | list[str] = (),
+                  model_candidates: int = 6) -> Suite:
+    """102 models (17 micro at 16 tokens, 12 more at M = 1 and 64, 6 embedding Gathers, 34
+    block-quantized kernels, whole candidates of digits-vit, of a MiniLM-sized transformer and of the
+    convolutional digits-cnn: 11 + 12 + 10 with 6 + 7 + 5 held out); ``quick`` is 7 tiny ones.
+    ``models`` (``builtin:NAME`` or an .onnx file) adds ``model_candidates`` fit candidates of each: its
+    float, w8a8 and dynamic int8 builds and random mixes (``mixed_genome``), so that the fit sees the
+    shapes and ops of the model a search will run (few-shot calibration for one model)."""
     if quick:
         shapes = {"A": LayerShape(8, 64, 64)}
         micro = [("A", "fp"), ("A", "w8a8"), ("A", "w4a8")]
@@ -164,7 +175,7 @@ def default_suite(quick: bool = False, seed: int = 0) -> Suite:
             ("B", g) for g in ("fp", "w8a8", "w8dyn", "w4a8", "w16a16", "w8a16")] + [
             ("B", "w4a8t"), ("B", "w16a16t"), ("D", "fp"), ("D", "w8a8")]
         larger = {"dim": 384, "tokens": 16, "blocks": 2}
-        per_model, fit_mixed, names = 0, 2, ["builtin:digits-vit", "transformer"]
+        per_model, fit_mixed, names = 0, 2, ["builtin:digits-vit", "transformer", "builtin:digits-cnn"]
     items = [Item(f"micro-{shapes[s].tag}-{g}", f"micro:{shapes[s].tag}", {"default": MICRO_GENES[g]}, "fit")
              for s, g in micro]
     gathers: dict[str, GatherShape] = {}
@@ -184,7 +195,8 @@ def default_suite(quick: bool = False, seed: int = 0) -> Suite:
         items += kernel_items()
     rng = np.random.default_rng(seed)
     uniforms = ["fp", "w8a8", "w8dyn"]
-    counts = {"builtin:digits-vit": 11, "transformer": 12} if not quick else {n: per_model for n in names}
+    counts = ({"builtin:digits-vit": 11, "transformer": 12, "builtin:digits-cnn": 10} if not quick
+              else {n: per_model for n in names})
     for name in names:
         short = name.split(":")[-1]
         for i in range(counts[name]):
@@ -193,6 +205,15 @@ def default_suite(quick: bool = False, seed: int = 0) -> Suite:
                 continue
             role = "fit" if i < len(uniforms) + fit_mixed else "heldout"
             items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, role))
+    for name in models:
+        short = "model-" + (name.split(":", 1)[1] if name.startswith("builtin:") else Path(name).stem)
+        for i in range(model_candidates):
+            if i < len(uniforms):
+                items.append(Item(f"{short}-{uniforms[i]}", name, {"default": MICRO_GENES[uniforms[i]]}, "fit"))
+            else:
+                items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, "fit"))
+    if len({it.id for it in items}) != len(items):
+        raise InputError(f"calibration models {', '.join(models)}: two have the same file name; give each once")
     return Suite(items, larger, {s.tag: s for s in shapes.values()}, gathers)
 
 
@@ -248,13 +269,14 @@ class Builder:
         self.suite, self.work = suite, work
         self._workloads: dict[str, Any] = {}
         self._kernels: dict[str, bytes] = {}
+        self._graphs: dict[str, GraphStats] = {}
 
     def workload(self, name: str) -> Any:
         from harness.quant.workload import Workload
 
         if name not in self._workloads:
-            if name.startswith("builtin:"):
-                self._workloads[name] = Workload.open(name)
+            if name.startswith("builtin:") or name.endswith(".onnx"):
+                self._workloads[name] = Workload.open(name, calib=self.suite.model_calib.get(name))
             else:
                 if name == "transformer":
                     proto, stem = transformer(**self.suite.larger), "transformer-{dim}x{tokens}x{blocks}".format(
@@ -310,6 +332,13 @@ class Builder:
             return {"ids": [1, shape.m]} if shape.kernel == "gather_block" else {"x": [1, shape.m, shape.k]}
         return dict(self.workload(item.workload).model.shapes_used)
 
+    def graph(self, workload: str) -> GraphStats:
+        """The workload's genome-independent graph statistics (none for a single-layer micro model)."""
+        if workload not in self._graphs:
+            self._graphs[workload] = (GraphStats() if workload.startswith("micro:")
+                                      else GraphStats.of(self.workload(workload).model))
+        return self._graphs[workload]
+
     def sample(self, item: Item, genome: Any, measured_ms: float) -> Sample:
         if item.workload.startswith("kernel:"):
             shape = KernelShape(**item.genome)
@@ -319,9 +348,43 @@ class Builder:
                           graph, measured_ms)
         model = self.workload(item.workload).model
         classes = [precision_tokens(genome[layer.name]) for layer in model.layers]
-        graph = GraphStats.of(model) if item.workload in ("transformer",) or item.workload.startswith(
-            ("builtin:", "gather:")) else GraphStats()
+        graph = self.graph(item.workload)
         return Sample(item.id, item.workload, item.role, model.layers, classes, graph, measured_ms)
+
+
+    def layer_samples(self, measured: list[tuple[Item, Any, dict[str, Any], Path]], statistic: str = "min",
+                      scale: bool = True) -> tuple[list[LayerSample], list[str]]:
+        """Per-layer measured times of every measured model whose record carries a per-op profile
+        (kernel items excluded: a single kernel is its whole model); returns them and the ids of models
+        whose profile could not be split (no layer time found)."""
+        import onnx
+
+        from harness.quant.opmap import layer_times
+
+        out: list[LayerSample] = []
+        unsplit: list[str] = []
+        for item, genome, rec, path in measured:
+            prof = rec.get("op_profile")
+            if not prof or item.workload.startswith("kernel:") or not path.exists():
+                continue
+            model = self.workload(item.workload).model
+            classes = [tuple(precision_tokens(genome[layer.name])) for layer in model.layers]
+            try:
+                times = layer_times(onnx.load(str(path)), model.layers, prof, statistic="iqm_ms")
+            except (KeyError, TypeError, ValueError):
+                unsplit.append(item.id)
+                continue
+            found = 0
+            if scale:  # the profile's shares of the timed latency (``LayerTimes.scaled_to``)
+                times = times.scaled_to(float(rec["latency_ms"][statistic]))
+            for j, layer in enumerate(model.layers):
+                ms = times.layers.get(layer.name, 0.0)
+                if ms > 0:
+                    out.append(LayerSample(item.id, item.workload, item.role, layer, classes[j], ms))
+                    found += 1
+            if not found:
+                unsplit.append(item.id)
+        return out, unsplit
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -354,20 +417,36 @@ def run(
     now: _dt.datetime | None = None,
     passes: int = 2,
     statistic: str = "min",
+    max_passes: int | None = None,
+    spread: float = 0.05,
+    plot: bool = True,
+    collect: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the suite (reusing stored measurements), fit, write ``output``; returns the report.
 
-    Each model is measured in ``passes`` interleaved passes and its latency is the smallest
-    ``statistic`` (``min``: the fastest timed run; or ``p50``) over the passes: a host shared with
-    other work disturbs single runs and whole stretches of time, and both choices filter that out.
+    The noise protocol: every model is measured in ``passes`` interleaved passes, then the models
+    whose latency still differs by more than ``spread`` between passes (largest over smallest - 1)
+    get more interleaved passes, up to ``max_passes`` (default ``passes + 2``); those still
+    beyond it are recorded, not hidden. A model's latency is the smallest ``statistic`` (``min``:
+    the fastest timed run; or ``p50``) over its passes: a host shared with other work disturbs
+    single runs and whole stretches of time, and both choices filter that out. The device's load
+    average (agent 1.5.1) and the spreads go into the file, which says when the device was busy.
+
+    With ``settings.profile_ops`` (the default here) each measurement also carries the device's
+    per-op profile; its per-layer times (``harness.quant.opmap``) enter the fit beside the whole-model
+    latencies, and the file and report carry the per-layer error by op type
+    (``profiles.fit.layer_errors``) and a predicted-vs-measured plot per layer type (``plot``).
+    ``collect``, when given, receives the fitted ``samples`` and ``layer_samples`` and the ``base``
+    profile (a benchmark re-fits subsets of them).
     """
     from harness.devices.transport import MeasureSettings
 
     suite = suite or default_suite()
     if len(suite.items) > MAX_MODELS:
         raise InputError(f"a calibration suite measures at most {MAX_MODELS} models, this one has {len(suite.items)}")
+    max_passes = max(passes, max_passes if max_passes is not None else passes + 2)
     settings = settings or MeasureSettings(runs=50, min_seconds=1.0, warmup_runs=1, warmup_seconds=0.5,
-                                           timeout_s=120, threads=1)
+                                           timeout_s=120, threads=1, profile_ops=True)
     base_profile = load_profile(base)
     store = Store(output.with_name(output.stem + ".measurements.jsonl"))
     from harness.core.paths import cache_dir
@@ -376,61 +455,188 @@ def run(
     settings_key = json.dumps({k: v for k, v in asdict(settings).items() if k not in ("genome", "input_shapes")},
                               sort_keys=True)
     gen = None
-    failed: list[dict[str, Any]] = []
     reused = measured_now = 0
-    best: dict[str, tuple[Item, Any, float]] = {}
+    values: dict[str, list[float]] = {}  # item id -> statistic per pass
+    best: dict[str, tuple[Item, Any, float, dict[str, Any], Path]] = {}
+    last: dict[str, dict[str, Any]] = {}
     try:
         with _progress(progress) as bar:
             task = bar.add_task("calibrating", total=len(suite.items) * passes) if bar else None
-            for pass_no, item in ((k, it) for k in range(passes) for it in suite.items):
-                path, genome = builder.build(item)
-                sha = hashlib.sha256(path.read_bytes()).hexdigest()
-                key = hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24]
-                rec = store.get(key)
-                if rec is None:
-                    if measure is None:
-                        gen = transport_measure(device, settings)
-                        measure = next(gen)
-                    # The device feeds the shapes the cost model counts (the workload's data shapes),
-                    # never a 1 it picked for a symbolic batch; the transport reads them per call.
-                    settings.input_shapes = builder.input_shapes(item)
-                    raw = measure(path)
-                    rec = {"key": key, "id": item.id, "workload": item.workload, "role": item.role,
-                           "genome_hash": genome.hash, "model_sha256": sha, "device": device,
-                           "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **raw}
-                    store.append(rec)
-                    measured_now += 1
-                else:
-                    reused += 1
-                if rec.get("ok") and rec.get("latency_ms"):
-                    value = float(rec["latency_ms"][statistic])
-                    if item.id not in best or value < best[item.id][2]:
-                        best[item.id] = (item, genome, value)
-                elif pass_no == passes - 1 and item.id not in best:
-                    failed.append({"id": item.id, "error_kind": rec.get("error_kind"), "message": rec.get("message")})
-                if bar and task is not None:
-                    bar.update(task, advance=1, description=f"calibrating {item.id}")
+            pending = list(suite.items)
+            for pass_no in range(max_passes):
+                if pass_no >= passes:
+                    pending = [it for it in suite.items if item_spread(values.get(it.id, [])) > spread]
+                    if not pending:
+                        break
+                    if bar and task is not None:
+                        bar.update(task, total=(bar.tasks[0].total or 0) + len(pending))
+                for item in pending:
+                    path, genome = builder.build(item)
+                    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+                    key = hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24]
+                    rec = store.get(key)
+                    if rec is None:
+                        if measure is None:
+                            gen = transport_measure(device, settings)
+                            measure = next(gen)
+                        # The device feeds the shapes the cost model counts (the workload's data shapes),
+                        # never a 1 it picked for a symbolic batch; the transport reads them per call.
+                        settings.input_shapes = builder.input_shapes(item)
+                        raw = measure(path)
+                        # every timed run (up to 20,000 per model) is not needed for a fit: the summary is
+                        raw.pop("runs_ms", None)
+                        rec = {"key": key, "id": item.id, "workload": item.workload, "role": item.role,
+                               "genome_hash": genome.hash, "model_sha256": sha, "device": device, "pass": pass_no,
+                               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **raw}
+                        store.append(rec)
+                        measured_now += 1
+                    else:
+                        reused += 1
+                    last[item.id] = rec
+                    if rec.get("ok") and rec.get("latency_ms"):
+                        value = float(rec["latency_ms"][statistic])
+                        values.setdefault(item.id, []).append(value)
+                        if item.id not in best or value < best[item.id][2]:
+                            best[item.id] = (item, genome, value, rec, path)
+                    if bar and task is not None:
+                        bar.update(task, advance=1, description=f"calibrating {item.id} (pass {pass_no + 1})")
     finally:
         if gen is not None:
             gen.close()
-    samples = [builder.sample(item, genome, value) for item, genome, value in best.values()]
-    fitted, fit_report = fit(samples, base_profile)
+    failed = [{"id": it.id, "error_kind": last.get(it.id, {}).get("error_kind"),
+               "message": last.get(it.id, {}).get("message")} for it in suite.items if it.id not in best]
+    samples = [builder.sample(item, genome, value) for item, genome, value, _, _ in best.values()]
+    layer_samples, unsplit = builder.layer_samples([(item, genome, rec, path) for item, genome, _, rec, path
+                                                    in best.values()])
+    if collect is not None:
+        collect.update(samples=samples, layer_samples=layer_samples, base=base_profile)
+    fitted, fit_report = fit(samples, base_profile, layer_samples)
     errs = errors(samples, fitted)
+    lay = layer_errors(layer_samples, fitted, base_profile)
+    noise = noise_summary(store, best, values, spread, passes, max_passes, settings)
     memory = _memory_overhead(store, samples, builder, suite, fitted)
     env = next((r.get("environment") for r in store.records.values() if r.get("ok")), None) or {}
     when = (now or _dt.datetime.now(_dt.timezone.utc)).date().isoformat()
     data = calibrated_data(base_profile, fitted, output.stem, device, when, errs, fit_report, memory,
                            settings_key, env, reused, failed, len(suite.items))
-    data["calibration"]["statistic"] = f"{statistic} latency, smallest over {passes} interleaved passes"
-    text = yaml.safe_dump(data, sort_keys=False, width=120)
+    data["calibration"]["statistic"] = (f"{statistic} latency, smallest over {passes} to {max_passes} interleaved "
+                                        f"passes (more while a model's passes differ by more than {spread:.0%})")
+    data["calibration"]["noise"] = noise
+    data["calibration"]["layers"] = {
+        "profiled_models": len({s.id for s in layer_samples}), "unsplit": unsplit,
+        "fit": {k: v for k, v in lay["fit"].items()}, "heldout": {k: v for k, v in lay["heldout"].items()}}
+    text = yaml.safe_dump(_rounded(data), sort_keys=False, width=120)
     parse(text, str(output))  # the file we write must load
     from harness.core.atomic import atomic_write_text
 
     atomic_write_text(output, text)
+    plot_path = None
+    if plot and lay["rows"]:
+        plot_path = output.with_name(output.stem + ".layers.png")
+        plot_layer_fit(lay["rows"], plot_path, f"{output.stem}: per-layer time, predicted vs measured on {device}")
     return {"output": str(output), "measurements": str(store.path), "models": len(suite.items),
-            "passes": passes, "statistic": statistic, "measured": measured_now, "reused": reused,
-            "failed": failed, "fit": errs["fit"], "heldout": errs["heldout"],
-            "rows": errs["rows"]}
+            "passes": passes, "max_passes": max_passes, "statistic": statistic, "measured": measured_now,
+            "reused": reused, "failed": failed, "fit": errs["fit"], "heldout": errs["heldout"],
+            "rows": errs["rows"], "layers": {"fit": lay["fit"], "heldout": lay["heldout"], "unsplit": unsplit,
+                                             "rows": lay["rows"]},
+            "noise": noise, "solver": {k: v for k, v in fit_report.items() if k != "fitted"},
+            "plot": str(plot_path) if plot_path else None}
+
+
+def item_spread(values: list[float]) -> float:
+    """How far a model's passes disagree: largest over smallest - 1 (0 with one pass or none)."""
+    return max(values) / min(values) - 1.0 if len(values) > 1 and min(values) > 0 else 0.0
+
+
+def noise_summary(store: Store, best: dict[str, Any], values: dict[str, list[float]], bound: float, passes: int,
+                  max_passes: int, settings: Any) -> dict[str, Any]:
+    """What the file says about noise: per-model spread between passes, how many stayed beyond the
+    bound, and the device's 1-minute load average over the measurements (beyond the measuring
+    threads: ``busy`` when its median exceeds 0.5)."""
+    spreads = {k: item_spread(v) for k, v in values.items()}
+    loads = [float(r["environment"]["loadavg_1m_before"]) for r in store.records.values()
+             if r.get("ok") and r.get("id") in best and isinstance(r.get("environment"), dict)
+             and isinstance(r["environment"].get("loadavg_1m_before"), (int, float))]
+    threads = int(getattr(settings, "threads", None) or 1)
+    out: dict[str, Any] = {
+        "spread_bound": bound, "passes_min": passes, "passes_max": max_passes,
+        "spread_median": float(np.median(list(spreads.values()))) if spreads else None,
+        "spread_max": max(spreads.values()) if spreads else None,
+        "beyond_bound": sorted(k for k, v in spreads.items() if v > bound),
+        "passes_used": {k: len(v) for k, v in sorted(values.items()) if len(v) > passes},
+    }
+    if loads:
+        med = float(np.median(loads))
+        out["loadavg_1m"] = {"min": min(loads), "median": med, "max": max(loads), "measuring_threads": threads}
+        out["busy"] = bool(med - threads > 0.5)
+        out["verdict"] = (f"busy: median 1-minute load {med:.2f} with {threads} measuring thread(s)" if out["busy"]
+                          else f"quiet: median 1-minute load {med:.2f} with {threads} measuring thread(s)")
+    else:
+        out["busy"] = None
+        out["verdict"] = "unknown: the device sent no load average (agent before 1.5.1, or no OS support)"
+    return out
+
+
+def _rounded(node: Any) -> Any:
+    """Floats to 6 significant digits, so that the file stays readable."""
+    if isinstance(node, float):
+        return float(f"{node:.6g}")
+    if isinstance(node, dict):
+        return {k: _rounded(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rounded(v) for v in node]
+    return node
+
+
+def plot_layer_fit(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """One log-log panel per layer kind: predicted against measured per-layer time, the +-10 % band,
+    fit layers and held-out layers apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from harness.core.atomic import atomic_write_bytes
+
+    kinds = sorted({r["kind"] for r in rows})
+    cols = min(4, len(kinds))
+    nrows = math.ceil(len(kinds) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        sel = [r for r in rows if r["kind"] == kind]
+        vals = [v for r in sel for v in (r["measured_ms"], r["predicted_ms"]) if v > 0]
+        lo, hi = min(vals) / 1.5, max(vals) * 1.5
+        xs = np.array([lo, hi])
+        ax.plot(xs, xs, color="0.3", lw=0.8)
+        ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="+-10 %")
+        for role, marker, color in (("fit", "o", "tab:blue"), ("heldout", "^", "tab:orange")):
+            pts = [r for r in sel if r["role"] == role]
+            if pts:
+                ax.scatter([r["measured_ms"] for r in pts], [r["predicted_ms"] for r in pts], s=14, marker=marker,
+                           color=color, label=f"{role} ({len(pts)})", alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_title(kind, fontsize=8)
+        ax.set_xlabel("measured ms", fontsize=7)
+        ax.set_ylabel("predicted ms", fontsize=7)
+        ax.tick_params(labelsize=6)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * nrows)))  # room for the title
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _memory_overhead(store: Store, samples: list[Sample], builder: Builder, suite: Suite,

@@ -125,3 +125,61 @@ def test_cli_predict_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["predict", "builtin:digits-vit", "--profile", "host-cpu"]) == 0
     text = capsys.readouterr().out
     assert "latency (predicted)" in text and "blocks.0.ffn.fc1" in text
+
+
+def test_attention_matmuls_between_activations_are_costed_at_the_float_rate(larger: ModelInfo) -> None:
+    # the transformer's Q K^T and its weighting of V read no weight: no layer, but GEMMs all the same
+    stats = GraphStats.of(larger)
+    assert stats.other_macs > 0
+    profile = load_profile("host-cpu")
+    fast = profile.copy()
+    fast.data["throughput_gmacs"]["fp32"]["value"] *= 2
+    no_macs = GraphStats(stats.other_ops, stats.other_elements)
+    gained = stats.fixed_us(profile) - no_macs.fixed_us(profile)
+    assert gained == pytest.approx(stats.other_macs / (profile.num("throughput_gmacs", "fp32") * 1e3))
+    assert stats.fixed_us(fast) - no_macs.fixed_us(fast) == pytest.approx(gained / 2)
+
+
+def _gather_layer(rows: int = 30522, dim: int = 384, ids: int = 64):  # type: ignore[no-untyped-def]
+    from harness.core.model import LayerSpec
+
+    return LayerSpec("emb", "/emb/Gather", "Gather", "w", (rows, dim), rows * dim, 0, None, "y", 0,
+                     input_elements=ids, output_elements=ids * dim)
+
+
+def test_a_table_the_runtime_cannot_index_is_dequantized_whole_on_every_run() -> None:
+    from profiles.costmodel import cost_of
+
+    profile = load_profile("host-cpu")
+    layer = _gather_layer()
+    int4 = cost_of(layer, ("int4", "fp32", "channel"), profile)
+    int8 = cost_of(layer, ("int8", "fp32", "channel"), profile)
+    per_el = profile.num("gather_table_ns_per_element", "int4")
+    assert int4.latency_us >= layer.params * per_el / 1e3  # every element of the table, every run
+    assert int8.latency_us < int4.latency_us / 100  # int8 gathers its 64 rows, then dequantizes them
+    assert int4.transient_bytes == layer.params * 4  # the float table it makes each run
+
+
+def test_op_factors_scale_one_op_type_and_path_and_bad_keys_are_refused() -> None:
+    from harness.core.model import LayerSpec
+    from profiles.costmodel import cost_of
+    from profiles.errors import ProfileError
+    from profiles.schema import parse
+
+    profile = load_profile("host-cpu")
+
+    conv = LayerSpec("c", "/c/Conv", "Conv", "w", (16, 8, 3, 3), 1152, 1152 * 196, "x", "y", 0,
+                     input_elements=8 * 16 * 16, output_elements=16 * 14 * 14)
+    mm = _gather_layer()
+    base_conv = cost_of(conv, ("int8", "dynamic", "channel"), profile).latency_us
+    base_native = cost_of(conv, ("int8", "int8", "channel"), profile).latency_us
+    scaled = profile.copy()
+    scaled.data["op_factors"] = {"Conv": {"native_dynamic": {"value": 3.0, "source": "test"}}}
+    assert cost_of(conv, ("int8", "dynamic", "channel"), scaled).latency_us == pytest.approx(3 * base_conv)
+    assert cost_of(conv, ("int8", "int8", "channel"), scaled).latency_us == pytest.approx(base_native)
+    assert cost_of(mm, ("fp32", "fp32", "channel"), scaled).latency_us == pytest.approx(
+        cost_of(mm, ("fp32", "fp32", "channel"), profile).latency_us)
+    assert profile.path is not None
+    text = Path(profile.path).read_text() + "op_factors: {Conv: {warp: {value: 2, source: x}}}\n"
+    with pytest.raises(ProfileError, match="warp"):
+        parse(text, "bad.yaml")

@@ -146,7 +146,9 @@ def test_old_genes_keep_their_classic_class() -> None:
 def test_host_cpu_matmulnbits_is_slow_at_m64_and_fast_at_m1() -> None:
     """Measured here (results/bench/kernels.json): MatMulNBits loses to dynamic int8 at M = 64 (even
     to fp32 MatMul), and beats fp32 at M = 1 where the weights' bytes dominate."""
-    for profile, factor in (("host-cpu", 1.0), ("host-cpu-local", 2.0)):
+    # host-cpu-local (issue 18's fit): 8-bit block 128 accuracy 4 at 64x384x384 is 1.7x dynamic int8 (the
+    # suite measures that kernel at 1536x384 only, 2.3x there); every other variant is over 2x
+    for profile, factor in (("host-cpu", 1.0), ("host-cpu-local", 1.5)):
         for k, n in ((384, 384), (384, 1536), (1536, 384)):
             big = _mm(k, n, 64)
             dyn = _us(big, Gene(8, "dynamic"), profile)
