@@ -28,6 +28,10 @@ from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
 from profiles.schema import Profile
 
+#: a measured model is fitted (``fit``), held out while the model was developed (``heldout``), or
+#: held out and looked at only for the final figures (``reported``, benchmarks)
+ROLES = ("fit", "heldout", "reported")
+
 
 @dataclass
 class Sample:
@@ -36,7 +40,7 @@ class Sample:
 
     id: str
     workload: str
-    role: str  # fit | heldout
+    role: str  # one of ROLES
     layers: Sequence[LayerLike]
     classes: Sequence[tuple[Any, ...]]
     graph: GraphStats
@@ -50,7 +54,7 @@ class LayerSample:
 
     id: str  # the measured model's id
     workload: str
-    role: str  # fit | heldout, the model's
+    role: str  # one of ROLES, the model's
     layer: LayerLike
     cls: tuple[Any, ...]
     measured_ms: float
@@ -233,7 +237,7 @@ def errors(samples: list[Sample], profile: Profile) -> dict[str, Any]:
         rows.append({"id": s.id, "workload": s.workload, "role": s.role, "measured_ms": s.measured_ms,
                      "predicted_ms": float(p), "error": float(p / s.measured_ms - 1.0)})
     out: dict[str, Any] = {"rows": rows}
-    for role in ("fit", "heldout"):
+    for role in ROLES:
         sel = [r for r in rows if r["role"] == role]
         out[role] = summarize(sel)
         out[role]["by_workload"] = {
@@ -252,7 +256,7 @@ def layer_errors(layers: Sequence[LayerSample], profile: Profile, base: Profile 
                      "kind": layer_kind(s.layer, s.cls, base or profile), "measured_ms": s.measured_ms,
                      "predicted_ms": float(p), "error": float(p / s.measured_ms - 1.0)})
     out: dict[str, Any] = {"rows": rows}
-    for role in ("fit", "heldout"):
+    for role in ROLES:
         sel = [r for r in rows if r["role"] == role]
         out[role] = summarize(sel)
         out[role]["by_kind"] = {k: {**summarize([r for r in sel if r["kind"] == k]),

@@ -537,8 +537,9 @@ def run(
     return {"output": str(output), "measurements": str(store.path), "models": len(suite.items),
             "passes": passes, "max_passes": max_passes, "statistic": statistic, "measured": measured_now,
             "reused": reused, "failed": failed, "fit": errs["fit"], "heldout": errs["heldout"],
-            "rows": errs["rows"], "layers": {"fit": lay["fit"], "heldout": lay["heldout"], "unsplit": unsplit,
-                                             "rows": lay["rows"]},
+            "reported": errs["reported"], "rows": errs["rows"],
+            "layers": {"fit": lay["fit"], "heldout": lay["heldout"], "reported": lay["reported"],
+                       "unsplit": unsplit, "rows": lay["rows"]},
             "noise": noise, "solver": {k: v for k, v in fit_report.items() if k != "fitted"},
             "plot": str(plot_path) if plot_path else None}
 
