@@ -30,8 +30,11 @@ MatMulNBits where the profile says the runtime fuses it (``qdq_per_block_accurac
 What per-layer profiles taught (issue 18): the rest of the graph also holds the MatMuls between
 two activations (attention), costed at the float rate from ``GraphStats.other_macs``; an embedding
 table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 on ONNX Runtime) is
-dequantized whole on every run; and ``op_factors`` scale one op type's path against MatMul's (a
-ConvInteger is not a MatMulInteger), fitted from per-layer times only.
+dequantized whole on every run; ``op_factors`` scale one op type's path against MatMul's (a
+ConvInteger is not a MatMulInteger), fitted from per-layer times only; and where the weights a
+run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``),
+every byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide
+two-block transformer does not).
 
 ``CostTable`` precomputes every layer's cost for each of the few execution classes, so that
 predicting a population is a table lookup and a sum (``predict_many``); a class first seen in a
@@ -245,6 +248,18 @@ def path_of(wt: str, at: str, profile: Profile) -> Path:
                 float(fb["energy_per_mac_pj"]["value"]), float(fb["penalty_us"]["value"]))
 
 
+def beyond_cache_us(read_bytes: float, profile: Profile) -> float:
+    """Extra time of a run whose weights read (``LayerCost.read_bytes`` summed over the model) exceed
+    the profile's last-level cache (``memory.cache_bytes``): they stream from DRAM on every run, at
+    ``memory.beyond_cache_ns_per_byte``; zero where the profile states no cache."""
+    mem = profile.data["memory"]
+    if "cache_bytes" not in mem or "beyond_cache_ns_per_byte" not in mem:
+        return 0.0
+    if read_bytes <= float(mem["cache_bytes"]["value"]):
+        return 0.0
+    return read_bytes * float(mem["beyond_cache_ns_per_byte"]["value"]) / 1e3
+
+
 def op_path(kind: str, activation: str) -> str:
     """The ``op_factors`` key of a QDQ execution path: its kind, with dynamic-activation native
     layers apart (ONNX Runtime runs them as MatMulInteger / ConvInteger, not QLinear kernels)."""
@@ -263,6 +278,9 @@ class LayerCost:
     transient_bytes: float
     path: str
     compute: str
+    #: bytes of weights (and of weights dequantized on the fly) a run reads: what streams from DRAM
+    #: when the model's sum of them exceeds the last-level cache (``beyond_cache_us``)
+    read_bytes: float = 0.0
 
 
 def kernel_rate(profile: Profile, kernel: str, bits: int, accuracy: int = 0) -> dict[str, float] | None:
@@ -321,7 +339,7 @@ def _kernel_cost(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost 
         compute = "int8" if c.accuracy == 4 and "int8" in e["per_mac_pj"] else ft
         epm = profile.num("energy", "per_mac_pj", compute)
         joules = (macs * epm + dram * dram_pj + (abytes if abytes <= onchip else 0.0) * onchip_pj) * 1e-12
-        return LayerCost(us, joules, wbytes, abytes, 0.0, "matmulnbits", compute)
+        return LayerCost(us, joules, wbytes, abytes, 0.0, "matmulnbits", compute, wbytes)
     if c.kernel == "gather_block" and layer.op_type == "Gather":
         dim = int(w[1])
         out_el = m * dim
@@ -330,7 +348,7 @@ def _kernel_cost(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost 
         us = per_layer + max(out_el * rate["ns_per_element"] / 1e3 + row_blocks * rate.get("ns_per_block", 0.0) / 1e3,
                              moved / bw)
         joules = (moved * dram_pj + out_el * _BYTES[ft] * onchip_pj) * 1e-12
-        return LayerCost(us, joules, wbytes, 0.0, 0.0, "gather_block", ft)
+        return LayerCost(us, joules, wbytes, 0.0, 0.0, "gather_block", ft, moved)
     return None
 
 
@@ -431,7 +449,8 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         + (abytes if abytes <= onchip else 0.0) * float(e["onchip_pj_per_byte"]["value"]) * 1e-12
         + extra_j
     )
-    return LayerCost(us, joules, wbytes, abytes, transient, p.kind, p.compute)
+    read = touched * (_BYTES[wt] if wt != "fp32" else _BYTES[ft]) + 2 * transient  # written, then read
+    return LayerCost(us, joules, wbytes, abytes, transient, p.kind, p.compute, read)
 
 
 @dataclass
@@ -484,6 +503,7 @@ class CostTable:
         self.energy = np.zeros((n, 0))
         self.wbytes = np.zeros((n, 0))
         self.transient = np.zeros((n, 0))
+        self.rbytes = np.zeros((n, 0))
         self.abytes = np.zeros(n)
         self.costs: list[list[LayerCost]] = [[] for _ in range(n)]
         self.index: dict[ExecClass, int] = {}
@@ -503,16 +523,17 @@ class CostTable:
         if not new:
             return
         n = len(self.layers)
-        cols = np.zeros((4, n, len(new)))
+        cols = np.zeros((5, n, len(new)))
         for i, layer in enumerate(self.layers):
             row = [cost_of(layer, c, self.profile) for c in new]
             self.costs[i] = [*self.costs[i], *row]
             for j, lc in enumerate(row):
-                cols[:, i, j] = (lc.latency_us, lc.energy_j, lc.weight_bytes, lc.transient_bytes)
+                cols[:, i, j] = (lc.latency_us, lc.energy_j, lc.weight_bytes, lc.transient_bytes, lc.read_bytes)
         self.lat = np.concatenate([self.lat, cols[0]], axis=1)
         self.energy = np.concatenate([self.energy, cols[1]], axis=1)
         self.wbytes = np.concatenate([self.wbytes, cols[2]], axis=1)
         self.transient = np.concatenate([self.transient, cols[3]], axis=1)
+        self.rbytes = np.concatenate([self.rbytes, cols[4]], axis=1)
         start = len(self.index)
         self.index.update({c: start + j for j, c in enumerate(new)})  # published last
 
@@ -529,6 +550,11 @@ class CostTable:
         idx = np.atleast_2d(idx)
         rows = np.arange(len(self.layers))[None, :]
         lat_us = self.lat[rows, idx].sum(axis=1) + self.fixed_us
+        mem = self.profile.data["memory"]
+        if "cache_bytes" in mem and "beyond_cache_ns_per_byte" in mem:
+            read = self.rbytes[rows, idx].sum(axis=1)
+            lat_us = lat_us + np.where(read > float(mem["cache_bytes"]["value"]),
+                                       read * float(mem["beyond_cache_ns_per_byte"]["value"]) / 1e3, 0.0)
         energy = self.energy[rows, idx].sum(axis=1) + self.power_w * lat_us * 1e-6
         peak_act = float(self.abytes.max()) if len(self.layers) else 0.0
         transient = self.transient[rows, idx].max(axis=1) if len(self.layers) else 0.0

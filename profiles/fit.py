@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from profiles.costmodel import ExecClass, GraphStats, cost_of, op_path, path_of, rate_key
+from profiles.costmodel import ExecClass, GraphStats, beyond_cache_us, cost_of, op_path, path_of, rate_key
 from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
 from profiles.schema import Profile
@@ -58,6 +58,9 @@ class LayerSample:
     layer: LayerLike
     cls: tuple[Any, ...]
     measured_ms: float
+    #: the weight bytes its whole model reads per run (``LayerCost.read_bytes`` summed): whether the
+    #: weights stream from DRAM (``beyond_cache_us``)
+    model_read_bytes: float = 0.0
 
 
 def layer_kind(layer: LayerLike, cls: tuple[Any, ...], profile: Profile) -> str:
@@ -99,6 +102,8 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
                                            lo=1e-6 if inverse else 0.0, hi=10.0 if inverse else math.inf))
     params = [Param(("throughput_gmacs", p), inverse=True, lo=1e-6, hi=10.0) for p in d["throughput_gmacs"]]
     params.append(Param(("memory", "dram_bandwidth_gbs"), inverse=True, lo=1e-3, hi=1.0))
+    if "beyond_cache_ns_per_byte" in d["memory"]:
+        params.append(Param(("memory", "beyond_cache_ns_per_byte")))
     params += [Param(("overhead", k)) for k in ("per_layer_us", "per_inference_us", "other_op_us",
                                                 "other_ns_per_element")]
     params += [Param(("conversion", k)) for k in ("per_op_us", "ns_per_element", "dynamic_ns_per_element")]
@@ -166,18 +171,21 @@ def apply_vector(profile: Profile, params: list[Param], x: np.ndarray) -> None:
 
 def predict_ms(samples: list[Sample], profile: Profile) -> np.ndarray:
     """Predicted latency of each sample; each distinct (layer, class) is costed once."""
-    cache: dict[tuple[str, int, ExecClass], float] = {}
+    cache: dict[tuple[str, int, ExecClass], tuple[float, float]] = {}
     fixed = {}
     out = np.zeros(len(samples))
     per_inf = profile.num("overhead", "per_inference_us")
     for i, s in enumerate(samples):
-        total = 0.0
+        total = read = 0.0
         for j, (layer, c) in enumerate(zip(s.layers, s.classes)):
             ec = ExecClass(*c)
             key = (s.workload, j, ec)
             if key not in cache:
-                cache[key] = cost_of(layer, ec, profile).latency_us
-            total += cache[key]
+                lc = cost_of(layer, ec, profile)
+                cache[key] = (lc.latency_us, lc.read_bytes)
+            total += cache[key][0]
+            read += cache[key][1]
+        total += beyond_cache_us(read, profile)
         if s.workload not in fixed:
             fixed[s.workload] = s.graph.fixed_us(profile)
         out[i] = (total + per_inf + fixed[s.workload]) / 1e3
@@ -186,7 +194,14 @@ def predict_ms(samples: list[Sample], profile: Profile) -> np.ndarray:
 
 def predict_layers_ms(samples: Sequence[LayerSample], profile: Profile) -> np.ndarray:
     """Predicted time of each measured layer (its ``cost_of`` latency)."""
-    return np.array([cost_of(s.layer, ExecClass(*s.cls), profile).latency_us / 1e3 for s in samples])
+    out = []
+    for s in samples:
+        lc = cost_of(s.layer, ExecClass(*s.cls), profile)
+        # the layer's share of its model's DRAM streaming, where the model's weights exceed the cache
+        stream = beyond_cache_us(s.model_read_bytes, profile) * lc.read_bytes / s.model_read_bytes \
+            if s.model_read_bytes > 0 else 0.0
+        out.append((lc.latency_us + stream) / 1e3)
+    return np.array(out)
 
 
 def fit(samples: list[Sample], base: Profile, layers: Sequence[LayerSample] = ()) -> tuple[Profile, dict[str, Any]]:

@@ -192,7 +192,10 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["dram_bandwidth_gbs", "onchip_bytes", "runtime_overhead_bytes"],
             "additionalProperties": False,
-            "properties": {"dram_bandwidth_gbs": POS, "onchip_bytes": NONNEG, "runtime_overhead_bytes": NONNEG},
+            "properties": {"dram_bandwidth_gbs": POS, "onchip_bytes": NONNEG, "runtime_overhead_bytes": NONNEG,
+                           # optional: the last-level cache, and what a weight byte read from DRAM costs
+                           # when a model's weights read per run exceed it (costmodel.beyond_cache_us)
+                           "cache_bytes": NONNEG, "beyond_cache_ns_per_byte": NONNEG},
         },
         "overhead": {
             "type": "object",

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from harness.core.errors import InputError
-from profiles.costmodel import ExecClass, GraphStats, precision_tokens
+from profiles.costmodel import ExecClass, GraphStats, cost_of, precision_tokens
 from profiles.fit import LayerSample, Sample, errors, fit, layer_errors
 from profiles.microbench import (
     GatherShape,
@@ -45,7 +45,7 @@ from profiles.microbench import (
 )
 from profiles.schema import Profile, load_profile, parse
 
-MAX_MODELS = 150
+MAX_MODELS = 200
 
 #: (weight_bits, activation_bits, weight) of a candidate layer: what a search proposes, int4 included.
 CANDIDATE_GENES: list[tuple[Any, Any, float]] = [
@@ -352,8 +352,8 @@ class Builder:
         return Sample(item.id, item.workload, item.role, model.layers, classes, graph, measured_ms)
 
 
-    def layer_samples(self, measured: list[tuple[Item, Any, dict[str, Any], Path]], statistic: str = "min",
-                      scale: bool = True) -> tuple[list[LayerSample], list[str]]:
+    def layer_samples(self, measured: list[tuple[Item, Any, dict[str, Any], Path]], base: Profile,
+                      statistic: str = "min", scale: bool = True) -> tuple[list[LayerSample], list[str]]:
         """Per-layer measured times of every measured model whose record carries a per-op profile
         (kernel items excluded: a single kernel is its whole model); returns them and the ids of models
         whose profile could not be split (no layer time found)."""
@@ -368,7 +368,10 @@ class Builder:
             if not prof or item.workload.startswith("kernel:") or not path.exists():
                 continue
             model = self.workload(item.workload).model
-            classes = [tuple(precision_tokens(genome[layer.name])) for layer in model.layers]
+            execs = [precision_tokens(genome[layer.name]) for layer in model.layers]
+            classes = [tuple(c) for c in execs]
+            # read bytes depend on shapes and classes only (not on fitted numbers): the base profile's
+            read = sum(cost_of(layer, c, base).read_bytes for layer, c in zip(model.layers, execs))
             try:
                 times = layer_times(onnx.load(str(path)), model.layers, prof, statistic="iqm_ms")
             except (KeyError, TypeError, ValueError):
@@ -380,7 +383,7 @@ class Builder:
             for j, layer in enumerate(model.layers):
                 ms = times.layers.get(layer.name, 0.0)
                 if ms > 0:
-                    out.append(LayerSample(item.id, item.workload, item.role, layer, classes[j], ms))
+                    out.append(LayerSample(item.id, item.workload, item.role, layer, classes[j], ms, read))
                     found += 1
             if not found:
                 unsplit.append(item.id)
@@ -507,7 +510,7 @@ def run(
                "message": last.get(it.id, {}).get("message")} for it in suite.items if it.id not in best]
     samples = [builder.sample(item, genome, value) for item, genome, value, _, _ in best.values()]
     layer_samples, unsplit = builder.layer_samples([(item, genome, rec, path) for item, genome, _, rec, path
-                                                    in best.values()])
+                                                    in best.values()], base_profile)
     if collect is not None:
         collect.update(samples=samples, layer_samples=layer_samples, base=base_profile)
     fitted, fit_report = fit(samples, base_profile, layer_samples)

@@ -183,3 +183,30 @@ def test_op_factors_scale_one_op_type_and_path_and_bad_keys_are_refused() -> Non
     text = Path(profile.path).read_text() + "op_factors: {Conv: {warp: {value: 2, source: x}}}\n"
     with pytest.raises(ProfileError, match="warp"):
         parse(text, "bad.yaml")
+
+
+def test_weights_beyond_the_last_level_cache_stream_from_dram_on_every_run(larger: ModelInfo) -> None:
+    from profiles.costmodel import beyond_cache_us, cost_of, precision_tokens
+
+    profile = load_profile("host-cpu").copy()
+    ops = {lay.name: lay.op_type for lay in larger.layers}
+    fp, w8 = Genome.uniform(Gene("fp", "fp"), ops), Genome.uniform(Gene(8, 8), ops)
+    w4 = Genome.uniform(Gene(4, 8), ops)  # dequantized to fp32 every run: read as stored, written and read as fp32
+
+    def read(g: Genome) -> float:
+        return sum(cost_of(lay, precision_tokens(g[lay.name]), profile).read_bytes for lay in larger.layers)
+
+    params = sum(lay.params for lay in larger.layers)
+    assert read(fp) == 4 * params and read(w8) == params and read(w4) == params / 2 + 2 * 4 * params
+    # the cache between the int8 and the float weights: only the float model pays, per byte read
+    profile.data["memory"]["cache_bytes"]["value"] = 2 * params
+    per_byte = profile.num("memory", "beyond_cache_ns_per_byte")
+    assert beyond_cache_us(read(w8), profile) == 0.0
+    assert beyond_cache_us(read(fp), profile) == pytest.approx(4 * params * per_byte / 1e3)
+    table = CostTable(larger.layers, profile, GraphStats.of(larger))
+    bigger = profile.copy()
+    bigger.data["memory"]["cache_bytes"]["value"] = 10 * params
+    roomy = CostTable(larger.layers, bigger, GraphStats.of(larger))
+    gap = table.predict(fp).latency_ms - roomy.predict(fp).latency_ms
+    assert gap == pytest.approx(4 * params * per_byte / 1e6)
+    assert table.predict(w8).latency_ms == pytest.approx(roomy.predict(w8).latency_ms)
