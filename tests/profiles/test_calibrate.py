@@ -166,6 +166,22 @@ def test_calibrate_local_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Ca
 
 
 @pytest.mark.slow
+def test_calibrate_fits_candidates_of_the_users_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cnn.yaml"
+    assert main(["calibrate", "--device", "local", "-o", str(out), "--quick", "--model", "builtin:digits-cnn",
+                 "--runs", "5", "--min-seconds", "0.02", "--max-passes", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["models"] == 7 + 6 and not report["failed"]
+    assert report["fit"]["by_workload"]["builtin:digits-cnn"]["n"] == 6  # all six fitted, none held out
+    kinds = report["layers"]["fit"]["by_kind"]
+    assert any(k.startswith("Conv ") for k in kinds) and any(k.startswith("Gemm ") for k in kinds)
+    # the Conv layers' op factors were fitted from their per-layer times, relative to MatMul's rates
+    factors = load_profile(out).data["op_factors"]
+    assert "Conv" in factors and "MatMul" not in factors
+    assert all(v["source"].startswith("calibrated on local") for v in factors["Conv"].values())
+
+
+@pytest.mark.slow
 def test_a_disturbed_pass_is_measured_again_until_the_passes_agree(tmp_path: Path) -> None:
     from harness.devices.transport import MeasureSettings
     from harness.run.calibrate import default_suite, run, transport_measure
