@@ -235,7 +235,9 @@ def mixed_genome(layer_names: list[str], seed: int) -> dict[str, Any]:
 
 # -- the measurement store ------------------------------------------------------------------------
 class Store:
-    """Append-only JSON lines of measurements; the last record for a key wins. One writer at a time."""
+    """Append-only JSON lines of measurements; the last record for a key wins. One writer at a time.
+    A line that is not a record, or a record a fit could not use (``usable``), is never reused: its
+    model is measured again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -246,11 +248,12 @@ class Store:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by an interrupted write
-                self.records[rec["key"]] = rec
+                if isinstance(rec, dict) and isinstance(rec.get("key"), str):
+                    self.records[rec["key"]] = rec
 
     def get(self, key: str) -> dict[str, Any] | None:
         rec = self.records.get(key)
-        return rec if rec is not None and rec.get("ok") else None
+        return rec if rec is not None and usable(rec) else None
 
     def append(self, rec: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +262,25 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         self.records[rec["key"]] = rec
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def usable(rec: dict[str, Any]) -> bool:
+    """Whether a stored measurement can stand for its model: ok, with positive finite latency
+    statistics, and a per-op profile (where there is one) whose nodes have names and times."""
+    lat = rec.get("latency_ms")
+    if rec.get("ok") is not True or not isinstance(lat, dict) or not all(_positive(lat.get(k)) for k in ("min", "p50")):
+        return False
+    prof = rec.get("op_profile")
+    if prof is None:
+        return True
+    nodes = prof.get("nodes") if isinstance(prof, dict) else None
+    return isinstance(nodes, list) and all(
+        isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("ms"), (int, float))
+        and math.isfinite(n["ms"]) and n["ms"] >= 0 for n in nodes)
 
 
 # -- building the models --------------------------------------------------------------------------

@@ -114,6 +114,23 @@ def test_layer_errors_point_at_the_kernel_a_profile_gets_wrong() -> None:
     assert by_kind["MatMul int8/int8 native"]["mape"] < 1e-9
 
 
+def test_a_damaged_stored_measurement_is_measured_again_never_used(tmp_path: Path) -> None:
+    from harness.run.calibrate import Store
+
+    good = {"key": "a", "ok": True, "latency_ms": {"min": 0.1, "p50": 0.12},
+            "op_profile": {"runs": 5, "nodes": [{"name": "n", "op_type": "MatMul", "ms": 0.05}]}}
+    lines = [json.dumps(good), "5", json.dumps({"ok": True}), '{"key": "b", "ok": tr',
+             json.dumps({**good, "key": "c", "latency_ms": {"min": "fast", "p50": 0.1}}),
+             json.dumps({**good, "key": "d", "latency_ms": {"min": float("nan"), "p50": 0.1}}),
+             json.dumps({**good, "key": "e", "op_profile": {"nodes": [{"name": "n", "ms": -1}]}}),
+             json.dumps({**good, "key": "f", "ok": "yes"}), json.dumps({**good, "key": "g", "op_profile": None})]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    store = Store(path)  # no line crashes the load
+    assert store.get("a") == good and store.get("g") is not None
+    assert [store.get(k) for k in "bcdef"] == [None] * 5
+
+
 def test_fit_needs_measurements() -> None:
     from profiles.errors import ProfileError
 
