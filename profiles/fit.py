@@ -50,7 +50,8 @@ class Sample:
 @dataclass
 class LayerSample:
     """One layer's measured time in one measured model (``harness.quant.opmap.layer_times``): the
-    kernel and the quantization plumbing serving it alone, median per run under the profiler."""
+    kernel and the quantization plumbing serving it alone, as its share of the per-op profile
+    scaled to the model's timed latency."""
 
     id: str  # the measured model's id
     workload: str

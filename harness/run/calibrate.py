@@ -375,10 +375,12 @@ class Builder:
 
 
     def layer_samples(self, measured: list[tuple[Item, Any, dict[str, Any], Path]], base: Profile,
-                      statistic: str = "min", scale: bool = True) -> tuple[list[LayerSample], list[str]]:
+                      statistic: str) -> tuple[list[LayerSample], list[str]]:
         """Per-layer measured times of every measured model whose record carries a per-op profile
-        (kernel items excluded: a single kernel is its whole model); returns them and the ids of models
-        whose profile could not be split (no layer time found)."""
+        (kernel items excluded: a single kernel is its whole model): each layer's share of the
+        profile, scaled to the model's timed ``statistic`` (``LayerTimes.scaled_to``: kernels run
+        slower under the profiler). Returns them and the ids of models whose profile could not be
+        split (no layer time found)."""
         import onnx
 
         from harness.quant.opmap import layer_times
@@ -400,8 +402,7 @@ class Builder:
                 unsplit.append(item.id)
                 continue
             found = 0
-            if scale:  # the profile's shares of the timed latency (``LayerTimes.scaled_to``)
-                times = times.scaled_to(float(rec["latency_ms"][statistic]))
+            times = times.scaled_to(float(rec["latency_ms"][statistic]))
             for j, layer in enumerate(model.layers):
                 ms = times.layers.get(layer.name, 0.0)
                 if ms > 0:
@@ -532,7 +533,7 @@ def run(
                "message": last.get(it.id, {}).get("message")} for it in suite.items if it.id not in best]
     samples = [builder.sample(item, genome, value) for item, genome, value, _, _ in best.values()]
     layer_samples, unsplit = builder.layer_samples([(item, genome, rec, path) for item, genome, _, rec, path
-                                                    in best.values()], base_profile)
+                                                    in best.values()], base_profile, statistic)
     if collect is not None:
         collect.update(samples=samples, layer_samples=layer_samples, base=base_profile)
     fitted, fit_report = fit(samples, base_profile, layer_samples)
