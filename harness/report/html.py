@@ -21,6 +21,15 @@ from typing import Any
 import numpy as np
 
 from harness.core.atomic import atomic_write_text
+from harness.report.interactive import (
+    CSS,
+    charts_section,
+    count_line,
+    decisions_section,
+    front_section,
+    head_scripts,
+    page_data,
+)
 from harness.report.labels import METRIC_LABELS, Accuracy, labelled, run_accuracy
 from harness.report.scores import (
     SplitScores,
@@ -34,6 +43,7 @@ from harness.report.scores import (
     splits_summary,
 )
 from harness.report.table import front_table
+from harness.report.views import hypervolume_series
 from harness.run.archive import Archive, Candidate
 from harness.run.failures import FailureSummary, failure_summary
 from harness.run.testsplit import baseline_hashes, candidate_gene, front_of
@@ -246,14 +256,17 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str], scores: Spli
 
 
 def plot_hypervolume(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Hypervolume per generation on the one [0, 1] scale of ``harness.report.views.hypervolume_series``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for target, rows in histories.items():
         if rows:
             ax.plot([r["generation"] for r in rows], [r["hypervolume"] for r in rows], marker="o", label=target)
     ax.set_xlabel("generation")
-    ax.set_ylabel("hypervolume (normalised, feasible points)")
-    ax.set_title("Search progress: hypervolume per generation", fontsize=11)
+    ax.set_ylabel("hypervolume of the feasible points")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Search progress: hypervolume per generation\n(each objective scaled to [0, 1], best to worst "
+                 "of the target's feasible candidates; reference point 1)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -418,35 +431,47 @@ def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
     """(Re)write front.json, the PNGs and report.html of a run folder from its archive."""
     archive = Archive.open_existing(run / "archive.sqlite", readonly=True)  # a report never writes the archive
     try:
-        cfg = archive.config()
-        objectives = list(cfg["objectives"])
-        targets = archive.targets()
-        fronts = [derive_front(archive, t, objectives, weights) for t in targets]
-        scores = load_scores(archive)
-        layers = list(cfg.get("layers") or _layer_names(fronts))
-        baselines = baseline_hashes(archive, layers)
+        state = run_state(archive, weights)
+        cfg, fronts, scores, layers, baselines = state
         atomic_write_text(run / "front.json",
                           json.dumps(front_json(archive, fronts, scores, baselines), indent=1, sort_keys=True))
-        images = []
         for front in fronts:
             slug = front.target.replace("/", "_")
             plot_front(front, run / f"front_{slug}.png", baselines, scores)
             plot_heatmap(front, layers, run / f"heatmap_{slug}.png", scores)
-            images += [f"front_{slug}.png", f"heatmap_{slug}.png"]
-            if plot_calibration(archive, front.target, run / f"calibration_{slug}.png"):
-                images.append(f"calibration_{slug}.png")
-            if plot_layer_times(archive, front, run / f"layers_{slug}.png"):
-                images.append(f"layers_{slug}.png")
-        plot_hypervolume({t: archive.history(t) for t in targets}, run / "hypervolume.png")
-        images.append("hypervolume.png")
+            plot_calibration(archive, front.target, run / f"calibration_{slug}.png")
+            plot_layer_times(archive, front, run / f"layers_{slug}.png")
+        plot_hypervolume({f.target: hypervolume_series(f.all_points, list(cfg["objectives"])) for f in fronts},
+                         run / "hypervolume.png")
         series = {f.target: [r for r in (scores.row(c.hash) for c in f.points) if r is not None] for f in fronts}
         acc = run_accuracy([c for f in fronts for c in f.all_points])
         plotted = plot_validation_test(series, scores, acc, run / VALIDATION_TEST_PNG)
-        page = _html(run, cfg, fronts, archive, objectives, scores, plotted, baselines)
+        page = _html(run, cfg, fronts, archive, list(cfg["objectives"]), scores, plotted, baselines, layers=layers)
         atomic_write_text(run / "report.html", page)
     finally:
         archive.close()
     return run / "report.html"
+
+
+def render_page(run: Path, live: dict[str, Any] | None = None, weights: dict[str, float] | None = None) -> str:
+    """report.html's page from the archive as it is now, in memory, without the PNGs (the live page)."""
+    archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
+    try:
+        cfg, fronts, scores, layers, baselines = run_state(archive, weights)
+        return _html(run, cfg, fronts, archive, list(cfg["objectives"]), scores, False, baselines, layers=layers,
+                     live=live)
+    finally:
+        archive.close()
+
+
+def run_state(archive: Archive, weights: dict[str, float] | None) -> tuple[
+        dict[str, Any], list[Front], SplitScores, list[str], dict[str, str]]:
+    """What every view of a run derives from: config, fronts, test scores, layer names, baselines."""
+    cfg = archive.config()
+    objectives = list(cfg["objectives"])
+    fronts = [derive_front(archive, t, objectives, weights) for t in archive.targets()]
+    layers = list(cfg.get("layers") or _layer_names(fronts))
+    return cfg, fronts, load_scores(archive), layers, baseline_hashes(archive, layers)
 
 
 def _layer_names(fronts: list[Front]) -> list[str]:
@@ -488,15 +513,22 @@ def _run_gap(fronts: list[Front], scores: SplitScores) -> str:
 
 
 def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive, objectives: list[str],
-          scores: SplitScores | None = None, plotted: bool = False, baselines: dict[str, str] | None = None) -> str:
+          scores: SplitScores | None = None, plotted: bool = False, baselines: dict[str, str] | None = None,
+          layers: list[str] | None = None, live: dict[str, Any] | None = None) -> str:
+    """The page: decision points, an interactive front per target with its table, the reviewer's
+    views, then the static PNGs (left out of a live page, whose PNGs would be stale)."""
     scores = scores or SplitScores()
+    baselines = baselines or {}
+    data, decisions = page_data(archive, fronts, run, cfg, list(layers or _layer_names(fronts)), scores, baselines)
+    images = live is None
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>qae report</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
         "th{background:#f3f3f3}td.l{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
-        ".src{color:#777;font-size:11px}.rec{background:#fff6d5}",
-        "</style></head><body>",
+        ".src{color:#777;font-size:11px}.rec{background:#fff6d5}" + CSS,
+        "</style><link rel='icon' href='data:,'>",  # no favicon request: the page fetches nothing
+        "</head><body>",
         f"<h1>qae search: {html.escape(str(cfg['model']))}</h1>",
         "<p>Accuracy and size are <b>computed</b> on this host with ONNX Runtime (size = weights at their "
         "nominal width). Latency, energy and memory are <b>predicted</b> by each target's cost model unless "
@@ -506,21 +538,30 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         f"generations {cfg['generations']}; budgets: {html.escape(json.dumps(cfg.get('budgets', {})))}</p>",
         _setup_html(cfg),
         splits_html(cfg, scores, run),
+        decisions_section(fronts, decisions, data) if fronts else "<p>No candidate was evaluated yet.</p>",
     ]
-    if plotted:
-        parts += [_img(run, VALIDATION_TEST_PNG), f"<p>{html.escape(_run_gap(fronts, scores))}</p>"]
-    parts.append(_img(run, "hypervolume.png"))
-    for front in fronts:
+    for front, target in zip(fronts, data["targets"]):
         slug = front.target.replace("/", "_")
         parts.append(f"<h2>Target {html.escape(front.target)}</h2>")
+        parts.append(count_line(target))
         parts.append(_failures_html(failure_summary(archive, front.target), archive, front.target))
         if not front.feasible:
             parts.append("<p><b>No candidate met the budgets.</b> The closest candidates are kept below.</p>")
-        parts.append(_img(run, f"front_{slug}.png"))
+        parts.append(front_section(target))
         parts.append(references_html(scores, run_accuracy(front.all_points)))
         parts.append(front_table(front.points, front.all_points, front.recommended, scores, baselines))
-        parts.append(_img(run, f"heatmap_{slug}.png"))
-        parts.append(_devices_html(run, archive, front, slug))
+        parts.append(_devices_html(run, archive, front, slug, images))
+    parts.append(charts_section(data))
+    if plotted:
+        parts.append(f"<p>{html.escape(_run_gap(fronts, scores))}</p>")
+    if images:
+        pngs = [VALIDATION_TEST_PNG, "hypervolume.png"] + [
+            f"{kind}_{f.target.replace('/', '_')}.png" for f in fronts for kind in ("front", "heatmap")]
+        parts.append("<details><summary>Static figures (the PNGs in the run folder, for papers and terminals)"
+                     f"</summary>{''.join(_img(run, name) for name in pngs)}</details>")
+    else:
+        parts.append("<p class='src'>Live page: the static PNGs are written by <code>qae report RUN</code>.</p>")
+    parts.append(head_scripts(data, live))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -556,7 +597,7 @@ def _failures_html(summary: FailureSummary, archive: Archive, target: str) -> st
     return "\n".join(parts)
 
 
-def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
+def _devices_html(run: Path, archive: Archive, front: Front, slug: str, images: bool = True) -> str:
     """Hardware in the loop: measured share of the front, device events, fits, on-device accuracy."""
     jobs = archive.jobs(front.target)
     if not jobs:
@@ -570,9 +611,9 @@ def _devices_html(run: Path, archive: Archive, front: Front, slug: str) -> str:
              "on a simulated device); "
         f"{sum(j['status'] == 'done' for j in jobs)} measurements in all, "
         f"{sum(j['status'] == 'queued' for j in jobs)} still waiting for a device.</p>",
-        _img(run, f"calibration_{slug}.png"),
+        _img(run, f"calibration_{slug}.png") if images else "",
     ]
-    if (run / f"layers_{slug}.png").exists() and layer_times_point(archive, front) is not None:
+    if images and (run / f"layers_{slug}.png").exists() and layer_times_point(archive, front) is not None:
         parts += ["<p>Per-layer latency of one measured front point: the device's profiler (extra runs, never "
                   "part of its measured latency) beside the cost model's per-layer prediction.</p>",
                   _img(run, f"layers_{slug}.png")]
