@@ -76,6 +76,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("report", help="rebuild report.html, the PNGs and front.json of a run")
     p.add_argument("run", help="a run folder written by qae search")
     p.add_argument("--weights", default=None, help="recommendation weights, e.g. accuracy=2,size=1,latency=1")
+    p.add_argument("--format", choices=("html", "md"), default="html",
+                   help="html: report.html (interactive, one file that opens offline), the PNGs and front.json; "
+                   "md: report.md, a Markdown summary for CI logs, also printed (default %(default)s)")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the live report on 127.0.0.1 (a free port, printed) and refresh it as the archive "
+                   "grows, e.g. while the search runs; until interrupted. Writes nothing to the run folder")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write a front point's genome, ORT overrides and quantized model")
@@ -345,7 +352,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report.html import build_report
     from harness.report.scores import recommended_line
 
-    path = build_report(Path(args.run), _weights(args.weights))
+    run, weights = Path(args.run), _weights(args.weights)
+    port = getattr(args, "port", 0)
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port: give 1-65535, or 0 for a free one")
+    if port and not getattr(args, "serve", False):
+        raise InputError("--port goes with --serve: a report opens no port unless asked to serve")
+    if getattr(args, "serve", False):
+        from harness.report.serve import serve
+
+        if getattr(args, "format", "html") != "html":
+            raise InputError("--serve serves the HTML report: leave out --format md")
+        serve(run, weights, port, say=lambda m: print(m, flush=True))
+        return 0
+    if getattr(args, "format", "html") == "md":
+        from harness.report.markdown import write_markdown
+
+        _path, text = write_markdown(run, weights)
+        print(text, end="")
+        return 0
+    path = build_report(run, weights)
     print(path)
     # the recommended point of each target: chosen on validation, reported on test with its interval
     data = json.loads((Path(args.run) / "front.json").read_text())

@@ -63,7 +63,7 @@
     var s = tstate(t);
     return Object.keys(s.limits || {}).every(function (o) {
       var v = p.values[o];
-      if (!v) return true;
+      if (!v || s.limits[o] === null) return true;  // a slider at its end sets no limit
       return DATA.objectives[o].higher ? v.v >= s.limits[o] - 1e-12 : v.v <= s.limits[o] + 1e-12;
     });
   }
@@ -183,11 +183,16 @@
       var dflt = DATA.objectives[o].higher ? r[0] : r[1];
       if (t.budgets[o] !== undefined) dflt = Math.min(Math.max(t.budgets[o], r[0]), r[1]);
       if (s.limits[o] === undefined) s.limits[o] = dflt;
+      // at its end a slider follows the range as a live page's archive grows (null: no limit)
+      if (s.limits[o] !== null && (DATA.objectives[o].higher ? s.limits[o] <= r[0] : s.limits[o] >= r[1])) {
+        s.limits[o] = null;
+      }
+      var shown = s.limits[o] === null ? (DATA.objectives[o].higher ? r[0] : r[1]) : s.limits[o];
       var step = (r[1] - r[0]) / 200;
       html += "<label>" + esc(DATA.objectives[o].label) + (DATA.objectives[o].higher ? " ≥ " : " ≤ ") +
         "<input type='range' id='budget-" + o + "-" + t.slug + "' data-objective='" + o + "' min='" + r[0] +
-        "' max='" + r[1] + "' step='" + step + "' value='" + s.limits[o] + "'> <span id='budget-value-" + o + "-" +
-        t.slug + "'>" + num(s.limits[o]) + "</span>" +
+        "' max='" + r[1] + "' step='" + step + "' value='" + shown + "'> <span id='budget-value-" + o + "-" +
+        t.slug + "'>" + num(shown) + "</span>" +
         (t.budgets[o] !== undefined ? " <span class='src'>(budget " + num(t.budgets[o]) + ")</span>" : "") +
         "</label>";
     });
@@ -199,9 +204,11 @@
     });
     box.querySelectorAll("input[type=range]").forEach(function (el) {
       el.addEventListener("input", function (e) {
-        var o = e.target.dataset.objective;
-        s.limits[o] = parseFloat(e.target.value);
-        document.getElementById("budget-value-" + o + "-" + t.slug).textContent = num(s.limits[o]);
+        var o = e.target.dataset.objective, v = parseFloat(e.target.value);
+        var half = parseFloat(e.target.step) / 2;
+        var end = DATA.objectives[o].higher ? v <= parseFloat(e.target.min) + half : v >= parseFloat(e.target.max) - half;
+        s.limits[o] = end ? null : v;
+        document.getElementById("budget-value-" + o + "-" + t.slug).textContent = num(v);
         saveState(); draw(t);
       });
     });

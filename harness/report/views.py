@@ -16,14 +16,18 @@ from harness.report.labels import Accuracy
 from harness.report.scores import SplitScores
 from harness.run.archive import Archive, Candidate
 
+#: The reference point lies this far beyond the worst value (as a multiple of the range), so that
+#: the extreme points of a front, each worst on some objective, still add to the hypervolume
+REFERENCE_MARGIN = 1.1
 #: Said under the hypervolume chart: what its scale means
 HV_NOTE = (
     "Hypervolume of the feasible candidates proposed up to each generation, with their current values "
-    "(measured where measured). Each objective is scaled to [0, 1] over all feasible candidates of the target: "
-    "0 is the best value any of them reached, 1 the worst, and the reference point is 1 on every objective. So "
-    "the hypervolume lies in [0, 1] on every target and generation (1 would be one candidate best on every "
-    "objective at once). The terminal's HV column during a search is normalised by the first generation's "
-    "range instead, so it can exceed 1 once later generations beat the first."
+    "(measured where measured). Each objective is scaled over all feasible candidates of the target: 0 is the "
+    "best value any of them reached, the worst sits at 1/1.1, and the reference point is 1 on every objective (10 % "
+    "of the range beyond the worst, so the extreme points count too). So the hypervolume lies in [0, 1] on every "
+    "target and generation, and 1 would be one candidate best on every objective at once. The terminal's HV "
+    "column during a search is normalised by the first generation's range instead, so it can exceed 1 once "
+    "later generations beat the first."
 )
 
 
@@ -46,7 +50,7 @@ def hypervolume_series(cands: list[Candidate], objectives: list[str]) -> list[di
         return []
     mat = np.array([_minimised(c, objectives) for c in pool], dtype=float)
     lo, hi = mat.min(axis=0), mat.max(axis=0)
-    norm = (mat - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
+    norm = (mat - lo) / np.where(hi - lo > 0, hi - lo, 1.0) / REFERENCE_MARGIN
     gens = np.array([c.generation for c in pool])
     out = []
     for g in sorted(set(gens.tolist())):
@@ -75,7 +79,7 @@ def sensitivity_figure(cfg: dict[str, Any]) -> dict[str, Any] | None:
     sens = cfg.get("sensitivity") or {}
     if not sens:
         return None
-    names = list(sens)
+    names = [n for n in cfg.get("layers") or [] if n in sens] or sorted(sens)  # model order (JSON sorts keys)
     return {"id": "sensitivity",
             "data": [{"type": "bar", "x": names, "y": [float(sens[n]) for n in names], "name": "1 - mean cosine",
                       "marker": {"color": "#c63"}}],
@@ -106,12 +110,13 @@ def calibration_figure(archive: Archive, target: str) -> dict[str, Any] | None:
         {"type": "scatter", "mode": "markers", "x": meas.tolist(), "y": pred.tolist(), "name": "candidates",
          "text": text, "hoverinfo": "text",
          "marker": {"color": [g["generation"] for g in gaps], "colorscale": "Plasma", "size": 8,
-                    "line": {"width": 0.5, "color": "black"}, "colorbar": {"title": {"text": "generation"}}}},
+                    "line": {"width": 0.5, "color": "black"},
+                    "colorbar": {"title": {"text": "generation"}, "dtick": 1}}},
     ]
     layout = _layout(f"{target}: predicted vs measured latency", "measured latency, p50 (ms)",
                      "predicted just before measuring (ms)")
-    layout["xaxis"].update(type="log")
-    layout["yaxis"].update(type="log")
+    layout["xaxis"].update(type="log", dtick="D2")  # minor labels at 2 and 5 only: the default crowds them
+    layout["yaxis"].update(type="log", dtick="D2")
     note = (f"{len(gaps)} measurements: the cost model's error before each measurement (online re-fit as they came in)"
             f" is {float(err.mean()) * 100:.1f} % mean absolute (MAPE); {float((err <= 0.1).mean()) * 100:.0f} % "
             "of predictions within ±10 %.")
@@ -120,33 +125,39 @@ def calibration_figure(archive: Archive, target: str) -> dict[str, Any] | None:
 
 def validation_test_figure(fronts: dict[str, list[Candidate]], scores: SplitScores,
                            acc: Accuracy) -> dict[str, Any] | None:
-    """Each front point's test accuracy (95 % interval) against the validation value it was chosen on."""
-    data = []
-    values = []
-    for target, points in fronts.items():
-        rows = [(c, r) for c in points if (r := scores.row(c.hash)) is not None]
-        if not rows:
-            continue
-        x = [c.values["accuracy"].value * acc.scale for c, _ in rows]
-        y = [float(r["value"]) * acc.scale for _, r in rows]
-        ci = [r.get("ci95") or [r["value"], r["value"]] for _, r in rows]
-        values += x + y
-        data.append({"type": "scatter", "mode": "markers", "name": target, "x": x, "y": y,
-                     "text": [c.hash for c, _ in rows],
-                     "error_y": {"type": "data", "symmetric": False,
-                                 "array": [(float(b[1]) * acc.scale - v) for b, v in zip(ci, y)],
-                                 "arrayminus": [(v - float(b[0]) * acc.scale) for b, v in zip(ci, y)]}})
-    if not data:
+    """Each distinct front point's test accuracy (95 % interval) against the validation value it was
+    chosen on: accuracy is computed on this host, the same on every target, so a point on several
+    fronts is drawn once (its hover names them)."""
+    targets: dict[str, list[str]] = {}
+    points: dict[str, tuple[Candidate, dict[str, Any]]] = {}
+    for target, front in fronts.items():
+        for c in front:
+            row = scores.row(c.hash)
+            if row is not None:
+                points.setdefault(c.hash, (c, row))
+                targets.setdefault(c.hash, []).append(target)
+    if not points:
         return None
-    lo, hi = min(values), max(values)
+    rows = list(points.values())
+    x = [c.values["accuracy"].value * acc.scale for c, _ in rows]
+    y = [float(r["value"]) * acc.scale for _, r in rows]
+    ci = [r.get("ci95") or [r["value"], r["value"]] for _, r in rows]
+    lo, hi = min(x + y), max(x + y)
     pad = max((hi - lo) * 0.1, 0.5)
-    data.insert(0, {"type": "scatter", "mode": "lines", "x": [lo - pad, hi + pad], "y": [lo - pad, hi + pad],
-                    "name": "test = validation", "line": {"color": "#888", "dash": "dot"}})
+    data = [{"type": "scatter", "mode": "lines", "x": [lo - pad, hi + pad], "y": [lo - pad, hi + pad],
+             "name": "test = validation", "line": {"color": "#888", "dash": "dot"}},
+            {"type": "scatter", "mode": "markers", "name": "front points", "x": x, "y": y,
+             "text": [f"{c.hash} (front of {', '.join(targets[c.hash])})" for c, _ in rows],
+             "marker": {"size": 8, "color": "#1f77b4"},
+             "error_y": {"type": "data", "symmetric": False, "color": "#1f77b4",
+                         "array": [(float(b[1]) * acc.scale - v) for b, v in zip(ci, y)],
+                         "arrayminus": [(v - float(b[0]) * acc.scale) for b, v in zip(ci, y)]}}]
     return {"id": "validation-test", "data": data,
             "layout": _layout("Front points: validation (chosen on) vs test (reported)",
                               f"{acc.label}, validation", f"{acc.label}, test (95 % interval)"),
             "note": "The search chose its front on the validation split; the test split was scored once afterwards. "
-                    "Points below the diagonal read optimistic on validation."}
+                    "Points below the diagonal read optimistic on validation. Points with equal values overlap; "
+                    "hover names each."}
 
 
 def device_host_figure(archive: Archive, target: str) -> dict[str, Any] | None:

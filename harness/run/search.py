@@ -209,6 +209,8 @@ def run_search(
         if probes:
             say(f"sensitivity probes: {len(names)} evaluations, one layer at a time at w4a8")
             sensitivity = layer_sensitivity(work, evaluator, cfg)
+            # kept with the run (not the engine state: a resume probes again) so its report can show them
+            archive.update_config({**archive.config(), "sensitivity": dict(zip(names, sensitivity))})
         started = time.time()
         for target in targets:
             # Each target's menu: the QDQ genes, plus the block-quantized kernels its profile runs.

@@ -39,6 +39,26 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real digits-vit search, small: a profile target (latency predicted) and this host as a
+    device (latency measured), with the sensitivity probes, scored on test, with its report built."""
+    from harness.report.html import build_report
+    from harness.run.config import SearchConfig
+    from harness.run.search import run_search
+
+    out = tmp_path_factory.mktemp("browser") / "run"
+    cfg = SearchConfig(model="builtin:digits-vit", profiles=["hexagon-htp"], generations=2, population=6, seed=0,
+                       devices=["local"], hil={"per_generation": 2, "runs": 5, "min_seconds": 0.05,
+                                               "warmup_seconds": 0.05})
+    with pytest.MonkeyPatch.context() as mp:  # the probes, which a run this small would skip as too dear
+        mp.setattr("harness.run.search.probes_too_dear", lambda *_a, **_k: False)
+        run_search(SearchConfig.from_dict({**cfg.to_dict(), "sensitivity_probes": True}), out,
+                   say=lambda _m: None).close()
+    build_report(out)
+    return out
+
+
 class Watched:
     """A page with every console message, page error and request it made recorded; requests other
     than the page's own address are refused (a report must open offline)."""

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from harness.report.html import build_report
 from harness.run.archive import Archive
 
 pytestmark = pytest.mark.slow
@@ -30,22 +29,6 @@ POINT_XY = """([slug, id]) => {
 #: the front plot's traces: name, symbol, colour and count of points
 TRACES = """(slug) => document.getElementById('plot-' + slug)._fullData.map(
   t => ({name: t.name, symbol: t.marker.symbol, color: t.marker.color, n: t.x.length, ids: t.customdata || []}))"""
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real digits-vit search, small: a profile target (latency predicted) and this host as a
-    device (latency measured), scored on test, with its report built."""
-    from harness.run.config import SearchConfig
-    from harness.run.search import run_search
-
-    out = tmp_path_factory.mktemp("browser") / "run"
-    cfg = SearchConfig(model="builtin:digits-vit", profiles=["hexagon-htp"], generations=2, population=6, seed=0,
-                       devices=["local"], hil={"per_generation": 2, "runs": 5, "min_seconds": 0.05,
-                                               "warmup_seconds": 0.05})
-    run_search(cfg, out, say=lambda _m: None).close()
-    build_report(out)
-    return out
 
 
 @pytest.fixture
@@ -75,7 +58,8 @@ def test_opens_offline_without_console_errors_and_shows_each_front(opened: Any, 
                                                                   tmp_path: Path) -> None:
     page = opened.page
     page.wait_for_selector("#plot-local .main-svg")
-    page.wait_for_selector("#chart-hypervolume .main-svg")
+    for chart in ("hypervolume", "validation-test", "sensitivity", "calibration-local", "device-host-local"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg")  # the reviewer's views
     assert opened.problems() == []
     assert opened.requests == [(finished_run / "report.html").as_uri()]  # the page itself, nothing else
     for target in ("hexagon-htp", "local"):
@@ -148,5 +132,8 @@ def test_a_budget_slider_greys_out_the_points_over_it(opened: Any) -> None:
     value = float(page.locator("#budget-value-size-hexagon-htp").text_content())
     assert value == pytest.approx(float(slider.get_attribute("min")), rel=1e-2)
     page.keyboard.press("End")  # back to the largest: every front point meets it again
+    # ... and at its end a slider sets no limit, so a live page's new larger candidates are not greyed
+    state = page.evaluate("JSON.parse(sessionStorage.getItem('qae-report-state'))")
+    assert state["hexagon-htp"]["limits"]["size"] is None
     page.wait_for_function("(n) => +document.querySelector('#feasible-hexagon-htp .meets').textContent == n",
                            arg=before)
