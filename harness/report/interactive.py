@@ -121,7 +121,7 @@ def _gene_label(g: dict[str, Any]) -> str:
     w, a = g.get("weight_bits"), g.get("activation_bits")
     if w == "fp":
         return "fp"
-    a = {"dynamic": "dyn", "fp": "f"}.get(str(a), str(a))
+    a = {"dynamic": "dyn"}.get(str(a), str(a))  # w8a8, w8adyn, w4afp (float activations)
     kernel = g.get("kernel")
     return f"w{w}a{a}" + (f" {kernel}" if kernel and kernel != "qdq" else "")
 

@@ -154,9 +154,7 @@
       }).join("") + "</tr>";
     }).join("");
     document.getElementById("details-" + t.slug).innerHTML =
-      "<b>" + p.id + "</b>" + (p.baseline ? " (uniform baseline " + esc(p.baseline) + ")" : "") +
-      (p.emulated ? " <b>emulated</b>" : "") + "<br>Export it: <code class='export' id='export-" + t.slug + "'>" +
-      esc(p.export) + "</code><br><br>" + hover(t, p) +
+      "Export it: <code class='export' id='export-" + t.slug + "'>" + esc(p.export) + "</code><br>" + hover(t, p) +
       "<table><tr><th>layer</th><th>weight bits</th><th>activation bits</th><th>scheme</th><th>granularity</th>" +
       "<th>kernel</th><th>block</th></tr>" + rows + "</table>";
   }

@@ -137,3 +137,16 @@ def test_a_budget_slider_greys_out_the_points_over_it(opened: Any) -> None:
     assert state["hexagon-htp"]["limits"]["size"] is None
     page.wait_for_function("(n) => +document.querySelector('#feasible-hexagon-htp .meets').textContent == n",
                            arg=before)
+
+
+def test_a_run_without_candidates_yet_opens_cleanly(tmp_path: Path, watched: Any) -> None:
+    from harness.report.html import build_report
+
+    archive = Archive(tmp_path / "archive.sqlite")
+    archive.start({"model": "m.onnx", "objectives": ["accuracy", "size", "latency"], "seed": 0, "population": 4,
+                   "generations": 1, "layers": ["fc"]})
+    archive.close()
+    w = watched("file://")
+    w.page.goto(build_report(tmp_path).as_uri())
+    assert "No candidate was evaluated yet." in w.page.text_content("body")
+    assert w.problems() == [] and len(w.requests) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -162,7 +163,9 @@ def test_report_files_and_provenance(reference_run: Path) -> None:
     for name in ("report.html", "front.json", "hypervolume.png", "front_hexagon-htp.png", "heatmap_hexagon-htp.png"):
         assert (reference_run / name).stat().st_size > 1000, name
     page = (reference_run / "report.html").read_text()
-    assert "data:image/png;base64," in page and "<script" not in page  # self-contained, opens offline
+    # self-contained, opens offline: images and scripts (plotly.js too) inline, nothing from elsewhere
+    assert "data:image/png;base64," in page and "<script>" in page and "id='qae-data'" in page
+    assert not re.findall(r"<(?:img|script|iframe|link)[^>]*\s(?:src|href)=[\"'](?!data:)", page)
     front = json.loads((reference_run / "front.json").read_text())["targets"]["hexagon-htp"]
     point = front["points"][0]
     assert point["objectives"]["accuracy"]["source"] == "computed"
