@@ -4,9 +4,12 @@ Nothing here is stored as truth: the front is recomputed from the archive's cand
 (``qae report RUN`` rebuilds everything). Every number shown says whether it was measured,
 predicted or computed, and emulated candidates are marked.
 
-One module (~600 lines) because the HTML page, its plots and front.json are derived from the same
-front in one pass; the plots are small functions next to the page that embeds them. The front table
-is ``harness.report.table``; the test split's values, verdicts and words are ``harness.report.scores``.
+One module (~650 lines) because the HTML page, its PNG plots and front.json are derived from the
+same front in one pass (``run_state``); the plots are small functions next to the page that embeds
+them. The page's interactive part (fronts, decision points, reviewer views, plotly.js) is
+``harness.report.interactive`` with ``decisions`` and ``views``; the front table is
+``harness.report.table``; the test split's values, verdicts and words are ``harness.report.scores``;
+the live page (``render_page``, no PNGs) is served by ``harness.report.serve``.
 """
 
 from __future__ import annotations

@@ -150,3 +150,45 @@ def test_a_run_without_candidates_yet_opens_cleanly(tmp_path: Path, watched: Any
     w.page.goto(build_report(tmp_path).as_uri())
     assert "No candidate was evaluated yet." in w.page.text_content("body")
     assert w.problems() == [] and len(w.requests) == 1
+
+
+def test_each_provenance_has_its_marker_emulated_is_outlined_and_axes_switch(tmp_path: Path, watched: Any) -> None:
+    """A hand-made archive with a latency of every source and an emulated candidate."""
+    from harness.report.html import build_report
+    from harness.run.archive import Value
+
+    archive = Archive(tmp_path / "archive.sqlite")
+    archive.start({"model": "m.onnx", "objectives": ["accuracy", "size", "latency"], "seed": 0, "population": 4,
+                   "generations": 1, "layers": ["fc"]})
+    host = {"on": "host", "n": 100, "metric": "top1", "split": "validation"}
+    rows = [("meas", 0.95, 4000.0, 1.0, "measured", False), ("pred", 0.90, 2000.0, 0.8, "predicted", False),
+            ("sim", 0.85, 1500.0, 0.6, "simulated", False), ("emu", 0.80, 750.0, 0.5, "predicted", True)]
+    for h, acc, size, lat, source, emulated in rows:
+        detail = {"device": "dev"} if source != "predicted" else {"profile": "host-cpu", "expected_error": 0.2}
+        values = {"accuracy": Value(acc, "computed", host), "size": Value(size, "computed", {"unit": "bytes"}),
+                  "latency": Value(lat, source, {**detail, "unit": "ms"})}
+        gene = {"weight_bits": 3 if emulated else 8, "activation_bits": 8}
+        archive.record("t", h, {"layers": {"fc": gene}}, 1, emulated, True, 0.0, values, [], {}, 1)
+    archive.close()
+    w = watched("file://")
+    w.page.goto(build_report(tmp_path).as_uri())
+    w.page.wait_for_selector("#plot-t .main-svg")
+    traces = {t["name"]: t for t in w.page.evaluate(TRACES, "t")}
+    measured = traces["front, latency measured"]
+    assert measured["symbol"] == "star" and measured["ids"] == ["meas"]
+    assert traces["front, latency predicted"]["symbol"] == "circle"
+    assert traces["front, latency simulated"]["symbol"] == "diamond"
+    emu = traces["front, latency predicted, emulated"]
+    assert emu["ids"] == ["emu"] and w.page.evaluate(
+        "() => document.getElementById('plot-t')._fullData.find(t => t.name.endsWith('emulated')).marker.line.color"
+    ) == "#ff7f0e"
+    w.page.locator("#plot-t").scroll_into_view_if_needed()
+    w.page.select_option("#x-t", "latency")
+    assert w.page.text_content("#plot-t .xtitle") == "latency (ms)"
+    xy = w.page.evaluate(POINT_XY, ["t", "emu"])
+    assert xy["x"] == pytest.approx(min(p["x"] for p in (w.page.evaluate(POINT_XY, ["t", i])
+                                                          for i in ("meas", "pred", "sim", "emu"))))
+    w.page.mouse.move(xy["x"], xy["y"])
+    tip = w.page.wait_for_selector("#plot-t .hoverlayer .hovertext").text_content()
+    assert "emulated: yes (accuracy exact, size nominal, no speed-up)" in tip and "layers: w3a8 ×1" in tip
+    assert w.problems() == []
