@@ -32,7 +32,8 @@ def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
         _missing(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # as root (CI) Chromium runs only without its sandbox; a container's small /dev/shm crashes its tabs
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
             yield b
         finally:

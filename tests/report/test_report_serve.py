@@ -23,8 +23,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _qae(*args: str) -> subprocess.Popen[str]:
+def _qae(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """``qae ARGS`` in a child process; its output piped, or into ``log`` (a long search's output
+    must not fill a pipe nobody reads)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if log is not None:
+        with log.open("w") as out:
+            return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env, text=True,
+                                    stdout=out, stderr=subprocess.STDOUT)
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -32,7 +38,7 @@ def _qae(*args: str) -> subprocess.Popen[str]:
 def _started(run: Path, search: subprocess.Popen[str], deadline: float) -> None:
     """Wait until the search has written its configuration (the archive holds a run)."""
     while time.time() < deadline:
-        assert search.poll() is None, search.communicate()[1]
+        assert search.poll() is None, (run.parent / "search.log").read_text()
         try:
             db = sqlite3.connect(f"file:{run / 'archive.sqlite'}?mode=ro", uri=True)
             try:
@@ -61,10 +67,10 @@ def test_serve_shows_the_candidates_grow_while_a_search_runs(watched: Any, tmp_p
     run = tmp_path / "run"
     # long enough to outlive the test: it is stopped once the page has seen the archive grow
     search = _qae("search", "builtin:digits-vit", "--profile", "hexagon-htp", "--generations", "60",
-                  "--population", "6", "--out", str(run))
+                  "--population", "6", "--out", str(run), log=tmp_path / "search.log")
     server = None
     try:
-        _started(run, search, time.time() + 120)
+        _started(run, search, time.time() + 90)
         server = _qae("report", str(run), "--serve")
         line = server.stdout.readline() if server.stdout else ""
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -73,7 +79,7 @@ def test_serve_shows_the_candidates_grow_while_a_search_runs(watched: Any, tmp_p
         w = watched(url)
         w.page.goto(url)
         seen: list[int] = []
-        deadline = time.time() + 180
+        deadline = time.time() + 120
         while time.time() < deadline and (len(seen) < 2 or seen[-1] <= seen[0]):
             n = _count(w.page)
             if n is not None and (not seen or n != seen[-1]):
