@@ -532,6 +532,8 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
         ".src{color:#777;font-size:11px}.rec{background:#fff6d5}" + CSS,
         "</style><link rel='icon' href='data:,'>",  # no favicon request: the page fetches nothing
         "</head><body>",
+        # a live page swaps this element's content when the archive changed (report.js)
+        f"<div id='qae-main' data-version='{html.escape(str((live or {}).get('version', '')))}'>",
         f"<h1>qae search: {html.escape(str(cfg['model']))}</h1>",
         "<p>Accuracy and size are <b>computed</b> on this host with ONNX Runtime (size = weights at their "
         "nominal width). Latency, energy and memory are <b>predicted</b> by each target's cost model unless "
@@ -564,6 +566,7 @@ def _html(run: Path, cfg: dict[str, Any], fronts: list[Front], archive: Archive,
                      f"</summary>{''.join(_img(run, name) for name in pngs)}</details>")
     else:
         parts.append("<p class='src'>Live page: the static PNGs are written by <code>qae report RUN</code>.</p>")
+    parts.append("</div>")
     parts.append(head_scripts(data, live))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -234,6 +234,14 @@
     });
   }
 
+  function render() {
+    DATA.targets.forEach(front);
+    charts();
+  }
+
+  // A live page asks its server every interval whether the archive changed; when it did, it fetches
+  // the page again and swaps its content in place (plotly.js is not parsed again; axes, sliders and
+  // the clicked point stay), unless the reader is hovering a point: then it waits for the tooltip to go.
   function live() {
     var info = window.QAE_LIVE;
     if (!info) return;
@@ -242,18 +250,34 @@
     badge.id = "live";
     badge.textContent = "live: refreshes as the archive grows";
     document.body.appendChild(badge);
+    var busy = false;
+    function update(v) {
+      return fetch("/", { cache: "no-store" }).then(function (r) { return r.text(); }).then(function (text) {
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var main = doc.getElementById("qae-main"), data = doc.getElementById("qae-data");
+        if (!main || !data) { location.reload(); return; }  // not a report (an error page): show it
+        var y = window.scrollY;
+        document.querySelectorAll("#qae-main .js-plotly-plot").forEach(function (el) { Plotly.purge(el); });
+        document.getElementById("qae-main").innerHTML = main.innerHTML;
+        DATA = JSON.parse(data.textContent);
+        info.version = main.dataset.version || v;
+        render();
+        window.scrollTo(0, y);
+        badge.textContent = "live: updated " + new Date().toLocaleTimeString();
+      });
+    }
     setInterval(function () {
+      if (busy || document.querySelector(".hoverlayer .hovertext")) return;
+      busy = true;
       fetch("/version", { cache: "no-store" }).then(function (r) { return r.text(); }).then(function (v) {
-        if (v && v !== info.version) {
-          state.scrollY = window.scrollY; saveState();
-          location.reload();
-        }
-      }).catch(function () { badge.textContent = "live: the server stopped; this page is its last state"; });
+        if (v && v !== info.version) return update(v);
+      }).catch(function () {
+        badge.textContent = "live: the server stopped; this page is its last state";
+      }).then(function () { busy = false; });
     }, info.interval_ms || 1500);
   }
 
-  DATA.targets.forEach(front);
-  charts();
+  render();
   if (state.scrollY) window.scrollTo(0, state.scrollY);
   live();
 })();

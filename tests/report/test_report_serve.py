@@ -78,6 +78,8 @@ def test_serve_shows_the_candidates_grow_while_a_search_runs(watched: Any, tmp_p
         url = found.group(0)
         w = watched(url)
         w.page.goto(url)
+        w.page.wait_for_selector("#live")
+        w.page.evaluate("() => { window.sameDocument = true; }")  # gone if the page reloaded
         seen: list[int] = []
         deadline = time.time() + 120
         while time.time() < deadline and (len(seen) < 2 or seen[-1] <= seen[0]):
@@ -87,22 +89,27 @@ def test_serve_shows_the_candidates_grow_while_a_search_runs(watched: Any, tmp_p
             w.page.wait_for_timeout(300)
         assert len(seen) >= 2 and seen[-1] > seen[0], f"the count never grew: {seen}"
         assert w.page.locator("#live").is_visible()  # the page says it is live
+        assert w.page.evaluate("() => window.sameDocument === true")  # updated in place, not reloaded
         assert w.problems() == []
         assert w.requests and all(r.startswith(url) for r in w.requests)  # its own server only
         w.page.locator("#front-box-hexagon-htp").screenshot(path=str(tmp_path / "live-front-hexagon-htp.png"))
         assert not (run / "report.html").exists()  # serving writes nothing into the run folder
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            out, _ = server.communicate(timeout=30)
-            assert server.returncode == 0 and "stopped serving" in out
-        if search.poll() is None:
-            search.send_signal(signal.SIGINT)
-            try:
-                search.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                search.kill()
-                search.communicate()
+        # SIGTERM, which qae takes as Ctrl-C (a runner may start tests with SIGINT ignored)
+        stopped = [_stop(p) for p in (server, search) if p is not None]
+    assert stopped[0] == (0, True)  # the server ends cleanly when interrupted
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, bool]:
+    """Interrupt ``proc``; (its exit code, whether it said it stopped serving)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, "stopped serving" in (out or "")
 
 
 def test_the_server_listens_on_loopback_only(finished_run: Path) -> None:
