@@ -132,11 +132,14 @@ def compare(point: Candidate, ref: Candidate, name: str, scores: SplitScores, ac
     parts = []
     s, r = point.values["size"].value, ref.values["size"].value
     if s > 0 and r > 0:
-        parts.append(_ratio(r / s, "smaller", "larger") + f" than {name}")
+        ratio = _ratio(r / s, "smaller", "larger")
+        parts.append(f"{ratio} {'as' if ratio.startswith('about') else 'than'} {name}")
     lat, rlat = point.values.get("latency"), ref.values.get("latency")
     if lat is not None and rlat is not None and lat.value > 0 and rlat.value > 0:
-        sources = sorted({lat.source, rlat.source})
-        parts.append(_ratio(rlat.value / lat.value, "faster", "slower") + f" ({' / '.join(sources)} latency)")
+        # a ratio of a measured and a predicted latency says which is which
+        sources = (f"{lat.source} latency" if lat.source == rlat.source
+                   else f"latency {lat.source} here, {rlat.source} for {name}")
+        parts.append(_ratio(rlat.value / lat.value, "faster", "slower") + f" ({sources})")
     a, split = _accuracy(point, scores)
     b, _ = _accuracy(ref, scores)
     unit = "points" if acc.unit == "fraction" else acc.unit

@@ -211,7 +211,8 @@ CSS = (".front-box{border:1px solid #ddd;padding:.6em;margin:1em 0}"
        ".details table{font-size:12px}"
        "code.export{display:inline-block;max-width:100%;background:#eef;padding:2px 4px;user-select:all;"
        "overflow-wrap:anywhere}.note{font-size:12px;color:#555;max-width:900px}.chart{min-height:360px}"
-       "table.decisions td{vertical-align:top}.live{position:fixed;top:.5em;right:.5em;background:#efe;"
+       "table.decisions td{vertical-align:top}table.decisions th{text-align:left}"
+       ".live{position:fixed;top:.5em;right:.5em;background:#efe;"
        "border:1px solid #9c9;padding:.2em .6em;font-size:12px}")
 
 

@@ -53,8 +53,9 @@ def test_decision_points_compare_with_fp32_and_the_best_uniform_baseline() -> No
     assert device.words[0] == "4.0x smaller than FP32, 2.0x faster (predicted latency), -0.5 points (validation)"
     assert device.words[1] == "it is the uniform baseline w8a8"
     assert user.baseline is None and "no uniform baseline meets this preset" in user.words
-    assert iot.baseline == "w8a8" and iot.words[1].startswith("1.2x smaller than w8a8, about as fast "
-                                                              "(measured / predicted latency), -0.3 points")
+    assert iot.baseline == "w8a8" and iot.words[1].startswith(
+        "1.2x smaller than w8a8, about as fast (latency measured here, predicted for w8a8), -0.3 points")
+    assert compare(w8, w8, "w8a8", SplitScores(), TOP1).startswith("about as small as w8a8, about as fast")
     assert compare(small, fp32, "FP32", SplitScores(), Accuracy("sqnr")).endswith("-0.0 dB (validation)")
 
 
