@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import shlex
 from functools import cache
 from importlib import resources
@@ -189,8 +190,18 @@ def page_data(archive: Archive, fronts: list[Any], run: Path, cfg: dict[str, Any
 
 
 def script_json(data: Any) -> str:
-    """JSON safe inside a <script> element."""
-    return json.dumps(data, allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    """JSON safe inside a <script> element; a number that is not finite becomes null (JSON has none)."""
+    return json.dumps(_finite(data), allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def head_scripts(data: dict[str, Any], live: dict[str, Any] | None = None) -> str:

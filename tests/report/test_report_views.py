@@ -3,6 +3,7 @@ points and their words, and the Markdown summary of `qae report RUN --format md`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,11 @@ def test_format_md_prints_and_writes_a_summary_with_provenance(finished_run: Pat
     assert f"{n} candidates, 0 failed" in hexagon and "Hypervolume (0 to 1" in hexagon
     assert "| Most accurate (server: no budget) | `" in hexagon and "smaller than FP32" in hexagon
     assert f"`qae export {finished_run} --target hexagon-htp --pick " in hexagon
+
+
+def test_the_page_data_is_safe_inside_a_script_element() -> None:
+    from harness.report.interactive import script_json
+
+    text = script_json({"name": "</script><script>alert(1)</script>", "v": [1.0, float("nan"), float("inf")]})
+    assert "</script>" not in text and "<!--" not in script_json("<!--")
+    assert json.loads(text) == {"name": "</script><script>alert(1)</script>", "v": [1.0, None, None]}
