@@ -268,8 +268,8 @@ def plot_hypervolume(histories: dict[str, list[dict[str, float]]], path: Path) -
     ax.set_xlabel("generation")
     ax.set_ylabel("hypervolume of the feasible points")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Search progress: hypervolume per generation\n(each objective scaled to [0, 1], best to worst "
-                 "of the target's feasible candidates; reference point 1)", fontsize=9)
+    ax.set_title("Search progress: hypervolume per generation\n(each objective scaled over the target's feasible "
+                 "candidates: best 0, worst 1/1.1, reference point 1)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -434,8 +434,7 @@ def build_report(run: Path, weights: dict[str, float] | None = None) -> Path:
     """(Re)write front.json, the PNGs and report.html of a run folder from its archive."""
     archive = Archive.open_existing(run / "archive.sqlite", readonly=True)  # a report never writes the archive
     try:
-        state = run_state(archive, weights)
-        cfg, fronts, scores, layers, baselines = state
+        cfg, fronts, scores, layers, baselines = run_state(archive, weights)
         atomic_write_text(run / "front.json",
                           json.dumps(front_json(archive, fronts, scores, baselines), indent=1, sort_keys=True))
         for front in fronts:
