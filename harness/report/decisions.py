@@ -111,9 +111,10 @@ def decide(front: list[Candidate], all_points: list[Candidate], presets_: list[P
         d = Decision(preset, point, names.get(base.hash) if base else None)
         if point is not None:
             if fp32 is not None and point.hash != fp32.hash:
-                d.words.append(compare(point, fp32, "FP32", scores if on_test else SplitScores(), acc))
+                d.words.append(compare(point, fp32, "FP32", scores if on_test else SplitScores(), acc, "fp32"))
             if base is not None and base.hash != point.hash:
-                d.words.append(compare(point, base, names[base.hash], scores if on_test else SplitScores(), acc))
+                d.words.append(compare(point, base, names[base.hash], scores if on_test else SplitScores(), acc,
+                                       names[base.hash]))
             elif base is not None:
                 d.words.append(f"it is the uniform baseline {names[base.hash]}")
             elif uniform:
@@ -127,8 +128,13 @@ def _accuracy(c: Candidate, scores: SplitScores) -> tuple[float, str]:
     return (float(row["value"]), "test") if row else (c.values["accuracy"].value, "validation")
 
 
-def compare(point: Candidate, ref: Candidate, name: str, scores: SplitScores, acc: Accuracy) -> str:
-    """'4.9x smaller than FP32, 1.3x faster (predicted), -0.7 points (test)'."""
+def compare(point: Candidate, ref: Candidate, name: str, scores: SplitScores, acc: Accuracy,
+            key: str | None = None) -> str:
+    """'4.9x smaller than FP32, 1.3x faster (predicted latency), -0.7 points (test, within noise)'.
+
+    ``key`` names the reference in the point's test row (``fp32``, ``w8a8``, ...): its stored paired
+    verdict ("within noise", "better", "worse") follows the difference, so no claim inside the noise reads
+    as one."""
     parts = []
     s, r = point.values["size"].value, ref.values["size"].value
     if s > 0 and r > 0:
@@ -143,7 +149,9 @@ def compare(point: Candidate, ref: Candidate, name: str, scores: SplitScores, ac
     a, split = _accuracy(point, scores)
     b, _ = _accuracy(ref, scores)
     unit = "points" if acc.unit == "fraction" else acc.unit
-    parts.append(f"{(a - b) * acc.scale:+.1f} {unit} ({split})")
+    row = scores.row(point.hash) if key else None
+    verdict = ((row or {}).get("vs") or {}).get(key or "", {}).get("verdict")
+    parts.append(f"{(a - b) * acc.scale:+.1f} {unit} ({split}{', ' + verdict if verdict else ''})")
     return ", ".join(parts)
 
 

@@ -58,6 +58,9 @@ def test_decision_points_compare_with_fp32_and_the_best_uniform_baseline() -> No
         "1.2x smaller than w8a8, about as fast (latency measured here, predicted for w8a8), -0.3 points")
     assert compare(w8, w8, "w8a8", SplitScores(), TOP1).startswith("about as small as w8a8, about as fast")
     assert compare(small, fp32, "FP32", SplitScores(), Accuracy("sqnr")).endswith("-0.0 dB (validation)")
+    # on test, the stored paired verdict follows the difference
+    scored = SplitScores({"s": {"value": 0.97, "vs": {"fp32": {"verdict": "within noise"}}}, "fp": {"value": 0.975}})
+    assert compare(small, fp32, "FP32", scored, TOP1, "fp32").endswith("-0.5 points (test, within noise)")
 
 
 def test_format_md_prints_and_writes_a_summary_with_provenance(finished_run: Path,
