@@ -37,6 +37,7 @@ the initializer of the same name.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ STORAGE_BOUNDS = {
     "QInt4": (-8, 7), "QUInt4": (0, 15), "QInt8": (-128, 127), "QUInt8": (0, 255),
     "QInt16": (-32768, 32767), "QUInt16": (0, 65535),
 }
+#: A parametrized tensor's original in ``named_parameters``: ``<module>.parametrizations.<name>.original``
+_ORIGINAL = re.compile(r"\.parametrizations\.(\w+)\.original$")
 #: DynamicQuantizeLinear's grid: uint8
 DYNAMIC_BOUNDS = (0, 255)
 
@@ -375,11 +378,12 @@ def _torch_names(module: nn.Module, model: ModelInfo) -> dict[str, tuple[str, bo
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """The module's parameters and buffers by their names without quantization: a parametrized weight's
-    original under ``<module>.weight``; the quantizers' own scales left out."""
+    (or bias') original under ``<module>.weight``; the quantizers' own scales left out."""
     out: dict[str, torch.Tensor] = {}
     for name, value in [*module.named_parameters(), *module.named_buffers()]:
-        if ".parametrizations.weight.original" in name:
-            out[name.replace(".parametrizations.weight.original", ".weight")] = value
+        plain = _ORIGINAL.sub(r".\1", name)
+        if plain != name:
+            out[plain] = value
         elif ".parametrizations." in name or ".act_quant." in name:
             continue
         else:
