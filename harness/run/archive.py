@@ -12,6 +12,10 @@ Contract:
   reading, not stored.
 - ``errors`` holds typed error records (error kind, message) per candidate and target.
 - The Pareto front is never stored: it is derived from these tables when asked.
+- ``finetuned`` marks the candidates a quantization-aware fine-tune made (``harness.run.finetune``):
+  the parent's hash and the provenance (steps, data, seed, settings, loss curve, validation scores,
+  the fine-tuned float model's file and digest). Such a candidate has its parent's genome, its own
+  hash and values, and no engine record: the engine never proposed it, the front is derived with it.
 - ``test_scores`` holds, after the search, each front point's, uniform baseline's and FP32's score
   on the test split with its interval and paired verdicts (``harness.run.testsplit``); the engine
   state never depends on it.
@@ -152,6 +156,14 @@ CREATE TABLE IF NOT EXISTS layer_times (
     created REAL NOT NULL,
     PRIMARY KEY (target, hash, device)
 );
+CREATE TABLE IF NOT EXISTS finetuned (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    provenance TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
 CREATE TABLE IF NOT EXISTS history (
     target TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -209,6 +221,8 @@ class Candidate:
     feasible: bool | None
     violation: float | None
     values: dict[str, Value]
+    #: the candidate a fine-tune started from, for a fine-tuned candidate (``Archive.add_finetuned``)
+    parent: str | None = None
 
 
 class Archive:
@@ -447,6 +461,7 @@ class Archive:
             (target,),
         ).fetchall()
         values = self._current_values(target)
+        parents = {h: row["parent"] for h, row in self.finetuned(target).items()}
         return [
             Candidate(
                 target,
@@ -458,9 +473,64 @@ class Archive:
                 None if feas is None else bool(feas),
                 viol,
                 values.get(h, {}),
+                parents.get(h),
             )
             for h, seq, g, gen, emu, feas, viol in rows
         ]
+
+    # -- fine-tuned candidates (issue 19) ---------------------------------------------------------
+    def add_finetuned(
+        self,
+        target: str,
+        genome_hash: str,
+        genome: dict[str, Any],
+        parent: str,
+        emulated: bool,
+        feasible: bool | None,
+        violation: float | None,
+        values: dict[str, Value],
+        provenance: dict[str, Any],
+    ) -> bool:
+        """Store a fine-tuned candidate of ``target``: the candidate (no engine record), its values and
+        its provenance, in one transaction. False (and nothing written) when it is stored already."""
+        now = time.time()
+        text = strict_json({**provenance, "parent": parent}, "the fine-tune's provenance")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM candidates WHERE target = ? AND hash = ?", (target, genome_hash)).fetchone():
+                return False
+            generation = db.execute("SELECT generation FROM candidates WHERE target = ? AND hash = ?",
+                                    (target, parent)).fetchone()
+            seq = db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO candidates (target, hash, seq, genome, generation, emulated, feasible, violation, "
+                "record, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (target, genome_hash, seq, json.dumps(genome, sort_keys=True), generation[0] if generation else 0,
+                 int(emulated), None if feasible is None else int(feasible), violation, now),
+            )
+            self._insert_values(db, target, genome_hash, values, now)
+            db.execute("INSERT INTO finetuned (target, hash, parent, provenance, created) VALUES (?, ?, ?, ?, ?)",
+                       (target, genome_hash, parent, text, now))
+        return True
+
+    def finetuned(self, target: str | None = None) -> dict[str, dict[str, Any]]:
+        """{hash: provenance (with ``parent``)} of the fine-tuned candidates (of ``target``); {} for an
+        archive from before fine-tuning."""
+        sql, args = "SELECT hash, provenance FROM finetuned", tuple[str, ...]()
+        if target is not None:
+            sql, args = sql + " WHERE target = ?", (target,)
+        try:
+            rows = self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # an older archive, opened read-only
+            return {}
+        out = {}
+        for h, text in rows:
+            try:
+                row = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("parent"), str):
+                out[h] = row
+        return out
 
     def created(self, target: str) -> dict[str, float]:
         """When each candidate of ``target`` was recorded (``time.time()``): the front at any moment of
