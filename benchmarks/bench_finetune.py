@@ -1,0 +1,168 @@
+"""Quantization-aware fine-tuning at the aggressive end of digits-vit's front (issue 19).
+
+1. ``qae search`` (``run_search``) on builtin:digits-vit with emulated widths (2-6 bits), profile
+   arm-neon-a76, and a size budget of FP32's weight bytes / 6.2 (``--budget size=``): the search
+   looks for the most accurate post-training quantization at >= 6.2x, choosing on the VALIDATION split.
+2. Parents, chosen on VALIDATION: the ``PER_LEVEL`` feasible candidates with the best validation
+   accuracy (compression = weight bytes of FP32 over the candidate's, the search's size objective).
+3. Each parent is fine-tuned (``harness.run.finetune.finetune_run``: digits-vit's 1129 training
+   images, 300 steps, the best validation state kept), plain (STE, qae's scales) and with LSQ.
+4. Only then the TEST split (270 images the search, the choice and the training never saw) scores
+   the re-derived front, the parents and FP32 (``harness.run.testsplit``): top-1 with its exact 95 %
+   binomial interval, and the paired difference to FP32 with its 95 % bootstrap interval.
+
+"Done when" (issue 19): after fine-tuning, a front point at <= 1 point top-1 loss against FP32 on
+test with >= 6.2x weight compression (PTQ reached 4.9x); stretch 8x. ``claims`` says for each level
+whether such a point exists, judged on the test value itself and, more strictly, on the lower end
+of the paired interval. 8x is out of reach of any genome: qae's size counts the parameters no layer
+quantizes (biases, LayerNorms, the positional embedding) at 32 bits, and 2 bits everywhere is
+``all_w2_compression``.
+
+    python -m benchmarks.bench_finetune [--quick] [--generations N] [--population N] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+LEVELS = (6.2, 8.0)
+PER_LEVEL = 3
+BUDGET_LEVEL = 6.2
+MODEL = "builtin:digits-vit"
+PROFILE = "arm-neon-a76"
+
+
+def _points(archive: Any, objectives: list[str], fp32_bytes: float) -> list[dict[str, Any]]:
+    from harness.run.testsplit import front_of
+
+    front, _, _ = front_of(archive, PROFILE, objectives)
+    scores = archive.test_scores()
+    out = []
+    for c in sorted(front, key=lambda c: c.values["size"].value):
+        row = scores.get(c.hash) or {}
+        vs = (row.get("vs") or {}).get("fp32") or {}
+        out.append({
+            "hash": c.hash, "parent": c.parent, "weight_bytes": c.values["size"].value,
+            "compression": fp32_bytes / c.values["size"].value, "validation": c.values["accuracy"].value,
+            "test": row.get("value"), "test_ci95": row.get("ci95"), "vs_fp32_test": vs.get("difference"),
+            "vs_fp32_ci95": vs.get("ci95"), "verdict_vs_fp32": vs.get("verdict"),
+        })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generations", type=int, default=12)
+    ap.add_argument("--population", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--quick", action="store_true", help="small search and fine-tunes: checks the pipeline only")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.generations, args.population, args.steps = 2, 8, 30
+
+    import torch
+
+    from harness.quant.finetune import FinetuneConfig
+    from harness.run.archive import Archive
+    from harness.run.config import SearchConfig
+    from harness.run.finetune import Request, finetune_run
+    from harness.run.search import run_search
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="qae-bench-finetune-") as tmp:
+        run = Path(tmp) / "run"
+        from harness.quant.workload import Workload
+
+        plain = Workload.open(MODEL)
+        fp32_report = plain.evaluate(None, threads=1)
+        all_w2 = plain.evaluate(plain.build(plain.uniform(weight_bits=2, activation_bits="fp")), threads=1)
+        cfg = SearchConfig(model=MODEL, profiles=[PROFILE], generations=args.generations, population=args.population,
+                           seed=args.seed, emulated=True,
+                           budgets={"size_bytes": fp32_report.weight_bytes / BUDGET_LEVEL})
+        run_search(cfg, run, say=lambda m: None).close()
+        searched = time.perf_counter() - started
+        archive = Archive.open_existing(run / "archive.sqlite")
+        fp32_row = archive.test_scores()["fp32"]
+        objectives = list(cfg.objectives)
+        from harness.run.evaluation import open_workload
+
+        work = open_workload(cfg)
+        reference = work.evaluate(None, threads=1)
+        fp32_bytes, fp32_val = float(reference.weight_bytes), reference.accuracy
+        before = _points(archive, objectives, fp32_bytes)
+        cands = [c for c in archive.candidates(PROFILE) if c.values and c.feasible is not False]
+        parents: dict[str, float] = {}
+        pool = [c for c in cands if fp32_bytes / c.values["size"].value >= BUDGET_LEVEL]
+        pool.sort(key=lambda c: (-c.values["accuracy"].value, c.values["size"].value))  # validation only
+        for c in pool[:PER_LEVEL]:
+            parents[c.hash] = BUDGET_LEVEL
+        archive.close()
+        runs = []
+        for lsq in (False, True) if parents else ():
+            settings = FinetuneConfig(steps=args.steps, lsq=lsq, seed=0)
+            t0 = time.perf_counter()
+            rows = finetune_run(run, Request(picks=tuple(parents)), settings, say=lambda m: None)
+            runs.append({"lsq": lsq, "seconds": time.perf_counter() - t0, "children": rows})
+        archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
+        after = _points(archive, objectives, fp32_bytes)
+        scores = archive.test_scores()
+        tuned = archive.finetuned(PROFILE)
+        children = []
+        for h, prov in tuned.items():
+            parent_row, row = scores.get(prov["parent"]) or {}, scores.get(h) or {}
+            cand = next(c for c in archive.candidates(PROFILE) if c.hash == h)
+            parent = next(c for c in archive.candidates(PROFILE) if c.hash == prov["parent"])
+            children.append({
+                "hash": h, "parent": prov["parent"], "lsq": prov["settings"]["lsq"], "best_step": prov["best_step"],
+                "compression": fp32_bytes / cand.values["size"].value, "level": parents[prov["parent"]],
+                "validation_parent": parent.values["accuracy"].value, "validation": cand.values["accuracy"].value,
+                "test_parent": parent_row.get("value"), "test_parent_ci95": parent_row.get("ci95"),
+                "test": row.get("value"), "test_ci95": row.get("ci95"),
+                "on_front": any(p["hash"] == h for p in after),
+            })
+        archive.close()
+    fp32_test = float(fp32_row["value"])
+    claims = {}
+    for level in LEVELS:
+        def ok(p: dict[str, Any], level: float = level) -> bool:
+            return p["compression"] >= level and p["test"] is not None and fp32_test - p["test"] <= 0.01
+
+        hits = [p for p in after if ok(p)]
+        strict = [p for p in hits if p["vs_fp32_ci95"] and -p["vs_fp32_ci95"][0] <= 0.01]
+        ptq = [p for p in before if ok(p)]
+        claims[f"{level:g}x"] = {
+            "after_finetune": bool(hits), "points": [p["hash"] for p in hits],
+            "strict (lower end of the paired 95 % interval within 1 point)": bool(strict),
+            "ptq_front_before": bool(ptq),
+        }
+    body = {
+        "benchmark": "finetune", "quick": args.quick, "model": MODEL, "profile": PROFILE,
+        "search": {"generations": args.generations, "population": args.population, "seed": args.seed,
+                   "emulated": True, "seconds": searched, "budgets": cfg.budgets},
+        "all_w2_compression": fp32_bytes / all_w2.weight_bytes,
+        "steps": args.steps, "fp32": {"weight_bytes": fp32_bytes, "validation": fp32_val, "test": fp32_test,
+                                      "test_ci95": fp32_row.get("ci95")},
+        "rules": "parents and fine-tuned states chosen on validation (270); test (270) scored once after; "
+                 "compression = FP32 weight bytes / candidate weight bytes (nominal widths)",
+        "ptq_front": before, "front_after": after, "children": children, "claims": claims, "runs": runs,
+        "best_ptq_compression_within_1pt_test": max((p["compression"] for p in before
+                                                     if p["test"] is not None and fp32_test - p["test"] <= 0.01),
+                                                    default=None),
+    }
+    path = common.write_result("finetune", body)
+    print(f"wrote {path}")
+    for level, claim in claims.items():
+        print(level, claim)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
