@@ -19,6 +19,9 @@ def register(sub: Any) -> None:
                       help="fine-tune this candidate (a genome hash or unique prefix; repeatable)")
     pick.add_argument("--front", type=int, metavar="K",
                       help="fine-tune the K smallest front points within --max-loss of FP32 (first target)")
+    pick.add_argument("--genome", action="append", metavar="FILE",
+                      help="fine-tune this genome (YAML/JSON; repeatable): it enters the run first, built and scored "
+                      "like a search candidate, so the report shows the fine-tune's gain over it")
     add_settings(p)
     p.add_argument("--torch", metavar="module:function",
                    help="a function returning the torch nn.Module the ONNX model was exported from, weights loaded "
@@ -67,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not (run / "archive.sqlite").is_file():
         raise InputError(f"no archive at {run / 'archive.sqlite'}: give a run folder that `qae search` wrote")
     request = Request(picks=tuple(args.pick or ()), front=args.front, max_loss=args.max_loss, torch=args.torch,
-                      train=args.train)
+                      train=args.train, genomes=tuple(args.genome or ()))
     from harness.run.lock import RunLock
 
     with RunLock(run):  # no search or other fine-tune writes the run meanwhile

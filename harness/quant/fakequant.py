@@ -361,19 +361,37 @@ def _submodule(module: nn.Module, layer: LayerSpec) -> nn.Module:
 
 def _torch_names(module: nn.Module, model: ModelInfo) -> dict[str, tuple[str, bool]]:
     """torch parameter name -> (ONNX initializer, transposed) for every parameter and buffer of ``module``
-    that the ONNX model holds; a trainable parameter it does not hold is an error."""
+    that the ONNX model holds by name (``unmapped`` lists the others)."""
     inits = {t.name for t in model.proto.graph.initializer}
     by_layer = {f"{layer.name}.weight": (layer.weight, transposed(layer)) for layer in model.layers}
     out: dict[str, tuple[str, bool]] = {}
-    for name, param in _plain_state(module).items():
+    for name in _plain_state(module):
         if name in by_layer:
             out[name] = by_layer[name]
         elif name in inits:
             out[name] = (name, False)
-        elif isinstance(param, nn.Parameter) and param.requires_grad:
-            raise ModelError(f"the ONNX model holds no initializer for torch parameter {name!r}: export the model "
-                             "with its parameter names (do_constant_folding=False keeps them)")
     return out
+
+
+def unmapped(module: nn.Module, model: ModelInfo) -> list[str]:
+    """The module's parameters the ONNX model holds under no name of theirs (an exporter that merges
+    equal initializers, such as LayerNorms still at ones, keeps one of them): a fine-tune leaves them as
+    they are, since the trained model could not be written back; ``check_float`` has checked that the
+    module computes the ONNX model with them."""
+    mapped = _torch_names(module, model)
+    return [name for name, value in _plain_state(module).items()
+            if name not in mapped and isinstance(value, nn.Parameter)]
+
+
+def freeze_unmapped(module: nn.Module, model: ModelInfo) -> list[str]:
+    """Stop training ``unmapped`` parameters; returns their names."""
+    names = unmapped(module, model)
+    params = dict(module.named_parameters())
+    originals = {_ORIGINAL.sub(r".\1", k): v for k, v in params.items()}
+    for name in names:
+        param = params[name] if name in params else originals[name]
+        param.requires_grad_(False)
+    return names
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -284,8 +284,9 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
     teacher = None if data.labels is not None else base
     module = copy.deepcopy(base)
     attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=cfg.lsq)
+    fakequant.freeze_unmapped(module, work.model)
     module.train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     outcome = Outcome(module, attached, cfg.steps, 0, -math.inf, math.nan)
     best_state: dict[str, Any] | None = None
     start = 0

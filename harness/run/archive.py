@@ -12,10 +12,12 @@ Contract:
   reading, not stored.
 - ``errors`` holds typed error records (error kind, message) per candidate and target.
 - The Pareto front is never stored: it is derived from these tables when asked.
-- ``finetuned`` marks the candidates a quantization-aware fine-tune made (``harness.run.finetune``):
-  the parent's hash and the provenance (steps, data, seed, settings, loss curve, validation scores,
-  the fine-tuned float model's file and digest). Such a candidate has its parent's genome, its own
-  hash and values, and no engine record: the engine never proposed it, the front is derived with it.
+- ``added`` marks the candidates that entered the run outside the search (``harness.run.finetune``):
+  kind ``finetuned``, made by a quantization-aware fine-tune, with its parent's hash and the
+  provenance (steps, data, seed, settings, loss curve, validation scores, the fine-tuned float
+  model's file and digest): its parent's genome, its own hash and values; kind ``given``, a genome a
+  user brought to fine-tune, built and scored like a search candidate. Neither has an engine record:
+  the engine never proposed them, and the front is derived with them.
 - ``test_scores`` holds, after the search, each front point's, uniform baseline's and FP32's score
   on the test split with its interval and paired verdicts (``harness.run.testsplit``); the engine
   state never depends on it.
@@ -156,10 +158,11 @@ CREATE TABLE IF NOT EXISTS layer_times (
     created REAL NOT NULL,
     PRIMARY KEY (target, hash, device)
 );
-CREATE TABLE IF NOT EXISTS finetuned (
+CREATE TABLE IF NOT EXISTS added (
     target TEXT NOT NULL,
     hash TEXT NOT NULL,
-    parent TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('finetuned', 'given')),
+    parent TEXT,
     provenance TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (target, hash)
@@ -221,8 +224,10 @@ class Candidate:
     feasible: bool | None
     violation: float | None
     values: dict[str, Value]
-    #: the candidate a fine-tune started from, for a fine-tuned candidate (``Archive.add_finetuned``)
+    #: the candidate a fine-tune started from, for a fine-tuned candidate (``Archive.add_candidate``)
     parent: str | None = None
+    #: ``search`` (the engine proposed it), ``finetuned`` or ``given`` (see the ``added`` table)
+    origin: str = "search"
 
 
 class Archive:
@@ -461,7 +466,7 @@ class Archive:
             (target,),
         ).fetchall()
         values = self._current_values(target)
-        parents = {h: row["parent"] for h, row in self.finetuned(target).items()}
+        added = self.added(target)
         return [
             Candidate(
                 target,
@@ -473,28 +478,31 @@ class Archive:
                 None if feas is None else bool(feas),
                 viol,
                 values.get(h, {}),
-                parents.get(h),
+                added[h]["parent"] if h in added else None,
+                added[h]["kind"] if h in added else "search",
             )
             for h, seq, g, gen, emu, feas, viol in rows
         ]
 
     # -- fine-tuned candidates (issue 19) ---------------------------------------------------------
-    def add_finetuned(
+    def add_candidate(
         self,
         target: str,
         genome_hash: str,
         genome: dict[str, Any],
-        parent: str,
+        kind: str,
+        parent: str | None,
         emulated: bool,
         feasible: bool | None,
         violation: float | None,
         values: dict[str, Value],
         provenance: dict[str, Any],
     ) -> bool:
-        """Store a fine-tuned candidate of ``target``: the candidate (no engine record), its values and
-        its provenance, in one transaction. False (and nothing written) when it is stored already."""
+        """Store a candidate made outside the search (``kind`` finetuned or given) of ``target``: the
+        candidate (no engine record), its values and its provenance, in one transaction. False (and
+        nothing written) when the target holds that hash already."""
         now = time.time()
-        text = strict_json({**provenance, "parent": parent}, "the fine-tune's provenance")
+        text = strict_json({**provenance, "kind": kind, "parent": parent}, "the candidate's provenance")
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM candidates WHERE target = ? AND hash = ?", (target, genome_hash)).fetchone():
                 return False
@@ -508,14 +516,26 @@ class Archive:
                  int(emulated), None if feasible is None else int(feasible), violation, now),
             )
             self._insert_values(db, target, genome_hash, values, now)
-            db.execute("INSERT INTO finetuned (target, hash, parent, provenance, created) VALUES (?, ?, ?, ?, ?)",
-                       (target, genome_hash, parent, text, now))
+            db.execute("INSERT INTO added (target, hash, kind, parent, provenance, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       (target, genome_hash, kind, parent, text, now))
         return True
 
+    def proposed(self, target: str) -> list[str]:
+        """The hashes of the candidates the engine proposed (those with its record), in the order told:
+        they pair one to one with ``engine_records``."""
+        rows = self._db.execute(
+            "SELECT hash FROM candidates WHERE target = ? AND record IS NOT NULL ORDER BY seq", (target,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def finetuned(self, target: str | None = None) -> dict[str, dict[str, Any]]:
-        """{hash: provenance (with ``parent``)} of the fine-tuned candidates (of ``target``); {} for an
-        archive from before fine-tuning."""
-        sql, args = "SELECT hash, provenance FROM finetuned", tuple[str, ...]()
+        """{hash: provenance (with ``parent``)} of the fine-tuned candidates (of ``target``)."""
+        return {h: row for h, row in self.added(target).items() if row["kind"] == "finetuned"}
+
+    def added(self, target: str | None = None) -> dict[str, dict[str, Any]]:
+        """{hash: provenance (with ``kind`` and ``parent``)} of the candidates added outside the search
+        (of ``target``); {} for an archive from before fine-tuning."""
+        sql, args = "SELECT hash, kind, parent, provenance FROM added", tuple[str, ...]()
         if target is not None:
             sql, args = sql + " WHERE target = ?", (target,)
         try:
@@ -523,13 +543,13 @@ class Archive:
         except sqlite3.OperationalError:  # an older archive, opened read-only
             return {}
         out = {}
-        for h, text in rows:
+        for h, kind, parent, text in rows:
             try:
                 row = json.loads(text)
             except ValueError:
                 continue
-            if isinstance(row, dict) and isinstance(row.get("parent"), str):
-                out[h] = row
+            if isinstance(row, dict):
+                out[h] = {**row, "kind": kind, "parent": parent}
         return out
 
     def created(self, target: str) -> dict[str, float]:

@@ -13,10 +13,12 @@ model predicts from the genome, which is the same), labelled as taken from the p
 derived from the archive, so the next report has it; the test split is scored only by
 ``harness.run.testsplit`` after the choice, as for every point.
 
-Parents: ``--pick HASH`` (a unique prefix of a candidate's hash), or ``--front K``: the K smallest
-front points (weight bytes) of the first target whose validation accuracy is within ``max_loss`` of
-FP32's, fine-tuned ones and those with a fine-tuned child left out: where rounding costs accuracy and a
-fine-tune can give it back.
+Parents: ``--pick HASH`` (a unique prefix of a candidate's hash), ``--genome FILE`` (a user's genome:
+it enters the run first as a candidate of kind ``given``, built, scored on validation and predicted
+by each profile target like a search candidate, so the gain over it is told like any other), or
+``--front K``: the K smallest front points (weight bytes) of the first target whose validation
+accuracy is within ``max_loss`` of FP32's, fine-tuned ones and those with a fine-tuned child left
+out: where rounding costs accuracy and a fine-tune can give it back.
 """
 
 from __future__ import annotations
@@ -43,19 +45,23 @@ class Request:
 
     picks: tuple[str, ...] = ()
     front: int | None = None
+    #: genome files to fine-tune: each enters the run first as a candidate of kind ``given``
+    genomes: tuple[str, ...] = ()
     max_loss: float = 0.05
     torch: str | None = None
     train: str | None = None
 
 
-def choose_parents(archive: Archive, cfg: SearchConfig, fp32: float, request: Request) -> list[Candidate]:
-    """The candidates to fine-tune (see the module docstring); a one-line error when none fits."""
+def choose_parents(archive: Archive, cfg: SearchConfig, fp32: float, request: Request,
+                   given: tuple[str, ...] = ()) -> list[Candidate]:
+    """The candidates to fine-tune (see the module docstring; ``given``: the hashes of the ``--genome``
+    candidates); a one-line error when none fits."""
     targets = archive.targets()
     if not targets:
         raise InputError(f"{archive.path.parent} has no evaluated candidate: run the search first")
     every = {c.hash: c for t in targets for c in archive.candidates(t) if c.values}
-    if request.picks:
-        out = []
+    if request.picks or request.genomes:
+        out = [every[h] for h in given]
         for pick in request.picks:
             found = [c for h, c in every.items() if h.startswith(pick)]
             if len(found) != 1:
@@ -94,10 +100,17 @@ def finetune_run(
         cfg = SearchConfig.from_dict(archive.config())
         work = open_workload(cfg)
         fp32 = work.evaluate(None, threads=1).accuracy
-        parents = choose_parents(archive, cfg, fp32, request)
+        given = tuple(add_given(archive, work, cfg, fp32, work.load_genome(path), path) for path in request.genomes)
+        parents = choose_parents(archive, cfg, fp32, request, given)
+        data = ft.load_train_set(request.train, work) if request.train else ft.builtin_train_set(work)
         base = ft.torch_model(work, request.torch)
         ft.check_float(base, work)
-        data = ft.load_train_set(request.train, work) if request.train else ft.builtin_train_set(work)
+        from harness.quant.fakequant import unmapped
+
+        frozen = unmapped(base, work.model)
+        if frozen:
+            say(f"note: {len(frozen)} torch parameters have no initializer of their name in the ONNX model (e.g. "
+                f"{frozen[0]}): they are not trained")
         out = []
         for parent in parents:
             say(f"fine-tuning {parent.hash[:12]} ({settings.steps} steps on {data.source}, seed {settings.seed}"
@@ -155,11 +168,36 @@ def _one(run: Path, archive: Archive, work: Workload, cfg: SearchConfig, fp32: f
                 costs[name] = Value(v.value, "predicted", {**v.detail, "from_parent": parent.hash,
                                                            "why": "the cost model predicts from the genome alone"})
         feasible, violation = _feasibility(work, cfg, target, {**values, **costs}, fp32, mine[parent.hash])
-        archive.add_finetuned(target, new_hash, parent.genome, parent.hash, bool(report.emulated), feasible, violation,
-                              {**values, **costs}, provenance)
+        archive.add_candidate(target, new_hash, parent.genome, "finetuned", parent.hash, bool(report.emulated),
+                              feasible, violation, {**values, **costs}, provenance)
     return {"hash": new_hash, "parent": parent.hash, "validation": report.accuracy,
             "parent_validation": parent.values["accuracy"].value, "best_step": outcome.best_step,
             "size": report.weight_bytes, "model": provenance["model"]}
+
+
+def add_given(archive: Archive, work: Workload, cfg: SearchConfig, fp32: float, genome: Any, source: str) -> str:
+    """Enter a user's genome in every target of the run, built and scored like a search candidate (kind
+    ``given``: accuracy and size computed on validation, costs predicted by each profile target's cost
+    model); returns its hash. A genome the run holds already is left as it is."""
+    from harness.run.evaluation import prediction_values
+
+    held = {c.hash for t in archive.targets() for c in archive.candidates(t)}
+    if genome.hash in held:
+        return str(genome.hash)
+    report = work.evaluate(work.build(genome), threads=1)
+    values = host_values(report.to_dict())
+    for target in archive.targets():
+        try:
+            opened = Target.open(target, work, cfg.budgets)
+        except Exception:  # a device group's name is no profile: no prediction to make here
+            costs, feasible, violation = {}, None, None
+        else:
+            costs = prediction_values(genome, opened.table)
+            _, total = evaluation_of({**values, **costs}, fp32, cfg.objectives, opened.budgets)
+            feasible, violation = total <= 0, total
+        archive.add_candidate(target, genome.hash, genome.to_dict(), "given", None, genome.emulated, feasible,
+                              violation, {**values, **costs}, {"genome_file": str(source)})
+    return str(genome.hash)
 
 
 def _feasibility(work: Workload, cfg: SearchConfig, target: str, values: dict[str, Value], fp32: float,

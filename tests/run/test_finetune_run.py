@@ -85,3 +85,23 @@ def test_without_torch_finetune_names_the_extra(tuned_run: Path) -> None:
             f"sys.exit(main(['finetune', {str(tuned_run)!r}, '--front', '1']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "qae[train]")
+
+
+def test_finetune_a_given_genome(tuned_run: Path, tmp_path: Path) -> None:
+    """``--genome FILE``: the user's genome enters the run as a scored candidate, then its fine-tune."""
+    genome = tmp_path / "w2.yaml"
+    genome.write_text("default: {weight_bits: 2, activation_bits: 8}\n")
+    proc = qae("finetune", str(tuned_run), "--genome", str(genome), *TUNE)
+    assert proc.returncode == 0, proc.stderr
+    archive = Archive.open_existing(tuned_run / "archive.sqlite", readonly=True)
+    try:
+        added = archive.added()
+        (given, row), = [(h, r) for h, r in added.items() if r["kind"] == "given"]
+        assert row["genome_file"] == str(genome) and row["parent"] is None
+        cands = {c.hash: c for c in archive.candidates("arm-neon-a76")}
+        assert cands[given].origin == "given" and cands[given].values["latency"].source == "predicted"
+        child = next(h for h, r in added.items() if r["kind"] == "finetuned" and r["parent"] == given)
+        # 2 bits everywhere loses most of the accuracy; 30 steps give a good part of it back
+        assert cands[child].values["accuracy"].value > cands[given].values["accuracy"].value + 0.2
+    finally:
+        archive.close()
