@@ -135,6 +135,10 @@ def torch_model(work: Workload, spec: str | None = None) -> nn.Module:
         arch = builtin_meta("digits-vit")["architecture"]
         fields = {k: arch[k] for k in VitConfig.__dataclass_fields__ if k in arch}
         module = DigitsViT(VitConfig(**fields))
+    elif work.model.builtin == "minilm-l6":
+        from harness.builtin import minilm
+
+        module = minilm.bind_forward(minilm.load_torch_model())
     else:
         raise InputError(f"no torch model for {work.model.path.name}: give --torch module:function returning the "
                          "nn.Module the ONNX model was exported from, with its weights")
@@ -210,15 +214,42 @@ def validation_score(module: nn.Module, work: Workload) -> float:
 
 
 # -- training data ---------------------------------------------------------------------------------
+#: Training sentences for builtin:minilm-l6 at most (the docstring pool beyond its shipped splits)
+MINILM_TRAIN_MAX = 2048
+
+
 def builtin_train_set(work: Workload) -> TrainSet:
     """A builtin's training split: digits-vit's 1129 training images (disjoint from calibration,
-    validation and test, ``harness.builtin.digits_data.make_splits``)."""
+    validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, standard-library
+    docstring sentences (``make_minilm_data.collect``, this Python's) that none of its shipped splits
+    holds, without labels (distillation from the FP32 model)."""
+    if work.model.builtin == "minilm-l6":
+        return _minilm_train_set()
     if work.model.builtin != "digits-vit":
         raise InputError(f"no training split ships with {work.model.path.name}: give --train DATA.npz")
     from harness.builtin.digits_data import make_splits
 
     splits = make_splits()
     return TrainSet.of({"pixels": splits.train_x}, splits.train_y, "builtin:digits-vit train split (1129 images)")
+
+
+def _minilm_train_set() -> TrainSet:
+    import random
+
+    from harness.builtin import make_minilm_data, minilm
+
+    shipped = json.loads((make_minilm_data.OUT_DIR / "sentences.json").read_text(encoding="utf-8"))
+    taken = {str(s["text"]) if isinstance(s, dict) else str(s) for part in shipped.values()
+             if isinstance(part, list) for s in part}
+    tokenizer = minilm.load_tokenizer()
+    pool = [s["text"] for s in make_minilm_data.collect() if s["text"] not in taken
+            and len(tokenizer(s["text"])["input_ids"]) <= minilm.MAX_LENGTH]
+    random.Random(make_minilm_data.SEED + 1).shuffle(pool)
+    pool = pool[:MINILM_TRAIN_MAX]
+    if not pool:
+        raise InputError("no standard-library sentence is left beside minilm-l6's shipped splits: give --train")
+    arrays = make_minilm_data.tokenize(tokenizer, pool, minilm.MAX_LENGTH)
+    return TrainSet.of(dict(arrays), None, f"builtin:minilm-l6 docstring sentences outside its splits ({len(pool)})")
 
 
 def load_train_set(path: str | Path, work: Workload) -> TrainSet:

@@ -105,3 +105,41 @@ def test_finetune_a_given_genome(tuned_run: Path, tmp_path: Path) -> None:
         assert cands[child].values["accuracy"].value > cands[given].values["accuracy"].value + 0.2
     finally:
         archive.close()
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_candidate(tuned_run: Path, tmp_path: Path) -> None:
+    """A fine-tune killed with SIGKILL and run again continues from its checkpoint and ends with the
+    weights (hence the candidate hash) of an uninterrupted fine-tune of the same parent."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    front = json.loads((tuned_run / "front.json").read_text())["targets"]["arm-neon-a76"]["points"]
+    pick = next(p["id"] for p in front if not p["finetuned"])
+    runs = {name: tmp_path / name for name in ("whole", "killed")}
+    for path in runs.values():
+        shutil.copytree(tuned_run, path, ignore=shutil.ignore_patterns("finetune", "finetuned", ".lock"))
+    args = ["--pick", pick, "--steps", "150", "--checkpoint-every", "5", "--eval-every", "50", "--seed", "9"]
+    assert qae("finetune", str(runs["whole"]), *args).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli.main", "finetune", str(runs["killed"]), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((runs["killed"] / "finetune").glob("*.pt")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list((runs["killed"] / "finetune").glob("*.pt")), "no checkpoint was written before the kill"
+    assert qae("finetune", str(runs["killed"]), *args).returncode == 0
+
+    def child(run: Path) -> tuple[str, dict]:  # type: ignore[type-arg]
+        archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
+        try:
+            return next((h, p) for h, p in archive.finetuned().items() if p["parent"] == pick and p["seed"] == 9)
+        finally:
+            archive.close()
+
+    (h_whole, whole), (h_killed, killed) = child(runs["whole"]), child(runs["killed"])
+    assert killed["resumed_from"] > 0
+    assert h_whole == h_killed and whole["weights_sha256"] == killed["weights_sha256"]
+    assert whole["loss_curve"] == killed["loss_curve"]
