@@ -8,7 +8,8 @@ trained on a training split, chosen on the validation split, never shown the tes
   validation inputs before anything is trained (``check_float``).
 - The data: ``TrainSet``, the training split's inputs (by ONNX input name, fed to the module in the
   ONNX model's input order) and labels, if any. With labels the loss is cross-entropy; without, the
-  module learns the FP32 model's outputs (mean squared error to the unquantized module, distillation).
+  module learns the FP32 model's outputs (mean squared error to the unquantized module over the real
+  tokens where an ``attention_mask`` input marks them: distillation).
 - The loop (``finetune``): AdamW, cosine learning rate from ``lr`` to 0 over ``steps``, batches drawn
   by a permutation per epoch seeded by (seed, epoch), so step k's batch depends on nothing but the
   seed and k. One thread (``torch.set_num_threads(1)``) and deterministic algorithms: the same seed
@@ -349,7 +350,7 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
             assert teacher is not None
             with torch.no_grad():
                 target = _forward(teacher, work, feed)
-            loss = torch.nn.functional.mse_loss(out, target)
+            loss = _distillation_loss(out, target, feed.get("attention_mask"))
         if not torch.isfinite(loss):
             raise ModelError(f"the fine-tune's loss became {float(loss)} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -373,6 +374,17 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
         module.load_state_dict(best_state)
     module.eval()
     return outcome
+
+
+def _distillation_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
+    """Mean squared error to the FP32 outputs; token outputs ``[B, T, H]`` of a model with an
+    ``attention_mask`` input count the real tokens only (padding is no part of any metric)."""
+    import torch
+
+    if mask is None or out.dim() != 3 or tuple(mask.shape) != tuple(out.shape[:2]):
+        return torch.nn.functional.mse_loss(out, target)
+    m = torch.from_numpy(np.ascontiguousarray(mask)).to(out.dtype).unsqueeze(-1)
+    return ((out - target) ** 2 * m).sum() / (m.sum() * out.shape[-1]).clamp_min(1.0)
 
 
 def _write_checkpoint(path: Path, key: str, step: int, module: nn.Module, optimizer: Any, outcome: Outcome,

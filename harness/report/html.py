@@ -207,6 +207,10 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str], scores: Spli
                     label=label,
                     zorder=3,
                 )
+        tuned = np.array([c.parent is not None for c in front.points])
+        if tuned.any():  # fine-tuned points ringed in red
+            ax.scatter(xs[tuned], ys[tuned], s=260, facecolors="none", edgecolors="#d62728", linewidths=1.4,
+                       label="fine-tuned (gain over its parent in the table)", zorder=4)
         # The 2-D envelope (best accuracy at or below each size) as a step line; with more than two
         # objectives some front points sit below it because they win on latency or energy instead.
         order = np.argsort(xs)
