@@ -5,7 +5,8 @@ Per parent (a candidate of the run, by hash): the float torch model (``harness.q
 the genome's fake quantization, a fine-tune on the training split chosen on the validation split,
 then the artifact (``harness.quant.tuned``: the trained float model and learned scales under
 ``RUN/finetuned/<parent>-<key>/``), built by qae's quantizer and scored on the validation split like
-any candidate. It enters every target of the archive that holds its parent, as a candidate with its
+any candidate (its checkpoint, ``RUN/finetune/<parent>-<key>.pt``, goes once the candidate is
+recorded). It enters every target of the archive that holds its parent, as a candidate with its
 own hash (parent hash and the trained weights' digest), the parent's genome, no engine record, and
 provenance ``finetuned`` (parent, steps, data, seed, settings, loss curve, validation scores). Its
 accuracy and size are computed; latency, energy and memory are the parent's predictions (the cost
@@ -138,8 +139,8 @@ def _one(run: Path, archive: Archive, work: Workload, cfg: SearchConfig, fp32: f
     key = ft.run_key(parent.hash, genome, data, settings, work.model.sha256)
     folder = run / "finetuned" / f"{parent.hash[:16]}-{key}"
     step_cb = None if on_step is None else (lambda s, n, loss: on_step(parent.hash, s, n, loss))
-    outcome = ft.finetune(work, base, genome, data, settings, run / "finetune" / f"{parent.hash[:16]}-{key}.pt",
-                          key, step_cb)
+    checkpoint = run / "finetune" / f"{parent.hash[:16]}-{key}.pt"
+    outcome = ft.finetune(work, base, genome, data, settings, checkpoint, key, step_cb)
     digest = fakequant.weights_digest(fakequant.trained_state(outcome.module))
     sha = write_artifact(folder, fakequant.torch_to_onnx(outcome.module, work.model),
                          outcome.attached.learned_scales(work.model))
@@ -153,7 +154,7 @@ def _one(run: Path, archive: Archive, work: Workload, cfg: SearchConfig, fp32: f
         "loss_curve": outcome.curve, "validation_curve": outcome.validation,
         "parent_validation_fake_quant": outcome.parent_score, "torch": torch_spec or "builtin",
         "model": str(folder.relative_to(run)), "model_sha256": sha, "weights_sha256": digest,
-        "resumed_from": outcome.resumed_from,
+        "resumed_from": outcome.resumed_from, "key": key,
     }
     values = {k: Value(v.value, v.source, {**v.detail, "finetuned_from": parent.hash})
               for k, v in host_values(report.to_dict()).items()}
@@ -170,6 +171,8 @@ def _one(run: Path, archive: Archive, work: Workload, cfg: SearchConfig, fp32: f
         feasible, violation = _feasibility(work, cfg, target, {**values, **costs}, fp32, mine[parent.hash])
         archive.add_candidate(target, new_hash, parent.genome, "finetuned", parent.hash, bool(report.emulated),
                               feasible, violation, {**values, **costs}, provenance)
+    # recorded: the checkpoint (weights, optimizer state, best state: hundreds of MB for MiniLM) has done its job
+    checkpoint.unlink(missing_ok=True)
     return {"hash": new_hash, "parent": parent.hash, "validation": report.accuracy,
             "parent_validation": parent.values["accuracy"].value, "best_step": outcome.best_step,
             "size": report.weight_bytes, "model": provenance["model"]}

@@ -48,6 +48,7 @@ def test_search_finetunes_its_front_into_the_archive(tuned_run: Path) -> None:
         assert values["latency"].value == parent.values["latency"].value
         # the engine never proposed it: a resume pairs the engine's records with its own candidates only
         assert len(archive.engine_records("arm-neon-a76")) == len(cands) - 1
+        assert child not in archive.proposed("arm-neon-a76") and len(archive.proposed("arm-neon-a76")) == len(cands) - 1
     finally:
         archive.close()
 
