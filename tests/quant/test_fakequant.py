@@ -129,3 +129,44 @@ def test_unsupported_genes_are_one_line_errors(digits_workload, base) -> None:  
     with pytest.raises(InputError, match="rounding mse") as err:
         fakequant.attach(copy.deepcopy(base), digits_workload.model, genome, digits_workload.ranges)
     assert "\n" not in str(err.value)
+
+
+class _Embedder(torch.nn.Module):
+    """An embedding table, a Linear and a mean: the Gather layer kind digits-vit lacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 32)
+        self.proj = torch.nn.Linear(32, 8)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(input_ids)).mean(1)
+
+
+@pytest.mark.parametrize("gene", [
+    {"weight_bits": 4, "activation_bits": 8},
+    {"weight_bits": 3, "activation_bits": 8, "scheme": "asymmetric", "granularity": "per_tensor"},
+    {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16},
+], ids=str)
+def test_embedding_tables_agree(tmp_path, gene) -> None:  # type: ignore[no-untyped-def]
+    from harness.quant.finetune import outputs_on
+    from harness.quant.workload import Workload
+
+    torch.manual_seed(0)
+    model = _Embedder().eval()
+    ids = torch.randint(0, 50, (2, 12))
+    torch.onnx.export(model, (ids,), str(tmp_path / "m.onnx"), dynamo=False, opset_version=21,
+                      input_names=["input_ids"], output_names=["out"], dynamic_axes={"input_ids": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    for name in ("calib", "eval"):
+        np.savez(tmp_path / f"{name}.npz", input_ids=rng.integers(0, 50, (32, 12)).astype(np.int64))
+    work = Workload.open(tmp_path / "m.onnx", calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz")
+    layers: dict[str, Any] = {"embed": dict(gene)}
+    if gene.get("granularity") == "per_block":
+        layers["embed"].update(kernel="gather_block", granularity="per_block")
+    genome = work.genome({"default": {"weight_bits": 8, "activation_bits": 8}, "layers": layers})
+    feed = work.eval_data.inputs
+    ort_out = session(work.build(genome).proto).run(None, feed)[0]
+    fakequant.onnx_to_torch(model, work.model)
+    fakequant.attach(model, work.model, genome, work.ranges)
+    assert np.abs(ort_out - outputs_on(model, work, feed)).max() < 1e-3 * max(1.0, np.abs(ort_out).max())
