@@ -144,3 +144,13 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_candidate(tuned_run: Path, tm
     assert killed["resumed_from"] > 0
     assert h_whole == h_killed and whole["weights_sha256"] == killed["weights_sha256"]
     assert whole["loss_curve"] == killed["loss_curve"]
+
+
+def test_search_with_finetune_front_without_torch_stops_before_searching(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = ("import sys; sys.modules['torch'] = None; from harness.cli.main import main; "
+            f"sys.exit(main(['search', 'builtin:digits-vit', '--profile', 'arm-neon-a76', '--finetune-front', '1', "
+            f"'--out', {str(out)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "qae[train]")
+    assert not (out / "archive.sqlite").exists()
