@@ -141,11 +141,15 @@ def torch_model(work: Workload, spec: str | None = None) -> nn.Module:
 
         module = minilm.bind_forward(minilm.load_torch_model())
     else:
-        raise InputError(f"no torch model for {work.model.path.name}: give --torch module:function returning the "
+        raise InputError(f"no torch model for {_model_name(work)}: give --torch module:function returning the "
                          "nn.Module the ONNX model was exported from, with its weights")
     fakequant.onnx_to_torch(module, work.model)
     module.eval()
     return module
+
+
+def _model_name(work: Workload) -> str:
+    return f"builtin:{work.model.builtin}" if work.model.builtin else work.model.path.name
 
 
 def _user_module(spec: str) -> nn.Module:
@@ -220,18 +224,19 @@ MINILM_TRAIN_MAX = 2048
 
 
 def builtin_train_set(work: Workload) -> TrainSet:
-    """A builtin's training split: digits-vit's 1129 training images (disjoint from calibration,
+    """A builtin's training split: digits-vit's (and digits-cnn's) 1129 training images (disjoint from calibration,
     validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, standard-library
     docstring sentences (``make_minilm_data.collect``, this Python's) that none of its shipped splits
     holds, without labels (distillation from the FP32 model)."""
     if work.model.builtin == "minilm-l6":
         return _minilm_train_set()
-    if work.model.builtin != "digits-vit":
-        raise InputError(f"no training split ships with {work.model.path.name}: give --train DATA.npz")
+    if work.model.builtin not in ("digits-vit", "digits-cnn"):  # the two share their splits
+        raise InputError(f"no training split ships with {_model_name(work)}: give --train DATA.npz")
     from harness.builtin.digits_data import make_splits
 
     splits = make_splits()
-    return TrainSet.of({"pixels": splits.train_x}, splits.train_y, "builtin:digits-vit train split (1129 images)")
+    return TrainSet.of({"pixels": splits.train_x}, splits.train_y,
+                       f"builtin:{work.model.builtin} train split ({len(splits.train_y)} images)")
 
 
 def _minilm_train_set() -> TrainSet:
