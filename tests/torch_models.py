@@ -91,3 +91,9 @@ def export_tiny_vit(path: Path, dynamo: bool, seed: int = 0) -> Path:
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path
+
+
+def tiny_vit() -> nn.Module:
+    """``export_tiny_vit``'s model with its weights (seed 0): what ``qae finetune --torch`` is given."""
+    torch.manual_seed(0)
+    return TinyViT().eval()

@@ -124,13 +124,11 @@ def load_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(weights_dir()), local_files_only=True)
 
 
-def export(path: Path) -> None:
-    """Export the model to ``path`` (atomically) with the contract in the module docstring."""
-    import warnings
-
+def bind_forward(model: Any) -> Any:
+    """``model`` (a BertModel) taking (input_ids, attention_mask, token_type_ids) positionally and
+    returning ``last_hidden_state``: the function the export traces (and a fine-tune trains)."""
     import torch
 
-    model = load_torch_model()
     base_forward = type(model).forward
 
     # The legacy exporter passes example inputs positionally, and BertModel.forward's later
@@ -153,6 +151,16 @@ def export(path: Path) -> None:
         return out.last_hidden_state
 
     model.forward = forward.__get__(model)
+    return model
+
+
+def export(path: Path) -> None:
+    """Export the model to ``path`` (atomically) with the contract in the module docstring."""
+    import warnings
+
+    import torch
+
+    model = bind_forward(load_torch_model())
     # Fixed example inputs (batch 2, 16 tokens, one padded row) so the traced graph is the same
     # every time; both dimensions are declared dynamic, so no size is baked in.
     ids = torch.tensor([[101] + [2000 + i for i in range(14)] + [102], [101, 7592, 2088, 102] + [0] * 12])

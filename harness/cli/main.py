@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "harness.cli.profiles",
     "harness.cli.devices",
     "harness.cli.search",
+    "harness.cli.finetune",
 ]
 
 

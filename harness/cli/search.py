@@ -22,6 +22,7 @@ from harness.cli.common import (
     data_options,
     parse_shapes,
 )
+from harness.cli.finetune import add_settings, finetune_with_progress, settings_of
 from harness.core.errors import InputError, SearchFailedError
 
 DEMO_PROFILES = ["arm-neon-a76", "hexagon-htp", "apple-ane"]
@@ -71,6 +72,10 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="with --resume: if the model, data or a profile changed since the run started, keep the "
                    "old archive aside (archive-N.sqlite) and start a new search in the same folder")
+    p.add_argument("--finetune-front", type=int, metavar="K",
+                   help="after the search, fine-tune the K smallest front points within --finetune-max-loss of FP32 "
+                   "(quantization-aware training, needs qae[train]; see `qae finetune`)")
+    add_settings(p, prefix="finetune-")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("report", help="rebuild report.html, the PNGs and front.json of a run")
@@ -154,8 +159,23 @@ def _time_limit(args: argparse.Namespace) -> float | None:
     return limit  # type: ignore[no-any-return]
 
 
+def _finetune_request(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """``--finetune-front K``: checked (torch there, settings sane) before any search work."""
+    if args.finetune_front is None:
+        return None
+    from harness.quant.finetune import require_torch
+    from harness.run.finetune import Request
+
+    require_torch()
+    if args.finetune_front < 1:
+        raise InputError(f"--finetune-front {args.finetune_front} is not a positive number of points: e.g. 3")
+    return Request(front=args.finetune_front, max_loss=args.finetune_max_loss), settings_of(args, "finetune-")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from harness.run.config import SearchConfig, absolute_paths, default_out, parse_budgets
+
+    finetune = _finetune_request(args)
 
     if args.resume:
         out = Path(args.resume).resolve()
@@ -168,7 +188,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             if args.devices:  # a --devices given again replaces the stored one (the run moved, or the file did)
                 cfg.devices_file = args.devices
             cfg.time_limit = _time_limit(args)  # a limit is for this process's part, never inherited
-            return _run(absolute_paths(cfg), out, resume=True, force=args.force)
+            return _run(absolute_paths(cfg), out, resume=True, force=args.force, finetune=finetune)
     if args.force:
         raise InputError("--force goes with --resume RUN: it starts a new search there when the inputs changed")
     if args.holdout is not None and not 0.0 < args.holdout < 1.0:
@@ -208,7 +228,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _locked(out):
         if (out / "archive.sqlite").exists():
             raise InputError(f"{out} already holds a run: use --resume {out}, or another --out")
-        return _run(absolute_paths(cfg), out, resume=False)
+        return _run(absolute_paths(cfg), out, resume=False, finetune=finetune)
 
 
 @contextmanager
@@ -234,7 +254,7 @@ def _locked(out: Path) -> Iterator[None]:
             ) from None
 
 
-def _run(cfg: Any, out: Path, resume: bool, force: bool = False) -> int:
+def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple[Any, Any] | None = None) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -313,6 +333,8 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False) -> int:
         archive = run_search(cfg, out, resume=resume, on_progress=on_progress,
                              say=lambda m: bar.console.print(m, markup=False, soft_wrap=True), force=force)
     archive.close()
+    if finetune is not None:  # the front is final: fine-tune its chosen points, then score and report them
+        finetune_with_progress(out, *finetune)
     report = build_report(out)
     failed = _summary(console, out)
     console.print(f"report: {report}")
@@ -414,7 +436,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     archive.close()
     work = open_workload(SearchConfig.from_dict(cfg))
     genome = work.genome(point["genome"])
-    result = work.build(genome)
+    tuned = point.get("finetuned")
+    if tuned:  # a fine-tuned point: its own trained weights and learned scales (harness.quant.tuned)
+        from harness.quant.tuned import build_tuned
+
+        result = build_tuned(work, run / tuned["model"], genome, tuned.get("model_sha256"))
+    else:
+        result = work.build(genome)
     dest = Path(args.output) if args.output else run / f"export-{point['id'][:12]}"
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / "genome.yaml", genome.to_yaml())

@@ -6,6 +6,10 @@
 - ``evaluate``: accuracy or agreement on evaluation data, exact and nominal bytes.
 - ``workload``: ``Workload``, one model with its data sets: the unit the search and the CLI use.
 - ``evalcache``: the fitness cache keyed by model, genome and evaluation settings.
+- ``fakequant``: a genome's fake quantization in PyTorch, on the grids ``quantize`` writes (needs torch).
+- ``finetune``: quantization-aware fine-tuning of one genome: the torch model, training data, the loop
+  and its checkpoints (torch imported only inside; ``require_torch`` names the extra).
+- ``tuned``: a fine-tuned candidate's files (trained float model, learned scales) built by ``quantize``.
 
 May import: ``harness.core``, ``harness.builtin``. Never ``harness.devices``, ``harness.run``,
 ``harness.report``, ``harness.cli``, ``profiles`` or ``search``.

@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,18 @@ class QParams:
     qlo: int
     qhi: int
     storage: str  # a QuantType name: QInt8, QUInt4, ...
+
+
+@dataclass(frozen=True)
+class LearnedScales:
+    """Scales a quantization-aware fine-tune learned for one layer (``harness.quant.fakequant``, LSQ),
+    used in place of the ones qae computes; a None field keeps qae's. ``weight_scale`` and
+    ``weight_zero_point`` are per channel along the ONNX weight's channel axis (scalars per tensor)."""
+
+    weight_scale: np.ndarray | None = None
+    weight_zero_point: np.ndarray | None = None
+    activation_scale: float | None = None
+    activation_zero_point: int | None = None
 
 
 def _storage(bits: int, signed: bool) -> str:
@@ -169,12 +181,14 @@ def _own_kernel(gene: Gene) -> bool:
 
 
 def quantize(
-    model: ModelInfo, genome: Genome, ranges: Ranges, samples: Mapping[str, np.ndarray] | None = None
+    model: ModelInfo, genome: Genome, ranges: Ranges, samples: Mapping[str, np.ndarray] | None = None,
+    learned: Mapping[str, LearnedScales] | None = None,
 ) -> QuantResult:
     """Build the quantized model for ``genome``; the float model in ``model`` is left untouched.
 
     ``samples``: layer name -> its calibration inputs ``[S, K]``, needed by ``rounding: gptq`` only
-    (``harness.quant.rounding.activation_samples`` collects them).
+    (``harness.quant.rounding.activation_samples`` collects them). ``learned``: layer name -> scales a
+    fine-tune learned (QDQ per-channel / per-tensor layers), handed to ONNX Runtime as overrides.
     """
     from onnxruntime.quantization import QuantType
 
@@ -182,6 +196,7 @@ def quantize(
     _ensure_opset(proto)
     name_nodes(proto)
     samples = samples or {}
+    learned = learned or {}
     quantized = [layer for layer in model.layers if genome[layer.name].quantized]
     recurrent = [layer for layer in quantized if layer.op_type in WEIGHT_ONLY_OPS]
     own = [lay for lay in quantized if lay.op_type not in WEIGHT_ONLY_OPS and _own_kernel(genome[lay.name])]
@@ -205,6 +220,10 @@ def quantize(
             qp, wq = _rounded_qparams(w, gene, layer, samples.get(layer.name))
         else:
             qp = weight_qparams(w, gene, layer.channel_axis)
+            mine = learned.get(layer.name)
+            if mine is not None and mine.weight_scale is not None:
+                qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
+                             zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
             wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(wq.astype(w.dtype), layer.weight))
         qtype = QuantType[qp.storage]
@@ -228,6 +247,10 @@ def quantize(
                     "(delete the cache under $QAE_CACHE_DIR) with data that reaches this layer"
                 )
             aq = activation_qparams(ranges[tensor], gene)
+            mine = learned.get(layer.name)
+            if mine is not None and mine.activation_scale is not None:
+                aq = replace(aq, scale=np.array(mine.activation_scale, np.float32),
+                             zero_point=np.array(int(mine.activation_zero_point or 0)))
             dtype = _np_storage(aq.storage)
             act_overrides[tensor] = [
                 {

@@ -45,7 +45,7 @@ from harness.report.scores import (
     splits_html,
     splits_summary,
 )
-from harness.report.table import front_table
+from harness.report.table import finetune_gain, front_table
 from harness.report.views import hypervolume_series
 from harness.run.archive import Archive, Candidate
 from harness.run.failures import FailureSummary, failure_summary
@@ -130,11 +130,24 @@ def front_json(archive: Archive, fronts: list[Front], scores: SplitScores | None
                     "objectives": {name: labelled(name, v) for name, v in c.values.items()},
                     "test": tests[c.hash],
                     "baseline": names.get(c.hash),
+                    "finetuned": _finetuned(archive, c, front.all_points, scores),
                 }
                 for c in front.points
             ],
         }
     return out
+
+
+def _finetuned(archive: Archive, c: Candidate, all_points: list[Candidate], scores: SplitScores) -> Any:
+    """A fine-tuned point's parent, settings and gain over its parent (validation; test where both were
+    scored); None for every other point."""
+    gain = finetune_gain(c, all_points, scores)
+    if gain is None:
+        return None
+    prov = archive.finetuned(c.target).get(c.hash, {})
+    return {**gain, "steps": prov.get("steps"), "best_step": prov.get("best_step"), "seed": prov.get("seed"),
+            "data": prov.get("data"), "lsq": (prov.get("settings") or {}).get("lsq"), "model": prov.get("model"),
+            "model_sha256": prov.get("model_sha256")}
 
 
 # -- plots ------------------------------------------------------------------------------------------
@@ -207,6 +220,10 @@ def plot_front(front: Front, path: Path, baselines: dict[str, str], scores: Spli
                     label=label,
                     zorder=3,
                 )
+        tuned = np.array([c.parent is not None for c in front.points])
+        if tuned.any():  # fine-tuned points ringed in red
+            ax.scatter(xs[tuned], ys[tuned], s=260, facecolors="none", edgecolors="#d62728", linewidths=1.4,
+                       label="fine-tuned (gain over its parent in the table)", zorder=4)
         # The 2-D envelope (best accuracy at or below each size) as a step line; with more than two
         # objectives some front points sit below it because they win on latency or energy instead.
         order = np.argsort(xs)

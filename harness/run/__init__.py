@@ -9,6 +9,7 @@
 - ``archive``: the SQLite archive of every candidate and value with its provenance.
 - ``shapes``: the input shapes a predicting or measuring command uses (flag, data, model), never a silent 1.
 - ``failures``: how many candidates of a target failed and the most common error, from the archive.
+- ``finetune``: ``qae finetune``: fine-tune chosen candidates and enter the results in the archive.
 
 May import: ``harness.core``, ``harness.quant``, ``harness.devices``, ``profiles`` and ``search``.
 Never ``harness.report`` or ``harness.cli``.

@@ -12,6 +12,12 @@ Contract:
   reading, not stored.
 - ``errors`` holds typed error records (error kind, message) per candidate and target.
 - The Pareto front is never stored: it is derived from these tables when asked.
+- ``added`` marks the candidates that entered the run outside the search (``harness.run.finetune``):
+  kind ``finetuned``, made by a quantization-aware fine-tune, with its parent's hash and the
+  provenance (steps, data, seed, settings, loss curve, validation scores, the fine-tuned float
+  model's file and digest): its parent's genome, its own hash and values; kind ``given``, a genome a
+  user brought to fine-tune, built and scored like a search candidate. Neither has an engine record:
+  the engine never proposed them, and the front is derived with them.
 - ``test_scores`` holds, after the search, each front point's, uniform baseline's and FP32's score
   on the test split with its interval and paired verdicts (``harness.run.testsplit``); the engine
   state never depends on it.
@@ -152,6 +158,15 @@ CREATE TABLE IF NOT EXISTS layer_times (
     created REAL NOT NULL,
     PRIMARY KEY (target, hash, device)
 );
+CREATE TABLE IF NOT EXISTS added (
+    target TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('finetuned', 'given')),
+    parent TEXT,
+    provenance TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (target, hash)
+);
 CREATE TABLE IF NOT EXISTS history (
     target TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -209,6 +224,10 @@ class Candidate:
     feasible: bool | None
     violation: float | None
     values: dict[str, Value]
+    #: the candidate a fine-tune started from, for a fine-tuned candidate (``Archive.add_candidate``)
+    parent: str | None = None
+    #: ``search`` (the engine proposed it), ``finetuned`` or ``given`` (see the ``added`` table)
+    origin: str = "search"
 
 
 class Archive:
@@ -447,6 +466,7 @@ class Archive:
             (target,),
         ).fetchall()
         values = self._current_values(target)
+        added = self.added(target)
         return [
             Candidate(
                 target,
@@ -458,9 +478,79 @@ class Archive:
                 None if feas is None else bool(feas),
                 viol,
                 values.get(h, {}),
+                added[h]["parent"] if h in added else None,
+                added[h]["kind"] if h in added else "search",
             )
             for h, seq, g, gen, emu, feas, viol in rows
         ]
+
+    # -- fine-tuned candidates (issue 19) ---------------------------------------------------------
+    def add_candidate(
+        self,
+        target: str,
+        genome_hash: str,
+        genome: dict[str, Any],
+        kind: str,
+        parent: str | None,
+        emulated: bool,
+        feasible: bool | None,
+        violation: float | None,
+        values: dict[str, Value],
+        provenance: dict[str, Any],
+    ) -> bool:
+        """Store a candidate made outside the search (``kind`` finetuned or given) of ``target``: the
+        candidate (no engine record), its values and its provenance, in one transaction. False (and
+        nothing written) when the target holds that hash already."""
+        now = time.time()
+        text = strict_json({**provenance, "kind": kind, "parent": parent}, "the candidate's provenance")
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM candidates WHERE target = ? AND hash = ?", (target, genome_hash)).fetchone():
+                return False
+            generation = db.execute("SELECT generation FROM candidates WHERE target = ? AND hash = ?",
+                                    (target, parent)).fetchone()
+            seq = db.execute("SELECT COUNT(*) FROM candidates WHERE target = ?", (target,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO candidates (target, hash, seq, genome, generation, emulated, feasible, violation, "
+                "record, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (target, genome_hash, seq, json.dumps(genome, sort_keys=True), generation[0] if generation else 0,
+                 int(emulated), None if feasible is None else int(feasible), violation, now),
+            )
+            self._insert_values(db, target, genome_hash, values, now)
+            db.execute("INSERT INTO added (target, hash, kind, parent, provenance, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       (target, genome_hash, kind, parent, text, now))
+        return True
+
+    def proposed(self, target: str) -> list[str]:
+        """The hashes of the candidates the engine proposed (those with its record), in the order told:
+        they pair one to one with ``engine_records``."""
+        rows = self._db.execute(
+            "SELECT hash FROM candidates WHERE target = ? AND record IS NOT NULL ORDER BY seq", (target,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def finetuned(self, target: str | None = None) -> dict[str, dict[str, Any]]:
+        """{hash: provenance (with ``parent``)} of the fine-tuned candidates (of ``target``)."""
+        return {h: row for h, row in self.added(target).items() if row["kind"] == "finetuned"}
+
+    def added(self, target: str | None = None) -> dict[str, dict[str, Any]]:
+        """{hash: provenance (with ``kind`` and ``parent``)} of the candidates added outside the search
+        (of ``target``); {} for an archive from before fine-tuning."""
+        sql, args = "SELECT hash, kind, parent, provenance FROM added", tuple[str, ...]()
+        if target is not None:
+            sql, args = sql + " WHERE target = ?", (target,)
+        try:
+            rows = self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:  # an older archive, opened read-only
+            return {}
+        out = {}
+        for h, kind, parent, text in rows:
+            try:
+                row = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                out[h] = {**row, "kind": kind, "parent": parent}
+        return out
 
     def created(self, target: str) -> dict[str, float]:
         """When each candidate of ``target`` was recorded (``time.time()``): the front at any moment of

@@ -61,8 +61,8 @@ class Driver:
         self.key_of: dict[str, Any] = {}
         self.hash_by_key: dict[Any, str] = {}
         self.genomes: dict[str, Genome] = {}
-        stored = {c.hash: c.genome for c in archive.candidates(target.name)}
-        for record, genome_hash in zip(archive.engine_records(target.name), stored):
+        # the engine's records pair with the candidates it proposed (a fine-tuned one is none of them)
+        for record, genome_hash in zip(archive.engine_records(target.name), archive.proposed(target.name)):
             self._remember(tuple(int(x) for x in record["genome"]), genome_hash)
 
     def _remember(self, key: Any, genome_hash: str, genome: Genome | None = None) -> None:

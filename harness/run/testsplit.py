@@ -14,6 +14,7 @@ key. A resumed run scores what is missing; a changed test file re-scores everyth
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,8 @@ def score_test(
         for c in front:
             roles.setdefault(c.hash, []).append(f"front:{target}")
             found.setdefault(c.hash, c)
+            if c.parent is not None:  # a fine-tuned point's gain is told against its parent, on test too
+                roles.setdefault(c.parent, []).append(f"parent:{c.hash}")
         for c in cands:
             found.setdefault(c.hash, c)
     # a baseline that failed to build or evaluate has no values: nothing to score on test
@@ -104,9 +107,11 @@ def score_test(
             f"({work.test_data.n} samples from {work.test_data.path.name})")
     cache = EvalCache()
     settings = eval_settings(work, cfg, "test")
+    tuned = archive.finetuned()
     try:
         for h in todo:
-            stored[h] = _row(work, cache, settings, h, found.get(h), reference, test_sha)
+            artifact = (archive.path.parent, tuned[h]) if h in tuned else None
+            stored[h] = _row(work, cache, settings, h, found.get(h), reference, test_sha, artifact)
     finally:
         cache.close()
     rows = []
@@ -139,8 +144,9 @@ def _stats(row: dict[str, Any] | None) -> SampleStats | None:
 
 
 def _row(work: Workload, cache: EvalCache, settings: str, h: str, cand: Candidate | None, reference: EvalReport,
-         test_sha: str) -> dict[str, Any]:
-    """One model's test score: from the cache, or built and evaluated now."""
+         test_sha: str, artifact: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One model's test score: from the cache, or built and evaluated now (a fine-tuned candidate from
+    its ``artifact``: the run folder and its provenance, ``harness.quant.tuned``)."""
     genome: dict[str, Any] | None = None
     if h == FP32:
         result = work.evaluate(None, threads=1, split="test", with_stats=True).to_dict()
@@ -152,7 +158,14 @@ def _row(work: Workload, cache: EvalCache, settings: str, h: str, cand: Candidat
         if hit is not None and hit.get("sample_stats") is not None and _valid(hit["sample_stats"]) is None:
             hit = None  # a cached entry with malformed statistics is evaluated again
         if hit is None:
-            built = work.build(Genome.from_dict(genome, work.layer_ops))
+            if artifact is not None:
+                from harness.quant.tuned import build_tuned
+
+                run, provenance = artifact
+                built = build_tuned(work, run / provenance["model"], Genome.from_dict(genome, work.layer_ops),
+                                    provenance.get("model_sha256"))
+            else:
+                built = work.build(Genome.from_dict(genome, work.layer_ops))
             hit = work.evaluate(built, threads=1, split="test", with_stats=True).to_dict()
             cache.put(work.model.sha256, h, settings, hit)
         result = hit
