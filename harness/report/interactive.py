@@ -23,6 +23,7 @@ from typing import Any
 from harness.report.decisions import Decision, decide, decisions_html, presets
 from harness.report.labels import Accuracy, run_accuracy
 from harness.report.scores import SplitScores
+from harness.report.table import finetune_gain, gain_text
 from harness.report.views import (
     calibration_figure,
     device_host_figure,
@@ -128,7 +129,8 @@ def _gene_label(g: dict[str, Any]) -> str:
 
 
 def point_data(c: Candidate, run: Path, layers: list[str], acc: Accuracy, scores: SplitScores,
-               front: set[str], names: dict[str, str], recommended: str | None) -> dict[str, Any]:
+               front: set[str], names: dict[str, str], recommended: str | None,
+               all_points: list[Candidate] | None = None) -> dict[str, Any]:
     genes = [candidate_gene(c, name) for name in layers] if layers else []
     summary: dict[str, int] = {}
     for g in genes:
@@ -144,6 +146,8 @@ def point_data(c: Candidate, run: Path, layers: list[str], acc: Accuracy, scores
         "summary": ", ".join(f"{k} ×{n}" for k, n in sorted(summary.items(), key=lambda kv: -kv[1])),
         "genes": [[name, *(g.get(f) for f in GENE_FIELDS)] for name, g in zip(layers, genes)],
         "export": export_command(run, c.target, c.hash),
+        # a point a fine-tune made: its parent and gain (validation, and test where both were scored)
+        "finetuned": None if (gain := finetune_gain(c, all_points or [], scores)) is None else gain_text(gain, acc),
     }
 
 
@@ -157,7 +161,8 @@ def target_data(archive: Archive, front: Any, run: Path, cfg: dict[str, Any], la
     user = dict(cfg.get("budgets") or {})
     budgets = {**pbudgets, **user}
     on_front = {c.hash for c in front.points}
-    points = [point_data(c, run, layers, acc, scores, on_front, names, front.recommended) for c in front.all_points]
+    points = [point_data(c, run, layers, acc, scores, on_front, names, front.recommended, front.all_points)
+              for c in front.all_points]
     decisions = decide(front.points, front.all_points, presets(profile, pbudgets, user, acc), baselines, scores, acc)
     sliders = {obj: value * factor for key, value in budgets.items()
                for obj, factor in [BUDGET_OBJECTIVE.get(key, ("", 0.0))] if obj}

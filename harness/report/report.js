@@ -44,6 +44,7 @@
       var tci = p.test.ci ? " [" + num(p.test.ci[0]) + ", " + num(p.test.ci[1]) + "]" : "";
       lines.push("on test: " + num(p.test.v) + tci + " <i>computed, test, n=" + p.test.n + ", 95 % interval</i>");
     }
+    if (p.finetuned) lines.push(esc(p.finetuned));
     lines.push("emulated: " + (p.emulated ? "yes (accuracy exact, size nominal, no speed-up)" : "no"));
     lines.push("layers: " + esc(p.summary));
     return lines.join("<br>");
@@ -105,6 +106,13 @@
       }
     });
     if (base.x.length) out.push(base);
+    // fine-tuned points (qae finetune): a green ring over the point; the hover says its parent and gain
+    var tuned = { type: "scatter", mode: "markers", name: "fine-tuned (QAT)", x: [], y: [], hoverinfo: "skip",
+      marker: { symbol: "diamond-open", size: 19, color: "#2ca02c", line: { width: 2, color: "#2ca02c" } } };
+    t.points.forEach(function (p) {
+      if (p.finetuned && p.values[s.x] && p.values[s.y]) { tuned.x.push(p.values[s.x].v); tuned.y.push(p.values[s.y].v); }
+    });
+    if (tuned.x.length) out.push(tuned);
     var rec = t.points.find(function (p) { return p.recommended; });
     if (rec && rec.values[s.x] && rec.values[s.y]) {
       out.push({ type: "scatter", mode: "markers", name: "recommended (weighted over the front)", hoverinfo: "skip",

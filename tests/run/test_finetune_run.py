@@ -61,6 +61,7 @@ def test_finetune_a_picked_candidate_then_export_it(tuned_run: Path, tmp_path: P
     archive = Archive.open_existing(tuned_run / "archive.sqlite", readonly=True)
     try:
         child = next(h for h, p in archive.finetuned().items() if p["parent"] == pick)
+        tuned = set(archive.finetuned())
     finally:
         archive.close()
     data = json.loads((tuned_run / "front.json").read_text())["targets"]["arm-neon-a76"]["points"]
@@ -68,7 +69,15 @@ def test_finetune_a_picked_candidate_then_export_it(tuned_run: Path, tmp_path: P
     if mine is None:  # dominated by its parent or another point: nothing of it on the front to show
         return
     assert mine["finetuned"]["parent"] == pick and mine["finetuned"]["validation"] is not None
-    assert "fine-tuned from" in (tuned_run / "report.html").read_text()
+    page = (tuned_run / "report.html").read_text()
+    assert "fine-tuned from" in page
+    # the interactive front carries it too: its hover names the parent and the gain, and a ring marks it
+    import re
+
+    data = json.loads(re.search(r"<script type='application/json' id='qae-data'>(.*?)</script>", page, re.S)[1])
+    shown = {p["id"]: p for t in data["targets"] for p in t["points"]}
+    assert shown[child]["finetuned"].startswith(f"fine-tuned from {pick[:12]}")
+    assert {h for h, p in shown.items() if p["finetuned"]} <= tuned
     proc = qae("export", str(tuned_run), "--pick", child, "-o", str(tmp_path / "exp"))
     assert proc.returncode == 0, proc.stderr
     import onnx
