@@ -17,7 +17,8 @@ import numpy as np
 from benchmarks import common
 from harness.core.atomic import atomic_write_text
 
-METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "optuna_gp", "random", "greedy_sensitivity")
+METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "optuna_gp", "botorch_qparego", "botorch_qnehvi",
+           "random", "greedy_sensitivity")
 PEERS = METHODS[1:]
 ABLATIONS = ("qae_sensitivity_probes", "qae_unseeded")
 #: the first round's ablation names (results written before the probes were turned off by default)
@@ -160,8 +161,10 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             "from the second generation each batch picked from a pool of 20x as many bred children plus the "
             "optima of a Bayesian linear model (weighted objective sums, posterior mean and Thompson draws) by "
             "greedy expected hypervolume improvement under a Gaussian process per objective. The ablations run "
-            f"the same engine {ablations}.", "",
-            "### Bars (reported seeds, computed from the numbers above)", ""]
+            f"the same engine {ablations}.", ""]
+    if d.get("bayesian_peer"):
+        out += [d["bayesian_peer"] + ".", ""]
+    out += ["### Bars (reported seeds, computed from the numbers above)", ""]
     if bars:
         out += ["Where qae's defaults are behind a peer or an ablation (the gap in medians, and the two-sided "
                 f"Mann-Whitney U p-value of the {len(d['reported_seeds'])} reported seeds' ratios against qae's):", ""]
