@@ -665,6 +665,53 @@ def peers_section(d: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+
+def finetune_section(d: dict[str, Any], minilm: dict[str, Any] | None) -> list[str]:
+    """Issue 19: quantization-aware fine-tuning of chosen genomes (benchmarks/bench_finetune.py)."""
+    fp = d["fp32"]
+    claim = d["claims"]["6.2x"]["chosen_on_validation"]
+    out = ["## Fine-tuning (`python -m benchmarks.bench_finetune`)", "", _env(d), "",
+           f"{d['model']}, target `{d['profile']}`: a search (seed {d['search']['seed']}, {d['search']['generations']} "
+           f"generations of {d['search']['population']}), its aggressive front points and "
+           f"{len(d.get('given_genomes') or {})} genomes fixed beforehand ({', '.join(d.get('given_genomes') or {})}) "
+           f"fine-tuned for up to {d['steps']} steps. Rules: {d['rules']}.", "",
+           f"FP32: test {fp['test'] * 100:.2f} % [{fp['test_ci95'][0] * 100:.1f}, {fp['test_ci95'][1] * 100:.1f}]. "
+           f"Best compression within 1 point of FP32 on test before fine-tuning: "
+           f"{d['best_ptq_compression_within_1pt_test']:.2f}x; 2 bits everywhere is "
+           f"{d['all_w2_compression']:.2f}x (biases, norms and the position table stay at 32 bits).", "",
+           "| fine-tuned point | from | compression | LSQ | best step | validation (parent) | test [95 %] "
+           "| parent on test |",
+           "|---|---|---|---|---|---|---|---|"]
+    for c in sorted(d["children"], key=lambda c: -c["compression"]):
+        test = (f"{c['test'] * 100:.1f} % [{c['test_ci95'][0] * 100:.1f}, {c['test_ci95'][1] * 100:.1f}]"
+                if c.get("test") is not None else "not on the front: not scored")
+        parent = f"{c['test_parent'] * 100:.1f} %" if c.get("test_parent") is not None else "-"
+        out.append(f"| {c['hash'][:12]} | {c.get('given_as') or 'search front'} | {c['compression']:.2f}x | "
+                   f"{'yes' if c['lsq'] else 'no'} | {c['best_step']} | {c['validation'] * 100:.1f} % "
+                   f"({c['validation_parent'] * 100:.1f} %) | {test} | {parent} |")
+    lo, hi = claim["paired_difference_ci95"]
+    out += ["", f"The point a user would take without looking at test (chosen on validation): {claim['hash'][:12]}, "
+            f"{claim['compression']:.2f}x, test {claim['test'] * 100:.2f} %, {claim['test_loss_vs_fp32'] * 100:.2f} "
+            f"points below FP32 (paired 95 % interval of the difference [{lo * 100:+.1f}, {hi * 100:+.1f}] points: "
+            f"{claim['verdict_vs_fp32']}); the test split is too small for that interval to certify the 1-point bound "
+            "at its lower end.", ""]
+    if minilm:
+        m = minilm["models"]
+        out += [f"MiniLM-L6 ({minilm['steps']} distillation steps on {minilm['training_data']['source']}, genome "
+                f"`{json.dumps(minilm['genome'])}`):", "",
+                "| model | weight bytes | vs dynamic int8 | test mean cosine | test retrieval agreement [95 %] |",
+                "|---|---|---|---|---|"]
+        for name in ("dynamic_int8", "given_ptq", "finetuned"):
+            r = m[name]
+            out.append(f"| {name} | {r['weight_bytes']:,} | {r['bytes_vs_dynamic_int8']:.3f}x | "
+                       f"{r['test_mean_cosine']:.4f} | {r['test_retrieval_agreement']:.3f} "
+                       f"[{r['test_retrieval_ci95'][0]:.3f}, {r['test_retrieval_ci95'][1]:.3f}] |")
+        out += ["", f"Cosine >= 0.99 at half of dynamic int8's bytes: "
+                f"{'met' if minilm['claim_cosine_0.99_at_half_dynamic_bytes'] else 'not met'}. Latency: "
+                f"{minilm['latency']}.", ""]
+    return out
+
+
 def write_summary(root: Path | None = None) -> Path:
     root = root or common.RESULTS
     run = _load(root, "run") or {}
@@ -708,6 +755,12 @@ def write_summary(root: Path | None = None) -> Path:
             lines += headline_section(headline)
         except (KeyError, TypeError) as exc:
             lines += ["## headline", "", f"(unreadable result: {exc!r})", ""]
+    finetune = _load(root, "finetune")
+    if finetune:
+        try:
+            lines += finetune_section(finetune, _load(root, "finetune_minilm"))
+        except (KeyError, TypeError, IndexError) as exc:
+            lines += ["## finetune", "", f"(unreadable result: {exc!r})", ""]
     try:
         lines += peers_section(_load(root, "peers"))
     except (KeyError, TypeError, AttributeError, IndexError) as exc:

@@ -76,3 +76,19 @@ def test_every_method_stays_within_budget() -> None:
             pass
         assert 0 < oracle.count <= oracle.budget, name
         assert len(set(oracle.order)) == oracle.count
+
+
+def test_the_summary_shows_the_finetune_results(results: Path) -> None:
+    """The fine-tune part's section is written from its JSON (the committed results, copied)."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[2] / "results" / "bench"
+    for name in ("finetune.json", "finetune_minilm.json"):
+        shutil.copy(shipped / name, results / name)
+    text = summary.write_summary(results).read_text()
+    section = text.split("## Fine-tuning", 1)[1]
+    chosen = json.loads((results / "finetune.json").read_text())["claims"]["6.2x"]["chosen_on_validation"]
+    assert chosen["hash"][:12] in section and f"{chosen['compression']:.2f}x" in section
+    met = json.loads((results / "finetune_minilm.json").read_text())["claim_cosine_0.99_at_half_dynamic_bytes"]
+    verdict = "met" if met else "not met"
+    assert "dynamic_int8" in section and f"0.99 at half of dynamic int8's bytes: {verdict}." in section
