@@ -1,0 +1,191 @@
+"""``qae search --cluster``: evaluation on a real Dask cluster (local worker processes on 127.0.0.1).
+
+A cluster run's archive equals a local run's of the same seed; a worker killed by its PID mid-run costs
+nothing (its tasks run again elsewhere, every candidate recorded once); a cluster that loses every
+worker stops the search with one line, and ``--resume`` continues once workers are back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.run.archive import Archive
+from tests.cli.test_cli_model import assert_one_line_error, qae
+
+distributed = pytest.importorskip("distributed", reason="the cluster extra: pip install 'qae[cluster]'")
+
+SMALL = ["--generations", "3", "--population", "8", "--seed", "5"]
+TARGET = "hexagon-htp"
+
+
+def _search(out: Path, cache: Path, *extra: str, wait: bool = True, grace: float = 60) -> Any:
+    """``qae search`` in a process of its own, with a fitness cache of its own (a shared cache would
+    answer every candidate and leave the cluster nothing to do)."""
+    env = {**os.environ, "QAE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "QAE_CLUSTER_GRACE_S": str(grace)}
+    args = [sys.executable, "-m", "harness.cli.main", "search"]
+    args += [*extra] if "--resume" in extra else ["builtin:digits-vit", "--profile", TARGET, *SMALL, "--out", str(out),
+                                                  *extra]
+    if wait:
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _count(db: Path) -> int:
+    try:
+        with sqlite3.connect(str(db), timeout=5) as con:
+            return int(con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _candidates(run: Path) -> list[tuple[Any, ...]]:
+    """Every candidate of the run in archive order, with everything the search computed for it."""
+    archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
+    try:
+        return [(c.hash, c.generation, c.feasible,
+                 {k: (v.value, v.source, v.detail) for k, v in sorted(c.values.items())})
+                for c in archive.candidates(TARGET)]
+    finally:
+        archive.close()
+
+
+def _assert_same_archive(run: Path, reference: Path) -> None:
+    got, want = _candidates(run), _candidates(reference)
+    assert [c[0] for c in got] == [c[0] for c in want]  # the same candidates, in the same order, once each
+    assert got == want  # and the same values, with the same provenance
+    with sqlite3.connect(str(run / "archive.sqlite")) as con:
+        twice = con.execute("SELECT COUNT(*) FROM (SELECT hash FROM value_log WHERE source = 'computed' "
+                            "GROUP BY target, hash, objective HAVING COUNT(*) > 1)").fetchone()[0]
+    assert twice == 0
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("local")
+    proc = _search(root / "run", root / "cache")
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A real Dask cluster in this process: a scheduler and two worker processes (each under a nanny that
+    restarts it when it dies), every socket on 127.0.0.1, no dashboard. Shared by the fault tests."""
+    import logging
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=logging.ERROR) as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        yield local, client
+
+
+def test_cluster_run_is_the_local_run(reference_run: Path, tmp_path: Path) -> None:
+    proc = _search(tmp_path / "run", tmp_path / "cache", "--cluster", "local:2")
+    assert proc.returncode == 0, proc.stderr
+    assert "cluster local:2: scheduler tcp://127.0.0.1:" in proc.stderr
+    _assert_same_archive(tmp_path / "run", reference_run)
+
+
+def test_a_worker_killed_mid_task_costs_nothing(reference_run: Path, cluster: Any, tmp_path: Path) -> None:
+    local, client = cluster
+    proc = _search(tmp_path / "run", tmp_path / "cache", "--cluster", local.scheduler_address, wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            busy = {w: keys for w, keys in client.processing().items()
+                    if any(str(k).startswith("qae-evaluate-") for k in keys)}
+            if busy and _count(tmp_path / "run" / "archive.sqlite") >= 3:  # mid-run: generation 1 is recorded
+                victim = next(iter(busy))
+            else:
+                time.sleep(0.01)
+        assert victim is not None, "the search finished before a worker could be killed"
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)  # the worker process itself; its nanny starts a new one
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    _assert_same_archive(tmp_path / "run", reference_run)
+    client.wait_for_workers(2, timeout=60)
+    assert pid not in client.run(os.getpid).values()
+
+
+def test_all_workers_gone_stops_with_one_line_and_resume_continues(
+    reference_run: Path, cluster: Any, tmp_path: Path
+) -> None:
+    local, client = cluster
+    run = tmp_path / "run"
+    proc = _search(run, tmp_path / "cache", "--cluster", local.scheduler_address, wait=False, grace=2)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the search finished before its workers could be taken away"
+        local.scale(0)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        local.scale(2)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err
+    assert lines[-1].startswith("qae: error: the Dask cluster at ") and "no worker for 2 s" in lines[-1], err
+    assert f"`qae search --resume {run}` continues" in lines[-1]
+    assert "Traceback" not in err
+    kept = _count(run / "archive.sqlite")
+    assert 3 <= kept < len(_candidates(reference_run))
+
+    client.wait_for_workers(2, timeout=60)  # the cluster is back: the stored --cluster is used again
+    resumed = _search(run, tmp_path / "cache", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_archive(run, reference_run)
+
+
+def test_unreachable_scheduler_is_a_one_line_error_and_leaves_no_run(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _search(tmp_path / "run", tmp_path / "cache", "--cluster", f"tcp://127.0.0.1:{port}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("qae: error: ")]
+    assert errors == [proc.stderr.strip().splitlines()[-1]]  # after the workload's notes, one error line
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in errors[0]
+    assert errors[0].endswith("then run the same command again")
+    assert not (tmp_path / "run" / "archive.sqlite").exists()  # nothing half-made: the same command runs again
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cluster", "local:0"], "is neither local:N"),
+        (["--cluster", "my cluster"], "is neither local:N"),
+        (["--cluster", "local:2", "--workers", "2"], "either --workers N"),
+    ],
+)
+def test_bad_cluster_is_a_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = qae("search", "builtin:digits-vit", "--profile", TARGET, "--out", str(tmp_path / "run"), *args)
+    assert_one_line_error(proc, needle)
+
+
+def test_without_the_extra_cluster_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    # Python's own way to make a package absent: a None entry in sys.modules fails its import.
+    code = ("import sys; sys.modules['distributed'] = None; from harness.cli.main import main; "
+            f"sys.exit(main(['search', 'builtin:digits-vit', '--profile', '{TARGET}', "
+            f"'--out', {str(tmp_path / 'run')!r}, '--cluster', 'local:2']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "pip install 'qae[cluster]'")
+    assert not (tmp_path / "run").exists()
