@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark part, then write results/bench/summary.md.
 
-    python -m benchmarks [--parts search,throughput,devices,costmodel,kernels,rounding,headline] [--quick]
+    python -m benchmarks [--parts search,throughput,cluster,devices,costmodel,kernels,rounding,headline] [--quick]
 
 Each part is its own module (``python -m benchmarks.bench_<part>``) and runs here in a child process,
 so one failing part is reported and the others still run. The load average before and after each
@@ -18,7 +18,7 @@ import time
 
 from benchmarks import common
 
-PARTS = ("search", "throughput", "devices", "costmodel", "kernels", "rounding", "headline")
+PARTS = ("search", "throughput", "cluster", "devices", "costmodel", "kernels", "rounding", "headline")
 
 
 def main(argv: list[str] | None = None) -> int:

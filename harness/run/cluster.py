@@ -138,7 +138,7 @@ class ClusterRunner:
                     n_workers=int(local.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
                     dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
                 )
-            self.client = distributed.Client(self.local if local else spec, timeout="10s", set_as_default=False)
+            self.client = distributed.Client(self.local if local else spec, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
             if self.local is not None:
                 self.local.close()

@@ -132,7 +132,7 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
         deadline = time.monotonic() + 120
         while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert proc.poll() is None, "the search finished before its workers could be taken away"
+        assert proc.poll() is None, f"the search ended before its workers could be taken away: {proc.communicate()[1]}"
         local.scale(0)
         _, err = proc.communicate(timeout=120)
     finally:
