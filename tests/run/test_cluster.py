@@ -2,7 +2,8 @@
 
 A cluster run's archive equals a local run's of the same seed; a worker killed by its PID mid-run costs
 nothing (its tasks run again elsewhere, every candidate recorded once); a cluster that loses every
-worker stops the search with one line, and ``--resume`` continues once workers are back.
+worker stops the search with one line, and ``--resume`` continues once workers are back; a head killed
+with -9 leaves no worker behind and resumes as without a cluster.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
 ) -> None:
     local, client = cluster
     run = tmp_path / "run"
-    proc = _search(run, tmp_path / "cache", "--cluster", local.scheduler_address, wait=False, grace=2)
+    proc = _search(run, tmp_path / "cache", "--cluster", local.scheduler_address, wait=False, grace=5)
     try:
         deadline = time.monotonic() + 120
         while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
@@ -141,13 +142,62 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
         local.scale(2)
     lines = err.strip().splitlines()
     assert proc.returncode == 2, err
-    assert lines[-1].startswith("qae: error: the Dask cluster at ") and "no worker for 2 s" in lines[-1], err
+    assert lines[-1].startswith("qae: error: the Dask cluster at ") and "no worker for 5 s" in lines[-1], err
     assert f"`qae search --resume {run}` continues" in lines[-1]
     assert "Traceback" not in err
     kept = _count(run / "archive.sqlite")
     assert 3 <= kept < len(_candidates(reference_run))
 
     client.wait_for_workers(2, timeout=60)  # the cluster is back: the stored --cluster is used again
+    resumed = _search(run, tmp_path / "cache", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_archive(run, reference_run)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_head_killed_leaves_no_worker_and_resumes_to_the_same_archive(reference_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _search(run, tmp_path / "cache", "--cluster", "local:2", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the search ended before it could be killed: {proc.communicate()[1]}"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2  # the local cluster's worker processes (and multiprocessing's tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60  # they watch their parent: gone once it is
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(workers), "local cluster workers outlived the killed search"
     resumed = _search(run, tmp_path / "cache", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_archive(run, reference_run)
