@@ -297,6 +297,12 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False) -> int:
     for name in cfg.objectives:
         if name not in OBJECTIVES:
             raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
+    if cfg.cluster:
+        import logging
+
+        # qae reports the cluster itself (its progress line, one-line errors); Dask's client logs (reconnect
+        # attempts, tracebacks of comms closed by a dying worker) would break that
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
     console = Console(stderr=True)
     tasks: dict[str, Any] = {}
     with Progress(

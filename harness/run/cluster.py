@@ -149,7 +149,11 @@ class ClusterRunner:
         try:
             self._wait_for_workers()
             self.workers_at_start = self._workers()
-            for name, theirs in self.client.run(versions).items():
+            try:
+                answers = self.client.run(versions)
+            except ImportError as exc:
+                raise self._not_installed(exc) from None
+            for name, theirs in answers.items():
                 self._check(theirs, name)
             # a Workload pickles to its model, ranges and data; the references are computed once, here
             _ = work.references, work.plan
@@ -175,6 +179,8 @@ class ClusterRunner:
             self.client.cancel([f for f in futures if not f.done()])
 
     def close(self, abort: bool = False) -> None:
+        """Closing the client releases its tasks (queued ones never run; a running one finishes on its
+        worker, whose result nobody reads); a ``local:N`` cluster stops its workers. Same with ``abort``."""
         for closing in (getattr(self, "client", None), self.local):
             if closing is None:
                 continue
@@ -207,6 +213,8 @@ class ClusterRunner:
                 # the candidate killed every worker it ran on (allowed-failures times): that is its record
                 return {"error_kind": "WORKER_DIED",
                         "message": f"every cluster worker that ran this candidate died ({str(exc)[:200]})"}
+            except ImportError as exc:  # a worker that cannot import qae's task code
+                raise self._not_installed(exc) from None
             except Exception as exc:
                 # cancelled: the scheduler is gone, or the task's input (the scattered workload) was lost
                 # with the last worker holding it; then it runs again once workers are back
@@ -247,6 +255,8 @@ class ClusterRunner:
         return True
 
     def _wait_for_workers(self) -> None:
+        if self._workers():
+            return
         try:
             self.client.wait_for_workers(1, timeout=self.grace_s)
         except TimeoutError:
@@ -254,7 +264,11 @@ class ClusterRunner:
 
     def _lost(self, why: str) -> ClusterLostError:
         return ClusterLostError(f"the Dask cluster at {self.spec} cannot evaluate: {why}; start its workers "
-                                f"(`dask worker {self.address}`) and resume the run")
+                                f"(`dask worker {self.address}`)")
+
+    def _not_installed(self, exc: ImportError) -> InputError:
+        return InputError(f"the workers of the Dask cluster at {self.spec} cannot import qae's code ({exc}): "
+                          f"pip install '{EXTRA}' of this qae on every node")
 
     def _check(self, theirs: dict[str, str], worker: str) -> None:
         if theirs != self._head:
