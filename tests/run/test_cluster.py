@@ -154,6 +154,27 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
     _assert_same_archive(run, reference_run)
 
 
+def test_progress_shows_the_workers_and_the_tasks_in_flight(cluster: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.run.cluster import ClusterStatus
+    from harness.run.config import SearchConfig
+    from harness.run.search import run_search
+
+    local, _client = cluster
+    monkeypatch.setenv("QAE_CACHE_DIR", str(tmp_path / "cache"))  # every candidate a task
+    statuses: list[ClusterStatus] = []
+    cfg = SearchConfig(model="builtin:digits-vit", profiles=[TARGET], generations=1, population=6, seed=5,
+                       cluster=local.scheduler_address)
+    archive = run_search(cfg, tmp_path / "run", say=lambda _m: None, on_cluster=statuses.append)
+    n = archive.count(TARGET)
+    archive.close()
+    assert statuses and {s.workers for s in statuses} == {2}
+    assert max(s.in_flight for s in statuses) > 1  # a generation's tasks are out at once
+    last = statuses[-1]  # done: the tasks the cluster ran (a genome the cache already holds is no task)
+    assert 0 < last.done <= n and last.in_flight == 0
+    assert last.line() == f"2 workers | 0 tasks in flight | {last.done} done"
+
+
 def _children(pid: int) -> set[int]:
     """The processes whose parent is ``pid`` (from /proc)."""
     out = set()
