@@ -172,9 +172,10 @@ class ClusterRunner:
         futures = [self._submit(p) for p in payloads]
         try:
             for i in range(len(futures)):
-                yield self._result(futures, i, payloads[i])
-                self.done += 1
+                result = self._result(futures, i, payloads[i])
+                self.done += 1  # counted before the yield: a consumer may never ask past the last result
                 self._status(futures)
+                yield result
         finally:
             self.client.cancel([f for f in futures if not f.done()])
 
