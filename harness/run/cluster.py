@@ -93,6 +93,12 @@ def _grace() -> float:
     return grace
 
 
+def _import_failed(exc: BaseException) -> bool:
+    """Whether a worker could not import what a task needs: Dask re-raises the worker's exception, or
+    (when it cannot even unpickle the task) a plain ``Exception`` that carries its repr."""
+    return isinstance(exc, ImportError) or any(name in str(exc) for name in ("ModuleNotFoundError", "ImportError"))
+
+
 def versions() -> dict[str, str]:
     """What must match between the head and a worker for a task to score as the head would: a
     different ONNX Runtime or quantizer build would change the numbers the fitness cache keys."""
@@ -151,8 +157,10 @@ class ClusterRunner:
             self.workers_at_start = self._workers()
             try:
                 answers = self.client.run(versions)
-            except ImportError as exc:
-                raise self._not_installed(exc) from None
+            except Exception as exc:
+                if _import_failed(exc):
+                    raise self._not_installed(exc) from None
+                raise
             for name, theirs in answers.items():
                 self._check(theirs, name)
             # a Workload pickles to its model, ranges and data; the references are computed once, here
@@ -214,9 +222,9 @@ class ClusterRunner:
                 # the candidate killed every worker it ran on (allowed-failures times): that is its record
                 return {"error_kind": "WORKER_DIED",
                         "message": f"every cluster worker that ran this candidate died ({str(exc)[:200]})"}
-            except ImportError as exc:  # a worker that cannot import qae's task code
-                raise self._not_installed(exc) from None
             except Exception as exc:
+                if _import_failed(exc):  # a worker that cannot import qae's task code
+                    raise self._not_installed(exc) from None
                 # cancelled: the scheduler is gone, or the task's input (the scattered workload) was lost
                 # with the last worker holding it; then it runs again once workers are back
                 if not self._alive():
@@ -267,9 +275,9 @@ class ClusterRunner:
         return ClusterLostError(f"the Dask cluster at {self.spec} cannot evaluate: {why}; start its workers "
                                 f"(`dask worker {self.address}`)")
 
-    def _not_installed(self, exc: ImportError) -> InputError:
-        return InputError(f"the workers of the Dask cluster at {self.spec} cannot import qae's code ({exc}): "
-                          f"pip install '{EXTRA}' of this qae on every node")
+    def _not_installed(self, exc: Exception) -> InputError:
+        return InputError(f"the workers of the Dask cluster at {self.spec} cannot import qae's code "
+                          f"({str(exc)[:160]}): pip install '{EXTRA}' of this qae on every node")
 
     def _check(self, theirs: dict[str, str], worker: str) -> None:
         if theirs != self._head:

@@ -222,6 +222,28 @@ def test_head_killed_leaves_no_worker_and_resumes_to_the_same_archive(reference_
     _assert_same_archive(run, reference_run)
 
 
+def test_a_worker_without_qae_is_a_one_line_error_naming_the_extra(tmp_path: Path) -> None:
+    """A real ``dask worker`` process that cannot import qae (Python's None entry in sys.modules)."""
+    import logging
+
+    code = ("import sys; sys.modules['harness'] = None; sys.argv = ['dask-worker', *sys.argv[1:]]; "
+            "from distributed.cli.dask_worker import main; main()")
+    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None,
+                                  silence_logs=logging.ERROR) as local:
+        worker = subprocess.Popen([sys.executable, "-c", code, local.scheduler_address, "--nthreads", "1",
+                                   "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        try:
+            proc = _search(tmp_path / "run", tmp_path / "cache", "--cluster", local.scheduler_address)
+        finally:
+            worker.kill()
+            worker.wait()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qae: error: the workers of the Dask cluster at ") and "pip install 'qae[cluster]'" in last
+    assert not (tmp_path / "run" / "archive.sqlite").exists()
+
+
 def test_unreachable_scheduler_is_a_one_line_error_and_leaves_no_run(tmp_path: Path) -> None:
     import socket
 
