@@ -30,6 +30,7 @@ import platform
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -140,10 +141,14 @@ class ClusterRunner:
         local = _LOCAL.fullmatch(spec)
         try:
             if local:
-                self.local = distributed.LocalCluster(
-                    n_workers=int(local.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
-                )
+                with warnings.catch_warnings():
+                    # its scheduler's small HTTP server (health, metrics; no dashboard) takes another free
+                    # port on 127.0.0.1 when 8787 is taken, and says so as a warning: that is expected here
+                    warnings.filterwarnings("ignore", message="Port .* is already in use")
+                    self.local = distributed.LocalCluster(
+                        n_workers=int(local.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
+                    )
             self.client = distributed.Client(self.local if local else spec, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
             if self.local is not None:
