@@ -25,6 +25,8 @@ from tests.cli.test_cli_model import assert_one_line_error, qae
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra: pip install 'qae[cluster]'")
 
+# a test cluster's scheduler takes another loopback port for its HTTP server when 8787 is in use (other runs here)
+pytestmark = pytest.mark.filterwarnings("ignore:Port .* is already in use")
 SMALL = ["--generations", "3", "--population", "8", "--seed", "5"]
 TARGET = "hexagon-htp"
 
