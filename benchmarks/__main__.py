@@ -1,6 +1,8 @@
 """``make bench``: run every benchmark part, then write results/bench/summary.md.
 
-    python -m benchmarks [--parts search,throughput,devices,costmodel,kernels,rounding,headline,finetune] [--quick]
+    python -m benchmarks [--parts PART,...] [--quick]
+
+Parts: search, throughput, cluster, devices, costmodel, kernels, rounding, headline, finetune.
 
 Each part is its own module (``python -m benchmarks.bench_<part>``) and runs here in a child process,
 so one failing part is reported and the others still run. The load average before and after each
@@ -18,7 +20,7 @@ import time
 
 from benchmarks import common
 
-PARTS = ("search", "throughput", "devices", "costmodel", "kernels", "rounding", "headline", "finetune")
+PARTS = ("search", "throughput", "cluster", "devices", "costmodel", "kernels", "rounding", "headline", "finetune")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -302,6 +302,41 @@ def throughput_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def cluster_section(d: dict[str, Any]) -> list[str]:
+    load = d.get("loadavg_before", [None])[0], d.get("loadavg_after", [None])[0]
+    busy = (f" Load average {load[0]:.2f} -> {load[1]:.2f} on {d.get('cores', '?')} cores: the machine was busy, "
+            "so the figures are lower bounds and the 2-worker speed-up is bounded by its free cores."
+            if None not in load and max(load) > (d.get("cores") or 1) else "")
+    out = ["## Evaluation on a Dask cluster (`python -m benchmarks.bench_cluster`)", "", _env(d), "",
+           "The same random genomes (seed 0) scored in process and as tasks of a local Dask cluster (`--cluster "
+           "local:N`, the code a search runs; each worker's first task and the cluster start timed apart). Bytes: "
+           f"the workload once per worker, a genome and its result per task.{busy}", "",
+           "| workload | candidates | in process /s | local:1 /s | local:2 /s | 2 over 1 | overhead per task | "
+           "start (local:1 / local:2) | bytes per worker | bytes per task (sent / back) | same results |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["workloads"]:
+        c1, c2 = r["clusters"]
+        same = "yes" if all(c["same_results_as_in_process"] for c in r["clusters"]) else "**no**"
+        out.append(f"| {r['workload']} | {r['candidates']} | {r['in_process_candidates_per_s']:.3f} | "
+                   f"{c1['candidates_per_s']:.3f} | {c2['candidates_per_s']:.3f} | {r['speedup_2_over_1']:.2f}x | "
+                   f"{r['overhead_per_task_s'] * 1e3:.0f} ms | {c1['start_s']:.1f} s / {c2['start_s']:.1f} s | "
+                   f"{_bytes(r['bytes_per_worker'])} | {r['bytes_per_task_sent']:.0f} B / "
+                   f"{r['bytes_per_task_returned']:.0f} B | {same} |")
+    h = d["head"]
+    out += ["", f"The head's own cost per candidate (engine tell, prediction, archive transaction; every evaluation a "
+            f"fitness-cache hit, {h['workload']}, population {h['population']}): "
+            f"**{h['seconds_per_candidate'] * 1e3:.1f} ms**, so the head records at most "
+            f"{1 / h['seconds_per_candidate']:.0f} candidates/s however many workers there are."]
+    for name, c in d.get("scaling", {}).items():
+        rates = ", ".join(f"{n}: {v:.2f}" for n, v in c["candidates_per_s_by_machines"].items())
+        out.append(f"- {name}: one task {c['task_s']:.2f} s; candidates/s by machines (one worker each, population "
+                   f"{c['population']}, ceil(P/N) rounds per generation): {rates}")
+    if d.get("skipped"):
+        out.append(f"MiniLM skipped: {d['skipped']}")
+    out.append("")
+    return out
+
+
 def devices_section(d: dict[str, Any]) -> list[str]:
     out = ["## Devices (`python -m benchmarks.bench_devices`)", "", _env(d), "",
            f"Loopback SSH devices ({d['server']} on 127.0.0.1, one connection and agent each), model {d['model']}, "
@@ -728,7 +763,7 @@ def write_summary(root: Path | None = None) -> Path:
         lines.append("")
     headline = _load(root, "headline")
     for name, section in (("search_quality", search_section), ("throughput", throughput_section),
-                          ("devices", devices_section)):
+                          ("cluster", cluster_section), ("devices", devices_section)):
         data = _load(root, name)
         if data:
             try:

@@ -114,6 +114,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--population", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="evaluation worker processes")
+    p.add_argument("--cluster", metavar="local:N|ADDRESS",
+                   help="build and score candidates as tasks of a Dask cluster: local:N starts N worker processes "
+                   "here, ADDRESS (tcp://HOST:8786) is a running scheduler; needs the extra qae[cluster] (with "
+                   "--resume: replaces the stored cluster)")
     p.add_argument("--out", help="run folder (default results/MODEL-TIMESTAMP)")
 
 
@@ -187,6 +191,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             archive.close()
             if args.devices:  # a --devices given again replaces the stored one (the run moved, or the file did)
                 cfg.devices_file = args.devices
+            if args.cluster:  # so does a --cluster (the cluster moved; its results are the same anywhere)
+                cfg.cluster = _cluster(args)
+            elif cfg.cluster:
+                _cluster_installed(cfg.cluster)
             cfg.time_limit = _time_limit(args)  # a limit is for this process's part, never inherited
             return _run(absolute_paths(cfg), out, resume=True, force=args.force, finetune=finetune)
     if args.force:
@@ -201,6 +209,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError("give at least one --profile (see `qae profiles list`) or --device")
     if args.generations < 1 or args.population < 2 or args.workers < 1:
         raise InputError("--generations must be >= 1, --population >= 2 and --workers >= 1")
+    cluster = _cluster(args)
     cfg = SearchConfig(
         model=args.model,
         profiles=list(args.profile),
@@ -223,12 +232,33 @@ def cmd_search(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         rounding=args.rounding,
         time_limit=_time_limit(args),
+        cluster=cluster,
     )
     out = (Path(args.out) if args.out else default_out(args.model)).resolve()
     with _locked(out):
         if (out / "archive.sqlite").exists():
             raise InputError(f"{out} already holds a run: use --resume {out}, or another --out")
         return _run(absolute_paths(cfg), out, resume=False, finetune=finetune)
+
+
+def _line(evals: Any = 0, hv: str = "-", best: str = "-", hit: str = "-") -> str:
+    """A target's progress line after its bar."""
+    return f"gen | {evals} evals | HV {hv} | best {best} | cache {hit}"
+
+
+def _cluster(args: argparse.Namespace) -> str | None:
+    """``--cluster``, checked (its form, and the extra installed) before any work."""
+    if not args.cluster:
+        return None
+    if args.workers > 1:
+        raise InputError("give either --workers N (processes here) or --cluster (a Dask cluster's workers), not both")
+    return _cluster_installed(args.cluster)
+
+
+def _cluster_installed(spec: str) -> str:
+    from harness.run.cluster import check_spec
+
+    return check_spec(spec)
 
 
 @contextmanager
@@ -287,28 +317,37 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
     for name in cfg.objectives:
         if name not in OBJECTIVES:
             raise InputError(f"unknown objective {name!r}: use any of {', '.join(OBJECTIVES)}")
+    if cfg.cluster:
+        import logging
+
+        # qae reports the cluster itself (its progress line, one-line errors); Dask's client logs (reconnect
+        # attempts, tracebacks of comms closed by a dying worker) would break that
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
     console = Console(stderr=True)
     tasks: dict[str, Any] = {}
     with Progress(
         TextColumn("[bold]{task.fields[target]:<14}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(
-            "gen | {task.fields[evals]} evals | HV {task.fields[hv]} | best {task.fields[best]} | "
-            "cache {task.fields[hit]}"
-        ),
+        TextColumn("{task.fields[line]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=not console.is_terminal,
     ) as bar:
         for name in cfg.profiles:
-            tasks[name] = bar.add_task("", total=cfg.generations, target=name, evals=0, hv="-", best="-", hit="-")
+            tasks[name] = bar.add_task("", total=cfg.generations, target=name, line=_line())
+        cluster_task = None
+        if cfg.cluster:  # one more line: the cluster's workers and the tasks in flight, as they change
+            cluster_task = bar.add_task("", total=None, target="cluster", line=f"{cfg.cluster}: connecting")
+
+        def on_cluster(status: Any) -> None:
+            if cluster_task is not None:
+                bar.update(cluster_task, line=status.line())
 
         def task_for(target: str) -> Any:
             if target not in tasks:
-                tasks[target] = bar.add_task("", total=cfg.generations, target=target, evals=0, hv="-", best="-",
-                                             hit="-")
+                tasks[target] = bar.add_task("", total=cfg.generations, target=target, line=_line())
             return tasks[target]
 
         def on_progress(step: Step) -> None:
@@ -321,17 +360,13 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
                 if step.best
                 else "-"
             )
-            bar.update(
-                task,
-                completed=step.generation,
-                evals=step.evaluations if step.measured is None else f"{step.evaluations} ({step.measured} measured)",
-                hv=f"{step.hypervolume:.3f}",
-                best=best,
-                hit=f"{step.hit_rate * 100:.0f}%",
-            )
+            evals = step.evaluations if step.measured is None else f"{step.evaluations} ({step.measured} measured)"
+            bar.update(task, completed=step.generation,
+                       line=_line(evals, f"{step.hypervolume:.3f}", best, f"{step.hit_rate * 100:.0f}%"))
 
         archive = run_search(cfg, out, resume=resume, on_progress=on_progress,
-                             say=lambda m: bar.console.print(m, markup=False, soft_wrap=True), force=force)
+                             say=lambda m: bar.console.print(m, markup=False, soft_wrap=True), force=force,
+                             on_cluster=on_cluster)
     archive.close()
     if finetune is not None:  # the front is final: fine-tune its chosen points, then score and report them
         finetune_with_progress(out, *finetune)

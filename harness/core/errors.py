@@ -58,3 +58,8 @@ class Interrupted(KeyboardInterrupt):
         super().__init__()
         self.exit_code = exit_code
         self.run = run
+
+
+class ClusterLostError(QaeError):
+    """The cluster a search evaluates on (``--cluster``) lost every worker, or its scheduler: the
+    archive holds every candidate recorded so far and ``qae search --resume RUN`` continues."""

@@ -2,6 +2,7 @@
 
 - ``config``: ``SearchConfig``, objectives, budgets, the per-layer menu and baselines.
 - ``evaluation``: host evaluation of candidates, predicted costs, objective vectors for the engine.
+- ``cluster``: host evaluations as tasks of a Dask cluster (``--cluster local:N | ADDRESS``); the head records.
 - ``seeds``: the layers' choices, sensitivity probes, seeded baselines and fallback genomes.
 - ``search``: ``run_search``, one engine and one ``driver.Driver`` per target.
 - ``hil``: device targets that measure candidates during the search and re-fit the cost model.

@@ -112,6 +112,9 @@ class SearchConfig:
     rounding: str = "rtn"
     #: seconds from the start (``--time-limit``): no generation starts after it (None: no limit)
     time_limit: float | None = None
+    #: ``--cluster``: evaluate on a Dask cluster, ``local:N`` or a scheduler address (``harness.run.cluster``);
+    #: not part of the run's identity (a cluster run's archive equals a local one), and a resume may name another
+    cluster: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,11 +80,19 @@ def worker_init(config: dict[str, Any] | str, calib: str | None = None, data: st
 
 
 def evaluate_genome(genome_data: dict[str, Any]) -> dict[str, Any]:
+    """One candidate on this process's workload (``worker_init``, or the search's own)."""
     assert _WORK is not None
+    return evaluate_on(_WORK, genome_data)
+
+
+def evaluate_on(work: Workload, genome_data: dict[str, Any]) -> dict[str, Any]:
+    """Build and score one genome on ``work``: its evaluation report, or an error record (a candidate
+    that cannot be built or run is a record, never a crash). What every runner (this process, worker
+    processes, a cluster's workers) calls, so they all compute the same thing."""
     try:
-        genome = _WORK.genome(genome_data)
-        result = _WORK.build(genome)
-        report = _WORK.evaluate(result, threads=1)
+        genome = work.genome(genome_data)
+        result = work.build(genome)
+        report = work.evaluate(result, threads=1)
     except QaeError as exc:
         return {"error_kind": "BUILD", "message": str(exc)}
     except Exception as exc:  # a candidate ORT cannot build or run is a record, not a crash
@@ -116,19 +124,35 @@ def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
     return settings_hash(settings)
 
 
-class HostEvaluator:
-    """Accuracy and size of genomes on this host, through the cache and optional worker processes."""
+class Runner(Protocol):
+    """Where uncached candidates are built and scored, besides this process and its worker processes
+    (``harness.run.cluster.ClusterRunner``: the tasks of a Dask cluster).
 
-    def __init__(self, work: Workload, cfg: SearchConfig) -> None:
+    ``map`` yields one result per payload (a genome's ``to_dict()``), in the payloads' order, each
+    ``evaluate_on``'s return value; it may raise a ``QaeError`` when it cannot go on (its workers are
+    gone), and the caller's run stays resumable. ``close(abort)`` ends its tasks (now, with ``abort``)
+    and its connection. Used from the search's thread only."""
+
+    def map(self, payloads: list[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
+
+    def close(self, abort: bool = False) -> None: ...
+
+
+class HostEvaluator:
+    """Accuracy and size of genomes on this host, through the cache and optional worker processes
+    (or a ``runner``: a cluster's workers). The cache is only written here, by the search's process."""
+
+    def __init__(self, work: Workload, cfg: SearchConfig, runner: Runner | None = None) -> None:
         self.work = work
         self.cache = EvalCache()
         self.settings = eval_settings(work, cfg, "validation")
         self.pool: ProcessPoolExecutor | None = None
-        if cfg.workers > 1:
+        self.runner = runner
+        if runner is None and cfg.workers > 1:
             self.pool = ProcessPoolExecutor(
                 cfg.workers, initializer=worker_init, initargs=(cfg.to_dict(), None, None, "minmax", os.getpid())
             )
-        else:
+        elif runner is None:
             global _WORK
             _WORK = work
 
@@ -140,7 +164,10 @@ class HostEvaluator:
         once), so a caller can record a candidate while the rest of its batch is evaluated."""
         hits = [self.cache.get(self.work.model.sha256, g.hash, self.settings) for g in genomes]
         payload = [g.to_dict() for g, hit in zip(genomes, hits) if hit is None]
-        results = self.pool.map(evaluate_genome, payload) if self.pool else map(evaluate_genome, payload)
+        if self.runner is not None:
+            results = self.runner.map(payload)
+        else:
+            results = self.pool.map(evaluate_genome, payload) if self.pool else map(evaluate_genome, payload)
         for genome, hit in zip(genomes, hits):
             if hit is not None:
                 yield hit
@@ -152,6 +179,8 @@ class HostEvaluator:
 
     def close(self, abort: bool = False) -> None:
         """``abort`` (an interrupt or a crash): stop the workers now instead of letting their tasks finish."""
+        if self.runner is not None:
+            self.runner.close(abort)
         if self.pool:
             if abort:
                 # The executor has no public way to stop running workers; its process table is read

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import InputError, QaeError, RunChangedError
+from harness.core.errors import ClusterLostError, InputError, QaeError, RunChangedError
 from harness.quant.workload import Workload
 from harness.run.archive import Archive
 from harness.run.config import (
@@ -138,12 +138,16 @@ def run_search(
     on_progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = print,
     force: bool = False,
+    on_cluster: Callable[[Any], None] | None = None,
 ) -> Archive:
     """Run (or resume) the search for every target profile and device group; returns the archive.
 
     A resume first compares the run's identity (content hashes of model, data and profiles) with the
     files found now: a change refuses (``RunChangedError``), or with ``force`` moves the old archive
-    aside and starts a new search in the same folder, so results of two models never mix."""
+    aside and starts a new search in the same folder, so results of two models never mix.
+
+    With ``cfg.cluster`` the host evaluations run on a Dask cluster (``harness.run.cluster``);
+    ``on_cluster`` then gets its ``ClusterStatus`` (workers, tasks in flight) as tasks come back."""
     from search import Engine, EngineConfig, Record, SearchError, SearchSpace
 
     deadline = None if cfg.time_limit is None else time.time() + cfg.time_limit
@@ -197,8 +201,15 @@ def run_search(
     if work.metric_note:
         say(work.metric_note)
     targets += device_targets(cfg, work, archive, out, say)
-    evaluator = HostEvaluator(work, cfg)
+    evaluator: HostEvaluator | None = None
     try:
+        runner = None
+        if cfg.cluster:
+            from harness.run.cluster import ClusterRunner
+
+            runner = ClusterRunner(cfg.cluster, work, on_cluster)
+            say(f"cluster {cfg.cluster}: scheduler {runner.address}, {runner.workers_at_start} workers")
+        evaluator = HostEvaluator(work, cfg, runner)
         clock = time.perf_counter()
         reference = work.evaluate(None)
         one_eval = time.perf_counter() - clock
@@ -261,13 +272,18 @@ def run_search(
                 "validation score, chosen on the same samples, so it reads optimistic")
         archive.set_status("finished")
     except BaseException as exc:
-        evaluator.close(abort=True)  # Ctrl-C, SIGTERM, a crash: workers go now, not after their tasks
-        if isinstance(exc, QaeError) and not resume and not any(archive.count(t.name) for t in targets):
+        if evaluator is not None:
+            evaluator.close(abort=True)  # Ctrl-C, SIGTERM, a crash: workers go now, not after their tasks
+        empty = isinstance(exc, QaeError) and not resume and not any(archive.count(t.name) for t in targets)
+        if empty:
             # An input error before the first evaluation: a run with nothing in it is not kept, so
             # the same command can simply be run again once the input is fixed.
             archive.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(str(out / "archive.sqlite") + suffix).unlink(missing_ok=True)
+        if isinstance(exc, ClusterLostError):  # every recorded candidate is kept: say how to go on
+            then = "then run the same command again" if empty else f"then `qae search --resume {out}` continues"
+            raise ClusterLostError(f"{exc}; {then}") from None
         raise
     else:
         evaluator.close()
