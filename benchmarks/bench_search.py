@@ -1009,6 +1009,25 @@ def _medians(result: dict[str, Any], budgets: Sequence[int], methods: Sequence[s
     return {str(b): {m: runs.get(m, {}).get("median", {}).get(str(b)) for m in methods} for b in budgets}
 
 
+def carried_spaces(path: Path, ran: Sequence[str]) -> dict[str, Any]:
+    """The spaces of an earlier result that this call did not run, kept (not re-run) and marked with the
+    date and calibration they were run with, so running a subset of spaces does not discard the rest."""
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for name, sp in (prev.get("spaces") or {}).items() if isinstance(prev, dict) else ():
+        if name in ran or name not in SPACES or not isinstance(sp, dict):
+            continue
+        sp = dict(sp)
+        sp.setdefault("date", (prev.get("environment") or {}).get("date"))
+        sp.setdefault("calibration_id", prev.get("calibration_id"))
+        sp["carried"] = True
+        out[name] = sp
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", default=",".join(SPACES), help=f"any of {', '.join(SPACES)}")
@@ -1084,6 +1103,13 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0,
         "bayesian_peer": BAYESIAN_NOTE,
     }
+    if not args.synthetic:
+        from profiles import load_profile
+
+        body["calibration_id"] = load_profile(PROFILE).calibration_id
+        for res in results.values():
+            res["date"], res["calibration_id"] = common.environment()["date"], body["calibration_id"]
+        body["spaces"] = {**carried_spaces(common.RESULTS / "search_quality.json", spaces), **results}
     path = common.write_result("search_quality", body)
     for name, res in results.items():
         print(f"{name} ({res['kind']}, {res['size']:.3g} genomes; reference: {res['reference']}): median "

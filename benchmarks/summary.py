@@ -85,6 +85,9 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                 f"{sp['kind']}: {len(sp['layers'])} {'groups' if sp['kind'] == 'enumerated' else 'layers'}, "
                 f"choices per {'group' if sp['kind'] == 'enumerated' else 'layer'} {sp['choices_per_layer']}, "
                 f"{sp['size']:.3g} genomes. Reference front: {sp['reference']} ({rep['true_front_size']} points).", "",
+                *([f"*Not re-run in this benchmark's latest call: these figures are from the run of {sp.get('date')} "
+                   f"(latency calibration {sp.get('calibration_id') or 'not recorded'}; the methods added since, "
+                   "such as the BoTorch peer, are not in it).*", ""] if sp.get("carried") else []),
                 "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
                 + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
                 "|---|" + "---|" * (2 * len(budgets) + 1)]

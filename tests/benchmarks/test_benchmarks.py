@@ -92,3 +92,17 @@ def test_the_summary_shows_the_finetune_results(results: Path) -> None:
     met = json.loads((results / "finetune_minilm.json").read_text())["claim_cosine_0.99_at_half_dynamic_bytes"]
     verdict = "met" if met else "not met"
     assert "dynamic_int8" in section and f"0.99 at half of dynamic int8's bytes: {verdict}." in section
+
+
+def test_a_subset_of_spaces_keeps_the_others_marked(tmp_path: Path) -> None:
+    """Re-running one space keeps the other spaces' earlier results, marked with their date and calibration."""
+    path = tmp_path / "search_quality.json"
+    prev = {"environment": {"date": "2026-12-01 10:00:00 UTC"}, "calibration_id": "abc",
+            "spaces": {"digits-vit-layers": {"kind": "per-layer"}, "digits-vit-groups": {"kind": "enumerated"},
+                       "not-a-space": {}}}
+    path.write_text(json.dumps(prev))
+    kept = bench_search.carried_spaces(path, ["digits-vit-groups"])
+    assert kept == {"digits-vit-layers": {"kind": "per-layer", "date": "2026-12-01 10:00:00 UTC",
+                                          "calibration_id": "abc", "carried": True}}
+    path.write_text("{not json")
+    assert bench_search.carried_spaces(path, ["digits-vit-groups"]) == {}
