@@ -44,6 +44,10 @@ EXTRA = "qae[cluster]"
 #: the environment variable QAE_CLUSTER_GRACE_S sets another number of seconds
 NO_WORKERS_GRACE_S = 60.0
 GRACE_ENV = "QAE_CLUSTER_GRACE_S"
+#: how long connecting to a scheduler may take before the search stops with one line (a loaded machine's
+#: local cluster needs seconds); QAE_CLUSTER_CONNECT_S sets another number of seconds
+CONNECT_S = 20.0
+CONNECT_ENV = "QAE_CLUSTER_CONNECT_S"
 #: how often a wait for a task polls the cluster's workers (and reports progress)
 POLL_S = 0.5
 _LOCAL = re.compile(r"local:(\d+)")
@@ -83,15 +87,19 @@ def _distributed() -> Any:
     return distributed
 
 
-def _grace() -> float:
-    raw = os.environ.get(GRACE_ENV)
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
     try:
-        grace = NO_WORKERS_GRACE_S if not raw else float(raw)
+        value = default if not raw else float(raw)
     except ValueError:
-        grace = -1.0
-    if not grace > 0:
-        raise InputError(f"{GRACE_ENV}={raw!r} is not a positive number of seconds: e.g. {GRACE_ENV}=60")
-    return grace
+        value = -1.0
+    if not value > 0:
+        raise InputError(f"{env}={raw!r} is not a positive number of seconds: e.g. {env}={default:g}")
+    return value
+
+
+def _grace() -> float:
+    return _seconds(GRACE_ENV, NO_WORKERS_GRACE_S)
 
 
 def _import_failed(exc: BaseException) -> bool:
@@ -133,6 +141,7 @@ class ClusterRunner:
         check_spec(spec)
         self.spec, self.work, self.on_status = spec, work, on_status
         self.grace_s = grace_s if grace_s is not None else _grace()
+        connect = _seconds(CONNECT_ENV, CONNECT_S)
         self.local: Any = None
         self.done = 0
         self._token = uuid.uuid4().hex[:8]
@@ -149,7 +158,8 @@ class ClusterRunner:
                         n_workers=int(local.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
                         dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
                     )
-            self.client = distributed.Client(self.local if local else spec, timeout="20s", set_as_default=False)
+            self.client = distributed.Client(self.local if local else spec, timeout=f"{connect:g}s",
+                                             set_as_default=False)
         except (OSError, TimeoutError) as exc:
             if self.local is not None:
                 self.local.close()

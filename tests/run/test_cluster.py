@@ -246,12 +246,14 @@ def test_a_worker_without_qae_is_a_one_line_error_naming_the_extra(tmp_path: Pat
     assert not (tmp_path / "run" / "archive.sqlite").exists()
 
 
-def test_unreachable_scheduler_is_a_one_line_error_and_leaves_no_run(tmp_path: Path) -> None:
+def test_unreachable_scheduler_is_a_one_line_error_and_leaves_no_run(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    monkeypatch.setenv("QAE_CLUSTER_CONNECT_S", "3")  # nothing listens: no need to wait the default 20 s
     proc = _search(tmp_path / "run", tmp_path / "cache", "--cluster", f"tcp://127.0.0.1:{port}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("qae: error: ")]
