@@ -22,8 +22,14 @@ import pytest
 
 from harness.run.archive import Archive
 from tests.cli.test_cli_model import assert_one_line_error, qae
+from tests.procs import candidate_count, children, wait_gone
 
-distributed = pytest.importorskip("distributed", reason="the cluster extra: pip install 'qae[cluster]'")
+try:
+    import distributed
+except ImportError:  # outside CI a machine without the extra skips, saying why; CI installs it (the dev extra)
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("the cluster extra: pip install 'qae[cluster]'", allow_module_level=True)
 
 # a test cluster's scheduler takes another loopback port for its HTTP server when 8787 is in use (other runs here)
 pytestmark = pytest.mark.filterwarnings("ignore:Port .* is already in use")
@@ -43,12 +49,6 @@ def _search(out: Path, cache: Path, *extra: str, wait: bool = True, grace: float
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(str(db), timeout=5) as con:
-            return int(con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def _candidates(run: Path) -> list[tuple[Any, ...]]:
@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_task_costs_nothing(reference_run: Path, cluster: An
         while victim is None and proc.poll() is None and time.monotonic() < deadline:
             busy = {w: keys for w, keys in client.processing().items()
                     if any(str(k).startswith("qae-evaluate-") for k in keys)}
-            if busy and _count(tmp_path / "run" / "archive.sqlite") >= 3:  # mid-run: generation 1 is recorded
+            if busy and candidate_count(tmp_path / "run" / "archive.sqlite") >= 3:  # mid-run: generation 1 is recorded
                 victim = next(iter(busy))
             else:
                 time.sleep(0.01)
@@ -133,7 +133,7 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
     proc = _search(run, tmp_path / "cache", "--cluster", local.scheduler_address, wait=False, grace=5)
     try:
         deadline = time.monotonic() + 120
-        while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
+        while candidate_count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, f"the search ended before its workers could be taken away: {proc.communicate()[1]}"
         local.scale(0)
@@ -147,7 +147,7 @@ def test_all_workers_gone_stops_with_one_line_and_resume_continues(
     assert lines[-1].startswith("qae: error: the Dask cluster at ") and "no worker for 5 s" in lines[-1], err
     assert f"`qae search --resume {run}` continues" in lines[-1]
     assert "Traceback" not in err
-    kept = _count(run / "archive.sqlite")
+    kept = candidate_count(run / "archive.sqlite")
     assert 3 <= kept < len(_candidates(reference_run))
 
     client.wait_for_workers(2, timeout=60)  # the cluster is back: the stored --cluster is used again
@@ -175,29 +175,8 @@ def test_progress_shows_the_workers_and_the_tasks_in_flight(cluster: Any, tmp_pa
     assert statuses[-1].line() == f"2 workers | 0 tasks in flight | {n} done"  # a fresh cache: each one a task
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
 
 
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
 
 
 def test_head_killed_leaves_no_worker_and_resumes_to_the_same_archive(reference_run: Path, tmp_path: Path) -> None:
@@ -205,20 +184,18 @@ def test_head_killed_leaves_no_worker_and_resumes_to_the_same_archive(reference_
     proc = _search(run, tmp_path / "cache", "--cluster", "local:2", wait=False)
     try:
         deadline = time.monotonic() + 120
-        while _count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
+        while candidate_count(run / "archive.sqlite") < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, f"the search ended before it could be killed: {proc.communicate()[1]}"
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) >= 2  # the local cluster's worker processes (and multiprocessing's tracker)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 60  # they watch their parent: gone once it is
-    while _alive(workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(workers), "local cluster workers outlived the killed search"
+    # they watch their parent: gone once it is
+    assert not wait_gone(workers, 60), "local cluster workers outlived the killed search"
     resumed = _search(run, tmp_path / "cache", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_archive(run, reference_run)

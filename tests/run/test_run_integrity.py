@@ -25,18 +25,13 @@ from onnx import numpy_helper
 
 from harness.run.archive import Archive, Value
 from tests.cli.test_cli_model import assert_one_line_error, qae
+from tests.procs import candidate_count, children, wait_gone
 
 BUILTIN = Path(__file__).resolve().parents[2] / "harness" / "builtin" / "digits_vit"
 SMALL = ["--generations", "2", "--population", "6", "--seed", "1"]
 LONG = ["--generations", "60", "--population", "16", "--seed", "1"]
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return int(con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def _start(out: Path, tmp: Path, *extra: str) -> subprocess.Popen[str]:
@@ -51,40 +46,15 @@ def _start(out: Path, tmp: Path, *extra: str) -> subprocess.Popen[str]:
 
 def _wait_for_candidates(proc: subprocess.Popen[str], db: Path, n: int = 3) -> None:
     deadline = time.monotonic() + 120
-    while _count(db) < n and proc.poll() is None and time.monotonic() < deadline:
+    while candidate_count(db) < n and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
 
 
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":  # a zombie has exited; only its parent's wait is missing
-            alive.add(pid)
-    return alive
 
 
-def _wait_gone(pids: set[int], seconds: float = 20.0) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while _alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return _alive(pids)
 
 
 def _copy_builtin(dest: Path) -> tuple[Path, Path, Path]:
@@ -99,7 +69,7 @@ def test_resume_refuses_a_changed_model_and_force_starts_a_new_search(tmp_path: 
     first = qae("search", str(model), "--calib", str(calib), "--data", str(data), "--profile", "hexagon-htp",
                 *SMALL, "--out", str(out))
     assert first.returncode == 0, first.stderr
-    before = _count(out / "archive.sqlite")
+    before = candidate_count(out / "archive.sqlite")
     # The model is re-exported to the same path between a crash and the resume.
     proto = onnx.load(str(model))
     init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -109,7 +79,7 @@ def test_resume_refuses_a_changed_model_and_force_starts_a_new_search(tmp_path: 
     refused = qae("search", "--resume", str(out))
     assert_one_line_error(refused, "model")
     assert "changed content" in refused.stderr and "--force" in refused.stderr
-    assert _count(out / "archive.sqlite") == before  # nothing was mixed in
+    assert candidate_count(out / "archive.sqlite") == before  # nothing was mixed in
 
     forced = qae("search", "--resume", str(out), "--force")
     assert forced.returncode == 0, forced.stderr
@@ -155,14 +125,14 @@ def test_sigterm_stops_like_ctrl_c_and_kill9_leaves_no_worker(tmp_path: Path) ->
     out = tmp_path / "run"
     proc = _start(out, tmp_path, "--workers", "2")
     _wait_for_candidates(proc, out / "archive.sqlite")
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) >= 2
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == f"qae: interrupted: continue with `qae search --resume {out}`"
     assert "Traceback" not in err
-    assert _wait_gone(workers) == set()
+    assert wait_gone(workers) == set()
 
     # kill -9 of a resumed run's parent: its workers find their parent gone and exit.
     proc = subprocess.Popen(
@@ -171,13 +141,13 @@ def test_sigterm_stops_like_ctrl_c_and_kill9_leaves_no_worker(tmp_path: Path) ->
         env={**os.environ, "QAE_CACHE_DIR": str(tmp_path / "cache2")},
     )
     deadline = time.monotonic() + 120
-    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) >= 2 and proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _wait_gone(workers) == set(), "workers outlived their parent's kill -9"
+    assert wait_gone(workers) == set(), "workers outlived their parent's kill -9"
 
 
 def test_full_disk_is_one_line_and_the_run_resumes(tmp_path: Path) -> None:

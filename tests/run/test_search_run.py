@@ -16,6 +16,7 @@ import pytest
 
 from harness.run.archive import Archive, Value
 from tests.cli.test_cli_model import assert_one_line_error, qae
+from tests.procs import candidate_count
 
 SMALL = ["--generations", "4", "--population", "10", "--seed", "3"]
 
@@ -24,12 +25,6 @@ def _search(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return qae("search", "builtin:digits-vit", "--profile", "hexagon-htp", *SMALL, "--out", str(out), *extra)
 
 
-def _count(db: Path) -> int:
-    try:
-        with sqlite3.connect(str(db), timeout=5) as con:
-            return int(con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +58,12 @@ def test_killed_search_resumes_to_the_same_front(reference_run: Path, tmp_path: 
         env=env,
     )
     deadline = time.monotonic() + 240
-    while _count(out / "archive.sqlite") < 15 and proc.poll() is None and time.monotonic() < deadline:
+    while candidate_count(out / "archive.sqlite") < 15 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the search finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # mid-generation: the second generation is being evaluated
     proc.wait()
-    before = _count(out / "archive.sqlite")
+    before = candidate_count(out / "archive.sqlite")
     assert 15 <= before < 40
     resumed = qae("search", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
