@@ -30,6 +30,9 @@ class Workload:
     """``metric`` is the metric asked for (``auto`` resolved against a builtin's declared one);
     ``plan`` says what it became for these outputs and data, ``metric_note`` in one line."""
 
+    #: the backend that builds and runs candidates (``harness.quant.litert_workload.LiteWorkload``: litert)
+    runtime = "onnxruntime"
+
     model: ModelInfo
     calib: Dataset
     ranges: Ranges
