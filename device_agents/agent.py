@@ -648,7 +648,7 @@ class LiteRunner:
         # ("serving_default_pixels"): match the host's shapes by signature name, then by tensor name.
         by_index = {}
         try:
-            for key, sig in self.it.get_signature_list().items():
+            for key in self.it.get_signature_list():
                 for sname, d in self.it.get_signature_runner(key).get_input_details().items():
                     by_index[int(d["index"])] = sname
         except Exception:  # a model without signatures (older converters): tensor names only
