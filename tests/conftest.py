@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,15 @@ def digits_workload():  # type: ignore[no-untyped-def]
     from harness.quant.workload import Workload
 
     return Workload.open("builtin:digits-vit")
+
+
+@pytest.fixture(scope="session")
+def lite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small torch module converted to .tflite once per session (``tests.litert_models``), with data."""
+    pytest.importorskip("litert_torch")
+    from tests.litert_models import make
+
+    return make(tmp_path_factory.mktemp("litert"))
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from profiles.costmodel import predict_model
 
     profile = load_profile(args.profile)
-    shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data, data_options(args))
+    if str(args.model).lower().endswith(".tflite"):
+        shaped: Any = _LiteShapes(args.model, parse_shapes(args.input_shape))
+    else:
+        shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data,
+                                data_options(args))
     model = shaped.model
     print_notes(model)
     ops = {layer.name: layer.op_type for layer in model.layers}
@@ -242,3 +246,21 @@ def fidelity_text(report: dict[str, Any]) -> str:
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
+
+
+class _LiteShapes:
+    """A .tflite's shapes for ``qae predict``: the file's own, resized by ``--input-shape``."""
+
+    def __init__(self, path: str, given: dict[str, list[int]]) -> None:
+        from harness.quant.litert_workload import load_lite_model
+
+        self.model = load_lite_model(path, given or None)
+        self.given = given
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        return {k: {"shape": v, "source": "flag" if k in self.given else "model"}
+                for k, v in self.model.shapes_used.items()}
+
+    def lines(self) -> list[str]:
+        return [f"input {k}: {'x'.join(map(str, v['shape']))} (from the {v['source']})"
+                for k, v in self.table().items()]

@@ -302,6 +302,9 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
 
     from harness.core.model import load_model
     from harness.devices.config import get_device
+
+    # An unknown or broken model fails here, before any work; so does one whose shapes nothing gives.
+    from harness.quant.litert_workload import load_lite_model, wants_litert
     from harness.report.html import build_report
     from harness.report.labels import Accuracy
     from harness.run.evaluation import Progress as Step
@@ -309,8 +312,10 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
     from harness.run.shapes import SHAPE_FLAGS
     from profiles import load_profile
 
-    # An unknown or broken model fails here, before any work; so does one whose shapes nothing gives.
-    model = load_model(cfg.model, cfg.input_shapes or None)
+    if wants_litert(cfg.model, cfg.runtime):
+        model: Any = load_lite_model(cfg.model, cfg.input_shapes or None, cfg.calib)
+    else:
+        model = load_model(cfg.model, cfg.input_shapes or None)
     if not (cfg.calib or cfg.data or model.builtin):  # a builtin's shipped data gives its shapes
         model.require_shapes(SHAPE_FLAGS)
     for name in cfg.devices:

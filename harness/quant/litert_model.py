@@ -51,7 +51,11 @@ _WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Embedding")
 
 
 def available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("ai_edge_quantizer", "ai_edge_litert"))
+    """True when ai-edge-quantizer and ai-edge-litert import (an import blocked or broken counts as missing)."""
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("ai_edge_quantizer", "ai_edge_litert"))
+    except (ImportError, ValueError):  # find_spec raises ValueError for a module set to None in sys.modules
+        return False
 
 
 def require() -> None:
@@ -149,13 +153,19 @@ def read_flatbuffer(content: bytes) -> Any:
         raise ModelError(f"the .tflite flatbuffer cannot be read ({type(exc).__name__}): re-export it") from None
 
 
-def op_name(model: Any, op: Any) -> str:
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+_OP_NAMES: dict[int, str] = {}
 
+
+def op_name(model: Any, op: Any) -> str:
+    """The op's builtin name from LiteRT's schema (``FULLY_CONNECTED``, ``DEQUANTIZE``...)."""
+    if not _OP_NAMES:
+        from ai_edge_litert import schema_py_generated as schema
+
+        _OP_NAMES.update({int(v): k for k, v in vars(schema.BuiltinOperator).items()
+                          if re.fullmatch(r"[A-Z0-9_]+", k)})
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-    name = fu.TFL_OP_CODE_TO_NAME.get(builtin)
-    return str(getattr(name, "value", name)) if name is not None else f"OP_{builtin}"
+    return _OP_NAMES.get(builtin, f"OP_{builtin}")
 
 
 def tensor_name(tensor: Any) -> str:
@@ -328,6 +338,12 @@ def _layer_name(weight: str, tensor: Any, names: dict[str, str]) -> str:
         key = f"{part}|{int(np.prod(shape))}"
         if key in names:
             return names[key]
+    # a constant the converter named after itself (``arith.constant38``: MiniLM's embedding tables): the one
+    # module whose weight has this many elements, when exactly one has
+    numel = int(np.prod(shape))
+    same = {path for key, path in names.items() if key.rsplit("|", 1)[-1] == str(numel)}
+    if len(same) == 1 and not any("/" in part for part in parts):
+        return same.pop()
     for part in parts:
         if "/" in part and part.rsplit("/", 1)[-1].split(".")[-1].split("_", 1)[0] in _WEIGHTED:
             attrs = [c.split(".")[-1].split("_", 1)[1] for c in part.split("/")[1:] if "_" in c.split(".")[-1]]

@@ -31,6 +31,7 @@ import contextlib
 import io
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,10 @@ def quiet() -> Iterator[None]:
     old = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            # calibration keeps every tensor (``experimental_preserve_all_tensors``), which LiteRT warns about
+            warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         if old is None:
