@@ -109,6 +109,8 @@ class LiteModelInfo(ModelInfo):
                                self.input_map, self.output_map, self.source)
 
     names: dict[str, str] = field(default_factory=dict)
+    #: per layer, the TFLite op's options qae's checks need (``depth_multiplier`` of a DEPTHWISE_CONV_2D)
+    op_options: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _signature(it: Any) -> tuple[list[str], list[str]]:
@@ -217,9 +219,14 @@ def _inventory_info(path: Path, content: bytes, builtin: str | None, given: dict
                 known[d["name"]] = [int(x) for x in d["shape"]]
     model = read_flatbuffer(content)
     layers, proto = _layers(model, known, names)
+    options = {}
+    for layer in layers:
+        op = model.subgraphs[0].operators[int(layer.node_name.split(":", 1)[1])]
+        if layer.node_name.startswith("DEPTHWISE_CONV_2D") and op.builtinOptions is not None:
+            options[layer.name] = {"depth_multiplier": int(getattr(op.builtinOptions, "depthMultiplier", 1) or 1)}
     info = LiteModelInfo(path, proto, hashlib.sha256(content).hexdigest(), layers, inputs, outputs, builtin,
                          shapes, len(content), list(notes), known, content=content, input_map=dict(input_map),
-                         output_map=dict(output_map), source=source, names=dict(names))
+                         output_map=dict(output_map), source=source, names=dict(names), op_options=options)
     return info
 
 

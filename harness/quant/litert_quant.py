@@ -128,6 +128,27 @@ def supported(tfl_op: str, gene: Gene) -> bool:
     return config is not None and _supported(tfl_op, config)
 
 
+#: Why a gene the quantizer builds is still refused on a layer: LiteRT computes wrong outputs for it.
+WRONG_OUTPUTS = ("LiteRT 2.3 computes wrong outputs for a dynamic-range DEPTHWISE_CONV_2D with one weight scale and "
+                 "a depth multiplier above 1 (measured here: cosine 0.11 to FP32 on digits-vit's patch embedding, "
+                 "1.0 with per-channel scales), and qae holds a dynamic Conv per tensor (ONNX Runtime's ConvInteger "
+                 "takes one weight scale): use static 8-bit or fp activations on this layer")
+
+
+def layer_refusal(model: LiteModelInfo, layer_name: str, gene: Gene) -> str | None:
+    """Why ``gene`` is refused on this layer although ai-edge-quantizer builds it, or None."""
+    multiplier = model.op_options.get(layer_name, {}).get("depth_multiplier", 1)
+    if gene.quantized and gene.dynamic and gene.granularity == "per_tensor" and multiplier > 1:
+        return WRONG_OUTPUTS
+    return None
+
+
+def layer_supported(model: LiteModelInfo, layer_name: str, gene: Gene) -> bool:
+    """``supported`` for one layer of ``model`` (its op, and what LiteRT gets wrong on it)."""
+    layer = model.layer(layer_name)
+    return supported(tfl_op(layer.node_name), gene) and layer_refusal(model, layer_name, gene) is None
+
+
 def allowed(tfl_op: str) -> list[str]:
     """The (weight_bits, activation_bits, scheme, granularity) a ``tfl_op`` layer takes, for messages."""
     out = []
@@ -186,6 +207,10 @@ def recipe(model: LiteModelInfo, genome: Genome) -> list[dict[str, Any]]:
         gene = genome[layer.name]
         op = tfl_op(layer.node_name)
         check_gene(gene, layer.name, op)
+        refusal = layer_refusal(model, layer.name, gene)
+        if refusal:
+            raise GenomeError(f"layer {layer.name} ({op}): weight_bits {gene.weight_bits}, activation_bits dynamic "
+                              f"cannot be built for LiteRT: {refusal}")
         config = op_config(gene)
         if config is None:
             continue

@@ -85,9 +85,12 @@ def layer_choices(work: Workload, cfg: SearchConfig, profile: Any = None) -> lis
         if getattr(work, "runtime", "onnxruntime") == "litert":
             # ai-edge-quantizer builds what its policy lists per op (harness.quant.litert_quant): the menu
             # offers only those; the packed ONNX Runtime kernels are no LiteRT choice
-            from harness.quant.litert_quant import supported, tfl_op
+            from harness.quant.litert_model import LiteModelInfo
+            from harness.quant.litert_quant import layer_supported
 
-            genes = [g for g in genes if supported(tfl_op(layer.node_name), g)] or [Gene("fp", "fp")]
+            lite = work.model
+            assert isinstance(lite, LiteModelInfo)
+            genes = [g for g in genes if layer_supported(lite, layer.name, g)] or [Gene("fp", "fp")]
         elif profile is not None:
             genes += [g for g in kernel_genes(layer, cfg, profile) if g not in genes]
         out.append(genes)
