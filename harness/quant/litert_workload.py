@@ -30,7 +30,7 @@ from harness.quant import metrics
 from harness.quant.data import DataOptions, load_dataset
 from harness.quant.evaluate import EvalReport
 from harness.quant.litert_model import LiteModelInfo, load_tflite, require, weight_bytes
-from harness.quant.workload import Workload, _at_data_shapes, _builtin_default, resolve_metric
+from harness.quant.workload import Workload, at_data_shapes, builtin_default, resolve_metric
 
 RUNTIMES = ("onnxruntime", "litert")
 TORCH_PREFIX = "torch:"
@@ -100,8 +100,8 @@ class LiteWorkload(Workload):
             options = replace(options, metric=metric)
         model = load_lite_model(spec, input_shapes, calib)
         resolved = resolve_metric(options.metric, model.builtin)
-        calib_set = load_dataset(calib or _builtin_default(model, "calib", "--calib"), model, options)
-        model = _at_data_shapes(model, calib_set, input_shapes)  # type: ignore[assignment]
+        calib_set = load_dataset(calib or builtin_default(model, "calib", "--calib"), model, options)
+        model = at_data_shapes(model, calib_set, input_shapes)  # type: ignore[assignment]
         assert isinstance(model, LiteModelInfo)
         feeds = [{model.input_map.get(k, k): v for k, v in feed.items()} for feed in calib_set.batches(None)]
         ranges = litert_quant.calibrate(model, _cast(model, feeds))
@@ -109,7 +109,7 @@ class LiteWorkload(Workload):
         if test_data is not None and holdout is not None:
             raise InputError("give either --test FILE or --holdout FRACTION, not both")
         if eval_data is not None or model.builtin:
-            work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model, options)
+            work.eval_data = load_dataset(eval_data or builtin_default(model, "eval", "--data"), model, options)
         work._open_test(test_data, holdout, builtin_test=eval_data is None)
         return work
 
