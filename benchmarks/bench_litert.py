@@ -118,7 +118,7 @@ def measure(path: Path, shapes: dict[str, list[int]], runs: int, seconds: float)
 
 def one_model(name: str, quick: bool, out: Path) -> dict[str, Any]:
     from harness.core.latency_stats import compare
-    from harness.core.stats import SampleStats, interval
+    from harness.core.stats import SampleStats, interval, paired_difference, verdict
     from harness.quant.litert_workload import LiteWorkload
     from harness.quant.quantize import model_suffix, save_model
     from harness.quant.workload import Workload
@@ -142,6 +142,7 @@ def one_model(name: str, quick: bool, out: Path) -> dict[str, Any]:
         if label == "mixed":
             row["source"] = how
         runtimes: dict[str, Any] = {}
+        samples: dict[str, Any] = {}
         for runtime, work in (("onnxruntime", onnx_work), ("litert", lite_work)):
             genome = work.genome(common)
             t = time.perf_counter()
@@ -150,7 +151,8 @@ def one_model(name: str, quick: bool, out: Path) -> dict[str, Any]:
             path = out / f"{name}-{label}{model_suffix(result)}"
             save_model(result, path)
             report = work.evaluate(result, threads=1, split="test", with_stats=True)
-            stats = interval(SampleStats.from_dict(report.sample_stats)) if report.sample_stats else None
+            samples[runtime] = SampleStats.from_dict(report.sample_stats) if report.sample_stats else None
+            stats = interval(samples[runtime]) if samples[runtime] is not None else None
             runtimes[runtime] = {
                 "genome_hash": genome.hash, "build_s": build_s, "file_bytes": path.stat().st_size,
                 "weight_bytes": report.weight_bytes, "metric": report.metric, "test": report.accuracy,
@@ -158,6 +160,9 @@ def one_model(name: str, quick: bool, out: Path) -> dict[str, Any]:
                 "mean_cosine": report.mean_cosine,
                 "latency": measure(path, dict(work.model.shapes_used), runs, seconds),
             }
+        if samples["litert"] is not None and samples["onnxruntime"] is not None:  # the same test samples: paired
+            diff = paired_difference(samples["litert"], samples["onnxruntime"])
+            row["litert_minus_onnxruntime_test"] = {**diff.to_dict(), "verdict": verdict(diff)}
         a, b = runtimes["litert"]["latency"], runtimes["onnxruntime"]["latency"]
         if "runs_ms" in a and "runs_ms" in b:
             row["litert_over_onnxruntime"] = compare(a["runs_ms"], b["runs_ms"], b_name="ONNX Runtime").to_dict()
@@ -178,7 +183,9 @@ def markdown(body: dict[str, Any]) -> str:
         "# ONNX Runtime vs LiteRT on the same genomes (issue 21)",
         "",
         f"{env}. Latency: p50 of one-thread runs measured by the qae agent over the local transport (fresh child "
-        "process per model), ONNX Runtime and LiteRT interleaved; [95 % interval of the median]. Metric on the test "
+        "process per model; each run feeds the inputs and reads the outputs, onnxruntime's run(feed) and LiteRT's "
+        "set_tensor / invoke / get_tensor), ONNX Runtime and LiteRT interleaved; [95 % interval of the median]. "
+        "Metric on the test "
         "split with its 95 % bootstrap interval. Sizes as stored in the file. `LiteRT / ORT` is the ratio of medians "
         "(Mann-Whitney, significant at p < 0.05 and at least 5 % apart, else 'same').",
         "",
@@ -200,6 +207,17 @@ def markdown(body: dict[str, Any]) -> str:
                        if "p50_ms" in lat else lat.get("error", "?"))
                 lines.append(f"| {row['genome']} | {rt} | {v['file_bytes']:,} | {v['weight_bytes']:,} | "
                              f"{v['metric']} {test} | {p50} | {verdict if rt == 'litert' else ''} |")
+        lines += ["", "Which runtime wins (LiteRT against ONNX Runtime, same genome):", ""]
+        for row in model["rows"]:
+            cmp, diff = row.get("litert_over_onnxruntime"), row.get("litert_minus_onnxruntime_test")
+            speed = "latency: no comparison" if cmp is None else (
+                f"LiteRT {1 / cmp['ratio']:.1f}x faster" if cmp["significant"] and cmp["ratio"] < 1 else
+                f"ONNX Runtime {cmp['ratio']:.1f}x faster" if cmp["significant"] else "same latency (within noise)")
+            acc = "" if diff is None else (
+                f"; test metric {diff['value']:+.4f} [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}] paired: "
+                f"LiteRT {diff['verdict']}")
+            size = row["litert"]["file_bytes"] / row["onnxruntime"]["file_bytes"]
+            lines.append(f"- {row['genome']}: {speed}{acc}; LiteRT file {size:.2f}x the ONNX one")
         notes = [f"- {row['genome']}: LiteRT cannot build {', '.join(row['adjusted_for_litert'])}; both runtimes "
                  "ran the adjusted genome" for row in model["rows"] if row["adjusted_for_litert"]]
         notes += [f"- mixed: {row['source']}" for row in model["rows"] if row.get("source")]
