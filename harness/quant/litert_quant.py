@@ -219,8 +219,64 @@ def recipe(model: LiteModelInfo, genome: Genome) -> list[dict[str, Any]]:
     return entries
 
 
-def calibrate(model: LiteModelInfo, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Ranges of every tensor over ``feeds`` (signature-named), from a static int8 recipe on all ops."""
+def calibrate(model: LiteModelInfo, feeds: Sequence[dict[str, np.ndarray]], data_sha256: str | None = None
+              ) -> tuple[dict[str, Any], bool]:
+    """Ranges of every tensor over ``feeds`` (signature-named), from a static int8 recipe on all ops, and
+    whether they came from the cache: keyed by the model's and the data's sha256 and the quantizer's
+    version, stored as a plain .npz (no pickle) under the qae cache folder, written atomically."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    from harness.core.paths import cache_dir
+
+    path = None
+    if data_sha256 is not None:
+        key = hashlib.sha256(json.dumps([model.sha256, data_sha256, version("ai-edge-quantizer")]).encode())
+        path = cache_dir() / "litert-calibration" / f"{key.hexdigest()[:24]}.npz"
+        cached = _read_ranges(path)
+        if cached is not None:
+            return cached, True
+    ranges = _calibrate(model, feeds)
+    if path is not None:
+        _write_ranges(path, ranges)
+    return ranges, False
+
+
+def _write_ranges(path: Path, ranges: dict[str, Any]) -> None:
+    import json
+
+    from harness.core.atomic import atomic_path
+
+    arrays: dict[str, np.ndarray] = {}
+    index = []
+    for i, (tensor, qsv) in enumerate(ranges.items()):
+        keys = [k for k, v in qsv.items() if isinstance(v, np.ndarray)]
+        index.append([tensor, keys])
+        for k in keys:
+            arrays[f"t{i}_{k}"] = qsv[k]
+    arrays["index"] = np.array(json.dumps(index))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # (numpy stubs read a key as allow_pickle)
+
+
+def _read_ranges(path: Path) -> dict[str, Any] | None:
+    """The cached ranges, or None when there are none or the file is not a readable cache (then recalibrated)."""
+    import json
+    import zipfile
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            index = json.loads(str(npz["index"]))
+            return {tensor: {k: npz[f"t{i}_{k}"] for k in keys} for i, (tensor, keys) in enumerate(index)}
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _calibrate(model: LiteModelInfo, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
     from ai_edge_quantizer import qtyping, quantizer
 
     q = quantizer.Quantizer(bytearray(model.content))

@@ -104,8 +104,8 @@ class LiteWorkload(Workload):
         model = at_data_shapes(model, calib_set, input_shapes)  # type: ignore[assignment]
         assert isinstance(model, LiteModelInfo)
         feeds = [{model.input_map.get(k, k): v for k, v in feed.items()} for feed in calib_set.batches(None)]
-        ranges = litert_quant.calibrate(model, _cast(model, feeds))
-        work = cls(model, calib_set, ranges, False, method, metric=resolved, options=options)  # type: ignore[arg-type]
+        ranges, cached = litert_quant.calibrate(model, _cast(model, feeds), calib_set.sha256)
+        work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)  # type: ignore[arg-type]
         if test_data is not None and holdout is not None:
             raise InputError("give either --test FILE or --holdout FRACTION, not both")
         if eval_data is not None or model.builtin:

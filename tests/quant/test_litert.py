@@ -68,7 +68,9 @@ def test_mixed_genome_is_what_the_file_says(lite: dict[str, Any]) -> None:
 
 
 def test_genes_litert_cannot_build_are_one_line_errors(lite: dict[str, Any]) -> None:
+    open_workload(lite["model"], None, calib=lite["calib"])
     work = open_workload(lite["model"], None, calib=lite["calib"], eval_data=lite["eval"])
+    assert work.ranges_from_cache  # calibrated once per model and data, then read back from the cache
     dw = next(layer.name for layer in work.model.layers if layer.node_name.startswith("DEPTHWISE"))
     for gene, words in (({"weight_bits": 4, "activation_bits": 8}, "allowed"),
                         ({"weight_bits": 8, "scheme": "power_of_two"}, "power-of-two"),
