@@ -31,8 +31,8 @@ from harness.core.model import BUILTINS, builtin_data, builtin_meta
 from harness.quant.litert_model import LiteModelInfo, load_tflite, require
 from harness.quant.litert_quant import quiet
 
-#: Bump when the conversion changes, so every cached .tflite is rebuilt.
-RECIPE = 1
+#: Bump when the conversion changes, so every cached .tflite is rebuilt. 2: digits-cnn's BatchNorms folded first.
+RECIPE = 2
 CONVERT_MISSING = "converting a torch model to .tflite needs the litert extra (litert-torch): pip install 'qae[litert]'"
 _CONTAINERS = ("ModuleList", "ModuleDict")
 
@@ -130,13 +130,35 @@ def _builtin_module(name: str) -> tuple[Any, dict[str, np.ndarray], list[str], d
     elif name == "digits-cnn":
         from harness.builtin.train_digits_cnn import CnnConfig, DigitsCNN
 
-        module = DigitsCNN(CnnConfig(**{k: arch[k] for k in CnnConfig.__dataclass_fields__ if k in arch}))
+        module = DigitsCNN(CnnConfig(**{k: arch[k] for k in CnnConfig.__dataclass_fields__ if k in arch})).eval()
+        module.fold_batch_norm()  # the shipped ONNX model has its BatchNorms folded into the Convs
     else:
         raise ModelError(f"builtin:{name} has no torch definition to convert to LiteRT")
     fakequant.onnx_to_torch(module, onnx_model)
-    first = np.load(builtin_data(name, "calib"))
-    example = {spec.name: first[spec.name][:1] for spec in onnx_model.inputs}
+    module.eval()
+    with np.load(builtin_data(name, "calib")) as calib:
+        samples = {spec.name: calib[spec.name][:8] for spec in onnx_model.inputs}
+    _same_as_onnx(name, module, onnx_model, samples)
+    example = {k: v[:1] for k, v in samples.items()}
     return module, example, [o.name for o in onnx_model.outputs], {"onnx_sha256": onnx_model.sha256}
+
+
+def _same_as_onnx(name: str, module: Any, onnx_model: Any, samples: dict[str, np.ndarray]) -> None:
+    """Refuse a torch definition that does not compute the shipped ONNX model (one sample at a time, as the
+    model's fixed batch of 1 wants): the LiteRT built-in must hold the same weights as the ONNX one."""
+    import torch
+
+    from harness.quant.evaluate import session
+
+    sess = session(onnx_model.proto)
+    n = len(next(iter(samples.values())))
+    want = np.concatenate([sess.run(None, {k: v[i:i + 1] for k, v in samples.items()})[0] for i in range(n)])
+    with torch.no_grad():
+        got = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in samples.items()}).numpy()
+    err = float(np.abs(got - want).max())
+    if err > 1e-3:
+        raise ModelError(f"builtin:{name}'s torch definition differs from its ONNX model by {err:.3g} with the ONNX "
+                         "weights loaded: report this bug")
 
 
 def builtin_dir(name: str) -> Path:
