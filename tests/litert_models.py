@@ -46,9 +46,11 @@ def tiny() -> nn.Module:
 
 
 def make(root: Path) -> dict[str, Any]:
-    """The module converted to ``root/tiny.tflite``, with calibration / validation / test splits (32 each)
+    """The module converted to ``root/tiny.tflite`` (in a child process, as qae converts: litert-torch brings JAX,
+    which must not be loaded in a process that forks), with calibration / validation / test splits (32 each)
     labelled by the float module."""
-    from harness.quant.litert_convert import convert
+    from harness.core.paths import cache_dir
+    from harness.quant.litert_convert import convert_torch
 
     module = tiny()
     rng = np.random.default_rng(0)
@@ -59,6 +61,8 @@ def make(root: Path) -> dict[str, Any]:
     for name, part in (("calib", slice(0, 32)), ("eval", slice(32, 64)), ("test", slice(64, 96))):
         files[name] = root / f"{name}.npz"
         np.savez(files[name], pixels=x[part], labels=labels[part])
+    # what `--runtime litert --torch tests.litert_models:tiny --calib calib.npz` converts (cached: the CLI reuses it)
+    converted = convert_torch("tests.litert_models:tiny", files["calib"], cache_dir() / "torch-litert")
     model = root / "tiny.tflite"
-    naming = convert(module, {"pixels": x[:1]}, model, ["logits"])
-    return {"root": root, "model": model, "naming": naming, **files}
+    model.write_bytes(converted.content)
+    return {"root": root, "model": model, "naming": {"names": converted.names}, **files}

@@ -8,6 +8,11 @@ package. The result lives in ``<qae cache>/builtin/<name>/model.tflite`` beside 
 layer names); a stale or damaged one is converted again, and both files are written atomically, the
 model first, like MiniLM's ONNX export (``harness.builtin.minilm``).
 
+Every conversion runs in a child process (``python -m harness.quant.litert_convert``): litert-torch
+brings JAX, which warns, rightly, that a process that loaded it must not fork (a search forks its
+evaluation workers), so qae's own process never imports it. The child's one-line error becomes this
+process's ``ModelError``.
+
 The converted model keeps qae's input names (litert-torch names signature inputs after the keyword
 arguments it was traced with) and the ONNX output name (mapped from ``output_0``), and its layers
 take the torch module paths (``blocks.0.attn.q_proj``): the converter writes module locations into
@@ -177,7 +182,6 @@ def ensure_builtin(name: str) -> LiteModelInfo:
                          f"{', '.join('builtin:' + n for n in sorted(BUILTINS))}")
     folder = builtin_dir(name)
     path, stamp_path = folder / "model.tflite", folder / "litert.json"
-    module = example = outputs = None
     want = {"recipe": RECIPE, "torch": version("torch"), "litert-torch": version("litert-torch")}
     if name == "minilm-l6":
         from harness.builtin import minilm
@@ -191,8 +195,7 @@ def ensure_builtin(name: str) -> LiteModelInfo:
     have = _read_stamp(stamp_path)
     if not (have and have.get("stamp") == want and path.is_file()
             and have.get("sha256") == _sha256(path.read_bytes())):
-        module, example, outputs, _ = _builtin_module(name)
-        naming = convert(module, example, path, outputs)
+        naming = in_child("builtin", name, str(path))
         have = {"stamp": want, "sha256": _sha256(path.read_bytes()), **naming,
                 "rebuild": "delete this folder; qae converts it again"}
         atomic_write_text(stamp_path, json.dumps(have, indent=1, sort_keys=True) + "\n")
@@ -239,11 +242,101 @@ def torch_module(spec: str) -> Any:
 def convert_torch(spec: str, calib: str | Path, out_dir: Path) -> LiteModelInfo:
     """``--torch module:function --runtime litert``: convert the module, traced with the first sample of
     ``calib`` (its arrays named like the forward's parameters), into ``out_dir`` (cached by content)."""
-    module = torch_module(spec)
+    from importlib.metadata import version
+
+    require_converter()
     with np.load(calib, allow_pickle=False) as data:
-        example = {k: data[k][:1] for k in data.files if k not in ("labels", "qae_inputs")}
-    folder = out_dir / _sha256(spec.encode())[:16]
-    path = folder / "model.tflite"
-    naming = convert(module, example, path, ["output"])
-    return load_tflite(path, None, names=naming["names"], input_map={k: k for k in example},
-                       output_map=naming["output_map"], source=f"--torch {spec}")
+        inputs = [k for k in data.files if k not in ("labels", "qae_inputs")]
+    # converted again when the module's source file, the data or the converter changes (found without importing it)
+    module_name = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name) if module_name else None
+    except (ImportError, ValueError):
+        found = None
+    origin = Path(found.origin) if found is not None and found.origin else None
+    key = json.dumps([RECIPE, spec, _sha256(Path(calib).read_bytes()),
+                      _sha256(origin.read_bytes()) if origin is not None and origin.is_file() else None,
+                      version("torch"), version("litert-torch")])
+    folder = out_dir / _sha256(key.encode())[:16]
+    path, stamp_path = folder / "model.tflite", folder / "litert.json"
+    have = _read_stamp(stamp_path)
+    if not (have and path.is_file() and have.get("sha256") == _sha256(path.read_bytes())):
+        have = {**in_child("torch", spec, str(calib), str(path)), "sha256": _sha256(path.read_bytes())}
+        atomic_write_text(stamp_path, json.dumps(have, indent=1, sort_keys=True) + "\n")
+    return load_tflite(path, None, names=have["names"], input_map={k: k for k in inputs},
+                       output_map=have["output_map"], source=f"--torch {spec}")
+
+
+def in_child(*argv: str) -> dict[str, Any]:
+    """Run one conversion (``_child``'s commands) in a child Python; its naming stamp, or its one-line error
+    as a ``ModelError``. The arguments go to the child as a list (no shell)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qae-litert-") as tmp:
+        stamp = Path(tmp) / "naming.json"
+        proc = subprocess.run([sys.executable, "-m", "harness.quant.litert_convert", str(stamp), *argv],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0 or not stamp.is_file():
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("qae: error: ")]
+            msg = lines[-1][len("qae: error: "):] if lines else (
+                f"the conversion process exited with {proc.returncode}: "
+                f"{(proc.stderr.strip().splitlines() or ['no message'])[-1][:200]}")
+            raise ModelError(msg)
+        return dict(json.loads(stamp.read_text()))
+
+
+def linear_layer(k: int, n: int) -> Any:
+    """A torch module of one ``nn.Linear(k, n)`` (one FULLY_CONNECTED), seeded: calibration's micro layer."""
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(k, n)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    return Layer().eval()
+
+
+def _child(argv: list[str]) -> int:
+    """``python -m harness.quant.litert_convert STAMP.json COMMAND ARGS``: ``builtin NAME OUT``, ``torch SPEC
+    CALIB OUT`` or ``linear K N TOKENS CALIB OUT``; writes the naming stamp to STAMP.json."""
+    import sys
+
+    from harness.core.errors import QaeError
+
+    stamp, command, *rest = argv
+    try:
+        if command == "builtin":
+            name, out = rest
+            module, example, outputs, _ = _builtin_module(name)
+        elif command == "torch":
+            spec, calib, out = rest
+            module, outputs = torch_module(spec), ["output"]
+            with np.load(calib, allow_pickle=False) as data:
+                example = {k: data[k][:1] for k in data.files if k not in ("labels", "qae_inputs")}
+        elif command == "linear":
+            k, n, tokens, calib, out = rest
+            module, outputs = linear_layer(int(k), int(n)), ["y"]
+            with np.load(calib, allow_pickle=False) as data:
+                example = {"x": data["x"][: int(tokens)]}
+        else:
+            raise ModelError(f"unknown conversion {command!r}")
+        naming = convert(module, example, Path(out), outputs)
+    except QaeError as exc:
+        print(f"qae: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    atomic_write_text(Path(stamp), json.dumps(naming))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_child(sys.argv[1:]))

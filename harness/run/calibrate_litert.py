@@ -98,8 +98,9 @@ class LiteBuilder(Builder):
         from harness.quant.litert_workload import LiteWorkload
 
         if name not in self._workloads:
-            if name.startswith("litert:"):
-                self._workloads[name] = LiteWorkload.open_lite(name.split(":", 1)[1])
+            if name.startswith("litert:"):  # a built-in, or a .tflite file with its calibration data
+                spec = name.split(":", 1)[1]
+                self._workloads[name] = LiteWorkload.open_lite(spec, calib=self.suite.model_calib.get(spec))
             elif name.startswith("litert-micro:"):
                 path, calib = self._micro(self.suite.micro_shapes[name.split(":", 1)[1]])
                 self._workloads[name] = LiteWorkload.open_lite(path, calib=calib)
@@ -108,21 +109,18 @@ class LiteBuilder(Builder):
         return self._workloads[name]
 
     def _micro(self, shape: LayerShape) -> tuple[Path, Path]:
-        """One FULLY_CONNECTED layer [tokens, k] x [k, n] as .tflite, with 8 calibration samples."""
-        import torch
-
-        from harness.quant.litert_convert import convert
+        """One FULLY_CONNECTED layer [tokens, k] x [k, n] as .tflite (converted in a child process, as every
+        conversion: ``litert_convert.in_child``), with 8 calibration samples."""
+        from harness.quant.litert_convert import in_child
 
         folder = self.work / "litert-float"
         folder.mkdir(parents=True, exist_ok=True)
         path, calib = folder / f"{shape.tag}.tflite", folder / f"{shape.tag}.npz"
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((8, shape.tokens, shape.k)).astype(np.float32)
         if not calib.is_file():  # rows on axis 0: the model's fixed [tokens, k] input takes ``tokens`` of them a run
-            np.savez(calib, x=x.reshape(-1, shape.k))
+            x = np.random.default_rng(0).standard_normal((8 * shape.tokens, shape.k)).astype(np.float32)
+            np.savez(calib, x=x)
         if not path.is_file():
-            torch.manual_seed(0)
-            convert(linear_layer(shape.k, shape.n), {"x": x[0]}, path, ["y"])
+            in_child("linear", str(shape.k), str(shape.n), str(shape.tokens), str(calib), str(path))
         return path, calib
 
     def genome(self, item: Item) -> Any:
@@ -143,21 +141,6 @@ class LiteBuilder(Builder):
         if workload.startswith("litert-micro:"):  # the single layer is the whole model
             return GraphStats()
         return super().graph(workload)
-
-
-def linear_layer(k: int, n: int) -> Any:
-    """A torch module of one ``nn.Linear(k, n)`` (converted to one FULLY_CONNECTED)."""
-    from torch import nn
-
-    class Layer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(k, n)
-
-        def forward(self, x: Any) -> Any:
-            return self.fc(x)
-
-    return Layer().eval()
 
 
 __all__ = ["LITE_MICRO", "LiteBuilder", "lite_genome", "litert_suite"]
