@@ -2,7 +2,7 @@
 
     python -m benchmarks [--parts PART,...] [--quick]
 
-Parts: search, throughput, cluster, devices, costmodel, kernels, rounding, headline, finetune.
+Parts: search, throughput, cluster, devices, costmodel, kernels, rounding, headline, finetune, litert.
 
 Each part is its own module (``python -m benchmarks.bench_<part>``) and runs here in a child process,
 so one failing part is reported and the others still run. The load average before and after each
@@ -20,7 +20,8 @@ import time
 
 from benchmarks import common
 
-PARTS = ("search", "throughput", "cluster", "devices", "costmodel", "kernels", "rounding", "headline", "finetune")
+PARTS = ("search", "throughput", "cluster", "devices", "costmodel", "kernels", "rounding", "headline", "finetune",
+         "litert")
 
 
 def main(argv: list[str] | None = None) -> int:

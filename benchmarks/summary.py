@@ -750,6 +750,15 @@ def finetune_section(d: dict[str, Any], minilm: dict[str, Any] | None) -> list[s
     return out
 
 
+def litert_section(d: dict[str, Any]) -> list[str]:
+    """results/bench/litert.md's tables (benchmarks.bench_litert), a heading level down."""
+    from benchmarks.bench_litert import markdown
+
+    body = markdown(d).splitlines()
+    return ["## ONNX Runtime vs LiteRT (issue 21)", *(("#" + line) if line.startswith("## ") else line
+                                                       for line in body[1:]), ""]
+
+
 def write_summary(root: Path | None = None) -> Path:
     root = root or common.RESULTS
     run = _load(root, "run") or {}
@@ -799,6 +808,12 @@ def write_summary(root: Path | None = None) -> Path:
             lines += finetune_section(finetune, _load(root, "finetune_minilm"))
         except (KeyError, TypeError, IndexError) as exc:
             lines += ["## finetune", "", f"(unreadable result: {exc!r})", ""]
+    litert = _load(root, "litert")
+    if litert:
+        try:
+            lines += litert_section(litert)
+        except (KeyError, TypeError, IndexError) as exc:
+            lines += ["## litert (issue 21)", "", f"(unreadable result: {exc!r})", ""]
     try:
         lines += peers_section(_load(root, "peers"))
     except (KeyError, TypeError, AttributeError, IndexError) as exc:

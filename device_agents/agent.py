@@ -75,7 +75,10 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.5.1"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run); 1.5.1: load average
+AGENT_VERSION = "1.6.0"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run); 1.5.1: load average
+# 1.6: LiteRT: the handshake names the runtime .tflite models run on (``runtimes.litert``), measurements record the
+# XNNPACK delegate and threads, host shapes match signature input names, and each timed run sets the inputs and
+# reads the outputs (as onnxruntime's run does)
 PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
@@ -392,6 +395,11 @@ def runtimes():
             found[mod] = {"version": getattr(sys.modules.get(mod), "__version__", getattr(m, "__version__", "?"))}
         except Exception as exc:
             found[mod] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    # What a .tflite runs on: the first importable of ai_edge_litert and tflite_runtime (LiteRunner's order).
+    usable = [m for m in ("ai_edge_litert", "tflite_runtime") if "error" not in found[m]]
+    found["litert"] = ({"module": usable[0], "version": found[usable[0]]["version"],
+                        "delegate": "XNNPACK (default CPU delegate)"} if usable
+                       else {"error": "neither ai_edge_litert nor tflite_runtime is importable"})
     try:
         import numpy
 
@@ -630,28 +638,52 @@ class LiteRunner:
             self.it.allocate_tensors()
         except Exception as exc:
             raise AgentFailure("MODEL_LOAD", "LiteRT cannot load the model: %s" % str(exc)[:500]) from exc
-        self.providers = ["LiteRT CPU"]
+        # The interpreter's default op resolver applies XNNPACK, LiteRT's default CPU delegate, to every
+        # op it supports (ai_edge_litert and tflite_runtime alike); num_threads is the device entry's threads.
+        self.providers = ["XNNPACK (default CPU delegate)", "threads %s" % (s.get("threads") or "default")]
         self.assumed: list[str] = []
         rng = np.random.default_rng(0)
         given = s.get("input_shapes")
         details = self.it.get_input_details()
+        # The host names inputs as the model's signature does ("pixels"); the tensors may carry a prefix
+        # ("serving_default_pixels"): match the host's shapes by signature name, then by tensor name.
+        by_index = {}
+        try:
+            for key in self.it.get_signature_list():
+                for sname, d in self.it.get_signature_runner(key).get_input_details().items():
+                    by_index[int(d["index"])] = sname
+        except Exception:  # a model without signatures (older converters): tensor names only
+            by_index = {}
         resized = False
         for d in details:
             # shape_signature holds -1 for a dynamic dimension; shape then holds 1 for it
             sig = [int(x) for x in d.get("shape_signature", d["shape"])]
-            shape = feed_shape(d["name"], sig, given, self.assumed)
+            name = d["name"]
+            if given and name not in given and by_index.get(int(d["index"])) in given:
+                name = by_index[int(d["index"])]
+            shape = feed_shape(name, sig, given, self.assumed)
             if shape != [int(x) for x in d["shape"]]:
                 self.it.resize_tensor_input(d["index"], shape)
                 resized = True
         if resized:
             self.it.allocate_tensors()
             details = self.it.get_input_details()
+        self.feed = []
         for d in details:
-            self.it.set_tensor(d["index"], _random_input(np, list(d["shape"]), np.dtype(d["dtype"]).name, rng))
+            # plain ints: _random_input reads a numpy int32 dimension as unknown (and fed 1)
+            shape = [int(x) for x in d["shape"]]
+            self.feed.append((d["index"], _random_input(np, shape, np.dtype(d["dtype"]).name, rng)))
+        self.outputs = [d["index"] for d in self.it.get_output_details()]
         self.feed_shapes = {d["name"]: [int(x) for x in d["shape"]] for d in details}
 
     def run(self):
+        # Each run feeds the inputs and reads the outputs, as onnxruntime's run(feed) does, so that the two
+        # runtimes' timings cover the same work (on a model of a few microseconds the copies show).
+        for index, value in self.feed:
+            self.it.set_tensor(index, value)
         self.it.invoke()
+        for index in self.outputs:
+            self.it.get_tensor(index)
 
 
 def measure_child(req):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,18 @@ def digits_workload():  # type: ignore[no-untyped-def]
     from harness.quant.workload import Workload
 
     return Workload.open("builtin:digits-vit")
+
+
+@pytest.fixture(scope="session")
+def lite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small torch module converted to .tflite once per session (``tests.litert_models``), with data."""
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") is None:  # never imported here: it brings JAX (no forks after it)
+        pytest.skip("the litert extra: pip install 'qae[litert]'")
+    from tests.litert_models import make
+
+    return make(tmp_path_factory.mktemp("litert"))
 
 
 @pytest.fixture(scope="session")

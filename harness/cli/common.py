@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # imported when used: numpy and onnx stay out of `qae --help`
     from harness.core.model import ModelInfo
     from harness.quant.data import DataOptions
 
-MODEL_HELP = "an .onnx file or builtin:NAME"
+MODEL_HELP = "an .onnx or .tflite file, or builtin:NAME (omit with --torch)"
 
 
 def add_model(p: argparse.ArgumentParser, help: str = MODEL_HELP, optional: bool = False) -> None:
@@ -50,6 +50,31 @@ def add_genome(p: argparse.ArgumentParser, required: bool = False, help: str = "
 
 def add_devices_file(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", metavar="FILE", help="devices.yaml (default $QAE_DEVICES, else ./devices.yaml)")
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--torch``: which backend builds and runs the model (``harness.quant.litert_workload``)."""
+    p.add_argument("--runtime", choices=("onnxruntime", "litert"), default=None,
+                   help="the runtime to quantize for: onnxruntime (default for .onnx and builtins) or litert "
+                        "(LiteRT .tflite through ai-edge-quantizer; default for .tflite; needs qae[litert])")
+    p.add_argument("--torch", metavar="MODULE:FUNCTION",
+                   help="with --runtime litert: a function returning the torch nn.Module to convert to .tflite "
+                        "(traced with the first --calib sample; in place of MODEL)")
+
+
+def model_spec(args: argparse.Namespace) -> str | None:
+    """The model a command names: MODEL, or ``torch:MODULE:FUNCTION`` for ``--torch`` (LiteRT only)."""
+    from harness.core.errors import InputError
+
+    torch_spec = getattr(args, "torch", None)
+    if torch_spec:
+        if getattr(args, "model", None):
+            raise InputError("give either MODEL or --torch MODULE:FUNCTION, not both")
+        if getattr(args, "runtime", None) != "litert":
+            raise InputError("--torch converts a torch module to .tflite: give --runtime litert with it "
+                             "(for ONNX Runtime, export the module to .onnx and give that file)")
+        return f"torch:{torch_spec}"
+    return getattr(args, "model", None)
 
 
 def add_input_shape(p: argparse.ArgumentParser) -> None:

@@ -182,9 +182,7 @@ def _model_file(args: argparse.Namespace, tmp: Path) -> tuple[Path, Any, dict[st
 
     flags = parse_shapes(args.input_shape)
     path = resolve_model_path(args.model)[0]
-    if path.suffix == ".tflite":
-        if args.genome:
-            raise InputError("--genome quantizes an ONNX model: give an .onnx file or builtin:NAME")
+    if path.suffix == ".tflite" and not args.genome:  # with a genome: built by ai-edge-quantizer below
         shapes = {k: {"shape": v, "source": "flag"} for k, v in flags.items()}
         return path, None, shapes or None
     if not args.genome:
@@ -200,14 +198,15 @@ def _model_file(args: argparse.Namespace, tmp: Path) -> tuple[Path, Any, dict[st
             # record says why it failed, or which symbolic dimensions it had to set to 1.
             return path, None, {k: {"shape": v, "source": "flag"} for k, v in flags.items()} or None
         return path, None, shaped.table()
-    from harness.quant.quantize import save_model
-    from harness.quant.workload import Workload
+    from harness.quant.litert_workload import open_workload
+    from harness.quant.quantize import model_suffix, save_model
 
-    work = Workload.open(args.model, calib=args.calib, input_shapes=flags or None, options=data_options(args))
+    work = open_workload(args.model, None, calib=args.calib, input_shapes=flags or None, options=data_options(args))
     work.model.require_shapes(SHAPE_FLAGS)
     genome = work.load_genome(args.genome)
-    out = tmp / f"{genome.hash}.onnx"
-    save_model(work.build(genome), out)
+    result = work.build(genome)
+    out = tmp / f"{genome.hash}{model_suffix(result)}"
+    save_model(result, out)
     sources = shape_sources(work.model, flags, set(work.model.shapes_used) - set(flags))
     table = {k: {"shape": list(v), "source": sources.get(k, "data")} for k, v in work.model.shapes_used.items()}
     return out, genome, table

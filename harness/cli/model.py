@@ -16,7 +16,9 @@ from harness.cli.common import (
     add_input_shape,
     add_json,
     add_model,
+    add_runtime,
     data_options,
+    model_spec,
     parse_shapes,
     print_notes,
 )
@@ -26,17 +28,20 @@ from harness.core.model import ModelInfo, TensorSpec, load_model
 
 def register(sub: Any) -> None:
     p = sub.add_parser("layers", help="list the quantizable layers of a model")
-    add_model(p)
+    add_model(p, optional=True)
+    add_runtime(p)
+    add_calib(p, "with --torch: the data whose first sample traces the module")
     add_input_shape(p)
     add_json(p, "print one JSON list on stdout")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("quantize", help="build the quantized model a genome describes")
-    add_model(p)
+    add_model(p, optional=True)
+    add_runtime(p)
     add_genome(p, required=True)
     add_calib(p)
     p.add_argument("--method", default="minmax", help="calibration method: minmax, entropy, percentile")
-    p.add_argument("-o", "--output", required=True, help="where to write the quantized .onnx")
+    p.add_argument("-o", "--output", required=True, help="where to write the quantized .onnx (.tflite on LiteRT)")
     add_data_options(p, scoring=False)
     add_json(p, "print a JSON summary on stdout")
     p.set_defaults(func=cmd_quantize)
@@ -50,18 +55,37 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _spec(args: argparse.Namespace) -> str:
+    from harness.core.errors import InputError
+
+    spec = model_spec(args)
+    if not spec:
+        raise InputError("give a MODEL (an .onnx or .tflite file, or builtin:NAME), or --runtime litert --torch M:F")
+    return spec
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
-    model = load_model(args.model, parse_shapes(args.input_shape))
+    from harness.quant.litert_workload import load_lite_model, wants_litert
+
+    spec = _spec(args)
+    if wants_litert(spec, args.runtime):
+        model: ModelInfo = load_lite_model(spec, parse_shapes(args.input_shape), args.calib)
+    else:
+        model = load_model(spec, parse_shapes(args.input_shape))
     print_notes(model)
     if any(layer.macs is None for layer in model.layers):
         print(f"qae: {_unresolved_line(model)}", file=sys.stderr)
+    def kernels(layer: Any) -> tuple[str, ...]:
+        # a LiteRT layer runs as its TFLite op (node_name is ``OP:index``); an ONNX one as its kernels
+        return (layer.node_name.split(":", 1)[0],) if getattr(model, "runtime", "") == "litert" \
+            else layer_kernels(layer.op_type)
+
     if args.json:
-        print(json.dumps([{**layer.to_dict(), "kernels": list(layer_kernels(layer.op_type))}
-                          for layer in model.layers], indent=1))
+        print(json.dumps([{**layer.to_dict(), "kernels": list(kernels(layer))} for layer in model.layers], indent=1))
         return 0
     header = ("layer", "op", "kernels", "weight shape", "params", "MACs")
     rows = [
-        (layer.name, layer.op_type, ", ".join(layer_kernels(layer.op_type)), "x".join(map(str, layer.weight_shape)),
+        (layer.name, layer.op_type, ", ".join(kernels(layer)), "x".join(map(str, layer.weight_shape)),
          f"{layer.params:,}", _macs(layer.macs))
         for layer in model.layers
     ]
@@ -124,9 +148,10 @@ def _unresolved_line(model: ModelInfo) -> str:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from harness.quant.workload import Workload
+    from harness.quant.litert_workload import open_workload
 
-    work = Workload.open(args.model, calib=args.calib, method=args.method, options=data_options(args))
+    work = open_workload(_spec(args), args.runtime, calib=args.calib, method=args.method,
+                         options=data_options(args))
     print_notes(work.model)
     genome = work.load_genome(args.genome)
     result = work.build(genome)
@@ -153,7 +178,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.quant.workload import evaluate_file
 
-    report = evaluate_file(args.model, data=args.data, reference=args.reference, options=data_options(args))
+    if str(args.model).lower().endswith(".tflite"):
+        from harness.quant.litert_workload import evaluate_lite_file
+
+        report = evaluate_lite_file(args.model, args.data, args.reference, data_options(args))
+    else:
+        report = evaluate_file(args.model, data=args.data, reference=args.reference, options=data_options(args))
     if args.json:
         print(json.dumps(report))
         return 0

@@ -50,7 +50,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("calibrate", help="fit a profile to measurements from a device")
     p.add_argument("--device", default="local", help="device name from devices.yaml (default: local)")
-    p.add_argument("--profile", default="host-cpu", help="base profile to start from (default: host-cpu)")
+    p.add_argument("--profile", default=None,
+                   help="base profile to start from (default: host-cpu, litert-xnnpack with --runtime litert)")
+    p.add_argument("--runtime", choices=("onnxruntime", "litert"), default="onnxruntime",
+                   help="the runtime whose models are measured: onnxruntime (default) or litert (.tflite micro-"
+                        "benchmarks and digits-vit / digits-cnn candidates built by ai-edge-quantizer)")
     p.add_argument("-o", "--output", help="calibrated profile to write (default: profiles/calibrated/DEVICE.yaml)")
     p.add_argument("--quick", action="store_true", help="a 7-model suite that checks the set-up in seconds")
     p.add_argument("--runs", type=int, default=50, help="minimum timed runs per model (default 50)")
@@ -112,7 +116,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from profiles.costmodel import predict_model
 
     profile = load_profile(args.profile)
-    shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data, data_options(args))
+    if str(args.model).lower().endswith(".tflite"):
+        shaped: Any = _LiteShapes(args.model, parse_shapes(args.input_shape))
+    else:
+        shaped = resolve_shapes(args.model, parse_shapes(args.input_shape), args.calib or args.data,
+                                data_options(args))
     model = shaped.model
     print_notes(model)
     ops = {layer.name: layer.op_type for layer in model.layers}
@@ -176,6 +184,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = MeasureSettings(runs=args.runs, min_seconds=args.min_seconds, warmup_runs=1,
                                warmup_seconds=min(0.5, args.min_seconds), timeout_s=120, threads=args.threads,
                                profile_ops=args.profile_ops)
+    if args.profile is None:
+        args.profile = "litert-xnnpack" if args.runtime == "litert" else "host-cpu"
+    if args.runtime == "litert":
+        from harness.run.calibrate_litert import litert_suite
+
+        if args.model or args.calib:
+            raise InputError("--model and --calib add ONNX candidates: a LiteRT calibration measures its own suite")
+        report = run(args.device, args.profile, output, suite=litert_suite(quick=args.quick), settings=settings,
+                     progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic,
+                     max_passes=args.max_passes, spread=args.spread)
+        return _calibrated(args, output, report)
     files = [m for m in args.model if not m.startswith("builtin:")]
     if any(not m.endswith(".onnx") for m in files):
         raise InputError(f"--model {files[0]}: give builtin:NAME or an .onnx file")
@@ -190,6 +209,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     report = run(args.device, args.profile, output, suite=suite, settings=settings,
                  progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic,
                  max_passes=args.max_passes, spread=args.spread)
+    return _calibrated(args, output, report)
+
+
+def _calibrated(args: argparse.Namespace, output: Path, report: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in report.items()}, default=str))
         return 0
@@ -242,3 +265,21 @@ def fidelity_text(report: dict[str, Any]) -> str:
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
+
+
+class _LiteShapes:
+    """A .tflite's shapes for ``qae predict``: the file's own, resized by ``--input-shape``."""
+
+    def __init__(self, path: str, given: dict[str, list[int]]) -> None:
+        from harness.quant.litert_workload import load_lite_model
+
+        self.model = load_lite_model(path, given or None)
+        self.given = given
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        return {k: {"shape": v, "source": "flag" if k in self.given else "model"}
+                for k, v in self.model.shapes_used.items()}
+
+    def lines(self) -> list[str]:
+        return [f"input {k}: {'x'.join(map(str, v['shape']))} (from the {v['source']})"
+                for k, v in self.table().items()]

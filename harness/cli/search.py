@@ -18,8 +18,10 @@ from harness.cli.common import (
     add_devices_file,
     add_input_shape,
     add_model,
+    add_runtime,
     add_splits,
     data_options,
+    model_spec,
     parse_shapes,
 )
 from harness.cli.finetune import add_settings, finetune_with_progress, settings_of
@@ -32,7 +34,8 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 def register(sub: Any) -> None:
     p = sub.add_parser("search", help="evolve per-layer precision: a Pareto front per target profile")
-    add_model(p, "an .onnx file or builtin:NAME (omit with --resume)", optional=True)
+    add_model(p, "an .onnx or .tflite file or builtin:NAME (omit with --resume or --torch)", optional=True)
+    add_runtime(p)
     p.add_argument("--profile", action="append", default=[], help="target profile (repeat for several)")
     add_calib(p)
     add_data(p)
@@ -203,8 +206,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"--holdout {args.holdout} is not a fraction between 0 and 1: e.g. --holdout 0.3")
     if (args.test or args.holdout is not None) and not args.data and not str(args.model or "").startswith("builtin:"):
         raise InputError("--test and --holdout go with --data VALIDATION.npz: give the data the search scores")
+    args.model = model_spec(args)
     if not args.model:
-        raise InputError("give a MODEL (an .onnx file or builtin:NAME), or --resume RUN")
+        raise InputError("give a MODEL (an .onnx or .tflite file, or builtin:NAME), or --resume RUN")
     if not args.profile and not args.device:
         raise InputError("give at least one --profile (see `qae profiles list`) or --device")
     if args.generations < 1 or args.population < 2 or args.workers < 1:
@@ -233,6 +237,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         rounding=args.rounding,
         time_limit=_time_limit(args),
         cluster=cluster,
+        runtime=args.runtime,
     )
     out = (Path(args.out) if args.out else default_out(args.model)).resolve()
     with _locked(out):
@@ -297,6 +302,9 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
 
     from harness.core.model import load_model
     from harness.devices.config import get_device
+
+    # An unknown or broken model fails here, before any work; so does one whose shapes nothing gives.
+    from harness.quant.litert_workload import load_lite_model, wants_litert
     from harness.report.html import build_report
     from harness.report.labels import Accuracy
     from harness.run.evaluation import Progress as Step
@@ -304,8 +312,10 @@ def _run(cfg: Any, out: Path, resume: bool, force: bool = False, finetune: tuple
     from harness.run.shapes import SHAPE_FLAGS
     from profiles import load_profile
 
-    # An unknown or broken model fails here, before any work; so does one whose shapes nothing gives.
-    model = load_model(cfg.model, cfg.input_shapes or None)
+    if wants_litert(cfg.model, cfg.runtime):
+        model: Any = load_lite_model(cfg.model, cfg.input_shapes or None, cfg.calib)
+    else:
+        model = load_model(cfg.model, cfg.input_shapes or None)
     if not (cfg.calib or cfg.data or model.builtin):  # a builtin's shipped data gives its shapes
         model.require_shapes(SHAPE_FLAGS)
     for name in cfg.devices:
@@ -439,7 +449,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.core.atomic import atomic_write_text
-    from harness.quant.quantize import save_model
+    from harness.quant.quantize import model_suffix, save_model
     from harness.report.html import build_report
     from harness.run.config import SearchConfig
     from harness.run.evaluation import open_workload
@@ -481,8 +491,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     dest = Path(args.output) if args.output else run / f"export-{point['id'][:12]}"
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / "genome.yaml", genome.to_yaml())
-    atomic_write_text(dest / "overrides.json", json.dumps({"TensorQuantOverrides": result.overrides}, indent=1))
-    save_model(result, dest / "model.onnx")
+    recipe = getattr(result, "recipe", None)
+    if recipe is not None:  # LiteRT: the ai-edge-quantizer recipe that built it, reusable as it is
+        atomic_write_text(dest / "recipe.json", json.dumps(recipe, indent=1))
+    else:
+        atomic_write_text(dest / "overrides.json", json.dumps({"TensorQuantOverrides": result.overrides}, indent=1))
+    save_model(result, dest / f"model{model_suffix(result)}")
     # objectives as the search saw them (accuracy on validation), and the point's test score beside them
     atomic_write_text(dest / "objectives.json", json.dumps({**point["objectives"], "test": point.get("test")},
                                                            indent=1))

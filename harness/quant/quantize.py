@@ -843,9 +843,21 @@ class _Quiet:
         logging.getLogger().setLevel(self._level)
 
 
+def model_suffix(result: Any) -> str:
+    """The file suffix of a built candidate: ``.onnx``, or ``.tflite`` for a LiteRT one (``LiteResult``)."""
+    return str(getattr(result, "suffix", ".onnx"))
+
+
 def save_model(result: QuantResult, out: str | Path) -> Path:
-    """Write atomically: a failed or interrupted write leaves no file behind."""
+    """Write atomically: a failed or interrupted write leaves no file behind. A LiteRT result
+    (``harness.quant.litert_quant.LiteResult``) is written as its .tflite bytes."""
     out = Path(out)
+    content = getattr(result, "content", None)
+    if isinstance(content, bytes):
+        from harness.core.atomic import atomic_write_bytes
+
+        atomic_write_bytes(out, content)
+        return out
     with atomic_path(out) as tmp:
         onnx.save(result.proto, str(tmp))
     return out

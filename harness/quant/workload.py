@@ -30,6 +30,9 @@ class Workload:
     """``metric`` is the metric asked for (``auto`` resolved against a builtin's declared one);
     ``plan`` says what it became for these outputs and data, ``metric_note`` in one line."""
 
+    #: the backend that builds and runs candidates (``harness.quant.litert_workload.LiteWorkload``: litert)
+    runtime = "onnxruntime"
+
     model: ModelInfo
     calib: Dataset
     ranges: Ranges
@@ -76,15 +79,15 @@ class Workload:
             options = replace(options, metric=metric)
         model = load_model(spec, input_shapes)
         resolved = resolve_metric(options.metric, model.builtin)
-        calib_path = calib or _builtin_default(model, "calib", "--calib")
+        calib_path = calib or builtin_default(model, "calib", "--calib")
         calib_set = load_dataset(calib_path, model, options)
-        model = _at_data_shapes(model, calib_set, input_shapes)
+        model = at_data_shapes(model, calib_set, input_shapes)
         ranges, cached = activation_ranges(model, calib_set, method)
         work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)
         if test_data is not None and holdout is not None:
             raise InputError("give either --test FILE or --holdout FRACTION, not both")
         if eval_data is not None or model.builtin:
-            work.eval_data = load_dataset(eval_data or _builtin_default(model, "eval", "--data"), model, options)
+            work.eval_data = load_dataset(eval_data or builtin_default(model, "eval", "--data"), model, options)
         work._open_test(test_data, holdout, builtin_test=eval_data is None)
         return work
 
@@ -248,7 +251,7 @@ def resolve_metric(metric: str, builtin: str | None) -> str:
     return metric
 
 
-def _at_data_shapes(model: ModelInfo, data: Dataset, given: dict[str, list[int]] | None) -> ModelInfo:
+def at_data_shapes(model: ModelInfo, data: Dataset, given: dict[str, list[int]] | None) -> ModelInfo:
     """The model re-inventoried at the shapes of one inference of ``data``, for inputs not ``given``."""
     given = given or {}
     shapes = {k: v for k, v in data.inference_shapes().items() if k not in given}
@@ -258,7 +261,7 @@ def _at_data_shapes(model: ModelInfo, data: Dataset, given: dict[str, list[int]]
     return model.at_shapes(shapes, sample=None if given else data.first_feed())
 
 
-def _builtin_default(model: ModelInfo, kind: str, option: str) -> str:
+def builtin_default(model: ModelInfo, kind: str, option: str) -> str:
     if model.builtin:
         return str(builtin_data(model.builtin, kind))
     raise InputError(f"{option} is required for a model that is not a builtin: give an .npz file")

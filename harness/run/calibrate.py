@@ -116,6 +116,8 @@ class Suite:
     gather_shapes: dict[str, GatherShape] = field(default_factory=dict)
     #: calibration data (.npz) of each .onnx model the suite measures candidates of
     model_calib: dict[str, str] = field(default_factory=dict)
+    #: what builds the items' models: ``Builder`` (ONNX), or ``calibrate_litert.LiteBuilder`` (.tflite)
+    builder_factory: Any = None
 
 
 def kernel_items(plan: list[tuple[str, int, int, int, list[tuple[int, int]]]] | None = None,
@@ -477,7 +479,7 @@ def run(
     store = Store(output.with_name(output.stem + ".measurements.jsonl"))
     from harness.core.paths import cache_dir
 
-    builder = Builder(suite, cache_dir() / "calibrate")
+    builder = (suite.builder_factory or Builder)(suite, cache_dir() / "calibrate")
     settings_key = json.dumps({k: v for k, v in asdict(settings).items() if k not in ("genome", "input_shapes")},
                               sort_keys=True)
     gen = None

@@ -115,6 +115,8 @@ class SearchConfig:
     #: ``--cluster``: evaluate on a Dask cluster, ``local:N`` or a scheduler address (``harness.run.cluster``);
     #: not part of the run's identity (a cluster run's archive equals a local one), and a resume may name another
     cluster: str | None = None
+    #: ``--runtime``: ``onnxruntime``, ``litert``, or None (chosen by the model: .tflite is LiteRT)
+    runtime: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -125,7 +125,8 @@ class Driver:
                 feasible, total, values = False, None, {}
                 errors = [(host["error_kind"], host["message"])]
             else:
-                values = {**host_values(host), **prediction_values(genome, target.table, fit_n)}
+                values = {**host_values(host, getattr(self.work, "runtime", "onnxruntime")),
+                          **prediction_values(genome, target.table, fit_n)}
                 evaluation, total = evaluation_of(values, self.fp32, self.cfg.objectives, target.budgets)
                 feasible, errors = total == 0.0, []
             engine.tell([g], [evaluation])

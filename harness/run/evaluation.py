@@ -29,10 +29,12 @@ def open_workload(cfg: SearchConfig) -> Workload:
     """The workload a search config describes: the same model, data, shapes and data options in the
     search, its worker processes, a resumed run and ``qae export``."""
     from harness.quant.data import DataOptions
+    from harness.quant.litert_workload import open_workload as open_any
 
     options = DataOptions.from_dict(cfg.data_options) if cfg.data_options else None
-    return Workload.open(
+    return open_any(
         cfg.model,
+        cfg.runtime,
         calib=cfg.calib,
         eval_data=cfg.data,
         method=cfg.method,
@@ -119,6 +121,10 @@ def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
         "shapes": work.model.shapes_used,
         "build": BUILD_VERSION,
     }
+    if getattr(work, "runtime", "onnxruntime") == "litert":  # another backend: other numbers, other entries
+        from harness.quant.litert_model import litert_version
+
+        settings.update(runtime="litert", litert=litert_version(), onnxruntime=None, build=None)
     if split != "validation":  # a validation entry keeps the key it always had
         settings.update(split=split, stats=True)
     return settings_hash(settings)
@@ -213,13 +219,13 @@ class Target:
         return cls(profile.name, profile, CostTable(work.model.layers, profile, GraphStats.of(work.model)), budgets)
 
 
-def host_values(host: dict[str, Any]) -> dict[str, Value]:
+def host_values(host: dict[str, Any], runtime: str = "onnxruntime") -> dict[str, Value]:
     """Accuracy and size of a built candidate, computed on this host.
 
     Only the accuracy carries the evaluation's metric (its name and unit); the size is bytes, and
     the mean cosine and SQNR, kept beside it, are labelled as what they are."""
     emulated = bool(host.get("emulated"))
-    computed = {"on": "host", "runtime": "onnxruntime", "n": host["n"], "emulated": emulated, "split": "validation"}
+    computed = {"on": "host", "runtime": runtime, "n": host["n"], "emulated": emulated, "split": "validation"}
     metric = str(host["metric"])
     values = {
         "accuracy": Value(float(host["accuracy"]), "computed", {**computed, "metric": metric,

@@ -99,6 +99,11 @@ def finetune_run(
     archive = Archive.open_existing(run / "archive.sqlite")
     try:
         cfg = SearchConfig.from_dict(archive.config())
+        from harness.quant.litert_workload import wants_litert
+
+        if wants_litert(cfg.model, cfg.runtime):
+            raise InputError(f"{run} is a LiteRT run: fine-tuning builds ONNX models (fake quantization exported "
+                             "through qae's ONNX path); search the ONNX model to fine-tune its front")
         work = open_workload(cfg)
         fp32 = work.evaluate(None, threads=1).accuracy
         given = tuple(add_given(archive, work, cfg, fp32, work.load_genome(path), path) for path in request.genomes)

@@ -169,7 +169,7 @@ class DeviceTarget:
             return
         from harness.devices.transport import MeasureSettings
 
-        path = self.models / f"{genome.hash}.onnx"
+        path = self.models / f"{genome.hash}{_suffix(self.work)}"
         if not path.exists():
             save_model(self.work.build(genome), path)
         s = self.settings
@@ -549,7 +549,7 @@ class DeviceTarget:
         done = 0
         with connect(device) as transport:
             for h in hashes[: self.settings.accuracy_points]:
-                path = self.models / f"acc-{h}.onnx"
+                path = self.models / f"acc-{h}{_suffix(self.work)}"
                 save_model(self.work.build(genome_of(h)), path)
                 try:
                     rec = transport.infer(path, data.path, settings)
@@ -630,3 +630,8 @@ def gap_summary(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if g["measured"] > 0:
             by_gen.setdefault(int(g["generation"]), []).append(abs(g["predicted"] / g["measured"] - 1))
     return [{"generation": k, "n": len(v), "mape": float(np.mean(v))} for k, v in sorted(by_gen.items())]
+
+
+def _suffix(work: Any) -> str:
+    """The model file suffix of ``work``'s candidates: .tflite on LiteRT, else .onnx."""
+    return ".tflite" if getattr(work, "runtime", "onnxruntime") == "litert" else ".onnx"

@@ -51,7 +51,7 @@ def device_targets(
     groups: dict[str, list[DeviceConfig]] = {}
     for name in cfg.devices:
         device = get_device(name, cfg.devices_file)
-        profile_name = device.profile or ("host-cpu" if device.transport == "local" else None)
+        profile_name = device_profile(device, cfg)
         if profile_name is None:
             raise InputError(
                 f"device {name} has no profile: set `profile:` for it in devices.yaml "
@@ -77,6 +77,17 @@ def device_targets(
     return targets
 
 
+def device_profile(device: Any, cfg: SearchConfig) -> str | None:
+    """A device's profile for this run: its own, and for this host (``local``) the one of the run's
+    runtime: ``host-cpu`` (ONNX Runtime) or ``litert-xnnpack`` (a LiteRT run, ``--runtime litert``)."""
+    from harness.quant.litert_workload import wants_litert
+
+    name = device.profile or ("host-cpu" if device.transport == "local" else None)
+    if device.transport == "local" and name == "host-cpu" and wants_litert(cfg.model, cfg.runtime):
+        return "litert-xnnpack"
+    return name
+
+
 def device_profiles(cfg: SearchConfig) -> list[str]:
     """The profile of each --device (a run's identity includes them: they seed the cost model)."""
     from harness.devices.config import get_device
@@ -84,7 +95,7 @@ def device_profiles(cfg: SearchConfig) -> list[str]:
     names = []
     for name in cfg.devices:
         device = get_device(name, cfg.devices_file)
-        profile = device.profile or ("host-cpu" if device.transport == "local" else None)
+        profile = device_profile(device, cfg)
         if profile is not None:
             names.append(profile)
     return names

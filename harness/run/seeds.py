@@ -82,7 +82,16 @@ def layer_choices(work: Workload, cfg: SearchConfig, profile: Any = None) -> lis
                     gene = normalise(Gene(w, a, scheme, granularity), layer.op_type, layer.name)
                     if gene not in genes:
                         genes.append(gene)
-        if profile is not None:
+        if getattr(work, "runtime", "onnxruntime") == "litert":
+            # ai-edge-quantizer builds what its policy lists per op (harness.quant.litert_quant): the menu
+            # offers only those; the packed ONNX Runtime kernels are no LiteRT choice
+            from harness.quant.litert_model import LiteModelInfo
+            from harness.quant.litert_quant import layer_supported
+
+            lite = work.model
+            assert isinstance(lite, LiteModelInfo)
+            genes = [g for g in genes if layer_supported(lite, layer.name, g)] or [Gene("fp", "fp")]
+        elif profile is not None:
             genes += [g for g in kernel_genes(layer, cfg, profile) if g not in genes]
         out.append(genes)
     return out
