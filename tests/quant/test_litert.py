@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,4 +159,16 @@ def test_torch_module_and_builtin_convert_once(lite: dict[str, Any], capsys: pyt
 
 
 def test_no_jax_in_this_process() -> None:
-    assert "jax" not in sys.modules and "litert_torch" not in sys.modules
+    """litert-torch loads JAX, which must not be in a process that forks: qae converts in a child only.
+
+    The suite's process may hold JAX for other reasons (BoTorch, a benchmark peer, imports it when it is
+    installed), so JAX itself is checked in a fresh interpreter that runs qae's LiteRT paths."""
+    assert "litert_torch" not in sys.modules
+    code = ("import sys\n"
+            "from harness.quant import litert_convert, litert_model, litert_quant, litert_workload\n"
+            "litert_convert.ensure_builtin('digits-vit')\n"
+            "print(sorted(m for m in ('jax', 'litert_torch') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
