@@ -220,14 +220,15 @@ def validation_score(module: nn.Module, work: Workload) -> float:
 
 # -- training data ---------------------------------------------------------------------------------
 #: Training sentences for builtin:minilm-l6 at most (the docstring pool beyond its shipped splits)
-MINILM_TRAIN_MAX = 2048
+MINILM_TRAIN_MAX = 8192
 
 
 def builtin_train_set(work: Workload) -> TrainSet:
     """A builtin's training split: digits-vit's (and digits-cnn's) 1129 training images (disjoint from calibration,
-    validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, standard-library
-    docstring sentences (``make_minilm_data.collect``, this Python's) that none of its shipped splits
-    holds, without labels (distillation from the FP32 model)."""
+    validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, prose sentences of this
+    Python's standard-library docstrings (``make_minilm_data.training_sentences``: every sentence, read with
+    ``ast``) that none of its shipped splits holds (compared case-insensitively), without labels
+    (distillation from the FP32 model)."""
     if work.model.builtin == "minilm-l6":
         return _minilm_train_set()
     if work.model.builtin not in ("digits-vit", "digits-cnn"):  # the two share their splits
@@ -245,17 +246,18 @@ def _minilm_train_set() -> TrainSet:
     from harness.builtin import make_minilm_data, minilm
 
     shipped = json.loads((make_minilm_data.OUT_DIR / "sentences.json").read_text(encoding="utf-8"))
-    taken = {str(s["text"]) if isinstance(s, dict) else str(s) for part in shipped.values()
+    taken = {(str(s["text"]) if isinstance(s, dict) else str(s)).lower() for part in shipped.values()
              if isinstance(part, list) for s in part}
     tokenizer = minilm.load_tokenizer()
-    pool = [s["text"] for s in make_minilm_data.collect() if s["text"] not in taken
-            and len(tokenizer(s["text"])["input_ids"]) <= minilm.MAX_LENGTH]
+    pool = [text for text in make_minilm_data.training_sentences() if text.lower() not in taken
+            and len(tokenizer(text)["input_ids"]) <= minilm.MAX_LENGTH]
     random.Random(make_minilm_data.SEED + 1).shuffle(pool)
     pool = pool[:MINILM_TRAIN_MAX]
     if not pool:
         raise InputError("no standard-library sentence is left beside minilm-l6's shipped splits: give --train")
     arrays = make_minilm_data.tokenize(tokenizer, pool, minilm.MAX_LENGTH)
-    return TrainSet.of(dict(arrays), None, f"builtin:minilm-l6 docstring sentences outside its splits ({len(pool)})")
+    return TrainSet.of(dict(arrays), None,
+                       f"builtin:minilm-l6 standard-library docstring sentences outside its splits ({len(pool)})")
 
 
 def load_train_set(path: str | Path, work: Workload) -> TrainSet:
@@ -345,7 +347,7 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
     labels = None if data.labels is None else torch.from_numpy(data.labels.astype(np.int64))
     for step in range(start, cfg.steps):
         idx = _batch(step, data.n, cfg.batch_size, cfg.seed)
-        feed = {k: v[idx] for k, v in data.inputs.items()}
+        feed = _trimmed({k: v[idx] for k, v in data.inputs.items()})
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
         out = _forward(module, work, feed)
@@ -379,6 +381,21 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
         module.load_state_dict(best_state)
     module.eval()
     return outcome
+
+
+def _trimmed(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A token batch cut after its longest real sequence: with an ``attention_mask`` input (padding at
+    the end), the columns past the last real token of every sample are dropped from every input of the
+    mask's shape. Padding is masked out of attention and of every metric, so the real tokens' outputs
+    are the same (up to float rounding), and a batch of short sentences costs what its length does."""
+    mask = feed.get("attention_mask")
+    if mask is None or mask.ndim != 2 or not mask.any():
+        return feed
+    real = np.flatnonzero(mask.any(axis=0))
+    keep = int(real[-1]) + 1
+    if keep == mask.shape[1]:
+        return feed
+    return {k: np.ascontiguousarray(v[:, :keep]) if v.shape[:2] == mask.shape else v for k, v in feed.items()}
 
 
 def _distillation_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:

@@ -216,14 +216,18 @@ def quantize(
             result.emulated_layers.append(layer.name)
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         per_channel = gene.granularity == "per_channel"
-        if gene.rounding != "rtn":
+        mine = learned.get(layer.name)
+        if mine is not None and mine.weight_scale is not None:
+            # a fine-tune's grid (learned, or its rounding method's scales kept fixed while training):
+            # the trained weights round to nearest on it, whatever the gene's rounding
+            qp = weight_qparams(w, gene, layer.channel_axis)
+            qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
+                         zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
+            wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
+        elif gene.rounding != "rtn":
             qp, wq = _rounded_qparams(w, gene, layer, samples.get(layer.name))
         else:
             qp = weight_qparams(w, gene, layer.channel_axis)
-            mine = learned.get(layer.name)
-            if mine is not None and mine.weight_scale is not None:
-                qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
-                             zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
             wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(wq.astype(w.dtype), layer.weight))
         qtype = QuantType[qp.storage]
