@@ -343,10 +343,7 @@ def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, 
         parametrize.register_parametrization(sub, "weight", wq, unsafe=True)
         weights[layer.name] = wq
         row_blocks = int8_row_blocks(layer, gene)
-        # ORT's dynamic quantizer rewrites a Gemm to MatMul + Add and leaves it float: qae's model of a
-        # dynamic Gemm has its weights on the grid and a float input, and so has this one.
-        dynamic_gemm = gene.dynamic and layer.op_type == "Gemm"
-        if layer.activation is not None and not dynamic_gemm and (gene.static_activation or gene.dynamic or row_blocks):
+        if layer.activation is not None and (gene.static_activation or gene.dynamic or row_blocks):
             aq = ActQuant(gene, ranges.get(layer.activation), lsq, layer.name, row_blocks)
             sub.add_module("act_quant", aq)
             sub.register_forward_pre_hook(_quantize_input)
