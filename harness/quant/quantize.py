@@ -500,7 +500,8 @@ def _gemm_as_matmul(proto: onnx.ModelProto, layer: LayerSpec, override: list[dic
     index, node = next((i, n) for i, n in enumerate(proto.graph.node) if n.name == layer.node_name)
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     has_bias = len(node.input) > 2 and bool(node.input[2])
-    if attrs.get("transA", 0) or float(attrs.get("alpha", 1.0)) != 1.0 or (has_bias and float(attrs.get("beta", 1.0)) != 1.0):
+    scaled = float(attrs.get("alpha", 1.0)) != 1.0 or (has_bias and float(attrs.get("beta", 1.0)) != 1.0)
+    if attrs.get("transA", 0) or scaled:
         raise ModelError(f"layer {layer.name}: a Gemm with transA, alpha or beta takes no dynamic activations in qae: "
                          "give it static or fp activations")
     if sum(name == layer.weight for n in proto.graph.node for name in n.input) != 1:

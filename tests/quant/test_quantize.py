@@ -296,14 +296,15 @@ def test_a_dynamic_gemm_is_quantized(digits_workload, granularity) -> None:  # t
     work = digits_workload
     head = work.model.layer("head")
     assert head.op_type == "Gemm"
-    genome = work.genome({"default": {"weight_bits": "fp"},
-                          "layers": {"head": {"weight_bits": 8, "activation_bits": "dynamic", "granularity": granularity}}})
+    gene = {"weight_bits": 8, "activation_bits": "dynamic", "granularity": granularity}
+    genome = work.genome({"default": {"weight_bits": "fp"}, "layers": {"head": gene}})
     built = work.build(genome)
     proto = built.proto
     ops = [n.op_type for n in proto.graph.node]
     assert "Gemm" not in ops and "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
     weight = next(t for t in proto.graph.initializer if t.name == f"{head.weight}_quantized")
-    assert weight.data_type == onnx.TensorProto.INT8 and list(weight.dims) == [head.weight_shape[1], head.weight_shape[0]]
+    assert weight.data_type == onnx.TensorProto.INT8
+    assert list(weight.dims) == [head.weight_shape[1], head.weight_shape[0]]
     fp_bytes = work.evaluate(None).weight_bytes
     assert fp_bytes - work.evaluate(built).weight_bytes >= 3 * head.params - 8 * head.weight_shape[0]
     x = work.eval_data.inputs["pixels"]
