@@ -93,7 +93,12 @@ MINILM_GIVEN: dict[str, Any] = {
            + ["encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"]},
     },
 }
-MINILM_SETTINGS = {"batch_size": 16, "lr": 2e-4, "eval_every": 100, "checkpoint_every": 100}
+#: Distillation from the FP32 model on every block's output as well as the last hidden state, plus the pooled
+#: cosine (the metric's own). A first try with the last hidden state alone at lr 2e-4 (2000 steps planned) moved
+#: the validation cosine from 0.958 to 0.960 in 400 steps and was stopped.
+MINILM_SETTINGS: dict[str, Any] = {"batch_size": 16, "lr": 1e-4, "eval_every": 100, "checkpoint_every": 100,
+                                   "distill_modules": tuple(f"encoder.layer.{i}" for i in range(6)),
+                                   "cosine_loss": True}
 
 
 def _pooled_cosines(work: Any, proto: Any, split: str) -> Any:
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.generations, args.population, args.steps = 2, 8, 30
     if args.minilm:
-        return minilm(args.steps if args.steps != 300 else 2000, args.workdir, not args.no_latency)
+        return minilm(args.steps if args.steps != 300 else 1200, args.workdir, not args.no_latency)
 
     import torch
 

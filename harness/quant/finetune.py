@@ -9,7 +9,10 @@ trained on a training split, chosen on the validation split, never shown the tes
 - The data: ``TrainSet``, the training split's inputs (by ONNX input name, fed to the module in the
   ONNX model's input order) and labels, if any. With labels the loss is cross-entropy; without, the
   module learns the FP32 model's outputs (mean squared error to the unquantized module over the real
-  tokens where an ``attention_mask`` input marks them: distillation).
+  tokens where an ``attention_mask`` input marks them: distillation), and with ``distill_modules`` the
+  outputs of those submodules too (each by its relative squared error, e.g. every encoder block), with
+  ``cosine_loss`` 1 - the cosine of the mean-pooled outputs (the embedding metric's own). A token batch
+  is cut after its longest real sequence (``_trimmed``).
 - The loop (``finetune``): AdamW, cosine learning rate from ``lr`` to 0 over ``steps``, batches drawn
   by a permutation per epoch seeded by (seed, epoch), so step k's batch depends on nothing but the
   seed and k. One thread (``torch.set_num_threads(1)``) and deterministic algorithms: the same seed
@@ -71,6 +74,11 @@ class FinetuneConfig:
     lsq: bool = False
     checkpoint_every: int = 50
     eval_every: int = 50
+    #: distillation only: torch modules (by name, e.g. ``encoder.layer.3``) whose outputs the student also
+    #: learns from the FP32 model's, each by its relative squared error over the real tokens
+    distill_modules: tuple[str, ...] = ()
+    #: distillation only: add 1 - cosine of the mean-pooled (real tokens) outputs, the embedding metric's own
+    cosine_loss: bool = False
 
     def check(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.eval_every < 1:
@@ -79,7 +87,14 @@ class FinetuneConfig:
             raise InputError(f"--lr {self.lr} is not a positive number: e.g. --lr 3e-4")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able; the distillation options are left out at their defaults, so a fine-tune that does not
+        use them keeps the key (and checkpoint) it had before they existed."""
+        out = asdict(self)
+        out["distill_modules"] = list(self.distill_modules)
+        for name in ("distill_modules", "cosine_loss"):
+            if not out[name]:
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True)
@@ -317,11 +332,65 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
 
     import torch
 
-    from harness.quant import fakequant
 
     torch.manual_seed(cfg.seed)
     teacher = None if data.labels is not None else base
     module = copy.deepcopy(base)
+    hidden = _Hidden(module, teacher, cfg.distill_modules)
+    try:
+        return _train(work, module, teacher, hidden, genome, data, cfg, checkpoint, key, on_step)
+    finally:
+        hidden.remove()
+
+
+class _Hidden:
+    """Forward hooks that keep the outputs of ``names`` in the student and the teacher (distillation of
+    hidden states); removed when the fine-tune ends, so the caller's base module is left as it was."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, names: tuple[str, ...]) -> None:
+        self.student: dict[str, Any] = {}
+        self.teacher: dict[str, Any] = {}
+        self.handles: list[Any] = []
+        if teacher is None or not names:
+            return
+        for name in names:
+            for model, store in ((student, self.student), (teacher, self.teacher)):
+                try:
+                    sub = model.get_submodule(name)
+                except AttributeError:
+                    self.remove()
+                    raise InputError(f"distill module {name!r} is no module of the torch model: name one of its "
+                                     "submodules, e.g. encoder.layer.0") from None
+                self.handles.append(sub.register_forward_hook(
+                    lambda _m, _i, out, n=name, st=store: st.__setitem__(n, out[0] if isinstance(out, tuple) else out)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def loss(self, mask: np.ndarray | None) -> Any:
+        """Sum over the hooked modules of the relative squared error over the real tokens."""
+        import torch
+
+        total = torch.zeros(())
+        for name, got in self.student.items():
+            want = self.teacher[name].detach()
+            err, ref = (got - want) ** 2, want**2
+            if mask is not None and got.dim() == 3 and tuple(mask.shape) == tuple(got.shape[:2]):
+                m = torch.from_numpy(np.ascontiguousarray(mask)).to(got.dtype).unsqueeze(-1)
+                err, ref = err * m, ref * m
+            total = total + err.sum() / ref.sum().clamp_min(1e-12)
+        return total
+
+
+def _train(work: Workload, module: nn.Module, teacher: nn.Module | None, hidden: _Hidden, genome: Genome,
+           data: TrainSet, cfg: FinetuneConfig, checkpoint: Path, key: str,
+           on_step: Callable[[int, int, float], None] | None) -> Outcome:
+    import torch
+
+    from harness.quant import fakequant
+
     attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=cfg.lsq)
     fakequant.freeze_unmapped(module, work.model)
     module.train()
@@ -358,6 +427,10 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
             with torch.no_grad():
                 target = _forward(teacher, work, feed)
             loss = _distillation_loss(out, target, feed.get("attention_mask"))
+            if hidden.handles:
+                loss = loss + hidden.loss(feed.get("attention_mask"))
+            if cfg.cosine_loss:
+                loss = loss + _pooled_cosine_loss(out, target, feed.get("attention_mask"))
         if not torch.isfinite(loss):
             raise ModelError(f"the fine-tune's loss became {float(loss)} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -407,6 +480,20 @@ def _distillation_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
         return torch.nn.functional.mse_loss(out, target)
     m = torch.from_numpy(np.ascontiguousarray(mask)).to(out.dtype).unsqueeze(-1)
     return ((out - target) ** 2 * m).sum() / (m.sum() * out.shape[-1]).clamp_min(1.0)
+
+
+def _pooled_cosine_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
+    """1 - the mean cosine of the outputs mean-pooled over the real tokens (``metrics.mean_pool``'s pooling)."""
+    import torch
+
+    if out.dim() == 3:
+        m = torch.ones(out.shape[:2], dtype=out.dtype) if mask is None else \
+            torch.from_numpy(np.ascontiguousarray(mask)).to(out.dtype)
+        w = m.unsqueeze(-1)
+        count = w.sum(1).clamp_min(1.0)
+        out, target = (out * w).sum(1) / count, (target * w).sum(1) / count
+    cos = torch.nn.functional.cosine_similarity(out.reshape(len(out), -1), target.reshape(len(target), -1), dim=1)
+    return (1.0 - cos).mean()
 
 
 def _write_checkpoint(path: Path, key: str, step: int, module: nn.Module, optimizer: Any, outcome: Outcome,
