@@ -79,13 +79,14 @@ def _points(archive: Any, objectives: list[str], fp32_bytes: float) -> list[dict
     return out
 
 
-#: Chosen on the VALIDATION split before the fine-tune (post-training numbers measured then, 2026-12-02, not re-run
-#: by this bench; ``MINILM_CHOICE`` carries them into the result): the word table (half of the parameters) at
-#: 3 bits asymmetric per row with MSE clipping (validation cosine 0.991 alone, 0.979 without the clipping, 0.952 symmetric); the MatMuls 4-bit asymmetric per output channel
-#: with MSE clipping, weight-only (0.953 for all 36, 0.935 without the clipping); alone at 4 bits each FFN MatMul
-#: costs ~0.0022 of cosine and each value projection ~0.0008 (blocks 0-2 measured), the value projections the most
-#: per byte, so those six and block 0's FFN pair run 8-bit with dynamic activations (MatMulInteger), as many as fit
-#: under half of dynamic int8's weight bytes; the position and token-type tables 8-bit.
+#: Chosen on the VALIDATION split before the fine-tune (post-training numbers measured then, 2026-12-02, not
+#: re-run by this bench; ``MINILM_CHOICE`` carries them into the result): the word table (half of the
+#: parameters) at 3 bits asymmetric per row with MSE clipping (validation cosine 0.991 alone, 0.979 without the
+#: clipping, 0.952 symmetric); the MatMuls 4-bit asymmetric per output channel with MSE clipping, weight-only
+#: (0.953 for all 36, 0.935 without the clipping); alone at 4 bits each FFN MatMul costs ~0.0022 of cosine and
+#: each value projection ~0.0008 (blocks 0-2 measured), the value projections the most per byte, so those six
+#: and block 0's FFN pair run 8-bit with dynamic activations (MatMulInteger), as many as fit under half of
+#: dynamic int8's weight bytes; the position and token-type tables 8-bit.
 MINILM_GIVEN: dict[str, Any] = {
     "default": {"weight_bits": 4, "activation_bits": "fp", "scheme": "asymmetric", "rounding": "mse"},
     "layers": {
@@ -103,10 +104,10 @@ MINILM_GIVEN: dict[str, Any] = {
 MINILM_CHOICE = ("chosen on validation before the fine-tune (post-training mean cosine, measured 2026-12-02, not "
                  "re-run here): word table alone 3-bit asymmetric + MSE clipping 0.9909 (RTN 0.9790, symmetric "
                  "0.9523, 4-bit asymmetric 0.9977 but over the byte budget with 4-bit MatMuls); all 36 MatMuls 4-bit "
-                 "weight-only asymmetric + MSE 0.9525 (RTN 0.9350, symmetric 0.9185, block 32 0.9608 at +1.2 MB of scales); one "
-                 "MatMul alone at 4 bits: FFN ~0.0021-0.0024, value ~0.0008, others <= 0.0003 (blocks 0-2); this "
-                 "genome 0.9578 at 0.4968x dynamic int8's bytes, the same plus block 5's FFN output 8-bit 0.9608 at "
-                 "0.5097x (over)")
+                 "weight-only asymmetric + MSE 0.9525 (RTN 0.9350, symmetric 0.9185, block 32 0.9608 at +1.2 MB of "
+                 "scales); one MatMul alone at 4 bits: FFN ~0.0021-0.0024, value ~0.0008, others <= 0.0003 "
+                 "(blocks 0-2); this genome 0.9578 at 0.4968x dynamic int8's bytes, the same plus block 5's FFN "
+                 "output 8-bit 0.9608 at 0.5097x (over)")
 MINILM_SETTINGS: dict[str, Any] = {"batch_size": 16, "lr": 1e-4, "eval_every": 100, "checkpoint_every": 100,
                                    "distill_modules": tuple(f"encoder.layer.{i}" for i in range(6)),
                                    "cosine_loss": True}
