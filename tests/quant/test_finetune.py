@@ -103,3 +103,15 @@ def test_distillation_of_hidden_states_and_pooled_cosine(digits_workload, setup,
                  tmp_path / "c.pt", "c")
     assert "\n" not in str(err.value)
     assert not any(m._forward_hooks for m in base.modules())
+
+
+def test_the_state_can_be_chosen_on_mean_cosine(digits_workload, setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, genome, data = setup
+    with pytest.raises(InputError, match="select-on"):
+        FinetuneConfig(select="loss").check()
+    cfg = FinetuneConfig(steps=2, eval_every=1, seed=2, select="mean_cosine")
+    assert cfg.to_dict()["select"] == "mean_cosine" and "select" not in FinetuneConfig().to_dict()
+    out = finetune(digits_workload, base, genome, data, cfg, tmp_path / "ck.pt", "cos")
+    parent = digits_workload.evaluate(digits_workload.build(genome)).mean_cosine
+    assert out.parent_score == pytest.approx(parent, abs=1e-3)
+    assert out.best_score == max(score for _, score in out.validation)
