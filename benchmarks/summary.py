@@ -734,19 +734,51 @@ def finetune_section(d: dict[str, Any], minilm: dict[str, Any] | None) -> list[s
             f"{claim['verdict_vs_fp32']}); the test split is too small for that interval to certify the 1-point bound "
             "at its lower end.", ""]
     if minilm:
-        m = minilm["models"]
-        out += [f"MiniLM-L6 ({minilm['steps']} distillation steps on {minilm['training_data']['source']}, genome "
-                f"`{json.dumps(minilm['genome'])}`):", "",
-                "| model | weight bytes | vs dynamic int8 | test mean cosine | test retrieval agreement [95 %] |",
-                "|---|---|---|---|---|"]
-        for name in ("dynamic_int8", "given_ptq", "finetuned"):
-            r = m[name]
-            out.append(f"| {name} | {r['weight_bytes']:,} | {r['bytes_vs_dynamic_int8']:.3f}x | "
-                       f"{r['test_mean_cosine']:.4f} | {r['test_retrieval_agreement']:.3f} "
-                       f"[{r['test_retrieval_ci95'][0]:.3f}, {r['test_retrieval_ci95'][1]:.3f}] |")
-        out += ["", f"Cosine >= 0.99 at half of dynamic int8's bytes: "
-                f"{'met' if minilm['claim_cosine_0.99_at_half_dynamic_bytes'] else 'not met'}. Latency: "
-                f"{minilm['latency']}.", ""]
+        out += minilm_lines(minilm)
+    return out
+
+
+def minilm_lines(minilm: dict[str, Any]) -> list[str]:
+    """The MiniLM part of the fine-tune section: bytes, validation and test cosine with intervals, latency."""
+    m = minilm["models"]
+
+    def ci(r: dict[str, Any], key: str) -> str:
+        lo_hi = r.get(f"{key}_ci95")
+        return f" [{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi else ""
+
+    out = [f"MiniLM-L6 ({minilm['steps']} distillation steps, best on validation at step {minilm.get('best_step')}, "
+           f"{minilm.get('seconds', 0) / 60:.0f} min, on {minilm['training_data']['source']}; genome "
+           f"`{json.dumps(minilm['genome'])}`):", "",
+           "| model | weight bytes | vs dynamic int8 | validation mean cosine [95 %] | test mean cosine [95 %] "
+           "| test retrieval agreement [95 %] |",
+           "|---|---|---|---|---|---|"]
+    for name in ("dynamic_int8", "given_ptq", "finetuned"):
+        r = m[name]
+        out.append(f"| {name} | {r['weight_bytes']:,} | {r['bytes_vs_dynamic_int8']:.3f}x | "
+                   f"{r['validation_mean_cosine']:.4f}{ci(r, 'validation_mean_cosine')} | "
+                   f"{r['test_mean_cosine']:.4f}{ci(r, 'test_mean_cosine')} | {r['test_retrieval_agreement']:.3f} "
+                   f"[{r['test_retrieval_ci95'][0]:.3f}, {r['test_retrieval_ci95'][1]:.3f}] |")
+    strict = minilm.get("claim_strict_lower_ci95_at_0.99")
+    out += ["", f"Cosine >= 0.99 on test at half of dynamic int8's bytes: "
+            f"{'met' if minilm['claim_cosine_0.99_at_half_dynamic_bytes'] else 'not met'}"
+            + ("" if strict is None else f" (lower end of its 95 % interval >= 0.99: {'yes' if strict else 'no'})")
+            + "."]
+    lat = minilm.get("latency")
+    if not isinstance(lat, dict):
+        return [*out, f"Latency: {lat}.", ""]
+    out += ["", f"Latency, measured ({lat['transport']}; {lat['settings']['input']}, {lat['settings']['threads']} "
+            f"thread, {lat['settings']['passes']} passes; {lat['machine']}, load average "
+            f"{lat['load_average_before'][0]:.2f} before / {lat['load_average_after'][0]:.2f} after on 2 cores): "
+            "p50 of all timed runs [95 % interval of the median]", "",
+            "| model | p50 ms [95 %] | per-pass p50s |", "|---|---|---|"]
+    for name, r in lat["models"].items():
+        if r.get("latency_ms") is None:
+            out.append(f"| {name} | not measured: {'; '.join(r.get('errors') or [])} | |")
+            continue
+        band = f" [{r['p50_ci95'][0]:.2f}, {r['p50_ci95'][1]:.2f}]" if r.get("p50_ci95") else ""
+        out.append(f"| {name} | {r['latency_ms']:.2f}{band} | "
+                   f"{', '.join(f'{x:.2f}' for x in r['p50_ms_per_pass'])} |")
+    out += [""] + [f"- {k.replace('_', ' ')}: {v['words']}" for k, v in lat["versus"].items() if v] + [""]
     return out
 
 

@@ -117,6 +117,60 @@ def collect() -> list[dict[str, str]]:
     return found
 
 
+#: Every sentence of a docstring paragraph, not only the first (training text; see ``training_sentences``).
+_ANY_SENTENCE = re.compile(r"(?<=[a-z0-9)\"'][.!?])\s+(?=[A-Z])")
+#: Standard-library folders whose files are not read for training text (tests, IDLE, vendored code).
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo", "__pycache__"}
+
+
+def _prose(text: str) -> str | None:
+    """``text`` on one line if it passes ``first_sentence``'s prose rule, else None."""
+    text = " ".join(text.split())
+    words = text.split()
+    if not (MIN_WORDS <= len(words) <= MAX_WORDS) or not text.endswith("."):
+        return None
+    if not text[0].isupper() or not text.isascii() or _CODE_LIKE.search(text):
+        return None
+    return text
+
+
+def training_sentences(limit: int | None = None) -> list[str]:
+    """Prose sentences from every docstring of this Python's standard library source files, read
+    with ``ast`` (nothing is imported, so nothing runs), every sentence of every paragraph, in sorted
+    file order, deduplicated case-insensitively, under ``first_sentence``'s prose rule: training text
+    for a fine-tune by distillation. A caller must drop the sentences of the shipped splits (the
+    splits' sentences are among these)."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]) or path.name.startswith("test_"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree)
+                         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+        for node in nodes:
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            for para in inspect.cleandoc(doc).split("\n\n"):
+                for piece in _ANY_SENTENCE.split(" ".join(para.split())):
+                    text = _prose(piece)
+                    if text is None or text.lower() in seen:
+                        continue
+                    seen.add(text.lower())
+                    out.append(text)
+                    if limit is not None and len(out) >= limit:
+                        return out
+    return out
+
+
 def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
     enc = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
     return {k: np.ascontiguousarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}

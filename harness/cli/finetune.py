@@ -44,6 +44,13 @@ def add_settings(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="checkpoint every N steps; a killed fine-tune continues from the last (default %(default)s)")
     p.add_argument(f"--{prefix}eval-every", type=int, default=50, metavar="N",
                    help="score on validation every N steps; the best state is kept (default %(default)s)")
+    p.add_argument(f"--{prefix}distill-modules", default="", metavar="A,B",
+                   help="distillation (no labels): also learn these torch submodules' outputs from the FP32 model, "
+                   "comma-separated (e.g. encoder.layer.0,encoder.layer.1)")
+    p.add_argument(f"--{prefix}cosine-loss", action="store_true",
+                   help="distillation: add 1 - cosine of the mean-pooled outputs (the embedding metric's own)")
+    p.add_argument(f"--{prefix}select-on", default="accuracy", choices=("accuracy", "mean_cosine"),
+                   help="the validation score that chooses the fine-tune's state (default: the workload's metric)")
     p.add_argument(f"--{prefix}max-loss", type=float, default=0.05,
                    help="with --front: parents within this validation accuracy of FP32 (default %(default)s)")
 
@@ -56,6 +63,8 @@ def settings_of(args: argparse.Namespace, prefix: str = "") -> Any:
         steps=getattr(args, f"{key}steps"), batch_size=getattr(args, f"{key}batch_size"), lr=getattr(args, f"{key}lr"),
         seed=getattr(args, f"{key}seed"), lsq=getattr(args, f"{key}lsq"),
         checkpoint_every=getattr(args, f"{key}checkpoint_every"), eval_every=getattr(args, f"{key}eval_every"),
+        distill_modules=tuple(m.strip() for m in getattr(args, f"{key}distill_modules").split(",") if m.strip()),
+        cosine_loss=getattr(args, f"{key}cosine_loss"), select=getattr(args, f"{key}select_on"),
     )
     cfg.check()
     return cfg

@@ -27,7 +27,11 @@ Where the QDQ model still differs (covered by the agreement tolerance, tests/qua
 floating-point order inside ONNX Runtime's integer kernels; a Gemm's or Conv's bias, which ORT stores
 as int32 at scale ``s_x * s_w`` (an error of at most half that step per output); the output Q/DQ
 qae gives a static 8-bit Conv + ReLU feeding a pool (``quantize._quantize_conv_outputs``), which is
-not emulated. Rounding methods other than ``rtn`` and LSTM/GRU layers are refused (one-line error).
+not emulated. A gene with rounding ``mse`` or ``hqq`` (per channel or per tensor) starts from the scales
+and zero points that method chooses on the parent's weights; they stay fixed (or are learned, with
+LSQ) and the export hands them to the quantizer as ``LearnedScales``, so the trained weights are
+rounded to nearest on exactly that grid. ``gptq``, block-wise ``mse`` / ``hqq`` and LSTM/GRU layers
+are refused (one-line error).
 
 Weights move between the ONNX file and the torch module by name (``onnx_to_torch``, ``torch_to_onnx``):
 a layer's weight is its initializer (transposed for a MatMul's ``[K, N]``), every other parameter
@@ -99,12 +103,17 @@ class WeightQuant(nn.Module):
         self.per_tensor = gene.granularity == "per_tensor"
         self.block = int(gene.block_size) if gene.granularity == "per_block" and gene.block_size else None
         self.learned = lsq and gene.scheme != "power_of_two" and self.block is None
+        # A rounding method's scales (mse, hqq) are a search over the parent's weights: chosen once,
+        # then fixed (or learned, with LSQ) and handed to the quantizer like learned ones.
+        self.fixed = gene.rounding != "rtn" and not self.learned
         scale, zero = self.qae_params(weight)
         self.register_buffer("zero", zero)
         if self.learned:
             self.scale = nn.Parameter(scale)
             per_scale = weight.numel() // max(1, scale.numel())
             self.g = 1.0 / math.sqrt(per_scale * self.qhi)
+        elif self.fixed:
+            self.register_buffer("scale", scale)
 
     def rows(self, w: torch.Tensor) -> torch.Tensor:
         return w.reshape(1, -1) if self.per_tensor else w.reshape(w.shape[0], -1)
@@ -114,7 +123,7 @@ class WeightQuant(nn.Module):
         rows = self.rows(w.detach()).to(torch.float32).cpu().numpy()
         rq = kernels.quantize_rows(rows, self.gene, block_size=self.block)
         zero = np.zeros_like(rq.scale, np.float32) if rq.zero_point is None else rq.zero_point.astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(rq.scale)), torch.from_numpy(np.ascontiguousarray(zero))
+        return torch.from_numpy(np.array(rq.scale, np.float32)), torch.from_numpy(np.array(zero, np.float32))
 
     last_scale: torch.Tensor
 
@@ -122,6 +131,8 @@ class WeightQuant(nn.Module):
         if self.learned:
             scale = grad_scale(self.scale, self.g).clamp_min(1e-12)
             zero = self.zero
+        elif self.fixed:
+            scale, zero = self.scale, self.zero
         else:
             scale, zero = self.qae_params(w)
         self.last_scale = scale  # the bias of a Conv/Gemm is quantized at input scale x this (BiasQuant)
@@ -133,8 +144,9 @@ class WeightQuant(nn.Module):
         return ((q - z) * s).reshape(w.shape)
 
     def onnx_scales(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The learned scale and zero point per channel (a scalar per tensor), or None when not learned."""
-        if not self.learned:
+        """The learned (or a rounding method's fixed) scale and zero point per channel (a scalar per
+        tensor), or None when the quantizer computes them from the weights itself."""
+        if not (self.learned or self.fixed):
             return None
         scale = self.scale.detach().clamp_min(1e-12).cpu().numpy().astype(np.float32).reshape(-1)
         zero = self.zero.cpu().numpy().astype(np.int64).reshape(-1)
@@ -308,9 +320,10 @@ def check_genome(model: ModelInfo, genome: Genome) -> None:
         if layer.op_type in WEIGHT_ONLY_OPS:
             raise InputError(f"layer {layer.name}: fine-tuning does not quantize {layer.op_type} layers yet: "
                              "give it weight_bits fp, or fine-tune another genome")
-        if gene.rounding != "rtn":
-            raise InputError(f"layer {layer.name}: fine-tuning rounds to nearest, and this gene has rounding "
-                             f"{gene.rounding}: fine-tune a genome with rounding rtn")
+        if gene.rounding == "gptq" or (gene.rounding != "rtn" and gene.granularity == "per_block"):
+            raise InputError(f"layer {layer.name}: fine-tuning takes rounding rtn, or mse / hqq per channel or per "
+                             f"tensor, and this gene has rounding {gene.rounding} {gene.granularity}: fine-tune "
+                             "another genome")
 
 
 def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, lsq: bool = False) -> Attached:
@@ -330,10 +343,7 @@ def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, 
         parametrize.register_parametrization(sub, "weight", wq, unsafe=True)
         weights[layer.name] = wq
         row_blocks = int8_row_blocks(layer, gene)
-        # ORT's dynamic quantizer rewrites a Gemm to MatMul + Add and leaves it float: qae's model of a
-        # dynamic Gemm has its weights on the grid and a float input, and so has this one.
-        dynamic_gemm = gene.dynamic and layer.op_type == "Gemm"
-        if layer.activation is not None and not dynamic_gemm and (gene.static_activation or gene.dynamic or row_blocks):
+        if layer.activation is not None and (gene.static_activation or gene.dynamic or row_blocks):
             aq = ActQuant(gene, ranges.get(layer.activation), lsq, layer.name, row_blocks)
             sub.add_module("act_quant", aq)
             sub.register_forward_pre_hook(_quantize_input)

@@ -9,7 +9,10 @@ trained on a training split, chosen on the validation split, never shown the tes
 - The data: ``TrainSet``, the training split's inputs (by ONNX input name, fed to the module in the
   ONNX model's input order) and labels, if any. With labels the loss is cross-entropy; without, the
   module learns the FP32 model's outputs (mean squared error to the unquantized module over the real
-  tokens where an ``attention_mask`` input marks them: distillation).
+  tokens where an ``attention_mask`` input marks them: distillation), and with ``distill_modules`` the
+  outputs of those submodules too (each by its relative squared error, e.g. every encoder block), with
+  ``cosine_loss`` 1 - the cosine of the mean-pooled outputs (the embedding metric's own). A token batch
+  is cut after its longest real sequence (``_trimmed``).
 - The loop (``finetune``): AdamW, cosine learning rate from ``lr`` to 0 over ``steps``, batches drawn
   by a permutation per epoch seeded by (seed, epoch), so step k's batch depends on nothing but the
   seed and k. One thread (``torch.set_num_threads(1)``) and deterministic algorithms: the same seed
@@ -52,6 +55,8 @@ CHECKPOINT_FORMAT = 1
 #: The float torch module may differ from the ONNX model by this much (relative to its largest output).
 FLOAT_TOLERANCE = 1e-3
 EVAL_BATCH = 256
+#: Validation scores a fine-tune can choose its state by (``FinetuneConfig.select``)
+SELECT = ("accuracy", "mean_cosine")
 
 
 def require_torch() -> None:
@@ -71,15 +76,34 @@ class FinetuneConfig:
     lsq: bool = False
     checkpoint_every: int = 50
     eval_every: int = 50
+    #: distillation only: torch modules (by name, e.g. ``encoder.layer.3``) whose outputs the student also
+    #: learns from the FP32 model's, each by its relative squared error over the real tokens
+    distill_modules: tuple[str, ...] = ()
+    #: distillation only: add 1 - cosine of the mean-pooled (real tokens) outputs, the embedding metric's own
+    cosine_loss: bool = False
+    #: the validation score that chooses the state: the workload's metric (``accuracy``), or ``mean_cosine``
+    #: (a claim about cosine is chosen on cosine; retrieval agreement on 400 sentences moves by +-2 points)
+    select: str = "accuracy"
 
     def check(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.eval_every < 1:
             raise InputError("--steps, --batch-size, --checkpoint-every and --eval-every must be >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"--lr {self.lr} is not a positive number: e.g. --lr 3e-4")
+        if self.select not in SELECT:
+            raise InputError(f"--select-on {self.select!r} is not one of {', '.join(SELECT)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able; the distillation options are left out at their defaults, so a fine-tune that does not
+        use them keeps the key (and checkpoint) it had before they existed."""
+        out = asdict(self)
+        out["distill_modules"] = list(self.distill_modules)
+        for name in ("distill_modules", "cosine_loss"):
+            if not out[name]:
+                del out[name]
+        if out["select"] == "accuracy":
+            del out["select"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -209,25 +233,30 @@ def check_float(module: nn.Module, work: Workload) -> float:
     return diff
 
 
-def validation_score(module: nn.Module, work: Workload) -> float:
-    """The workload's metric of the module's outputs on the validation split (what the search optimises)."""
+def validation_score(module: nn.Module, work: Workload, select: str = "accuracy") -> float:
+    """The workload's metric (what the search optimises), or ``select`` (``SELECT``), of the module's outputs on
+    the validation split."""
     from harness.quant.evaluate import output_names
 
     assert work.eval_data is not None
     out = outputs_on(module, work, work.eval_data.inputs)
-    return float(work.score_outputs({output_names(work.model.proto)[0]: out})["accuracy"])
+    value = work.score_outputs({output_names(work.model.proto)[0]: out})[select]
+    if value is None:
+        raise InputError(f"the workload's metric gives no {select} for this model: choose on accuracy")
+    return float(value)
 
 
 # -- training data ---------------------------------------------------------------------------------
 #: Training sentences for builtin:minilm-l6 at most (the docstring pool beyond its shipped splits)
-MINILM_TRAIN_MAX = 2048
+MINILM_TRAIN_MAX = 8192
 
 
 def builtin_train_set(work: Workload) -> TrainSet:
     """A builtin's training split: digits-vit's (and digits-cnn's) 1129 training images (disjoint from calibration,
-    validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, standard-library
-    docstring sentences (``make_minilm_data.collect``, this Python's) that none of its shipped splits
-    holds, without labels (distillation from the FP32 model)."""
+    validation and test, ``harness.builtin.digits_data.make_splits``); for minilm-l6, prose sentences of this
+    Python's standard-library docstrings (``make_minilm_data.training_sentences``: every sentence, read with
+    ``ast``) that none of its shipped splits holds (compared case-insensitively), without labels
+    (distillation from the FP32 model)."""
     if work.model.builtin == "minilm-l6":
         return _minilm_train_set()
     if work.model.builtin not in ("digits-vit", "digits-cnn"):  # the two share their splits
@@ -245,17 +274,18 @@ def _minilm_train_set() -> TrainSet:
     from harness.builtin import make_minilm_data, minilm
 
     shipped = json.loads((make_minilm_data.OUT_DIR / "sentences.json").read_text(encoding="utf-8"))
-    taken = {str(s["text"]) if isinstance(s, dict) else str(s) for part in shipped.values()
+    taken = {(str(s["text"]) if isinstance(s, dict) else str(s)).lower() for part in shipped.values()
              if isinstance(part, list) for s in part}
     tokenizer = minilm.load_tokenizer()
-    pool = [s["text"] for s in make_minilm_data.collect() if s["text"] not in taken
-            and len(tokenizer(s["text"])["input_ids"]) <= minilm.MAX_LENGTH]
+    pool = [text for text in make_minilm_data.training_sentences() if text.lower() not in taken
+            and len(tokenizer(text)["input_ids"]) <= minilm.MAX_LENGTH]
     random.Random(make_minilm_data.SEED + 1).shuffle(pool)
     pool = pool[:MINILM_TRAIN_MAX]
     if not pool:
         raise InputError("no standard-library sentence is left beside minilm-l6's shipped splits: give --train")
     arrays = make_minilm_data.tokenize(tokenizer, pool, minilm.MAX_LENGTH)
-    return TrainSet.of(dict(arrays), None, f"builtin:minilm-l6 docstring sentences outside its splits ({len(pool)})")
+    return TrainSet.of(dict(arrays), None,
+                       f"builtin:minilm-l6 standard-library docstring sentences outside its splits ({len(pool)})")
 
 
 def load_train_set(path: str | Path, work: Workload) -> TrainSet:
@@ -315,11 +345,65 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
 
     import torch
 
-    from harness.quant import fakequant
 
     torch.manual_seed(cfg.seed)
     teacher = None if data.labels is not None else base
     module = copy.deepcopy(base)
+    hidden = _Hidden(module, teacher, cfg.distill_modules)
+    try:
+        return _train(work, module, teacher, hidden, genome, data, cfg, checkpoint, key, on_step)
+    finally:
+        hidden.remove()
+
+
+class _Hidden:
+    """Forward hooks that keep the outputs of ``names`` in the student and the teacher (distillation of
+    hidden states); removed when the fine-tune ends, so the caller's base module is left as it was."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, names: tuple[str, ...]) -> None:
+        self.student: dict[str, Any] = {}
+        self.teacher: dict[str, Any] = {}
+        self.handles: list[Any] = []
+        if teacher is None or not names:
+            return
+        for name in names:
+            for model, store in ((student, self.student), (teacher, self.teacher)):
+                try:
+                    sub = model.get_submodule(name)
+                except AttributeError:
+                    self.remove()
+                    raise InputError(f"distill module {name!r} is no module of the torch model: name one of its "
+                                     "submodules, e.g. encoder.layer.0") from None
+                self.handles.append(sub.register_forward_hook(
+                    lambda _m, _i, out, n=name, st=store: st.__setitem__(n, out[0] if isinstance(out, tuple) else out)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def loss(self, mask: np.ndarray | None) -> Any:
+        """Sum over the hooked modules of the relative squared error over the real tokens."""
+        import torch
+
+        total = torch.zeros(())
+        for name, got in self.student.items():
+            want = self.teacher[name].detach()
+            err, ref = (got - want) ** 2, want**2
+            if mask is not None and got.dim() == 3 and tuple(mask.shape) == tuple(got.shape[:2]):
+                m = torch.from_numpy(np.ascontiguousarray(mask)).to(got.dtype).unsqueeze(-1)
+                err, ref = err * m, ref * m
+            total = total + err.sum() / ref.sum().clamp_min(1e-12)
+        return total
+
+
+def _train(work: Workload, module: nn.Module, teacher: nn.Module | None, hidden: _Hidden, genome: Genome,
+           data: TrainSet, cfg: FinetuneConfig, checkpoint: Path, key: str,
+           on_step: Callable[[int, int, float], None] | None) -> Outcome:
+    import torch
+
+    from harness.quant import fakequant
+
     attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=cfg.lsq)
     fakequant.freeze_unmapped(module, work.model)
     module.train()
@@ -340,12 +424,12 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
         outcome.resumed_from = start
     else:
         module.eval()
-        outcome.parent_score = validation_score(module, work)
+        outcome.parent_score = validation_score(module, work, cfg.select)
         module.train()
     labels = None if data.labels is None else torch.from_numpy(data.labels.astype(np.int64))
     for step in range(start, cfg.steps):
         idx = _batch(step, data.n, cfg.batch_size, cfg.seed)
-        feed = {k: v[idx] for k, v in data.inputs.items()}
+        feed = _trimmed({k: v[idx] for k, v in data.inputs.items()})
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
         out = _forward(module, work, feed)
@@ -356,6 +440,10 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
             with torch.no_grad():
                 target = _forward(teacher, work, feed)
             loss = _distillation_loss(out, target, feed.get("attention_mask"))
+            if hidden.handles:
+                loss = loss + hidden.loss(feed.get("attention_mask"))
+            if cfg.cosine_loss:
+                loss = loss + _pooled_cosine_loss(out, target, feed.get("attention_mask"))
         if not torch.isfinite(loss):
             raise ModelError(f"the fine-tune's loss became {float(loss)} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -365,7 +453,7 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
         outcome.curve.append([float(done), float(loss.detach())])
         if done % cfg.eval_every == 0 or done == cfg.steps:
             module.eval()
-            score = validation_score(module, work)
+            score = validation_score(module, work, cfg.select)
             module.train()
             outcome.validation.append([float(done), score])
             if score > outcome.best_score:
@@ -381,6 +469,21 @@ def _loop(work: Workload, base: nn.Module, genome: Genome, data: TrainSet, cfg: 
     return outcome
 
 
+def _trimmed(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A token batch cut after its longest real sequence: with an ``attention_mask`` input (padding at
+    the end), the columns past the last real token of every sample are dropped from every input of the
+    mask's shape. Padding is masked out of attention and of every metric, so the real tokens' outputs
+    are the same (up to float rounding), and a batch of short sentences costs what its length does."""
+    mask = feed.get("attention_mask")
+    if mask is None or mask.ndim != 2 or not mask.any():
+        return feed
+    real = np.flatnonzero(mask.any(axis=0))
+    keep = int(real[-1]) + 1
+    if keep == mask.shape[1]:
+        return feed
+    return {k: np.ascontiguousarray(v[:, :keep]) if v.shape[:2] == mask.shape else v for k, v in feed.items()}
+
+
 def _distillation_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
     """Mean squared error to the FP32 outputs; token outputs ``[B, T, H]`` of a model with an
     ``attention_mask`` input count the real tokens only (padding is no part of any metric)."""
@@ -390,6 +493,20 @@ def _distillation_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
         return torch.nn.functional.mse_loss(out, target)
     m = torch.from_numpy(np.ascontiguousarray(mask)).to(out.dtype).unsqueeze(-1)
     return ((out - target) ** 2 * m).sum() / (m.sum() * out.shape[-1]).clamp_min(1.0)
+
+
+def _pooled_cosine_loss(out: Any, target: Any, mask: np.ndarray | None) -> Any:
+    """1 - the mean cosine of the outputs mean-pooled over the real tokens (``metrics.mean_pool``'s pooling)."""
+    import torch
+
+    if out.dim() == 3:
+        m = torch.ones(out.shape[:2], dtype=out.dtype) if mask is None else \
+            torch.from_numpy(np.ascontiguousarray(mask)).to(out.dtype)
+        w = m.unsqueeze(-1)
+        count = w.sum(1).clamp_min(1.0)
+        out, target = (out * w).sum(1) / count, (target * w).sum(1) / count
+    cos = torch.nn.functional.cosine_similarity(out.reshape(len(out), -1), target.reshape(len(target), -1), dim=1)
+    return (1.0 - cos).mean()
 
 
 def _write_checkpoint(path: Path, key: str, step: int, module: nn.Module, optimizer: Any, outcome: Outcome,

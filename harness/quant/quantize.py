@@ -55,8 +55,9 @@ OPSET = 21
 # Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
 # fitness cache keys on it, so no score of the old build is served for the new one.
 # 2: never-negative activations on the unsigned grid; 3: output Q/DQ of Conv + ReLU into a pool;
-# 4: no all-zero weight/bias zero points on Conv; 5: float bias on a Conv ORT cannot fuse (issue 16).
-BUILD_VERSION = 5
+# 4: no all-zero weight/bias zero points on Conv; 5: float bias on a Conv ORT cannot fuse (issue 16);
+# 6: a Gemm with dynamic activations is quantized (MatMulInteger), no longer left float by ORT's rewrite.
+BUILD_VERSION = 6
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -216,14 +217,18 @@ def quantize(
             result.emulated_layers.append(layer.name)
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         per_channel = gene.granularity == "per_channel"
-        if gene.rounding != "rtn":
+        mine = learned.get(layer.name)
+        if mine is not None and mine.weight_scale is not None:
+            # a fine-tune's grid (learned, or its rounding method's scales kept fixed while training):
+            # the trained weights round to nearest on it, whatever the gene's rounding
+            qp = weight_qparams(w, gene, layer.channel_axis)
+            qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
+                         zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
+            wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
+        elif gene.rounding != "rtn":
             qp, wq = _rounded_qparams(w, gene, layer, samples.get(layer.name))
         else:
             qp = weight_qparams(w, gene, layer.channel_axis)
-            mine = learned.get(layer.name)
-            if mine is not None and mine.weight_scale is not None:
-                qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
-                             zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
             wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(wq.astype(w.dtype), layer.weight))
         qtype = QuantType[qp.storage]
@@ -458,8 +463,11 @@ def _dynamic_pass(
         if not group:
             continue
         names = {lay.node_name for lay in group}
-        held = _hold_gemms(proto, names)
         mine = {lay.weight: overrides[lay.weight] for lay in group}
+        for lay in group:
+            if lay.op_type == "Gemm":
+                mine[lay.weight] = _gemm_as_matmul(proto, lay, mine[lay.weight])
+        held = _hold_gemms(proto, names)
         quantizer = ONNXQuantizer(
             proto,
             per_channel,
@@ -471,7 +479,7 @@ def _dynamic_pass(
             None,
             sorted(names),
             [],
-            sorted({lay.op_type for lay in group}),
+            sorted({"MatMul" if lay.op_type == "Gemm" else lay.op_type for lay in group}),
             {"TensorQuantOverrides": mine, "MatMulConstBOnly": True},
         )
         with _Quiet():
@@ -479,6 +487,40 @@ def _dynamic_pass(
         if held:
             _release_gemms(proto)
     return proto
+
+
+def _gemm_as_matmul(proto: onnx.ModelProto, layer: LayerSpec, override: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rewrite a Gemm layer with dynamic activations as MatMul (its weight ``[K, N]``, under the layer's
+    node name) + Add (the bias), in place; returns the weight's override with its axis moved to match.
+
+    ONNX Runtime's dynamic quantizer rewrites every Gemm it meets to MatMul + Add under new names and
+    then quantizes neither (the rewritten MatMul is not among the nodes it was asked for): the layer
+    ran with a float input and float weights. Done here first, the MatMul is the node it quantizes
+    (DynamicQuantizeLinear + MatMulInteger, int8 weights per output channel)."""
+    index, node = next((i, n) for i, n in enumerate(proto.graph.node) if n.name == layer.node_name)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    scaled = float(attrs.get("alpha", 1.0)) != 1.0 or (has_bias and float(attrs.get("beta", 1.0)) != 1.0)
+    if attrs.get("transA", 0) or scaled:
+        raise ModelError(f"layer {layer.name}: a Gemm with transA, alpha or beta takes no dynamic activations in qae: "
+                         "give it static or fp activations")
+    if sum(name == layer.weight for n in proto.graph.node for name in n.input) != 1:
+        raise ModelError(f"layer {layer.name}: its weight {layer.weight} feeds other nodes too, so it cannot be "
+                         "transposed for dynamic activations: give it static or fp activations")
+    if attrs.get("transB", 0):
+        init = next(t for t in proto.graph.initializer if t.name == layer.weight)
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), layer.weight))
+        override = [{**entry, "axis": 1} if "axis" in entry else entry for entry in override]
+    out = node.output[0]
+    mid = f"{out}__qae_matmul" if has_bias else out
+    nodes = [helper.make_node("MatMul", [node.input[0], layer.weight], [mid], name=layer.node_name)]
+    if has_bias:
+        nodes.append(helper.make_node("Add", [mid, node.input[2]], [out], name=f"{layer.node_name}__qae_bias"))
+    del proto.graph.node[index]
+    for offset, new in enumerate(nodes):
+        proto.graph.node.insert(index + offset, new)
+    return override
 
 
 def _static_pass(

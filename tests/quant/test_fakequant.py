@@ -125,10 +125,42 @@ def test_learned_scales_reach_the_quantizer(digits_workload, base) -> None:  # t
 def test_unsupported_genes_are_one_line_errors(digits_workload, base) -> None:  # type: ignore[no-untyped-def]
     from harness.core.errors import InputError
 
-    genome = digits_workload.genome({"default": {"weight_bits": 4, "activation_bits": 8, "rounding": "mse"}})
-    with pytest.raises(InputError, match="rounding mse") as err:
-        fakequant.attach(copy.deepcopy(base), digits_workload.model, genome, digits_workload.ranges)
-    assert "\n" not in str(err.value)
+    for gene in ({"weight_bits": 4, "activation_bits": 8, "rounding": "gptq"},
+                 {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16,
+                  "rounding": "mse"}):
+        genome = digits_workload.genome({"default": {"weight_bits": "fp"}, "layers": dict.fromkeys(MATMULS, gene)})
+        with pytest.raises(InputError, match=f"rounding {gene['rounding']}") as err:
+            fakequant.attach(copy.deepcopy(base), digits_workload.model, genome, digits_workload.ranges)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("lsq", [False, True])
+@pytest.mark.parametrize("gene", [
+    {"weight_bits": 3, "activation_bits": 8, "scheme": "asymmetric", "rounding": "mse"},
+    {"weight_bits": 4, "activation_bits": "fp", "rounding": "hqq"},
+], ids=str)
+def test_rounding_methods_scales_are_the_grid(digits_workload, base, gene, lsq) -> None:  # type: ignore[no-untyped-def]
+    """A gene with rounding mse / hqq trains on the scales that method chose on the parent's weights: the
+    fake quantization is qae's QDQ model of the gene, and the scales handed to the quantizer (what a
+    fine-tune exports) build that same model."""
+    from harness.quant.quantize import quantize
+
+    work = digits_workload
+    genome = work.genome({"default": gene})
+    module = copy.deepcopy(base)
+    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=lsq)
+    x = work.eval_data.inputs["pixels"]
+    with torch.no_grad():
+        torch_out = module(torch.from_numpy(x)).numpy()
+    plain = session(work.build(genome).proto).run(None, {"pixels": x})[0]
+    learned = attached.learned_scales(work.model)
+    assert {name for name, s in learned.items() if s.weight_scale is not None} == {
+        layer.name for layer in work.model.layers}
+    exported = session(quantize(work.model, genome, work.ranges, learned=learned).proto).run(None, {"pixels": x})[0]
+    span = float(np.abs(plain).max())
+    assert np.abs(exported - plain).max() < 1e-4 * span
+    assert np.abs(plain - torch_out).mean() < 1e-3 * span
+    assert (plain.argmax(1) == torch_out.argmax(1)).mean() >= 0.99
 
 
 class _Embedder(torch.nn.Module):

@@ -81,3 +81,37 @@ def test_a_checkpoint_of_another_finetune_is_refused(digits_workload, setup, tmp
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot be read"):
         finetune(digits_workload, base, genome, data, FinetuneConfig(steps=2), tmp_path / "bad.pt", "one")
+
+
+def test_distillation_of_hidden_states_and_pooled_cosine(digits_workload, setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without labels the student learns the FP32 model; ``distill_modules`` adds those modules' outputs
+    and ``cosine_loss`` the pooled cosine: both add to the loss, the base module keeps no hook, a module
+    the model lacks is a one-line error, and the options stay out of the settings (and key) when unused."""
+    from harness.quant.finetune import TrainSet
+
+    base, genome, data = setup
+    unlabelled = TrainSet.of({"pixels": data.inputs["pixels"][:64]}, None, "digits without labels")
+    plain = FinetuneConfig(steps=2, batch_size=16, seed=5)
+    rich = FinetuneConfig(steps=2, batch_size=16, seed=5, distill_modules=("blocks.0", "blocks.1"), cosine_loss=True)
+    assert "distill_modules" not in plain.to_dict() and rich.to_dict()["distill_modules"] == ["blocks.0", "blocks.1"]
+    a = finetune(digits_workload, base, genome, unlabelled, plain, tmp_path / "a.pt", "a")
+    b = finetune(digits_workload, base, genome, unlabelled, rich, tmp_path / "b.pt", "b")
+    assert b.curve[0][1] > a.curve[0][1] > 0  # same first batch and weights: the extra terms add
+    assert not any(m._forward_hooks for m in base.modules())
+    with pytest.raises(InputError, match="no module") as err:
+        finetune(digits_workload, base, genome, unlabelled, FinetuneConfig(steps=1, distill_modules=("nope",)),
+                 tmp_path / "c.pt", "c")
+    assert "\n" not in str(err.value)
+    assert not any(m._forward_hooks for m in base.modules())
+
+
+def test_the_state_can_be_chosen_on_mean_cosine(digits_workload, setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, genome, data = setup
+    with pytest.raises(InputError, match="select-on"):
+        FinetuneConfig(select="loss").check()
+    cfg = FinetuneConfig(steps=2, eval_every=1, seed=2, select="mean_cosine")
+    assert cfg.to_dict()["select"] == "mean_cosine" and "select" not in FinetuneConfig().to_dict()
+    out = finetune(digits_workload, base, genome, data, cfg, tmp_path / "ck.pt", "cos")
+    parent = digits_workload.evaluate(digits_workload.build(genome)).mean_cosine
+    assert out.parent_score == pytest.approx(parent, abs=1e-3)
+    assert out.best_score == max(score for _, score in out.validation)

@@ -284,3 +284,31 @@ def test_a_conv_ort_cannot_fuse_keeps_its_bias_float_on_the_int32_grid(tmp_path:
         step = numpy_helper.to_array(inits[w_dq.input[1]]) * numpy_helper.to_array(inits[x_dq.input[1]])
         ratio = numpy_helper.to_array(inits[bias]) / step
         assert np.allclose(ratio, np.round(ratio), atol=1e-3), layer.name  # still on the int32 bias grid
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_a_dynamic_gemm_is_quantized(digits_workload, granularity) -> None:  # type: ignore[no-untyped-def]
+    """ONNX Runtime's dynamic quantizer rewrites a Gemm to MatMul + Add and quantized neither: qae hands
+    it the MatMul itself, so digits-vit's head (a Gemm with transB) runs DynamicQuantizeLinear +
+    MatMulInteger on int8 weights, counted at one byte each, and computes x @ W^T + b on that grid."""
+    from harness.quant.evaluate import session
+
+    work = digits_workload
+    head = work.model.layer("head")
+    assert head.op_type == "Gemm"
+    gene = {"weight_bits": 8, "activation_bits": "dynamic", "granularity": granularity}
+    genome = work.genome({"default": {"weight_bits": "fp"}, "layers": {"head": gene}})
+    built = work.build(genome)
+    proto = built.proto
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Gemm" not in ops and "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    weight = next(t for t in proto.graph.initializer if t.name == f"{head.weight}_quantized")
+    assert weight.data_type == onnx.TensorProto.INT8
+    assert list(weight.dims) == [head.weight_shape[1], head.weight_shape[0]]
+    fp_bytes = work.evaluate(None).weight_bytes
+    assert fp_bytes - work.evaluate(built).weight_bytes >= 3 * head.params - 8 * head.weight_shape[0]
+    x = work.eval_data.inputs["pixels"]
+    ref = session(work.model.proto).run(None, {"pixels": x})[0]
+    got = session(proto).run(None, {"pixels": x})[0]
+    assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
