@@ -512,6 +512,9 @@ def _gemm_as_matmul(proto: onnx.ModelProto, layer: LayerSpec, override: list[dic
         w = numpy_helper.to_array(init)
         init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), layer.weight))
         override = [{**entry, "axis": 1} if "axis" in entry else entry for entry in override]
+        # a shape stated for the weight elsewhere (value_info, as exporters such as torch.export write
+        # it, or a graph input listing the initializer) is the old [N, K]: it would fail shape inference
+        _restate_weight_shape(proto, layer.weight, w.T.shape)
     out = node.output[0]
     mid = f"{out}__qae_matmul" if has_bias else out
     nodes = [helper.make_node("MatMul", [node.input[0], layer.weight], [mid], name=layer.node_name)]
@@ -521,6 +524,19 @@ def _gemm_as_matmul(proto: onnx.ModelProto, layer: LayerSpec, override: list[dic
     for offset, new in enumerate(nodes):
         proto.graph.node.insert(index + offset, new)
     return override
+
+
+def _restate_weight_shape(proto: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> None:
+    """Drop ``name``'s value_info (shape inference restates it) and give a graph input of that name ``shape``."""
+    kept = [vi for vi in proto.graph.value_info if vi.name != name]
+    if len(kept) != len(proto.graph.value_info):
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(kept)
+    for vi in proto.graph.input:
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+            for d in shape:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
 
 
 def _static_pass(
