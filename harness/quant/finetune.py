@@ -152,7 +152,7 @@ def torch_model(work: Workload, spec: str | None = None) -> nn.Module:
     from harness.quant import fakequant
 
     if spec is not None:
-        module = _user_module(spec)
+        module = user_module(spec)
     elif work.model.builtin == "digits-vit":
         from harness.builtin.train_digits_vit import DigitsViT, VitConfig
         from harness.core.model import builtin_meta
@@ -176,7 +176,8 @@ def _model_name(work: Workload) -> str:
     return f"builtin:{work.model.builtin}" if work.model.builtin else work.model.path.name
 
 
-def _user_module(spec: str) -> nn.Module:
+def user_module(spec: str) -> nn.Module:
+    """The nn.Module a user's ``--torch module:function`` returns; one-line errors for a bad spec."""
     from torch import nn
 
     name, sep, func = spec.partition(":")

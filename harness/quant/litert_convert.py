@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from harness.core.atomic import atomic_path, atomic_write_text
-from harness.core.errors import InputError, ModelError
+from harness.core.errors import ModelError
 from harness.core.model import BUILTINS, builtin_data, builtin_meta
 from harness.quant.litert_model import LiteModelInfo, load_tflite, require
 from harness.quant.litert_quant import quiet
@@ -223,20 +223,9 @@ def _sha256(data: bytes) -> str:
 def torch_module(spec: str) -> Any:
     """The nn.Module ``module:function`` returns (imported from the user's code, as the fine-tune does)."""
     require_converter()
-    from torch import nn
+    from harness.quant.finetune import user_module
 
-    name, sep, func = spec.partition(":")
-    if not sep or not name or not func:
-        raise InputError(f"--torch {spec!r} is not module:function: e.g. --torch mypkg.models:load_model")
-    try:
-        fn = getattr(importlib.import_module(name), func)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"--torch {spec}: cannot import it ({type(exc).__name__}: {exc}); check the module is on "
-                         "PYTHONPATH and defines the function") from None
-    module = fn()
-    if not isinstance(module, nn.Module):
-        raise InputError(f"--torch {spec} returned a {type(module).__name__}, not a torch nn.Module")
-    return module
+    return user_module(spec)
 
 
 def convert_torch(spec: str, calib: str | Path, out_dir: Path) -> LiteModelInfo:
