@@ -386,32 +386,6 @@ def tensor_type_name(code: int) -> str:
     return _TYPE_NAMES.get(int(code), str(code))
 
 
-def weight_types(content: bytes) -> dict[str, dict[str, Any]]:
-    """Per layer op (``OP:index``), the weight operand as written: type, scales count, quantized
-    dimension and block size (from the schema's quantization parameters). Read back from the file."""
-    model = read_flatbuffer(content)
-    sg = model.subgraphs[0]
-    out: dict[str, dict[str, Any]] = {}
-    for index, op in enumerate(sg.operators):
-        kind = op_name(model, op)
-        if kind not in FAMILY:
-            continue
-        w_at = 0 if kind == "GATHER" else 1
-        if len(op.inputs) <= w_at or op.inputs[w_at] < 0:
-            continue
-        tensor = sg.tensors[op.inputs[w_at]]
-        q = tensor.quantization
-        scales = 0 if q is None or q.scale is None else len(q.scale)
-        block = 0
-        details = getattr(q, "details", None) if q is not None else None
-        if details is not None and hasattr(details, "blockSize"):
-            block = int(details.blockSize)
-        out[f"{kind}:{index}"] = {"type": tensor_type_name(tensor.type), "scales": scales,
-                                  "axis": None if q is None else int(q.quantizedDimension), "block_size": block,
-                                  "name": tensor_name(tensor)}
-    return out
-
-
 __all__ = ["FAMILY", "MISSING", "LiteModelInfo", "available", "interpreter", "load_tflite", "require",
-           "tensor_type_name", "weight_bytes", "weight_types"]
+           "tensor_type_name", "weight_bytes"]
 _ = onnx  # the stand-in graph is an onnx.ModelProto
