@@ -7,6 +7,8 @@ transport speaks real SSH to them and the real agent runs behind them.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,3 +266,30 @@ def ssh_device(port: int, keys: Keys, known_hosts: Path, cache: Path, **kw: Any)
     )
     base.update(kw)
     return DeviceConfig(**base)
+
+
+@contextlib.contextmanager
+def open_transport(kind: str, root: Path) -> Iterator[Any]:
+    """A connected transport of ``kind`` ("local", or "ssh-paramiko": the in-process server under
+    ``root`` with its own keys and known_hosts), closed (and the server stopped) on exit."""
+    from harness.devices.config import DeviceConfig
+    from harness.devices.connect import connect
+
+    if kind == "local":
+        t = connect(DeviceConfig(name="local", transport="local", cache_dir=str(root / "cache"), sensor="none"))
+        try:
+            yield t
+        finally:
+            t.close()
+        return
+    keys = make_keys(root / "keys")
+    server = ParamikoServer(keys, user=getpass.getuser(), env={"HOME": str(root)})
+    try:
+        t = connect(ssh_device(server.port, keys, write_known_hosts(root / "known_hosts", server.port,
+                                                                     keys.host_key), root / "cache"))
+        try:
+            yield t
+        finally:
+            t.close()
+    finally:
+        server.stop()

@@ -4,7 +4,6 @@ it uses. The model is the session's small converted module (``tests/conftest.py`
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,10 +11,8 @@ from typing import Any
 
 import pytest
 
-from harness.devices.config import DeviceConfig
-from harness.devices.connect import connect
 from harness.devices.transport import MeasureSettings, Transport
-from tests.sshd import ParamikoServer, make_keys, ssh_device, write_known_hosts
+from tests.sshd import open_transport
 
 pytest.importorskip("ai_edge_litert", reason="the litert extra: pip install 'qae[litert]'")
 FAST = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, idle_seconds=0.0, timeout_s=60, threads=1,
@@ -24,19 +21,8 @@ FAST = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, idle_second
 
 @pytest.fixture(scope="module", params=["local", "ssh-paramiko"])
 def transport(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transport]:
-    root = tmp_path_factory.mktemp(request.param)
-    server: ParamikoServer | None = None
-    if request.param == "local":
-        t = connect(DeviceConfig(name="local", transport="local", cache_dir=str(root / "cache"), sensor="none"))
-    else:
-        keys = make_keys(root / "keys")
-        server = ParamikoServer(keys, user=getpass.getuser(), env={"HOME": str(root)})
-        kh = write_known_hosts(root / "known_hosts", server.port, keys.host_key)
-        t = connect(ssh_device(server.port, keys, kh, root / "cache"))
-    yield t
-    t.close()
-    if server is not None:
-        server.stop()
+    with open_transport(request.param, tmp_path_factory.mktemp(request.param)) as t:
+        yield t
 
 
 def test_handshake_names_the_litert_runtime(transport: Transport) -> None:

@@ -4,7 +4,6 @@ server), checked against onnxruntime on the host."""
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from onnx import TensorProto, helper
 from harness.devices.config import DeviceConfig
 from harness.devices.connect import connect
 from harness.devices.transport import InferRecord, InferSettings, Transport
-from tests.sshd import ParamikoServer, make_keys, ssh_device, write_known_hosts
+from tests.sshd import open_transport
 
 BUILTIN = Path(__file__).resolve().parents[2] / "harness" / "builtin" / "digits_vit"
 MODEL, DATA = BUILTIN / "model.onnx", BUILTIN / "eval.npz"
@@ -28,19 +27,8 @@ FAST = InferSettings(timeout_s=60)
 
 @pytest.fixture(scope="module", params=["local", "ssh-paramiko"])
 def transport(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transport]:
-    root = tmp_path_factory.mktemp(request.param)
-    server: ParamikoServer | None = None
-    if request.param == "local":
-        t = connect(DeviceConfig(name="local", transport="local", cache_dir=str(root / "cache"), sensor="none"))
-    else:
-        keys = make_keys(root / "keys")
-        server = ParamikoServer(keys, user=getpass.getuser(), env={"HOME": str(root)})
-        kh = write_known_hosts(root / "known_hosts", server.port, keys.host_key)
-        t = connect(ssh_device(server.port, keys, kh, root / "cache"))
-    yield t
-    t.close()
-    if server is not None:
-        server.stop()
+    with open_transport(request.param, tmp_path_factory.mktemp(request.param)) as t:
+        yield t
 
 
 def check_ok(rec: InferRecord, transport: Transport) -> np.ndarray:
