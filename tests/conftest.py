@@ -25,10 +25,10 @@ def digits_workload():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def lite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A small torch module converted to .tflite once per session (``tests.litert_models``), with data."""
-    import importlib.util
 
-    if importlib.util.find_spec("litert_torch") is None:  # never imported here: it brings JAX (no forks after it)
-        pytest.skip("the litert extra: pip install 'qae[litert]'")
+    from tests.extras import require_litert
+
+    require_litert()  # litert-torch is never imported here: it brings JAX (no forks after it)
     from tests.litert_models import make
 
     return make(tmp_path_factory.mktemp("litert"))

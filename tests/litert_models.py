@@ -66,3 +66,4 @@ def make(root: Path) -> dict[str, Any]:
     model = root / "tiny.tflite"
     model.write_bytes(converted.content)
     return {"root": root, "model": model, "naming": {"names": converted.names}, **files}
+

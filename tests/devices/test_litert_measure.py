@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from harness.devices.transport import MeasureSettings, Transport
+from tests.extras import require_litert
 from tests.sshd import open_transport
 
-pytest.importorskip("ai_edge_litert", reason="the litert extra: pip install 'qae[litert]'")
+require_litert()
 FAST = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, idle_seconds=0.0, timeout_s=60, threads=1,
                        input_shapes={"pixels": [1, 2, 6, 6]})
 

@@ -4,16 +4,15 @@ local transport, and the fit writes a calibrated profile that loads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-if importlib.util.find_spec("litert_torch") is None:  # not imported: qae converts in a child process
-    pytest.skip("the litert extra: pip install 'qae[litert]'", allow_module_level=True)
+from tests.extras import require_litert
+
+require_litert()  # litert-torch is not imported: qae converts in a child process
 
 
 def test_litert_suite_measures_and_fits(tmp_path: Path, lite: dict[str, Any]) -> None:

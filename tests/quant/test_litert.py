@@ -5,9 +5,7 @@ search with the local device measuring, and export. Nothing is downloaded; one c
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +13,17 @@ from typing import Any
 
 import pytest
 
+from tests.extras import require_litert
+
 # litert-torch is never imported here (it brings JAX, which must not be in a process that forks): qae and the
 # fixture convert in child processes.
-if not all(importlib.util.find_spec(m) for m in ("ai_edge_quantizer", "ai_edge_litert", "litert_torch")):
-    if os.environ.get("CI"):  # CI installs the extra (the dev extra): missing there is a failure, not a skip
-        raise ImportError("the litert extra is missing: pip install 'qae[litert]'")
-    pytest.skip("the litert extra: pip install 'qae[litert]'", allow_module_level=True)
+require_litert()
 
-from harness.cli.main import main
-from harness.core.errors import GenomeError, ModelError
-from harness.quant import litert_quant
-from harness.quant.litert_model import load_tflite
-from harness.quant.litert_workload import open_workload
+from harness.cli.main import main  # noqa: E402
+from harness.core.errors import GenomeError, ModelError  # noqa: E402
+from harness.quant import litert_quant  # noqa: E402
+from harness.quant.litert_model import load_tflite  # noqa: E402
+from harness.quant.litert_workload import open_workload  # noqa: E402
 
 
 def test_inventory_names_ops_and_macs(lite: dict[str, Any]) -> None:
