@@ -27,11 +27,12 @@ Where the QDQ model still differs (covered by the agreement tolerance, tests/qua
 floating-point order inside ONNX Runtime's integer kernels; a Gemm's or Conv's bias, which ORT stores
 as int32 at scale ``s_x * s_w`` (an error of at most half that step per output); the output Q/DQ
 qae gives a static 8-bit Conv + ReLU feeding a pool (``quantize._quantize_conv_outputs``), which is
-not emulated. A gene with rounding ``mse`` or ``hqq`` (per channel or per tensor) starts from the scales
-and zero points that method chooses on the parent's weights; they stay fixed (or are learned, with
-LSQ) and the export hands them to the quantizer as ``LearnedScales``, so the trained weights are
-rounded to nearest on exactly that grid. ``gptq``, block-wise ``mse`` / ``hqq`` and LSTM/GRU layers
-are refused (one-line error).
+not emulated. A gene with rounding ``mse``, ``hqq`` or ``gptq`` starts from the scales and zero points
+that method chooses on the parent's weights (per channel, per tensor or per block); with ``gptq`` the
+weights start from GPTQ's too (it moves them as it rounds). The grid stays fixed (or is learned, with
+LSQ, per channel or per tensor) and the export hands it to the quantizer as ``LearnedScales``, so the
+trained weights are rounded to nearest on exactly that grid. LSTM/GRU layers are refused (one-line
+error).
 
 Weights move between the ONNX file and the torch module by name (``onnx_to_torch``, ``torch_to_onnx``):
 a layer's weight is its initializer (transposed for a MatMul's ``[K, N]``), every other parameter
@@ -94,7 +95,7 @@ class WeightQuant(nn.Module):
     zero: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, gene: Gene, weight: torch.Tensor, lsq: bool) -> None:
+    def __init__(self, gene: Gene, weight: torch.Tensor, lsq: bool, x: np.ndarray | None = None) -> None:
         super().__init__()
         self.gene = gene
         self.bits = int(gene.weight_bits)
@@ -103,10 +104,19 @@ class WeightQuant(nn.Module):
         self.per_tensor = gene.granularity == "per_tensor"
         self.block = int(gene.block_size) if gene.granularity == "per_block" and gene.block_size else None
         self.learned = lsq and gene.scheme != "power_of_two" and self.block is None
-        # A rounding method's scales (mse, hqq) are a search over the parent's weights: chosen once,
-        # then fixed (or learned, with LSQ) and handed to the quantizer like learned ones.
+        # A rounding method's scales (mse, hqq, gptq) are a search over the parent's weights: chosen
+        # once, then fixed (or learned, with LSQ, per channel) and handed to the quantizer like learned ones.
         self.fixed = gene.rounding != "rtn" and not self.learned
-        scale, zero = self.qae_params(weight)
+        if gene.rounding == "gptq":
+            # GPTQ moves the weights as it rounds them (the error of each column spread over the columns not
+            # yet rounded): training starts from its weights, which round to themselves on its grid
+            rq = kernels.quantize_rows(self.rows(weight.detach()).to(torch.float32).cpu().numpy(), gene,
+                                       block_size=self.block, x=x)
+            with torch.no_grad():
+                weight.copy_(torch.from_numpy(rq.dequantize()).reshape(weight.shape).to(weight.dtype))
+            scale, zero = self._params(rq)
+        else:
+            scale, zero = self.qae_params(weight)
         self.register_buffer("zero", zero)
         if self.learned:
             self.scale = nn.Parameter(scale)
@@ -121,7 +131,10 @@ class WeightQuant(nn.Module):
     def qae_params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """qae's scale and zero point (``[C, n_blocks]``) of ``w``: ``kernels.quantize_rows``, in numpy."""
         rows = self.rows(w.detach()).to(torch.float32).cpu().numpy()
-        rq = kernels.quantize_rows(rows, self.gene, block_size=self.block)
+        return self._params(kernels.quantize_rows(rows, self.gene, block_size=self.block))
+
+    @staticmethod
+    def _params(rq: kernels.RowQuant) -> tuple[torch.Tensor, torch.Tensor]:
         zero = np.zeros_like(rq.scale, np.float32) if rq.zero_point is None else rq.zero_point.astype(np.float32)
         return torch.from_numpy(np.array(rq.scale, np.float32)), torch.from_numpy(np.array(zero, np.float32))
 
@@ -145,11 +158,14 @@ class WeightQuant(nn.Module):
 
     def onnx_scales(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The learned (or a rounding method's fixed) scale and zero point per channel (a scalar per
-        tensor), or None when the quantizer computes them from the weights itself."""
+        tensor, ``[C, n_blocks]`` per block), or None when the quantizer computes them from the weights."""
         if not (self.learned or self.fixed):
             return None
-        scale = self.scale.detach().clamp_min(1e-12).cpu().numpy().astype(np.float32).reshape(-1)
-        zero = self.zero.cpu().numpy().astype(np.int64).reshape(-1)
+        scale = self.scale.detach().clamp_min(1e-12).cpu().numpy().astype(np.float32)
+        zero = self.zero.cpu().numpy().astype(np.int64)
+        if self.block is not None:
+            return scale, zero
+        scale, zero = scale.reshape(-1), zero.reshape(-1)
         if self.per_tensor:
             return scale.reshape(()), zero.reshape(())
         return scale, zero
@@ -320,16 +336,16 @@ def check_genome(model: ModelInfo, genome: Genome) -> None:
         if layer.op_type in WEIGHT_ONLY_OPS:
             raise InputError(f"layer {layer.name}: fine-tuning does not quantize {layer.op_type} layers yet: "
                              "give it weight_bits fp, or fine-tune another genome")
-        if gene.rounding == "gptq" or (gene.rounding != "rtn" and gene.granularity == "per_block"):
-            raise InputError(f"layer {layer.name}: fine-tuning takes rounding rtn, or mse / hqq per channel or per "
-                             f"tensor, and this gene has rounding {gene.rounding} {gene.granularity}: fine-tune "
-                             "another genome")
 
 
-def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, lsq: bool = False) -> Attached:
+def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, lsq: bool = False,
+           samples: Mapping[str, np.ndarray] | None = None) -> Attached:
     """Make ``module`` (whose weights match ``model``'s, see ``onnx_to_torch``) compute ``genome``'s
-    fake-quantized model: a weight parametrization and an input pre-hook per quantized layer."""
+    fake-quantized model: a weight parametrization and an input pre-hook per quantized layer.
+    ``samples``: layer name -> calibration inputs ``[S, K]``, for ``rounding: gptq`` genes
+    (``Workload.gptq_samples``); such a layer's weights become GPTQ's (see ``WeightQuant``)."""
     check_genome(model, genome)
+    samples = samples or {}
     weights: dict[str, WeightQuant] = {}
     acts: dict[str, ActQuant] = {}
     for layer in model.layers:
@@ -339,7 +355,11 @@ def attach(module: nn.Module, model: ModelInfo, genome: Genome, ranges: Ranges, 
         sub = _submodule(module, layer)
         weight = sub.weight
         assert isinstance(weight, torch.Tensor)
-        wq = WeightQuant(gene, weight, lsq)
+        x = samples.get(layer.name)
+        if gene.rounding == "gptq" and x is None:
+            raise ModelError(f"layer {layer.name}: rounding gptq needs the layer's calibration inputs: pass "
+                             "attach(samples=work.gptq_samples())")
+        wq = WeightQuant(gene, weight, lsq, x)
         parametrize.register_parametrization(sub, "weight", wq, unsafe=True)
         weights[layer.name] = wq
         row_blocks = int8_row_blocks(layer, gene)

@@ -405,7 +405,8 @@ def _train(work: Workload, module: nn.Module, teacher: nn.Module | None, hidden:
 
     from harness.quant import fakequant
 
-    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=cfg.lsq)
+    samples = work.gptq_samples() if any(gene.rounding == "gptq" for gene in genome.genes.values()) else None
+    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=cfg.lsq, samples=samples)
     fakequant.freeze_unmapped(module, work.model)
     module.train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)

@@ -82,12 +82,21 @@ def from_rows(rows: np.ndarray, shape: tuple[int, ...], channel_axis: int) -> np
     return np.moveaxis(rows.reshape(moved), 0, channel_axis)
 
 
+#: A grid fixed beforehand: scale ``[C, n_blocks]`` and zero point (None for a symmetric grid), such as a
+#: fine-tune trained on (``harness.quant.fakequant``); the weights round to nearest on it.
+FixedGrid = tuple[np.ndarray, np.ndarray | None]
+
+
 def quantize_rows(
-    rows: np.ndarray, gene: Gene, *, block_size: int | None, x: np.ndarray | None = None
+    rows: np.ndarray, gene: Gene, *, block_size: int | None, x: np.ndarray | None = None,
+    fixed: FixedGrid | None = None,
 ) -> RowQuant:
-    """Quantize ``[C, L]`` at the gene's weight width and scheme, with its rounding method."""
+    """Quantize ``[C, L]`` at the gene's weight width and scheme, with its rounding method, or, with
+    ``fixed``, round to nearest on that grid whatever the gene's rounding (a fine-tune's export)."""
     bits = int(gene.weight_bits)
     symmetric = gene.scheme != "asymmetric"
+    if fixed is not None:
+        return on_grid(rows, bits, symmetric, block_size, fixed)
     if gene.rounding != "rtn":
         return _rounded(rows, gene, bits, symmetric, block_size, x)
     qlo, qhi = grid(bits, symmetric)
@@ -108,6 +117,18 @@ def quantize_rows(
         step = (wmax - wmin) / (qhi - qlo)
         scale = np.where(step > 0, step, 1.0).astype(np.float32)
         zero = np.clip(np.round(qlo - wmin / scale), qlo, qhi).astype(np.int64)
+    return on_grid(rows, bits, symmetric, block_size, (scale, zero))
+
+
+def on_grid(rows: np.ndarray, bits: int, symmetric: bool, block_size: int | None, fixed: FixedGrid) -> RowQuant:
+    """``rows`` rounded to nearest on a given grid (``FixedGrid``), clipped to qae's ``bits``-wide range."""
+    c, length = rows.shape
+    n_blocks = -(-length // (block_size or length))
+    scale = np.asarray(fixed[0], np.float32).reshape(c, n_blocks)
+    zero = None if symmetric or fixed[1] is None else np.asarray(fixed[1]).astype(np.int64).reshape(c, n_blocks)
+    if not np.all(scale > 0):
+        raise ModelError("a fixed weight grid has a scale that is not positive: fine-tune again")
+    qlo, qhi = grid(bits, symmetric)
     out = RowQuant(np.zeros((c, length), np.int64), scale, zero, bits, block_size)
     z = 0 if zero is None else out.expand(zero)
     q = np.clip(np.round(rows / out.expand(scale)) + z, qlo, qhi).astype(np.int64)
@@ -192,12 +213,13 @@ def _weight(proto: onnx.ModelProto, name: str) -> np.ndarray:
     raise ModelError(f"weight {name!r} is no initializer of the model: quantize from the float model")
 
 
-def matmul_nbits(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.ndarray | None = None) -> RowQuant:
+def matmul_nbits(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.ndarray | None = None,
+                 fixed: FixedGrid | None = None) -> RowQuant:
     """Replace the layer's MatMul by a MatMulNBits node of the same name and output."""
     w = _weight(proto, layer.weight)
     k, n = w.shape
     bits, block = int(gene.weight_bits), int(gene.block_size or 0)
-    rq = quantize_rows(rows_view(w, 1), gene, block_size=block, x=x)  # [N, K]
+    rq = quantize_rows(rows_view(w, 1), gene, block_size=block, x=x, fixed=fixed)  # [N, K]
     values, zero = _unsigned(rq)
     n_blocks = rq.scale.shape[1]
     fill = np.full((n, n_blocks * block - k), 2 ** (bits - 1) if zero is None else 0, np.int64)
@@ -221,7 +243,7 @@ def matmul_nbits(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.nda
     return rq
 
 
-def gather_block(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene) -> RowQuant:
+def gather_block(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, fixed: FixedGrid | None = None) -> RowQuant:
     """Replace the layer's Gather by a GatherBlockQuantized node of the same name and output."""
     table = _weight(proto, layer.weight)
     width = table.shape[1]
@@ -231,7 +253,7 @@ def gather_block(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene) -> RowQua
             f"layer {layer.name}: a {bits}-bit GatherBlockQuantized table packs {8 // bits} values to a byte "
             f"along its width, which is {width}: use weight_bits 8 or kernel qdq for this table"
         )
-    rq = quantize_rows(rows_view(table, 0), gene, block_size=block)  # [V, H], blocks along H
+    rq = quantize_rows(rows_view(table, 0), gene, block_size=block, fixed=fixed)  # [V, H], blocks along H
     values, zero = _unsigned(rq)
     index, node = _node(proto, layer.node_name)
     dtype = table.dtype if table.dtype in (np.float16, np.float32) else np.float32
@@ -249,13 +271,14 @@ def gather_block(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene) -> RowQua
     return rq
 
 
-def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.ndarray | None = None) -> str:
+def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.ndarray | None = None,
+                     fixed: FixedGrid | None = None) -> str:
     """Store a MatMul's/Gemm's weight as integers with a block-wise DequantizeLinear feeding the op;
     returns the integer initializer's name (what its nominal width is recorded under)."""
     w = _weight(proto, layer.weight)
     axis = layer.channel_axis
     block = int(gene.block_size or 0)
-    rq = quantize_rows(rows_view(w, axis), gene, block_size=block, x=x)
+    rq = quantize_rows(rows_view(w, axis), gene, block_size=block, x=x, fixed=fixed)
     k_axis = 1 - axis
     symmetric = rq.zero_point is None
     elem = INT_TYPES[(gene.weight_storage_bits, symmetric)]

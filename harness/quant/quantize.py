@@ -93,7 +93,9 @@ class QParams:
 class LearnedScales:
     """Scales a quantization-aware fine-tune learned for one layer (``harness.quant.fakequant``, LSQ),
     used in place of the ones qae computes; a None field keeps qae's. ``weight_scale`` and
-    ``weight_zero_point`` are per channel along the ONNX weight's channel axis (scalars per tensor)."""
+    ``weight_zero_point`` are per channel along the ONNX weight's channel axis (scalars per tensor), or
+    ``[C, n_blocks]`` for a block-wise gene (rows = output channels or table rows, blocks along the
+    reduction)."""
 
     weight_scale: np.ndarray | None = None
     weight_zero_point: np.ndarray | None = None
@@ -287,7 +289,7 @@ def quantize(
         _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges)
         _drop_zero_points(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
         _float_bias_where_unfused(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
-    _own_kernels(proto, own, genome, samples, result)
+    _own_kernels(proto, own, genome, samples, result, learned)
     for layer in recurrent:
         _dequantized_weights(proto, layer, genome[layer.name], result)
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -321,19 +323,22 @@ def _rounded_qparams(
 
 def _own_kernels(
     proto: onnx.ModelProto, layers: list[LayerSpec], genome: Genome, samples: Mapping[str, np.ndarray],
-    result: QuantResult,
+    result: QuantResult, learned: Mapping[str, LearnedScales],
 ) -> None:
     """MatMulNBits, GatherBlockQuantized and block-wise QDQ layers (``harness.quant.kernels``), all
-    weight-only (``harness.core.genome`` says why)."""
+    weight-only (``harness.core.genome`` says why). A layer with ``learned`` weight scales (a fine-tune's
+    grid, ``[C, n_blocks]``) rounds to nearest on them, whatever the gene's rounding."""
     for layer in layers:
         gene = genome[layer.name]
         x = samples.get(layer.name)
+        mine = learned.get(layer.name)
+        fixed = None if mine is None or mine.weight_scale is None else (mine.weight_scale, mine.weight_zero_point)
         if gene.kernel == "matmulnbits":
-            kernels.matmul_nbits(proto, layer, gene, x)
+            kernels.matmul_nbits(proto, layer, gene, x, fixed)
         elif gene.kernel == "gather_block":
-            kernels.gather_block(proto, layer, gene)
+            kernels.gather_block(proto, layer, gene, fixed)
         else:
-            kernels.block_dequantize(proto, layer, gene, x)
+            kernels.block_dequantize(proto, layer, gene, x, fixed)
             result.nominal_bits[layer.weight] = int(gene.weight_bits)
         if gene.emulated:
             result.emulated_layers.append(layer.name)

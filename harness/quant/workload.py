@@ -141,15 +141,18 @@ class Workload:
     def build(self, genome: Genome) -> QuantResult:
         """The quantized model of ``genome``; a ``rounding: gptq`` layer gets its calibration inputs
         (collected once for every MatMul/Gemm layer, cached on disk: ``rounding.activation_samples``)."""
-        samples = None
-        if any(gene.rounding == "gptq" for gene in genome.genes.values()):
-            if self._samples is None:
-                from harness.quant.rounding import activation_samples
-
-                eligible = [layer.name for layer in self.model.layers if layer.op_type in ("MatMul", "Gemm")]
-                self._samples = activation_samples(self.model, self.calib, eligible)
-            samples = self._samples
+        samples = self.gptq_samples() if any(gene.rounding == "gptq" for gene in genome.genes.values()) else None
         return quantize(self.model, genome, self.ranges, samples)
+
+    def gptq_samples(self) -> dict[str, np.ndarray]:
+        """Every MatMul/Gemm layer's calibration inputs ``[S, K]`` (what ``rounding: gptq`` needs),
+        collected once and cached on disk (``rounding.activation_samples``)."""
+        if self._samples is None:
+            from harness.quant.rounding import activation_samples
+
+            eligible = [layer.name for layer in self.model.layers if layer.op_type in ("MatMul", "Gemm")]
+            self._samples = activation_samples(self.model, self.calib, eligible)
+        return self._samples
 
     def _eval_set(self) -> Dataset:
         if self.eval_data is None:

@@ -10,6 +10,7 @@ quantized, to float precision: a difference there is a grid that differs, not a 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -122,41 +123,60 @@ def test_learned_scales_reach_the_quantizer(digits_workload, base) -> None:  # t
     assert np.abs(plain - torch_out).mean() > 10 * np.abs(ort_out - torch_out).mean()
 
 
-def test_unsupported_genes_are_one_line_errors(digits_workload, base) -> None:  # type: ignore[no-untyped-def]
-    from harness.core.errors import InputError
+def test_gptq_without_samples_is_a_one_line_error(digits_workload, base) -> None:  # type: ignore[no-untyped-def]
+    from harness.core.errors import ModelError
 
-    for gene in ({"weight_bits": 4, "activation_bits": 8, "rounding": "gptq"},
-                 {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16,
-                  "rounding": "mse"}):
-        genome = digits_workload.genome({"default": {"weight_bits": "fp"}, "layers": dict.fromkeys(MATMULS, gene)})
-        with pytest.raises(InputError, match=f"rounding {gene['rounding']}") as err:
-            fakequant.attach(copy.deepcopy(base), digits_workload.model, genome, digits_workload.ranges)
-        assert "\n" not in str(err.value)
+    gene = {"weight_bits": 4, "activation_bits": 8, "rounding": "gptq"}
+    genome = digits_workload.genome({"default": {"weight_bits": "fp"}, "layers": dict.fromkeys(MATMULS, gene)})
+    with pytest.raises(ModelError, match="rounding gptq needs the layer's calibration inputs") as err:
+        fakequant.attach(copy.deepcopy(base), digits_workload.model, genome, digits_workload.ranges)
+    assert "\n" not in str(err.value)
+
+
+ROUNDED_MATMULS: list[dict[str, Any]] = [
+    {"weight_bits": 4, "activation_bits": 8, "rounding": "gptq"},
+    {"weight_bits": 3, "activation_bits": "fp", "scheme": "asymmetric", "rounding": "gptq"},
+    {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16, "scheme": "asymmetric",
+     "rounding": "gptq"},
+    {"weight_bits": 4, "granularity": "per_block", "block_size": 16, "kernel": "matmulnbits", "accuracy_level": 4,
+     "rounding": "gptq"},
+    {"weight_bits": 3, "activation_bits": "fp", "granularity": "per_block", "block_size": 32, "rounding": "mse"},
+    {"weight_bits": 4, "granularity": "per_block", "block_size": 16, "kernel": "matmulnbits", "scheme": "asymmetric",
+     "rounding": "hqq"},
+]
 
 
 @pytest.mark.parametrize("lsq", [False, True])
 @pytest.mark.parametrize("gene", [
     {"weight_bits": 3, "activation_bits": 8, "scheme": "asymmetric", "rounding": "mse"},
     {"weight_bits": 4, "activation_bits": "fp", "rounding": "hqq"},
-], ids=str)
+] + [{"default": {"weight_bits": 8, "activation_bits": 8}, "layers": {"*matmul*": g}} for g in ROUNDED_MATMULS],
+    ids=lambda g: str(g.get("layers", {}).get("*matmul*", g))[:90])
 def test_rounding_methods_scales_are_the_grid(digits_workload, base, gene, lsq) -> None:  # type: ignore[no-untyped-def]
-    """A gene with rounding mse / hqq trains on the scales that method chose on the parent's weights: the
-    fake quantization is qae's QDQ model of the gene, and the scales handed to the quantizer (what a
-    fine-tune exports) build that same model."""
+    """A gene with rounding mse / hqq / gptq (per channel, and per block with qae's own kernels) trains on
+    the grid that method chose on the parent's weights (GPTQ's weights too): before any step the fake
+    quantization is qae's model of the gene, and the scales handed to the quantizer (what a fine-tune
+    exports) build that same model from the (GPTQ-moved) weights."""
     from harness.quant.quantize import quantize
 
     work = digits_workload
-    genome = work.genome({"default": gene})
+    if "layers" in gene:  # the rounded gene on every MatMul
+        gene = {"default": gene["default"], "layers": dict.fromkeys(
+            [layer.name for layer in work.model.layers if layer.op_type == "MatMul"], gene["layers"]["*matmul*"])}
+    genome = work.genome(gene if "default" in gene else {"default": gene})
+    samples = work.gptq_samples()
     module = copy.deepcopy(base)
-    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=lsq)
+    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=lsq, samples=samples)
     x = work.eval_data.inputs["pixels"]
     with torch.no_grad():
         torch_out = module(torch.from_numpy(x)).numpy()
     plain = session(work.build(genome).proto).run(None, {"pixels": x})[0]
     learned = attached.learned_scales(work.model)
     assert {name for name, s in learned.items() if s.weight_scale is not None} == {
-        layer.name for layer in work.model.layers}
-    exported = session(quantize(work.model, genome, work.ranges, learned=learned).proto).run(None, {"pixels": x})[0]
+        layer.name for layer in work.model.layers if lsq or genome[layer.name].rounding != "rtn"}
+    trained = fakequant.torch_to_onnx(module, work.model)  # the weights as training starts (GPTQ's, for gptq)
+    model = replace(work.model, proto=trained)
+    exported = session(quantize(model, genome, work.ranges, learned=learned).proto).run(None, {"pixels": x})[0]
     span = float(np.abs(plain).max())
     assert np.abs(exported - plain).max() < 1e-4 * span
     assert np.abs(plain - torch_out).mean() < 1e-3 * span

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.run.archive import Archive
@@ -115,6 +116,39 @@ def test_finetune_a_given_genome(tuned_run: Path, tmp_path: Path) -> None:
         assert cands[child].values["accuracy"].value > cands[given].values["accuracy"].value + 0.2
     finally:
         archive.close()
+
+
+def test_finetune_a_gptq_block_genome(tuned_run: Path, tmp_path: Path) -> None:
+    """A GPTQ-rounded block-wise genome (qae's own MatMulNBits kernel): the fine-tune starts from GPTQ's
+    weights and grid, so its first score is the post-training candidate's, and the trained weights are
+    exported on that grid (block scales ``[N, blocks]`` in scales.json), built and scored like any candidate."""
+    import yaml
+
+    gene = {"weight_bits": 2, "granularity": "per_block", "block_size": 16, "scheme": "asymmetric",
+            "rounding": "gptq", "kernel": "matmulnbits"}
+    matmuls = [f"blocks.{i}.{n}" for i in (0, 1) for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                                            "attn.out_proj", "ffn.fc1", "ffn.fc2")]
+    genome = tmp_path / "gptq.yaml"
+    genome.write_text(yaml.safe_dump({"default": {"weight_bits": 8, "activation_bits": 8},
+                                      "layers": dict.fromkeys(matmuls, gene)}))
+    proc = qae("finetune", str(tuned_run), "--genome", str(genome), *TUNE)
+    assert proc.returncode == 0, proc.stderr
+    archive = Archive.open_existing(tuned_run / "archive.sqlite", readonly=True)
+    try:
+        added = archive.added()
+        given = next(h for h, r in added.items() if r["kind"] == "given" and r["genome_file"] == str(genome))
+        child, prov = next((h, p) for h, p in archive.finetuned().items() if p["parent"] == given)
+        cands = {c.hash: c for c in archive.candidates("arm-neon-a76")}
+    finally:
+        archive.close()
+    # the fake-quantized start is the GPTQ candidate itself (270 validation images: one image is 1/270)
+    assert prov["parent_validation_fake_quant"] == pytest.approx(cands[given].values["accuracy"].value,
+                                                                 abs=1 / 270 + 1e-9)
+    scales = json.loads((tuned_run / prov["model"] / "scales.json").read_text())
+    for name in matmuls:
+        block = np.asarray(scales[name]["weight_scale"])
+        assert block.ndim == 2 and block.shape[1] > 1, (name, block.shape)
+    assert cands[child].values["accuracy"].value >= cands[given].values["accuracy"].value
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_candidate(tuned_run: Path, tmp_path: Path) -> None:
