@@ -128,17 +128,26 @@ class GaussianProcessModel:
     tune_on: ClassVar[int] = 120
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray) -> GaussianProcessModel:
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        length_scales: str = "shared",
+        sizes: Sequence[int] | np.ndarray | None = None,
+    ) -> GaussianProcessModel:
+        """``length_scales``: ``"shared"`` (one Matern length scale), ``"layer"`` (one per layer: the
+        one-hot blocks of ``sizes``, via ``search.gp_kernel.LayerMatern``) or ``"choice"`` (one per
+        one-hot column: scikit-learn's anisotropic Matern). Every form starts from length scale 2."""
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
+        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, WhiteKernel
         from threadpoolctl import threadpool_limits
 
         out = []
         for j in range(y.shape[1]):
-            kernel = (ConstantKernel(1.0) * Matern(length_scale=2.0, length_scale_bounds=(0.1, 100.0), nu=2.5)
+            kernel = (ConstantKernel(1.0) * _matern(length_scales, x.shape[1], sizes)
                       + ConstantKernel(0.1) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3))
                       + WhiteKernel(1e-3, (1e-6, 1.0)))
             # alpha: jitter on the diagonal, so a near-singular kernel still factorises
@@ -161,6 +170,27 @@ class GaussianProcessModel:
         with threadpool_limits(1):
             pairs = [m.predict(x, return_std=True) for m in self.models]  # type: ignore[attr-defined]
         return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+
+
+LENGTH_SCALES = ("shared", "layer", "choice")
+
+
+def _matern(length_scales: str, width: int, sizes: Sequence[int] | np.ndarray | None) -> Any:
+    """The Matern-5/2 part of the GP kernel with ``length_scales`` (see ``GaussianProcessModel.fit``)."""
+    from sklearn.gaussian_process.kernels import Matern
+
+    bounds = (0.1, 100.0)
+    if length_scales == "shared":
+        return Matern(length_scale=2.0, length_scale_bounds=bounds, nu=2.5)
+    if length_scales == "choice":
+        return Matern(length_scale=np.full(width, 2.0), length_scale_bounds=bounds, nu=2.5)
+    if length_scales == "layer":
+        if sizes is None:
+            raise ValueError("layer length scales need the layer sizes")
+        from search.gp_kernel import LayerMatern
+
+        return LayerMatern(tuple(int(v) for v in sizes), np.full(len(sizes), 2.0), bounds)
+    raise ValueError(f"length_scales must be one of {LENGTH_SCALES}")
 
 
 def _short_lbfgs(obj_func: Any, initial_theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, float]:
@@ -187,7 +217,9 @@ class SurrogateScreening(Screening):
     unscreened from the operators' children; ``samples``: draws from the predictive distribution
     per candidate for the expected improvement; ``min_records``: told, non-failed records needed
     before screening starts; ``proposals``: the model's own optima added to the pool, as a multiple of
-    the wanted children (0: none); ``model``: ``"gp"`` or ``"linear"``.
+    the wanted children (0: none); ``model``: ``"gp"`` or ``"linear"``; ``length_scales``: the GP's
+    Matern length scales, ``"shared"``, one per ``"layer"`` or one per ``"choice"`` (see
+    ``GaussianProcessModel.fit``).
     """
 
     def __init__(
@@ -199,6 +231,7 @@ class SurrogateScreening(Screening):
         min_records: int = 8,
         proposals: float = 1.0,
         model: str = "gp",
+        length_scales: str = "shared",
     ) -> None:
         if pool_factor < 1 or samples < 1:
             raise ValueError("pool_factor and samples must be >= 1")
@@ -215,6 +248,9 @@ class SurrogateScreening(Screening):
         if model not in ("linear", "gp"):
             raise ValueError("model must be 'linear' or 'gp'")
         self.model = model
+        if length_scales not in LENGTH_SCALES:
+            raise ValueError(f"length_scales must be one of {LENGTH_SCALES}")
+        self.length_scales = length_scales
 
     def active(self, records: Sequence[Record]) -> bool:
         return sum(not r.evaluation.failed for r in records) >= self.min_records
@@ -258,7 +294,7 @@ class SurrogateScreening(Screening):
         model: LinearModel | GaussianProcessModel | None = None
         if self.model == "gp":
             try:
-                model = GaussianProcessModel.fit(x, y)
+                model = GaussianProcessModel.fit(x, y, self.length_scales, space.sizes)
             except (np.linalg.LinAlgError, ValueError):
                 pass  # a kernel that does not factorise even with jitter: the linear model screens this batch
         if model is None:
