@@ -1,4 +1,4 @@
-"""The per-layer Matern kernel: what it reduces to, its gradient, and what a fit learns with it."""
+"""The per-layer Matern kernel and the length-scale prior: what they reduce to, the gradient, what a fit learns."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_layer_scales_learn_which_layers_matter() -> None:
     model = GaussianProcessModel.fit(one_hot(genomes, SPACE), y, "layer", SPACE.sizes)
     scales = model.models[0].kernel_.k1.k1.k2.length_scale  # type: ignore[attr-defined]
     assert max(scales[:2]) < min(scales[2:])
+
+
+def test_the_prior_lengthens_the_scale_of_a_layer_the_data_never_varies() -> None:
+    # layer d is always at choice 0: the likelihood says nothing about its scale, the prior pulls it
+    # from the start (2) towards its mode exp(sqrt(2) + log(width) / 2)
+    rng = np.random.default_rng(4)
+    genomes = list(dict.fromkeys((*SPACE.random(rng)[:3], 0) for _ in range(60)))
+    y = np.array([[float(g[0] + g[1] * g[2])] for g in genomes])
+    x = one_hot(genomes, SPACE)
+    scales = {}
+    for prior in (False, True):
+        model = GaussianProcessModel.fit(x, y, "layer", SPACE.sizes, length_scale_prior=prior)
+        scales[prior] = model.models[0].kernel_.k1.k1.k2.length_scale  # type: ignore[attr-defined]
+    assert scales[False][3] == pytest.approx(2.0)
+    assert scales[True][3] > 5.0
