@@ -10,20 +10,22 @@ them the engine asks for.
 ``GaussianProcessRegressor``; and one for the total constraint violation, once some told candidate
 violates a constraint) on a one-hot encoding of the genome: a Matern 5/2 kernel, whose distance
 counts the layers whose choice differs, so it sees interactions between layers, plus a linear
-(dot-product) part and white noise, hyperparameters by marginal likelihood on at most
-``tune_on`` records. ``model="linear"`` uses a Bayesian linear regression instead (``BayesianRidge``:
-one weight per (layer, choice), weight and noise precisions from the data), which also screens a
-batch whose GP kernel does not factorise. Either gives each prediction a mean and a standard
-deviation. The linear model also proposes genomes of its own (``propose``): the exact minimisers of
-weighted sums of its predicted objectives, on the posterior mean and on Thompson draws, which breeding
-alone may take generations to reach; they join the pool with origin ``surrogate``. Children are then picked greedily
-by expected hypervolume improvement over the told feasible front (objectives normalised by the
-told range, reference point 1.1), estimated from draws of the predictive distribution; a draw
-predicted infeasible improves nothing. Each pick joins the front at its mean prediction before the
-next ("believer" batches), so one batch spreads along the front instead of piling into one gap.
-Children with no expected improvement follow, by predicted violation, then by distance to the
-front. Before any told candidate is feasible the least predicted violation goes first. A share
-``explore`` of each batch can be left to the operators unscreened.
+(dot-product) part and white noise, hyperparameters by marginal likelihood on at most ``tune_on``
+records. ``length_scales`` gives the Matern part one length scale per layer or per (layer, choice)
+column instead of one in all (ARD, as the Bayesian optimisers' GPs), and ``length_scale_prior`` fits
+them under BoTorch's dimension-scaled prior. ``model="linear"`` uses a Bayesian linear regression
+instead (``BayesianRidge``: one weight per (layer, choice), weight and noise precisions from the
+data), which also screens a batch whose GP kernel does not factorise. Either gives each prediction a
+mean and a standard deviation. The linear model also proposes genomes of its own (``propose``): the
+exact minimisers of weighted sums of its predicted objectives, on the posterior mean and on Thompson
+draws, which breeding alone may take generations to reach; they join the pool with origin
+``surrogate``. Children are then picked greedily by expected hypervolume improvement over the told
+feasible front (objectives normalised by the told range, reference point 1.1), estimated from draws
+of the predictive distribution; a draw predicted infeasible improves nothing. Each pick joins the
+front at its mean prediction before the next ("believer" batches), so one batch spreads along the
+front instead of piling into one gap. Children with no expected improvement follow, by predicted
+violation, then by distance to the front. Before any told candidate is feasible the least predicted
+violation goes first. A share ``explore`` of each batch can be left to the operators unscreened.
 
 Contract (as for the operators): no state between calls and randomness only from the engine's
 ``rng``, so a seed still gives one run and resume stays exact. The screening never looks inside a
