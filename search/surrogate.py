@@ -10,20 +10,22 @@ them the engine asks for.
 ``GaussianProcessRegressor``; and one for the total constraint violation, once some told candidate
 violates a constraint) on a one-hot encoding of the genome: a Matern 5/2 kernel, whose distance
 counts the layers whose choice differs, so it sees interactions between layers, plus a linear
-(dot-product) part and white noise, hyperparameters by marginal likelihood on at most
-``tune_on`` records. ``model="linear"`` uses a Bayesian linear regression instead (``BayesianRidge``:
-one weight per (layer, choice), weight and noise precisions from the data), which also screens a
-batch whose GP kernel does not factorise. Either gives each prediction a mean and a standard
-deviation. The linear model also proposes genomes of its own (``propose``): the exact minimisers of
-weighted sums of its predicted objectives, on the posterior mean and on Thompson draws, which breeding
-alone may take generations to reach; they join the pool with origin ``surrogate``. Children are then picked greedily
-by expected hypervolume improvement over the told feasible front (objectives normalised by the
-told range, reference point 1.1), estimated from draws of the predictive distribution; a draw
-predicted infeasible improves nothing. Each pick joins the front at its mean prediction before the
-next ("believer" batches), so one batch spreads along the front instead of piling into one gap.
-Children with no expected improvement follow, by predicted violation, then by distance to the
-front. Before any told candidate is feasible the least predicted violation goes first. A share
-``explore`` of each batch can be left to the operators unscreened.
+(dot-product) part and white noise, hyperparameters by marginal likelihood on at most ``tune_on``
+records. ``length_scales`` gives the Matern part one length scale per layer or per (layer, choice)
+column instead of one in all (ARD, as the Bayesian optimisers' GPs), and ``length_scale_prior`` fits
+them under BoTorch's dimension-scaled prior. ``model="linear"`` uses a Bayesian linear regression
+instead (``BayesianRidge``: one weight per (layer, choice), weight and noise precisions from the
+data), which also screens a batch whose GP kernel does not factorise. Either gives each prediction a
+mean and a standard deviation. The linear model also proposes genomes of its own (``propose``): the
+exact minimisers of weighted sums of its predicted objectives, on the posterior mean and on Thompson
+draws, which breeding alone may take generations to reach; they join the pool with origin
+``surrogate``. Children are then picked greedily by expected hypervolume improvement over the told
+feasible front (objectives normalised by the told range, reference point 1.1), estimated from draws
+of the predictive distribution; a draw predicted infeasible improves nothing. Each pick joins the
+front at its mean prediction before the next ("believer" batches), so one batch spreads along the
+front instead of piling into one gap. Children with no expected improvement follow, by predicted
+violation, then by distance to the front. Before any told candidate is feasible the least predicted
+violation goes first. A share ``explore`` of each batch can be left to the operators unscreened.
 
 Contract (as for the operators): no state between calls and randomness only from the engine's
 ``rng``, so a seed still gives one run and resume stays exact. The screening never looks inside a
@@ -128,22 +130,38 @@ class GaussianProcessModel:
     tune_on: ClassVar[int] = 120
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray) -> GaussianProcessModel:
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        length_scales: str = "shared",
+        sizes: Sequence[int] | np.ndarray | None = None,
+        length_scale_prior: bool = False,
+    ) -> GaussianProcessModel:
+        """``length_scales``: ``"shared"`` (one Matern length scale), ``"layer"`` (one per layer: the
+        one-hot blocks of ``sizes``, via ``search.gp_kernel.LayerMatern``) or ``"choice"`` (one per
+        one-hot column: scikit-learn's anisotropic Matern). Every form starts from length scale 2.
+        ``length_scale_prior``: fit the length scales by maximum a posteriori under BoTorch's
+        dimension-scaled prior (``_log_scale_prior``) instead of by marginal likelihood alone."""
+        import functools
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
+        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, WhiteKernel
         from threadpoolctl import threadpool_limits
 
         out = []
         for j in range(y.shape[1]):
-            kernel = (ConstantKernel(1.0) * Matern(length_scale=2.0, length_scale_bounds=(0.1, 100.0), nu=2.5)
+            kernel = (ConstantKernel(1.0) * _matern(length_scales, x.shape[1], sizes)
                       + ConstantKernel(0.1) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3))
                       + WhiteKernel(1e-3, (1e-6, 1.0)))
+            optimizer = _short_lbfgs
+            if length_scale_prior:
+                optimizer = functools.partial(_short_lbfgs, prior=_log_scale_prior(kernel, x.shape[1]))
             # alpha: jitter on the diagonal, so a near-singular kernel still factorises
             gp = GaussianProcessRegressor(kernel, alpha=1e-6, normalize_y=True, n_restarts_optimizer=0,
-                                          optimizer=_short_lbfgs)
+                                          optimizer=optimizer)
             with threadpool_limits(1), warnings.catch_warnings():  # small matrices: threads only contend
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 if len(x) > cls.tune_on:
@@ -163,12 +181,72 @@ class GaussianProcessModel:
         return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
 
 
-def _short_lbfgs(obj_func: Any, initial_theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, float]:
-    """scikit-learn's default hyperparameter optimiser (L-BFGS-B on the log marginal likelihood),
-    stopped after 25 iterations: the screening ranks candidates, it needs no exact optimum."""
+LENGTH_SCALES = ("shared", "layer", "choice")
+
+
+def _matern(length_scales: str, width: int, sizes: Sequence[int] | np.ndarray | None) -> Any:
+    """The Matern-5/2 part of the GP kernel with ``length_scales`` (see ``GaussianProcessModel.fit``)."""
+    from sklearn.gaussian_process.kernels import Matern
+
+    bounds = (0.1, 100.0)
+    if length_scales == "shared":
+        return Matern(length_scale=2.0, length_scale_bounds=bounds, nu=2.5)
+    if length_scales == "choice":
+        return Matern(length_scale=np.full(width, 2.0), length_scale_bounds=bounds, nu=2.5)
+    if length_scales == "layer":
+        if sizes is None:
+            raise ValueError("layer length scales need the layer sizes")
+        from search.gp_kernel import LayerMatern
+
+        return LayerMatern(tuple(int(v) for v in sizes), np.full(len(sizes), 2.0), bounds)
+    raise ValueError(f"length_scales must be one of {LENGTH_SCALES}")
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """Independent Normal priors on some entries of a kernel's ``theta`` (log hyperparameters)."""
+
+    index: np.ndarray
+    mean: float
+    var: float
+
+
+def _log_scale_prior(kernel: Any, width: int) -> _Prior:
+    """BoTorch's default length-scale prior (SingleTaskGP since 0.12, Hvarfner et al. 2024), a
+    log-normal with location sqrt(2) + log(width) / 2 and scale sqrt(3) for a ``width``-column input,
+    on every Matern length scale of ``kernel``: a Normal on the log length scale, whose mode is the
+    median (BoTorch's MAP in the length scale itself puts the mode lower, at exp(loc - 3)). It pulls
+    length scales the data says little about towards long ones, so a few records cannot make a
+    layer look decisive."""
+    index: list[int] = []
+    at = 0
+    for h in kernel.hyperparameters:  # theta is the free hyperparameters' log values, in this order
+        if h.fixed:
+            continue
+        if h.name.endswith("length_scale"):
+            index += range(at, at + h.n_elements)
+        at += h.n_elements
+    return _Prior(np.array(index, dtype=int), float(np.sqrt(2.0) + 0.5 * np.log(width)), 3.0)
+
+
+def _short_lbfgs(
+    obj_func: Any, initial_theta: np.ndarray, bounds: np.ndarray, prior: _Prior | None = None
+) -> tuple[np.ndarray, float]:
+    """scikit-learn's default hyperparameter optimiser (L-BFGS-B on the negative log marginal
+    likelihood, plus the negative log ``prior`` if any), stopped after 25 iterations: the screening
+    ranks candidates, it needs no exact optimum."""
     from scipy.optimize import minimize
 
-    res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 25})
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = obj_func(theta)
+        if prior is None:
+            return value, grad
+        z = theta[prior.index] - prior.mean
+        grad = np.array(grad, dtype=float)
+        grad[prior.index] += z / prior.var
+        return float(value) + float((z * z).sum() / (2.0 * prior.var)), grad
+
+    res = minimize(objective, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 25})
     return res.x, float(res.fun)
 
 
@@ -187,7 +265,9 @@ class SurrogateScreening(Screening):
     unscreened from the operators' children; ``samples``: draws from the predictive distribution
     per candidate for the expected improvement; ``min_records``: told, non-failed records needed
     before screening starts; ``proposals``: the model's own optima added to the pool, as a multiple of
-    the wanted children (0: none); ``model``: ``"gp"`` or ``"linear"``.
+    the wanted children (0: none); ``model``: ``"gp"`` or ``"linear"``; ``length_scales``: the GP's
+    Matern length scales, ``"shared"``, one per ``"layer"`` or one per ``"choice"``, and
+    ``length_scale_prior`` whether they have BoTorch's prior (see ``GaussianProcessModel.fit``).
     """
 
     def __init__(
@@ -199,6 +279,8 @@ class SurrogateScreening(Screening):
         min_records: int = 8,
         proposals: float = 1.0,
         model: str = "gp",
+        length_scales: str = "shared",
+        length_scale_prior: bool = False,
     ) -> None:
         if pool_factor < 1 or samples < 1:
             raise ValueError("pool_factor and samples must be >= 1")
@@ -215,6 +297,10 @@ class SurrogateScreening(Screening):
         if model not in ("linear", "gp"):
             raise ValueError("model must be 'linear' or 'gp'")
         self.model = model
+        if length_scales not in LENGTH_SCALES:
+            raise ValueError(f"length_scales must be one of {LENGTH_SCALES}")
+        self.length_scales = length_scales
+        self.length_scale_prior = length_scale_prior
 
     def active(self, records: Sequence[Record]) -> bool:
         return sum(not r.evaluation.failed for r in records) >= self.min_records
@@ -258,7 +344,7 @@ class SurrogateScreening(Screening):
         model: LinearModel | GaussianProcessModel | None = None
         if self.model == "gp":
             try:
-                model = GaussianProcessModel.fit(x, y)
+                model = GaussianProcessModel.fit(x, y, self.length_scales, space.sizes, self.length_scale_prior)
             except (np.linalg.LinAlgError, ValueError):
                 pass  # a kernel that does not factorise even with jitter: the linear model screens this batch
         if model is None:

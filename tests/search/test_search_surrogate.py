@@ -225,3 +225,19 @@ def test_default_screening_model_is_a_gaussian_process_and_the_linear_one_stays_
         assert len(picked) == len(set(picked)) == 8 and all(0 <= i < len(pool) for i in picked)
     with pytest.raises(ValueError):
         SurrogateScreening(model="forest")
+
+
+def test_every_length_scale_form_screens_and_a_bad_one_is_rejected() -> None:
+    problem = SeparableProblem(6, 4, n_objectives=2, seed=5)
+    rng = np.random.default_rng(1)
+    told = list(dict.fromkeys(problem.space.random(rng) for _ in range(150)))  # past the tuning subset
+    pool = [g for g in dict.fromkeys(problem.space.random(rng) for _ in range(200)) if g not in told]
+    assert "length_scales='shared'" in EngineConfig(n_objectives=2).describe()["surrogate"]
+    for scales in ("shared", "layer", "choice"):
+        screening = SurrogateScreening(length_scales=scales)
+        picked = screening.choose(np.random.default_rng(2), pool, _records(problem, told), 8, problem.space)
+        assert len(picked) == len(set(picked)) == 8 and all(0 <= i < len(pool) for i in picked)
+        again = screening.choose(np.random.default_rng(2), pool, _records(problem, told), 8, problem.space)
+        assert again == picked  # fixed starts: one fit per data
+    with pytest.raises(ValueError):
+        SurrogateScreening(length_scales="dimension")
