@@ -232,9 +232,10 @@ def test_every_length_scale_form_screens_and_a_bad_one_is_rejected() -> None:
     rng = np.random.default_rng(1)
     told = list(dict.fromkeys(problem.space.random(rng) for _ in range(150)))  # past the tuning subset
     pool = [g for g in dict.fromkeys(problem.space.random(rng) for _ in range(200)) if g not in told]
-    assert "length_scales='shared'" in EngineConfig(n_objectives=2).describe()["surrogate"]
-    for scales in ("shared", "layer", "choice"):
-        screening = SurrogateScreening(length_scales=scales)
+    described = EngineConfig(n_objectives=2).describe()["surrogate"]  # the default: per layer, with the prior
+    assert "length_scales='layer'" in described and "length_scale_prior=True" in described
+    for scales, prior in (("shared", False), ("layer", False), ("layer", True), ("choice", False)):
+        screening = SurrogateScreening(length_scales=scales, length_scale_prior=prior)
         picked = screening.choose(np.random.default_rng(2), pool, _records(problem, told), 8, problem.space)
         assert len(picked) == len(set(picked)) == 8 and all(0 <= i < len(pool) for i in picked)
         again = screening.choose(np.random.default_rng(2), pool, _records(problem, told), 8, problem.space)
