@@ -1137,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
         body["calibration_id"] = load_profile(PROFILE).calibration_id
         for res in results.values():
             res["date"], res["calibration_id"] = common.environment()["date"], body["calibration_id"]
+            res["code_version"] = code_version()  # the summary flags runs made by other code
         body["spaces"] = {**carried_spaces(common.RESULTS / "search_quality.json", spaces), **results}
     path = common.write_result("search_quality", body)
     for name, res in results.items():

@@ -88,6 +88,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                 *([f"*Not re-run in this benchmark's latest call: these figures are from the run of {sp.get('date')} "
                    f"(latency calibration {sp.get('calibration_id') or 'not recorded'}; the methods added since, "
                    "such as the BoTorch peer, are not in it).*", ""] if sp.get("carried") else []),
+                *_stale(sp.get("code_version")),
                 "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
                 + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
                 "|---|" + "---|" * (2 * len(budgets) + 1)]
@@ -175,6 +176,19 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                                                   "and budget, and the true-front bars met."]
     out.append("")
     return out
+
+
+def _stale(recorded: str | None) -> list[str]:
+    """A warning when these runs were made by other engine or benchmark code than the checkout's (the hash
+    ``bench_search.code_version()`` keys its stored runs by), so their qae rows may not be today's engine."""
+    from benchmarks.bench_search import code_version
+
+    now = code_version()
+    if recorded == now:
+        return []
+    return [f"**Stale:** these runs were made by other engine or benchmark code (code version "
+            f"{recorded or 'not recorded'}, the checkout's is {now}); qae's rows describe that engine, not "
+            "today's defaults. Re-run `python -m benchmarks.bench_search` to refresh them.", ""]
 
 
 def one_space_section(d: dict[str, Any]) -> list[str]:

@@ -112,3 +112,13 @@ def test_a_subset_of_spaces_keeps_the_others_marked(tmp_path: Path) -> None:
                                           "calibration_id": "abc", "carried": True}}
     path.write_text("{not json")
     assert bench_search.carried_spaces(path, ["digits-vit-groups"]) == {}
+
+
+def test_search_runs_of_other_code_are_flagged_stale() -> None:
+    """The summary marks search-quality runs made by other engine or benchmark code than the checkout's
+    (their qae rows are another engine's), and only those."""
+    now = bench_search.code_version()
+    assert summary._stale(now) == []
+    for recorded in (None, "0" * 16):
+        (line, _) = summary._stale(recorded)
+        assert line.startswith("**Stale:**") and now in line and (recorded or "not recorded") in line
