@@ -18,7 +18,6 @@ from the user's module, traced with the first calibration sample).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from harness.quant import metrics
 from harness.quant.data import DataOptions, load_dataset
 from harness.quant.evaluate import EvalReport
 from harness.quant.litert_model import LiteModelInfo, load_tflite, require, weight_bytes
-from harness.quant.workload import Workload, at_data_shapes, builtin_default, resolve_metric
+from harness.quant.workload import Workload, at_data_shapes, builtin_default, resolve_metric, with_metric
 
 RUNTIMES = ("onnxruntime", "litert")
 TORCH_PREFIX = "torch:"
@@ -95,22 +94,16 @@ class LiteWorkload(Workload):
         if method != "minmax":
             raise InputError(f"--method {method} is ONNX Runtime's calibration; ai-edge-quantizer calibrates with "
                              "min/max: use --method minmax on LiteRT")
-        options = options or DataOptions()
-        if metric != "auto" and options.metric == "auto":
-            options = replace(options, metric=metric)
+        options = with_metric(options, metric)
         model = load_lite_model(spec, input_shapes, calib)
-        resolved = resolve_metric(options.metric, model.builtin)
         calib_set = load_dataset(calib or builtin_default(model, "calib", "--calib"), model, options)
         model = at_data_shapes(model, calib_set, input_shapes)  # type: ignore[assignment]
         assert isinstance(model, LiteModelInfo)
         feeds = [{model.input_map.get(k, k): v for k, v in feed.items()} for feed in calib_set.batches(None)]
         ranges, cached = litert_quant.calibrate(model, _cast(model, feeds), calib_set.sha256)
-        work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)  # type: ignore[arg-type]
-        if test_data is not None and holdout is not None:
-            raise InputError("give either --test FILE or --holdout FRACTION, not both")
-        if eval_data is not None or model.builtin:
-            work.eval_data = load_dataset(eval_data or builtin_default(model, "eval", "--data"), model, options)
-        work._open_test(test_data, holdout, builtin_test=eval_data is None)
+        work = cls(model, calib_set, ranges, cached, method,  # type: ignore[arg-type]
+                   metric=resolve_metric(options.metric, model.builtin), options=options)
+        work.open_splits(eval_data, test_data, holdout)
         return work
 
     @property

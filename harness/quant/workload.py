@@ -74,22 +74,25 @@ class Workload:
         (the rest is then the validation split), or a builtin's shipped ``test.npz`` when neither
         data file is given; without any, there is no test split (``test_data`` is None).
         """
-        options = options or DataOptions()
-        if metric != "auto" and options.metric == "auto":
-            options = replace(options, metric=metric)
+        options = with_metric(options, metric)
         model = load_model(spec, input_shapes)
-        resolved = resolve_metric(options.metric, model.builtin)
-        calib_path = calib or builtin_default(model, "calib", "--calib")
-        calib_set = load_dataset(calib_path, model, options)
+        calib_set = load_dataset(calib or builtin_default(model, "calib", "--calib"), model, options)
         model = at_data_shapes(model, calib_set, input_shapes)
         ranges, cached = activation_ranges(model, calib_set, method)
-        work = cls(model, calib_set, ranges, cached, method, metric=resolved, options=options)
+        work = cls(model, calib_set, ranges, cached, method, metric=resolve_metric(options.metric, model.builtin),
+                   options=options)
+        work.open_splits(eval_data, test_data, holdout)
+        return work
+
+    def open_splits(self, eval_data: str | Path | None, test_data: str | Path | None, holdout: float | None) -> None:
+        """The validation split (``eval_data``, or a builtin's own) and the test split (see ``open``);
+        every backend's ``open`` ends here."""
         if test_data is not None and holdout is not None:
             raise InputError("give either --test FILE or --holdout FRACTION, not both")
-        if eval_data is not None or model.builtin:
-            work.eval_data = load_dataset(eval_data or builtin_default(model, "eval", "--data"), model, options)
-        work._open_test(test_data, holdout, builtin_test=eval_data is None)
-        return work
+        if eval_data is not None or self.model.builtin:
+            self.eval_data = load_dataset(eval_data or builtin_default(self.model, "eval", "--data"), self.model,
+                                          self.options)
+        self._open_test(test_data, holdout, builtin_test=eval_data is None)
 
     def _open_test(self, test_data: str | Path | None, fraction: float | None, builtin_test: bool) -> None:
         """Fix the test split (see ``open``) and record where every split came from."""
@@ -238,6 +241,12 @@ class Workload:
             "top1_agreement": got.top1_agreement,
             "scores": got.per_output,
         }
+
+
+def with_metric(options: DataOptions | None, metric: str) -> DataOptions:
+    """``options`` with the older ``metric`` argument applied where the options leave it at ``auto``."""
+    options = options or DataOptions()
+    return replace(options, metric=metric) if metric != "auto" and options.metric == "auto" else options
 
 
 def resolve_metric(metric: str, builtin: str | None) -> str:
