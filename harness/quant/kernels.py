@@ -124,6 +124,10 @@ def on_grid(rows: np.ndarray, bits: int, symmetric: bool, block_size: int | None
     """``rows`` rounded to nearest on a given grid (``FixedGrid``), clipped to qae's ``bits``-wide range."""
     c, length = rows.shape
     n_blocks = -(-length // (block_size or length))
+    given = [np.asarray(fixed[0])] + ([] if symmetric or fixed[1] is None else [np.asarray(fixed[1])])
+    if any(a.size != c * n_blocks for a in given):
+        raise ModelError(f"a fixed weight grid holds {[a.size for a in given]} values where this weight has "
+                         f"{c} rows x {n_blocks} blocks: fine-tune again")
     scale = np.asarray(fixed[0], np.float32).reshape(c, n_blocks)
     zero = None if symmetric or fixed[1] is None else np.asarray(fixed[1]).astype(np.int64).reshape(c, n_blocks)
     if not np.all(scale > 0):

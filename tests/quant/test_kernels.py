@@ -353,3 +353,16 @@ def test_rounding_reaches_qdq_and_dynamic_weights(digits_workload: Any, granular
         errors[rounding] = float(np.sum((w - (q - zero) * scale) ** 2))
         assert work.evaluate(result).accuracy > 0.9
     assert errors["mse"] < errors["rtn"]
+
+
+def test_a_fixed_grid_of_the_wrong_size_is_a_one_line_error() -> None:
+    """A fine-tune's grid comes from its scales.json: one that does not fit the weight is refused, not reshaped."""
+    from harness.core.errors import ModelError
+    from harness.quant.kernels import on_grid
+
+    rows = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    got = on_grid(rows, 4, False, 32, (np.full((4, 2), 0.1, np.float32), np.full((4, 2), 8)))
+    assert got.q.shape == (4, 64) and got.q.min() >= 0 and got.q.max() <= 15
+    with pytest.raises(ModelError, match="4 rows x 2 blocks") as err:
+        on_grid(rows, 4, False, 32, (np.full((4, 3), 0.1, np.float32), np.full((4, 2), 8)))
+    assert "\n" not in str(err.value)
