@@ -103,6 +103,20 @@ class LearnedScales:
     activation_zero_point: int | None = None
 
 
+def _learned_shape(values: np.ndarray | None, own: np.ndarray, layer: str, what: str) -> np.ndarray:
+    """A fine-tune's per-channel (or per-tensor) weight ``what`` for ``layer`` in the shape and type of
+    qae's own ``own`` (None keeps qae's); a count that does not match the layer's channels, or a value
+    that is not finite, is a one-line ModelError (the scales came from a file)."""
+    if values is None:
+        return own
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size != own.size or not np.all(np.isfinite(arr)):
+        raise ModelError(f"layer {layer}: the fine-tune's weight {what} holds {arr.size} value(s) where the layer "
+                         f"has {own.size} channel(s), or is not finite: it belongs to another model or genome; "
+                         "fine-tune this one again")
+    return arr.astype(own.dtype).reshape(own.shape)
+
+
 def _storage(bits: int, signed: bool) -> str:
     base = {4: "Int4", 8: "Int8", 16: "Int16"}[bits]
     return ("Q" if signed else "QU") + base
@@ -224,8 +238,8 @@ def quantize(
             # a fine-tune's grid (learned, or its rounding method's scales kept fixed while training):
             # the trained weights round to nearest on it, whatever the gene's rounding
             qp = weight_qparams(w, gene, layer.channel_axis)
-            qp = replace(qp, scale=np.asarray(mine.weight_scale, np.float32).reshape(qp.scale.shape),
-                         zero_point=np.asarray(mine.weight_zero_point, np.int64).reshape(qp.zero_point.shape))
+            qp = replace(qp, scale=_learned_shape(mine.weight_scale, qp.scale, layer.name, "scale"),
+                         zero_point=_learned_shape(mine.weight_zero_point, qp.zero_point, layer.name, "zero point"))
             wq = fake_quantize(w, qp, layer.channel_axis if per_channel else None)
         elif gene.rounding != "rtn":
             qp, wq = _rounded_qparams(w, gene, layer, samples.get(layer.name))

@@ -366,3 +366,23 @@ def test_a_fixed_grid_of_the_wrong_size_is_a_one_line_error() -> None:
     with pytest.raises(ModelError, match="4 rows x 2 blocks") as err:
         on_grid(rows, 4, False, 32, (np.full((4, 3), 0.1, np.float32), np.full((4, 2), 8)))
     assert "\n" not in str(err.value)
+
+
+def test_learned_per_channel_scales_of_the_wrong_count_are_a_one_line_error(digits_workload) -> None:  # type: ignore[no-untyped-def]
+    """A per-channel gene's learned scales (a fine-tune's scales.json) must hold one per output channel."""
+    from harness.core.errors import ModelError
+    from harness.quant.quantize import LearnedScales, quantize
+
+    work = digits_workload
+    layer = work.model.layer("blocks.0.ffn.fc1")
+    genome = work.genome({"default": {"weight_bits": "fp"},
+                          "layers": {layer.name: {"weight_bits": 4, "activation_bits": 8}}})
+    channels = _inits(work.build(genome).proto)[f"{layer.weight}_scale"].size
+    fits = LearnedScales(weight_scale=np.full(channels, 0.05, np.float32), weight_zero_point=np.zeros(channels))
+    got = _inits(quantize(work.model, genome, work.ranges, learned={layer.name: fits}).proto)
+    assert np.allclose(got[f"{layer.weight}_scale"], 0.05)
+    for bad in (LearnedScales(weight_scale=np.full(channels + 1, 0.05, np.float32)),
+                LearnedScales(weight_scale=np.full(channels, np.nan, np.float32))):
+        with pytest.raises(ModelError, match="fine-tune this one again") as err:
+            quantize(work.model, genome, work.ranges, learned={layer.name: bad})
+        assert "\n" not in str(err.value)
