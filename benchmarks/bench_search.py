@@ -822,21 +822,40 @@ def _job(job: tuple[str, str, int, int]) -> dict[str, Any]:
                 "traceback": traceback.format_exc(limit=8)}
 
 
-def code_version() -> str:
-    """A hash of the code a run's result depends on: the engine and this benchmark."""
+#: The runner code each method's runs depend on, beside the shared parts (``code_version``).
+_OWN_CODE: dict[str, tuple[Callable[..., Any], ...]] = {
+    "qae": (run_qae,), "qae_sensitivity_probes": (run_qae,), "qae_unseeded": (run_qae,),
+    "pymoo_nsga2": (run_pymoo,),
+    "optuna_nsga2": (optuna_sampler, run_optuna, torch_single_thread),
+    "optuna_motpe": (optuna_sampler, run_optuna, torch_single_thread),
+    "optuna_gp": (optuna_sampler, run_optuna, torch_single_thread),
+    "botorch_qnehvi": (run_botorch, _run_botorch, _scaled, torch_single_thread),
+    "botorch_qparego": (run_botorch, _run_botorch, _scaled, torch_single_thread),
+    "random": (run_random,), "greedy_sensitivity": (run_greedy, _van_der_corput, _probe),
+}
+
+
+def code_version(method: str | None = None) -> str:
+    """A hash of the code a run of ``method`` depends on: the benchmark's shared parts (the spaces, the
+    oracle, the dispatch, ``search.space``'s random genomes) and the method's own: the whole engine
+    (``search/``) for qae and its ablations, its runner for a peer. So a change to the engine leaves the
+    peers' stored runs valid (the slow Bayesian ones above all). None: every method's code at once."""
     import hashlib
     import inspect
 
     import search
 
     root = Path(search.__file__).parent
-    files = [*sorted(root.glob("*.py")), Path(__file__).with_name("search_spaces.py")]
+    engine = method is None or method.startswith("qae")
+    files = [*(sorted(root.glob("*.py")) if engine else [root / "space.py", root / "rng.py"]),
+             Path(__file__).with_name("search_spaces.py")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())
     # of this module, only what a run does (the report can change without invalidating stored runs)
-    for part in (Oracle, run_method, run_qae, run_pymoo, optuna_sampler, run_optuna, run_botorch, _scaled, run_random,
-                 run_greedy, Table, choice_distance, _probe):
+    names = sorted(_OWN_CODE) if method is None else [method]
+    own: list[Any] = [part for m in names for part in (*_OWN_CODE[m], RUNNERS[m])]  # RUNNERS: its arguments
+    for part in (Oracle, run_method, Table, choice_distance, *dict.fromkeys(own)):
         h.update(inspect.getsource(part).encode())
     return h.hexdigest()[:16]
 
@@ -852,7 +871,8 @@ def space_key(name: str, table: Any) -> str:
 
 class RunStore:
     """Finished runs in SQLite (results/bench/cache/search_runs.sqlite), keyed by space, method, seed,
-    budget and ``code_version()``: an interrupted benchmark continues where it stopped."""
+    budget and the method's ``code_version``: an interrupted benchmark continues where it stopped, and a
+    change to the engine re-runs qae's runs only."""
 
     def __init__(self, path: Path) -> None:
         import sqlite3
@@ -893,8 +913,8 @@ def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: Run
     """Every job's run: from the store when there, else in ``workers`` processes (in this one if 1)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    code = code_version()
-    keys = {job: RunStore.key(space_key(job[0], open_space(job[0])), job, code) for job in jobs}
+    code = {m: code_version(m) for m in {job[1] for job in jobs}}
+    keys = {job: RunStore.key(space_key(job[0], open_space(job[0])), job, code[job[1]]) for job in jobs}
     done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     for job in jobs:
         got = store.get(keys[job]) if store else None
@@ -952,6 +972,7 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
                                                        "reference_point": 1.1},
     }
     out["not_run"] = skipped
+    out["methods_run"] = list(methods)
     out["failed_runs"] = [{k: r[k] for k in ("method", "seed", "budget", "error", "traceback")} for r in failed]
     mains = [r for r in runs if r["seed"] != REFERENCE_SEED]
     for label, seeds in (("dev", dev), ("reported", reported)):
@@ -1137,7 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
         body["calibration_id"] = load_profile(PROFILE).calibration_id
         for res in results.values():
             res["date"], res["calibration_id"] = common.environment()["date"], body["calibration_id"]
-            res["code_version"] = code_version()  # the summary flags runs made by other code
+            # per method: the summary flags runs made by other code than the checkout's
+            res["code_versions"] = {m: code_version(m) for m in res["methods_run"]}
         body["spaces"] = {**carried_spaces(common.RESULTS / "search_quality.json", spaces), **results}
     path = common.write_result("search_quality", body)
     for name, res in results.items():

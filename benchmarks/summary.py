@@ -88,7 +88,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                 *([f"*Not re-run in this benchmark's latest call: these figures are from the run of {sp.get('date')} "
                    f"(latency calibration {sp.get('calibration_id') or 'not recorded'}; the methods added since, "
                    "such as the BoTorch peer, are not in it).*", ""] if sp.get("carried") else []),
-                *_stale(sp.get("code_version")),
+                *_stale(sp.get("code_versions", sp.get("code_version"))),
                 "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
                 + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
                 "|---|" + "---|" * (2 * len(budgets) + 1)]
@@ -178,17 +178,33 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
-def _stale(recorded: str | None) -> list[str]:
-    """A warning when these runs were made by other engine or benchmark code than the checkout's (the hash
-    ``bench_search.code_version()`` keys its stored runs by), so their qae rows may not be today's engine."""
+def _stale(recorded: str | dict[str, str] | None) -> list[str]:
+    """A warning when these runs were made by other engine or benchmark code than the checkout's (the hashes
+    ``bench_search.code_version(method)`` keys its stored runs by, one per method; a single string is the
+    older all-methods hash), naming the methods whose rows may not describe today's code."""
     from benchmarks.bench_search import code_version
 
+    if isinstance(recorded, dict):
+        stale = sorted(m for m, v in recorded.items() if not isinstance(v, str) or v != _version_of(m))
+        if not stale:
+            return []
+        return [f"**Stale:** the runs of {', '.join(stale)} were made by other engine or benchmark code than the "
+                "checkout's (their code versions differ); those rows describe that code, not today's. Re-run "
+                "`python -m benchmarks.bench_search` to refresh them (stored runs of unchanged methods are reused).",
+                ""]
     now = code_version()
     if recorded == now:
         return []
     return [f"**Stale:** these runs were made by other engine or benchmark code (code version "
             f"{recorded or 'not recorded'}, the checkout's is {now}); qae's rows describe that engine, not "
             "today's defaults. Re-run `python -m benchmarks.bench_search` to refresh them.", ""]
+
+
+def _version_of(method: str) -> str | None:
+    """The checkout's code version of ``method``, or None for a method the benchmark no longer has."""
+    from benchmarks.bench_search import RUNNERS, code_version
+
+    return code_version(method) if method in RUNNERS else None
 
 
 def one_space_section(d: dict[str, Any]) -> list[str]:

@@ -122,3 +122,27 @@ def test_search_runs_of_other_code_are_flagged_stale() -> None:
     for recorded in (None, "0" * 16):
         (line, _) = summary._stale(recorded)
         assert line.startswith("**Stale:**") and now in line and (recorded or "not recorded") in line
+    # per method (today's format): only the methods whose code changed are named
+    versions = {m: bench_search.code_version(m) for m in ("qae", "optuna_nsga2", "botorch_qparego")}
+    assert summary._stale(versions) == []
+    (line, _) = summary._stale({**versions, "qae": "0" * 16, "gone_method": "1" * 16})
+    assert line.startswith("**Stale:**") and "qae" in line and "gone_method" in line and "optuna" not in line
+
+
+def test_an_engine_change_keeps_the_peers_stored_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qae's runs depend on the engine (search/), a peer's only on its runner and the shared parts: the
+    slow Bayesian peers are not re-run because the engine changed."""
+    import shutil
+
+    import search
+
+    versions = {m: bench_search.code_version(m) for m in bench_search.RUNNERS}
+    assert len({versions[m] for m in ("qae", "qae_unseeded", "optuna_nsga2", "optuna_motpe", "botorch_qparego",
+                                      "random")}) == 6
+    copy = tmp_path / "search"
+    shutil.copytree(Path(search.__file__).parent, copy)
+    (copy / "engine.py").write_text((copy / "engine.py").read_text() + "\n# an engine change\n")
+    monkeypatch.setattr(search, "__file__", str(copy / "__init__.py"))
+    after = {m: bench_search.code_version(m) for m in bench_search.RUNNERS}
+    changed = {m for m in versions if versions[m] != after[m]}
+    assert changed == {"qae", *bench_search.ABLATIONS}
