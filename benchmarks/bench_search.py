@@ -822,6 +822,14 @@ def _job(job: tuple[str, str, int, int]) -> dict[str, Any]:
                 "traceback": traceback.format_exc(limit=8)}
 
 
+def _screening() -> str:
+    """qae's default screening with its parameters (the summary prints it: the engine the runs describe)."""
+    from search.operators import describe
+    from search.surrogate import SurrogateScreening
+
+    return describe(SurrogateScreening())
+
+
 #: The runner code each method's runs depend on, beside the shared parts (``code_version``).
 _OWN_CODE: dict[str, tuple[Callable[..., Any], ...]] = {
     "qae": (run_qae,), "qae_sensitivity_probes": (run_qae,), "qae_unseeded": (run_qae,),
@@ -1151,6 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
                            **first["variant_cosine"]},
         "seconds": time.perf_counter() - t0,
         "bayesian_peer": BAYESIAN_NOTE,
+        "qae_screening": _screening(),
     }
     if not args.synthetic:
         from profiles import load_profile
