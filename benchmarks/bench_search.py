@@ -39,7 +39,8 @@ optimisation, a GP per objective, log expected hypervolume improvement; capped b
 because its cost per proposal grows with the trials), ``botorch_qparego`` (BoTorch: a GP per objective,
 qParEGO's random Chebyshev scalarisations with log noisy expected improvement, batches of 10 chosen
 among the genomes not yet evaluated; ``run_botorch``; capped by ``BUDGET_CAP`` and
-``BUDGET_CAP_PER_LAYER``; ``botorch_qnehvi``, the same with qLogNEHVI, runs on request only: too slow
+``BUDGET_CAP_PER_LAYER``, and on the per-layer spaces with ``--slow-peers`` only; ``botorch_qnehvi``, the
+same with qLogNEHVI, runs on request only: too slow
 for ten seeds here), ``random`` (uniform, without replacement) and
 ``greedy_sensitivity`` (AIMET/HAWQ style: probe each layer at each lower choice, then lower the
 least sensitive layer per unit of cost saved first, one path per cost weighting; deterministic).
@@ -955,13 +956,15 @@ def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: Run
 
 
 def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported: Sequence[int],
-                methods: Sequence[str], workers: int, store: RunStore | None) -> dict[str, Any]:
+                methods: Sequence[str], workers: int, store: RunStore | None,
+                slow_peers: bool = False) -> dict[str, Any]:
     """One space: every method on the development and the reported seeds (and, on a per-layer space,
     the reference runs), scored against the reference front, with labelled accuracy and, where the
     space has it, 1 - mean cosine in its place."""
     table = open_space(name)
     top = max(budgets)
-    skipped = {} if table.enumerable else {m: why for m, why in NOT_RUN_PER_LAYER.items() if m in methods}
+    skipped = {} if table.enumerable else {m: why for m, why in NOT_RUN_PER_LAYER.items()
+                                           if m in methods and not (slow_peers and m in SLOW_PER_LAYER)}
     methods = [m for m in methods if m not in skipped]
     caps = BUDGET_CAP if table.enumerable else {**BUDGET_CAP, **BUDGET_CAP_PER_LAYER}
     jobs = [(name, m, seed, min(top, caps.get(m, top))) for seed in reported for m in methods]
@@ -1016,18 +1019,20 @@ BAYESIAN_NOTE = (
     "batches of 10) never repeats but took 497 s for 40 distinct genomes. qParEGO (random Chebyshev "
     "scalarisations, log noisy expected improvement, the same discrete batches) took 38 s for 40 and is the "
     "Bayesian peer here (`botorch_qparego`), capped at 100 evaluations on the enumerated space (857-927 s per "
-    "200-evaluation run) and not run on the per-layer spaces; "
+    "200-evaluation run), and on the per-layer spaces only with `--slow-peers` (see below); "
     "qNEHVI stays runnable (`--methods botorch_qnehvi`)")
 #: Methods left out of the per-layer spaces, with why (measured here; the summary prints it).
 NOT_RUN_PER_LAYER = {
     "optuna_gp": "two 100-trial runs on digits-vit-layers (14 categorical parameters of 9-17 choices) had not "
                  "finished after 12 minutes each (its acquisition search over one-hot categoricals grows with "
                  "the choices); ten seeds per space do not fit the benchmark",
-    "botorch_qparego": "on the enumerated space it took 857-927 s per 200-evaluation run (2 cores shared with other "
-                       "work), its cost growing with the evaluations; ten seeds on two per-layer spaces (one-hot "
-                       "encodings of 150-250 columns, 4,096 candidates scored per batch) did not fit this session's "
-                       "benchmark",
+    "botorch_qparego": "one 100-evaluation run on digits-vit-layers took 480 s (seed 200; another experiment ran on "
+                       "the second core), nine tenths of it scoring 4,096 candidates per pick by qLogNEI against every "
+                       "evaluated genome; ten seeds on two per-layer spaces take about 2.7 hours of one core, so it "
+                       "runs there with `--slow-peers` only (finished runs are kept, so successive calls add up)",
 }
+#: ... of which these run there with ``--slow-peers`` (capped by BUDGET_CAP, reported seeds only)
+SLOW_PER_LAYER = ("botorch_qparego",)
 #: methods that also run once at REFERENCE_FACTOR x the largest budget on a per-layer space
 #: (Optuna's GP sampler is left out: at 1,600 trials its per-proposal cost grows past an hour)
 REFERENCE_METHODS = ("qae", "pymoo_nsga2", "optuna_nsga2", "optuna_motpe", "random", "greedy_sensitivity",
@@ -1101,6 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="a tiny made-up table instead of digits-vit (tests)")
     ap.add_argument("--fresh-table", action="store_true", help="re-evaluate the whole enumerated space")
     ap.add_argument("--fresh-runs", action="store_true", help="ignore finished runs stored by an earlier call")
+    ap.add_argument("--slow-peers", action="store_true",
+                    help=f"also run {', '.join(SLOW_PER_LAYER)} on the per-layer spaces (hours on 2 cores; stored runs "
+                         "are reused)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)
@@ -1129,7 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     layer_dev = dev if args.layer_dev_seeds is None else list(DEV_SEEDS[: args.layer_dev_seeds])
     results = {name: bench_space(name, budgets, dev if name in ("digits-vit-groups", "synthetic") else layer_dev,
-                                 reported, methods, workers, store) for name in spaces}
+                                 reported, methods, workers, store, args.slow_peers) for name in spaces}
     first = results[spaces[0]]
     table = open_space(spaces[0])
     shown = [m for m in METHODS if m in methods]
