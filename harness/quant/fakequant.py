@@ -13,8 +13,9 @@ Per quantized layer, found by its qae name (the torch module path, e.g. ``blocks
   the grid the training saw. With ``lsq`` the scales are parameters instead (LSQ, S. K. Esser et al.,
   "Learned Step Size Quantization", ICLR 2020: gradient scaled by ``1 / sqrt(n * qmax)``), started at
   qae's values, zero points fixed at theirs; the export then hands them to the quantizer as
-  ``LearnedScales`` (TensorQuantOverrides). Power-of-two and block-wise scales are never learned
-  (a power of two is not a free step size; block scales are computed, as MatMulNBits' are).
+  ``LearnedScales`` (TensorQuantOverrides per channel or tensor; ``[C, n_blocks]`` for a block-wise
+  gene, which qae's own kernels write as they are). Power-of-two scales are never learned (a power of
+  two is not a free step size).
 - The layer's input goes through an ``ActQuant`` pre-hook: static activations on the grid of
   ``quantize.activation_qparams`` from the calibration range (never-negative inputs on the unsigned
   grid), saturated to the storage type (native widths) or clipped to the b-bit grid (emulated widths,
@@ -30,7 +31,7 @@ qae gives a static 8-bit Conv + ReLU feeding a pool (``quantize._quantize_conv_o
 not emulated. A gene with rounding ``mse``, ``hqq`` or ``gptq`` starts from the scales and zero points
 that method chooses on the parent's weights (per channel, per tensor or per block); with ``gptq`` the
 weights start from GPTQ's too (it moves them as it rounds). The grid stays fixed (or is learned, with
-LSQ, per channel or per tensor) and the export hands it to the quantizer as ``LearnedScales``, so the
+LSQ, per channel, tensor or block) and the export hands it to the quantizer as ``LearnedScales``, so the
 trained weights are rounded to nearest on exactly that grid. LSTM/GRU layers are refused (one-line
 error).
 
@@ -103,9 +104,9 @@ class WeightQuant(nn.Module):
         self.qlo, self.qhi = grid(self.bits, self.symmetric)
         self.per_tensor = gene.granularity == "per_tensor"
         self.block = int(gene.block_size) if gene.granularity == "per_block" and gene.block_size else None
-        self.learned = lsq and gene.scheme != "power_of_two" and self.block is None
+        self.learned = lsq and gene.scheme != "power_of_two"
         # A rounding method's scales (mse, hqq, gptq) are a search over the parent's weights: chosen
-        # once, then fixed (or learned, with LSQ, per channel) and handed to the quantizer like learned ones.
+        # once, then fixed (or learned, with LSQ) and handed to the quantizer like learned ones.
         self.fixed = gene.rounding != "rtn" and not self.learned
         if gene.rounding == "gptq":
             # GPTQ moves the weights as it rounds them (the error of each column spread over the columns not

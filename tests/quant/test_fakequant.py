@@ -222,3 +222,39 @@ def test_embedding_tables_agree(tmp_path, gene) -> None:  # type: ignore[no-unty
     fakequant.onnx_to_torch(model, work.model)
     fakequant.attach(model, work.model, genome, work.ranges)
     assert np.abs(ort_out - outputs_on(model, work, feed)).max() < 1e-3 * max(1.0, np.abs(ort_out).max())
+
+
+@pytest.mark.parametrize("gene", [
+    {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16, "scheme": "asymmetric"},
+    {"weight_bits": 4, "granularity": "per_block", "block_size": 16, "kernel": "matmulnbits", "accuracy_level": 4},
+    {"weight_bits": 4, "granularity": "per_block", "block_size": 16, "kernel": "matmulnbits", "scheme": "asymmetric",
+     "rounding": "gptq"},
+], ids=["qdq-asym", "matmulnbits-sym", "matmulnbits-gptq"])
+def test_learned_block_scales_reach_the_quantizer(digits_workload, base, gene) -> None:  # type: ignore[no-untyped-def]
+    """With LSQ a block-wise gene's ``[C, n_blocks]`` scales are parameters; changed by hand, the model qae
+    builds from them (block-wise DequantizeLinear, MatMulNBits) follows the fake quantization, not qae's own
+    scales."""
+    from harness.quant.quantize import quantize
+
+    work = digits_workload
+    matmuls = [layer.name for layer in work.model.layers if layer.op_type == "MatMul"]
+    genome = work.genome({"default": {"weight_bits": "fp"}, "layers": dict.fromkeys(matmuls, gene)})
+    samples = work.gptq_samples()
+    module = copy.deepcopy(base)
+    attached = fakequant.attach(module, work.model, genome, work.ranges, lsq=True, samples=samples)
+    assert all(attached.weights[name].scale.requires_grad and attached.weights[name].scale.ndim == 2
+               for name in matmuls)
+    with torch.no_grad():
+        for k, name in enumerate(matmuls):
+            attached.weights[name].scale.mul_(0.85 if k % 2 else 1.2)
+    x = work.eval_data.inputs["pixels"]
+    with torch.no_grad():
+        torch_out = module(torch.from_numpy(x)).numpy()
+    learned = attached.learned_scales(work.model)
+    assert all(learned[name].weight_scale.shape == attached.weights[name].scale.shape for name in matmuls)
+    model = replace(work.model, proto=fakequant.torch_to_onnx(module, work.model))
+    ort_out = session(quantize(model, genome, work.ranges, learned=learned).proto).run(None, {"pixels": x})[0]
+    plain = session(work.build(genome).proto).run(None, {"pixels": x})[0]
+    span = float(np.abs(ort_out).max())
+    assert np.abs(ort_out - torch_out).mean() < 1e-3 * span
+    assert np.abs(plain - torch_out).mean() > 10 * np.abs(ort_out - torch_out).mean()
