@@ -151,7 +151,8 @@ def _cosine_interval(cos: Any) -> dict[str, Any]:
     return {"value": ci.value, "ci95": [ci.lo, ci.hi], "method": ci.method}
 
 
-def _minilm_train(work_dir: Path, steps: int, lr: float | None = None) -> tuple[Path, dict[str, Any], float]:
+def _minilm_train(work_dir: Path, steps: int, lr: float | None = None,
+                  lsq: bool = False) -> tuple[Path, dict[str, Any], float]:
     """Search (one generation: the dynamic int8 baseline), then the fine-tune of ``MINILM_GIVEN``; a work
     folder that holds this fine-tune already (same genome and settings) is reused, so a re-run redoes only
     the scoring and the latency (``--workdir``)."""
@@ -162,7 +163,8 @@ def _minilm_train(work_dir: Path, steps: int, lr: float | None = None) -> tuple[
     from harness.run.search import run_search
 
     run = work_dir / "run"
-    settings = FinetuneConfig(steps=steps, **{**MINILM_SETTINGS, **({} if lr is None else {"lr": lr})})
+    settings = FinetuneConfig(steps=steps, **{**MINILM_SETTINGS, **({} if lr is None else {"lr": lr}),
+                                             **({"lsq": True} if lsq else {})})
     if not (run / "archive.sqlite").is_file():
         cfg = SearchConfig(model="builtin:minilm-l6", profiles=["host-cpu"], generations=1, population=4, seed=0)
         run_search(cfg, run, say=lambda m: None).close()
@@ -190,19 +192,19 @@ def _minilm_train(work_dir: Path, steps: int, lr: float | None = None) -> tuple[
     return run, prov, seconds
 
 
-def minilm(steps: int, work_dir: Path | None, latency: bool, lr: float | None = None) -> int:
+def minilm(steps: int, work_dir: Path | None, latency: bool, lr: float | None = None, lsq: bool = False) -> int:
     """The ``--minilm`` part (see the module docstring)."""
     import torch
 
     torch.set_num_threads(1)
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="qae-bench-finetune-minilm-") as tmp:
-            return _minilm(steps, Path(tmp), latency, lr)
+            return _minilm(steps, Path(tmp), latency, lr, lsq)
     work_dir.mkdir(parents=True, exist_ok=True)
-    return _minilm(steps, work_dir, latency, lr)
+    return _minilm(steps, work_dir, latency, lr, lsq)
 
 
-def _minilm(steps: int, work_dir: Path, latency: bool, lr: float | None = None) -> int:
+def _minilm(steps: int, work_dir: Path, latency: bool, lr: float | None = None, lsq: bool = False) -> int:
     from harness.core.stats import SampleStats, interval
     from harness.quant.tuned import build_tuned
     from harness.run.archive import Archive
@@ -210,7 +212,7 @@ def _minilm(steps: int, work_dir: Path, latency: bool, lr: float | None = None) 
     from harness.run.evaluation import open_workload
     from harness.run.testsplit import baseline_hashes
 
-    run, prov, seconds = _minilm_train(work_dir, steps, lr)
+    run, prov, seconds = _minilm_train(work_dir, steps, lr, lsq)
     cfg = SearchConfig.from_dict(Archive.open_existing(run / "archive.sqlite", readonly=True).config())
     work = open_workload(cfg)
     archive = Archive.open_existing(run / "archive.sqlite", readonly=True)
@@ -324,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-latency", action="store_true", help="--minilm: skip the latency measurement")
     ap.add_argument("--lr", type=float, default=None,
                     help=f"--minilm: the learning rate (default {MINILM_SETTINGS['lr']})")
+    ap.add_argument("--lsq", action="store_true",
+                    help="--minilm: learned step sizes too (per row of the word table, per block of the MatMuls)")
     args = ap.parse_args(argv)
     if args.quick:
         args.generations, args.population, args.steps = 2, 8, 30
     if args.minilm:
-        return minilm(args.steps if args.steps != 300 else 1200, args.workdir, not args.no_latency, args.lr)
+        return minilm(args.steps if args.steps != 300 else 1200, args.workdir, not args.no_latency, args.lr, args.lsq)
 
     import torch
 
