@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -195,13 +196,8 @@ class _Embedder(torch.nn.Module):
         return self.proj(self.embed(input_ids)).mean(1)
 
 
-@pytest.mark.parametrize("gene", [
-    {"weight_bits": 4, "activation_bits": 8},
-    {"weight_bits": 3, "activation_bits": 8, "scheme": "asymmetric", "granularity": "per_tensor"},
-    {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16},
-], ids=str)
-def test_embedding_tables_agree(tmp_path, gene) -> None:  # type: ignore[no-untyped-def]
-    from harness.quant.finetune import outputs_on
+def _embedder_workload(tmp_path: Path) -> tuple[_Embedder, Any]:
+    """``_Embedder`` exported to ONNX with its calibration and evaluation ids, opened as a workload."""
     from harness.quant.workload import Workload
 
     torch.manual_seed(0)
@@ -212,7 +208,18 @@ def test_embedding_tables_agree(tmp_path, gene) -> None:  # type: ignore[no-unty
     rng = np.random.default_rng(0)
     for name in ("calib", "eval"):
         np.savez(tmp_path / f"{name}.npz", input_ids=rng.integers(0, 50, (32, 12)).astype(np.int64))
-    work = Workload.open(tmp_path / "m.onnx", calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz")
+    return model, Workload.open(tmp_path / "m.onnx", calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz")
+
+
+@pytest.mark.parametrize("gene", [
+    {"weight_bits": 4, "activation_bits": 8},
+    {"weight_bits": 3, "activation_bits": 8, "scheme": "asymmetric", "granularity": "per_tensor"},
+    {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16},
+], ids=str)
+def test_embedding_tables_agree(tmp_path, gene) -> None:  # type: ignore[no-untyped-def]
+    from harness.quant.finetune import outputs_on
+
+    model, work = _embedder_workload(tmp_path)
     layers: dict[str, Any] = {"embed": dict(gene)}
     if gene.get("granularity") == "per_block":
         layers["embed"].update(kernel="gather_block", granularity="per_block")
@@ -258,3 +265,30 @@ def test_learned_block_scales_reach_the_quantizer(digits_workload, base, gene) -
     span = float(np.abs(ort_out).max())
     assert np.abs(ort_out - torch_out).mean() < 1e-3 * span
     assert np.abs(plain - torch_out).mean() > 10 * np.abs(ort_out - torch_out).mean()
+
+
+def test_learned_table_block_scales_reach_gather_block_quantized(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An embedding table in GatherBlockQuantized with LSQ: its ``[rows, n_blocks]`` scales, changed by
+    hand, are the ones the exported model gathers with."""
+    from harness.quant.finetune import outputs_on
+    from harness.quant.quantize import quantize
+
+    model, work = _embedder_workload(tmp_path)
+    gene = {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block", "block_size": 16,
+            "kernel": "gather_block", "scheme": "asymmetric"}
+    genome = work.genome({"default": {"weight_bits": "fp"}, "layers": {"embed": gene}})
+    fakequant.onnx_to_torch(model, work.model)
+    attached = fakequant.attach(model, work.model, genome, work.ranges, lsq=True)
+    scale = attached.weights["embed"].scale
+    assert scale.requires_grad and tuple(scale.shape) == (50, 2)
+    with torch.no_grad():
+        scale.mul_(torch.linspace(0.8, 1.25, scale.numel()).reshape(scale.shape))
+    feed = work.eval_data.inputs
+    torch_out = outputs_on(model, work, feed)
+    exported = replace(work.model, proto=fakequant.torch_to_onnx(model, work.model))
+    ort_out = session(quantize(exported, genome, work.ranges,
+                               learned=attached.learned_scales(work.model)).proto).run(None, feed)[0]
+    plain = session(work.build(genome).proto).run(None, feed)[0]
+    span = max(1.0, float(np.abs(ort_out).max()))
+    assert np.abs(ort_out - torch_out).max() < 1e-3 * span
+    assert np.abs(plain - torch_out).max() > 10 * np.abs(ort_out - torch_out).max()
