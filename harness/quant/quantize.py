@@ -105,15 +105,15 @@ class LearnedScales:
 
 def _learned_shape(values: np.ndarray | None, own: np.ndarray, layer: str, what: str) -> np.ndarray:
     """A fine-tune's per-channel (or per-tensor) weight ``what`` for ``layer`` in the shape and type of
-    qae's own ``own`` (None keeps qae's); a count that does not match the layer's channels, or a value
-    that is not finite, is a one-line ModelError (the scales came from a file)."""
+    qae's own ``own`` (None keeps qae's); a count that does not match the layer's channels, a value that
+    is not finite or a scale that is not positive is a one-line ModelError (the scales came from a file)."""
     if values is None:
         return own
     arr = np.asarray(values, dtype=np.float64)
-    if arr.size != own.size or not np.all(np.isfinite(arr)):
+    if arr.size != own.size or not np.all(np.isfinite(arr)) or (what == "scale" and not np.all(arr > 0)):
         raise ModelError(f"layer {layer}: the fine-tune's weight {what} holds {arr.size} value(s) where the layer "
-                         f"has {own.size} channel(s), or is not finite: it belongs to another model or genome; "
-                         "fine-tune this one again")
+                         f"has {own.size} channel(s), or one that is not finite (or a scale that is not positive): it "
+                         "belongs to another model or genome; fine-tune this one again")
     return arr.astype(own.dtype).reshape(own.shape)
 
 

@@ -382,7 +382,8 @@ def test_learned_per_channel_scales_of_the_wrong_count_are_a_one_line_error(digi
     got = _inits(quantize(work.model, genome, work.ranges, learned={layer.name: fits}).proto)
     assert np.allclose(got[f"{layer.weight}_scale"], 0.05)
     for bad in (LearnedScales(weight_scale=np.full(channels + 1, 0.05, np.float32)),
-                LearnedScales(weight_scale=np.full(channels, np.nan, np.float32))):
+                LearnedScales(weight_scale=np.full(channels, np.nan, np.float32)),
+                LearnedScales(weight_scale=np.zeros(channels, np.float32))):
         with pytest.raises(ModelError, match="fine-tune this one again") as err:
             quantize(work.model, genome, work.ranges, learned={layer.name: bad})
         assert "\n" not in str(err.value)
