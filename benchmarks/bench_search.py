@@ -955,6 +955,14 @@ def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: Run
     return [done[j] for j in jobs]
 
 
+def not_run(enumerable: bool, methods: Sequence[str], slow_peers: bool) -> dict[str, str]:
+    """The asked ``methods`` a space leaves out, with why: none on an enumerated space; on a per-layer
+    space ``NOT_RUN_PER_LAYER``'s, except ``SLOW_PER_LAYER``'s with ``slow_peers``."""
+    if enumerable:
+        return {}
+    return {m: why for m, why in NOT_RUN_PER_LAYER.items() if m in methods and not (slow_peers and m in SLOW_PER_LAYER)}
+
+
 def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported: Sequence[int],
                 methods: Sequence[str], workers: int, store: RunStore | None,
                 slow_peers: bool = False) -> dict[str, Any]:
@@ -963,8 +971,7 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
     space has it, 1 - mean cosine in its place."""
     table = open_space(name)
     top = max(budgets)
-    skipped = {} if table.enumerable else {m: why for m, why in NOT_RUN_PER_LAYER.items()
-                                           if m in methods and not (slow_peers and m in SLOW_PER_LAYER)}
+    skipped = not_run(table.enumerable, methods, slow_peers)
     methods = [m for m in methods if m not in skipped]
     caps = BUDGET_CAP if table.enumerable else {**BUDGET_CAP, **BUDGET_CAP_PER_LAYER}
     jobs = [(name, m, seed, min(top, caps.get(m, top))) for seed in reported for m in methods]

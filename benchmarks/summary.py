@@ -165,11 +165,8 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             "from the second generation each batch picked from a pool of 20x as many bred children plus the "
             "optima of a Bayesian linear model (weighted objective sums, posterior mean and Thompson draws) by "
             "greedy expected hypervolume improvement under a Gaussian process per objective"
-            + (f" (`{d['qae_screening']}`; `length_scales='layer'` is a Matern 5/2 with one length scale per layer, "
-               "`length_scale_prior` BoTorch's dimension-scaled log-normal prior on them)"
-               if "length_scales='layer'" in d.get("qae_screening", "") else
-               f" (`{d['qae_screening']}`)" if d.get("qae_screening") else
-               " (the screening's settings were not recorded by this run)")
+            + (f" (`{d['qae_screening']}`, as `search.surrogate.SurrogateScreening` documents them)"
+               if d.get("qae_screening") else " (the screening's settings were not recorded by this run)")
             + f". The ablations run the same engine {ablations}.", ""]
     if d.get("bayesian_peer"):
         out += [d["bayesian_peer"] + ".", ""]

@@ -146,3 +146,14 @@ def test_an_engine_change_keeps_the_peers_stored_runs(tmp_path: Path, monkeypatc
     after = {m: bench_search.code_version(m) for m in bench_search.RUNNERS}
     changed = {m for m in versions if versions[m] != after[m]}
     assert changed == {"qae", *bench_search.ABLATIONS}
+
+
+def test_slow_peers_run_on_the_per_layer_spaces_only_when_asked() -> None:
+    """``--slow-peers`` lets qParEGO onto the per-layer spaces; Optuna's GP sampler stays out, and an
+    enumerated space runs every method asked for."""
+    methods = list(bench_search.METHODS)
+    plain = bench_search.not_run(False, methods, slow_peers=False)
+    assert set(plain) == {"optuna_gp", "botorch_qparego"} and all(plain.values())
+    assert set(bench_search.not_run(False, methods, slow_peers=True)) == {"optuna_gp"}
+    assert bench_search.not_run(True, methods, slow_peers=False) == {}
+    assert bench_search.not_run(False, ["qae", "random"], slow_peers=False) == {}
