@@ -30,11 +30,12 @@ MatMulNBits where the profile says the runtime fuses it (``qdq_per_block_accurac
 What per-layer profiles taught (issue 18): the rest of the graph also holds the MatMuls between
 two activations (attention), costed at the float rate from ``GraphStats.other_macs``; an embedding
 table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 on ONNX Runtime) is
-dequantized whole on every run; ``op_factors`` scale one op type's path against MatMul's (a
-ConvInteger is not a MatMulInteger), fitted from per-layer times only; and where the weights a
-run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``),
-every byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide
-two-block transformer does not).
+dequantized whole on every run where qae cannot write it as an indexed kernel (a 4-bit QDQ table of
+even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_table``);
+``op_factors`` scale one op type's path against MatMul's (a ConvInteger is not a MatMulInteger),
+fitted from per-layer times only; and where the weights a run reads (dequantized copies included)
+exceed the last-level cache (``memory.cache_bytes``), every byte streams from DRAM on every run
+(``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block transformer does not).
 
 ``CostTable`` precomputes every layer's cost for each of the few execution classes, so that
 predicting a population is a table lookup and a sum (``predict_many``); a class first seen in a
@@ -363,6 +364,19 @@ def _fused_qdq_block(layer: LayerLike, c: ExecClass, profile: Profile) -> ExecCl
     return ExecClass(c.weight, "fp32", "block", "matmulnbits", c.block, acc, c.zero_points)
 
 
+def indexed_int4_table(layer: LayerLike, c: ExecClass) -> ExecClass | None:
+    """The GatherBlockQuantized class a QDQ weight-only 4-bit embedding table runs as: qae writes one
+    (a block per row: ``harness.quant.quantize._gather_block_int4``) where the table's width packs two
+    values to a byte and its scales are per row or per tensor, since the runtime's Gather takes no int4
+    table. None where that does not apply (then the QDQ path, a whole-table dequantize where the
+    profile says so)."""
+    w = layer.weight_shape
+    if (layer.op_type != "Gather" or c.weight != "int4" or c.activation != "fp32" or c.granularity == "block"
+            or len(w) != 2 or int(w[1]) % 2):
+        return None
+    return ExecClass("int4", "fp32", "block", "gather_block", max(16, 1 << (int(w[1]) - 1).bit_length()), 0, False)
+
+
 def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) -> LayerCost:
     """The cost of ``layer`` in execution class ``c`` (an ``ExecClass`` or a classic 3-tuple)."""
     c = ExecClass(*c)
@@ -375,6 +389,11 @@ def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) 
         lc = layer_cost(layer, wt, "fp32", profile, "channel")
         lc.path = f"{lc.path} (no {c.kernel})"
         return lc
+    indexed = indexed_int4_table(layer, c)
+    kc = _kernel_cost(layer, indexed, profile) if indexed is not None else None
+    if kc is not None:
+        kc.path = "qdq->gather_block"
+        return kc
     if c.granularity == "block":
         fused = _fused_qdq_block(layer, c, profile)
         kc = _kernel_cost(layer, fused, profile) if fused is not None else None

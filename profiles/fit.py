@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from profiles.costmodel import ExecClass, GraphStats, beyond_cache_us, cost_of, op_path, path_of, rate_key
+from profiles.costmodel import (
+    ExecClass,
+    GraphStats,
+    beyond_cache_us,
+    cost_of,
+    indexed_int4_table,
+    op_path,
+    path_of,
+    rate_key,
+)
 from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
 from profiles.schema import Profile
@@ -89,8 +98,10 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     kernel_params: list[Param] = []
     seen: set[tuple[str, str]] = set()
     for s in samples:
-        for c in (s.classes if isinstance(s, Sample) else [s.cls]):
+        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
+        for layer, c in pairs:
             ec = ExecClass(*c)
+            ec = indexed_int4_table(layer, ec) or ec  # the kernel a 4-bit QDQ table runs as
             if ec.kernel == "qdq" or not ec.weight.startswith("int"):
                 continue
             key = rate_key(profile, ec.kernel, int(ec.weight[3:]), ec.accuracy)

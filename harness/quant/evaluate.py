@@ -137,15 +137,18 @@ def sizes(proto: onnx.ModelProto, file_bytes: int, nominal_bits: dict[str, int] 
     The packed kernels (MatMulNBits, GatherBlockQuantized) store their weights as uint8 holding
     ``8 / bits`` values a byte, so they are counted exactly as stored: packed weights (a MatMul's K
     padded to whole blocks) plus float scales plus packed zero points; qae never lists them in
-    ``nominal_bits``.
+    ``nominal_bits``, except a 4-bit QDQ embedding table it writes as GatherBlockQuantized (one the
+    runtime's Gather cannot index): its values count at their nominal width, two to a stored byte.
     """
     nominal_bits = nominal_bits or {}
+    per_byte = {n.input[0]: 8 // bits for n in proto.graph.node if n.op_type == "GatherBlockQuantized"
+                for bits in [next((a.i for a in n.attribute if a.name == "bits"), 4)] if 0 < bits < 8}
     weight = stored = 0
     for init in proto.graph.initializer:
         n_bytes = _stored_bytes(init)
         stored += n_bytes
         if init.name in nominal_bits:
-            count = int(np.prod(init.dims)) if init.dims else 1
+            count = (int(np.prod(init.dims)) if init.dims else 1) * per_byte.get(init.name, 1)
             weight += math.ceil(count * nominal_bits[init.name] / 8)
         else:
             weight += n_bytes

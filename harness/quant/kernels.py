@@ -198,7 +198,7 @@ def _unsigned(rq: RowQuant) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 # -- graph edits -------------------------------------------------------------------------------------
-def _ensure_ms_domain(proto: onnx.ModelProto) -> None:
+def ensure_ms_domain(proto: onnx.ModelProto) -> None:
     if not any(op.domain == MS_DOMAIN for op in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
@@ -311,7 +311,7 @@ def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np
 
 
 def _replace(proto: onnx.ModelProto, index: int, node: onnx.NodeProto, inits: list[onnx.TensorProto]) -> None:
-    _ensure_ms_domain(proto)
+    ensure_ms_domain(proto)
     proto.graph.initializer.extend(inits)
     del proto.graph.node[index]
     proto.graph.node.insert(index, node)

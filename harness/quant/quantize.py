@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ OPSET = 21
 # 4: no all-zero weight/bias zero points on Conv; 5: float bias on a Conv ORT cannot fuse (issue 16);
 # 6: a Gemm with dynamic activations is quantized (MatMulInteger), no longer left float by ORT's rewrite.
 BUILD_VERSION = 6
+#: Later changes that touched only some layer kinds: (version, the layer op types whose build changed).
+#: A model with none of them builds as it did, so its cached scores stay valid (``build_version``).
+#: 7: a 4-bit QDQ embedding table is written as GatherBlockQuantized (indexed, not dequantized whole).
+SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = ((7, frozenset({"Gather"})),)
+
+
+def build_version(op_types: Iterable[str] | None = None) -> int:
+    """The build version of a model whose layers have these op types (what a cache of its scores keys
+    on): ``BUILD_VERSION`` or the latest scoped change that touched one of them; None: the latest of all."""
+    ops = None if op_types is None else set(op_types)
+    return max([BUILD_VERSION] + [v for v, scope in SCOPED_BUILD_CHANGES if ops is None or scope & ops])
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -771,8 +783,9 @@ def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> N
     dequantize the whole embedding table on every inference (30k x 384 values for MiniLM).
 
     Per-tensor: Gather(Wq) -> DequantizeLinear. Per-row (axis 0): the rows' scales and zero points
-    are gathered too and applied as (q - zp) * scale. 4-bit tables keep the plain path (ONNX Runtime's
-    Gather takes no int4 data).
+    are gathered too and applied as (q - zp) * scale. ONNX Runtime's Gather takes no int4 data, so a
+    4-bit table of even width becomes one GatherBlockQuantized node instead (``_gather_block_int4``),
+    which computes the same values; an odd-width table keeps the plain path.
     """
     if not gather_nodes:
         return
@@ -781,15 +794,27 @@ def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> N
     nodes = list(proto.graph.node)
     new_nodes: list[onnx.NodeProto] = []
     dropped: set[str] = set()
+    retired: set[str] = set()
+    uses = Counter(name for n in nodes for name in n.input)
     for node in nodes:
         dq = producers.get(node.input[0]) if node.name in gather_nodes and node.op_type == "Gather" else None
         q = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if dq is None or q is None or q.data_type not in _GATHERABLE or dq.input[1] not in inits:
+        if dq is None or q is None or dq.input[1] not in inits:
             new_nodes.append(node)
             continue
         scale = inits[dq.input[1]]
         zp = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
         axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+        alone = uses[dq.output[0]] == 1 and uses[q.name] == 1  # a table shared (tied weights) stays as it is
+        if q.data_type in _INT4 and alone and (block := _gather_block_int4(proto, node, q, scale,
+                                                                           inits.get(zp or ""), axis)):
+            new_nodes.append(block)
+            dropped.add(dq.output[0])
+            retired.update(name for name in dq.input[1:] if name)
+            continue
+        if q.data_type not in _GATHERABLE:
+            new_nodes.append(node)
+            continue
         ids, out, tag = node.input[1], node.output[0], node.name
         rows = f"{out}__qae_rows"
         new_nodes.append(helper.make_node("Gather", [q.name, ids], [rows], name=f"{tag}/gather_q", axis=0))
@@ -827,8 +852,52 @@ def _gather_then_dequantize(proto: onnx.ModelProto, gather_nodes: set[str]) -> N
                                          and n.output[0] not in still_used)]
     del proto.graph.node[:]
     proto.graph.node.extend(kept)
+    if retired:  # the DequantizeLinear's scale and zero point a GatherBlockQuantized replaced
+        used = {name for n in kept for name in n.input}
+        keep = [t for t in proto.graph.initializer if t.name not in retired or t.name in used]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
 
 
+_INT4 = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+
+
+def _gather_block_int4(proto: onnx.ModelProto, node: onnx.NodeProto, q: onnx.TensorProto, scale: onnx.TensorProto,
+                       zp: onnx.TensorProto | None, axis: int) -> onnx.NodeProto | None:
+    """The Gather of a 4-bit table ``[V, H]`` (per-tensor or per-row scales) as a GatherBlockQuantized
+    node of the same name and output, or None where that node cannot hold it (odd width, scales along
+    the width). One block spans a whole row (``block_size``: the power of two >= H; the row is its
+    one, partial, block), so each row keeps its one scale and zero point; a per-tensor scale is
+    repeated per row. Values are stored unsigned (an int4 table offset by 8), packed two to a byte
+    low nibble first (``kernels.pack``); the table's initializer keeps its name, so its nominal width
+    still applies (``evaluate.sizes`` counts two values a byte). The values it computes are
+    DequantizeLinear's, bit for bit (tests/quant)."""
+    if len(q.dims) != 2 or q.dims[1] % 2 or (scale.dims and not (len(scale.dims) == 1 and axis == 0)):
+        return None
+    n_rows, width = int(q.dims[0]), int(q.dims[1])
+    values = numpy_helper.to_array(q).astype(np.int16)
+    zero = numpy_helper.to_array(zp).astype(np.int16) if zp is not None else np.zeros((), np.int16)
+    if q.data_type == onnx.TensorProto.INT4:  # signed -> unsigned: both offset by 8, the difference kept
+        values, zero = values + 8, zero + 8
+    s = numpy_helper.to_array(scale)
+    scales = np.broadcast_to(s.reshape(-1, 1) if s.ndim else s, (n_rows, 1))
+    zeros = np.broadcast_to(zero.reshape(-1, 1) if zero.ndim else zero, (n_rows, 1))
+    data = kernels.pack(values, 4)
+    tag = node.name or node.output[0]
+    inits = [numpy_helper.from_array(data, q.name),
+             numpy_helper.from_array(np.ascontiguousarray(scales), f"{q.name}__qae_row_scales")]
+    inputs = [q.name, node.input[1], f"{q.name}__qae_row_scales"]
+    if not np.all(zeros == 8):  # GatherBlockQuantized's default zero point for 4 bits is 8
+        inits.append(numpy_helper.from_array(kernels.pack(np.ascontiguousarray(zeros), 4), f"{q.name}__qae_row_zeros"))
+        inputs.append(f"{q.name}__qae_row_zeros")
+    block = max(16, 1 << (width - 1).bit_length())
+    replaced = {t.name for t in inits}
+    keep = [t for t in proto.graph.initializer if t.name not in replaced]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep + inits)
+    kernels.ensure_ms_domain(proto)
+    return helper.make_node("GatherBlockQuantized", inputs, list(node.output), name=tag, domain=kernels.MS_DOMAIN,
+                            gather_axis=0, quantize_axis=1, block_size=block, bits=4)
 
 
 def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, result: QuantResult) -> None:

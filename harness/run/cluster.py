@@ -115,10 +115,10 @@ def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    from harness.quant.quantize import BUILD_VERSION
+    from harness.quant.quantize import build_version
 
     return {"python": platform.python_version(), "numpy": numpy.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "qae-build": str(BUILD_VERSION)}
+            "onnxruntime": onnxruntime.__version__, "qae-build": str(build_version())}
 
 
 def evaluate_task(work: Workload, genome_data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], str]:

@@ -16,7 +16,7 @@ import numpy as np
 from harness.core.errors import QaeError
 from harness.core.genome import Genome
 from harness.quant.evalcache import EvalCache, settings_hash
-from harness.quant.quantize import BUILD_VERSION
+from harness.quant.quantize import build_version
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Value
 from harness.run.config import BUDGET_KEYS, OBJECTIVES, SearchConfig, metric_unit
@@ -119,7 +119,7 @@ def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
         # what the data options and shapes change is what is scored: a different cache entry
         "options": cfg.data_options,
         "shapes": work.model.shapes_used,
-        "build": BUILD_VERSION,
+        "build": build_version(layer.op_type for layer in work.model.layers),
     }
     if getattr(work, "runtime", "onnxruntime") == "litert":  # another backend: other numbers, other entries
         from harness.quant.litert_model import litert_version

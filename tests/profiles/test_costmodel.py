@@ -148,16 +148,26 @@ def _gather_layer(rows: int = 30522, dim: int = 384, ids: int = 64):  # type: ig
 
 
 def test_a_table_the_runtime_cannot_index_is_dequantized_whole_on_every_run() -> None:
+    """ONNX Runtime's Gather takes no int4 table: one of odd width (qae cannot pack it two values a byte)
+    stays DequantizeLinear -> Gather, the whole table dequantized every run; one of even width is written
+    as GatherBlockQuantized and costed as that kernel, by the rows it reads."""
     from profiles.costmodel import cost_of
 
     profile = load_profile("host-cpu")
-    layer = _gather_layer()
-    int4 = cost_of(layer, ("int4", "fp32", "channel"), profile)
-    int8 = cost_of(layer, ("int8", "fp32", "channel"), profile)
+    odd = _gather_layer(dim=385)
+    int4 = cost_of(odd, ("int4", "fp32", "channel"), profile)
+    int8 = cost_of(odd, ("int8", "fp32", "channel"), profile)
     per_el = profile.num("gather_table_ns_per_element", "int4")
-    assert int4.latency_us >= layer.params * per_el / 1e3  # every element of the table, every run
+    assert int4.latency_us >= odd.params * per_el / 1e3  # every element of the table, every run
     assert int8.latency_us < int4.latency_us / 100  # int8 gathers its 64 rows, then dequantizes them
-    assert int4.transient_bytes == layer.params * 4  # the float table it makes each run
+    assert int4.transient_bytes == odd.params * 4  # the float table it makes each run
+    even = _gather_layer()
+    for gran in ("channel", "tensor"):
+        indexed = cost_of(even, ("int4", "fp32", gran), profile)
+        assert indexed.path == "qdq->gather_block" and indexed.transient_bytes == 0
+        block = cost_of(even, ("int4", "fp32", "block", "gather_block", 512), profile)
+        assert indexed.latency_us == pytest.approx(block.latency_us)
+        assert indexed.latency_us < int4.latency_us / 100
 
 
 def test_op_factors_scale_one_op_type_and_path_and_bad_keys_are_refused() -> None:

@@ -191,6 +191,69 @@ def test_embedding_rows_are_gathered_before_dequantizing(tmp_path: Path, granula
     assert np.allclose(rows, whole[ids].astype(np.float32), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_a_4bit_embedding_table_is_indexed_not_dequantized_whole(tmp_path: Path, scheme: str, granularity: str) -> None:
+    """ONNX Runtime's Gather takes no int4 table, and DequantizeLinear -> Gather dequantizes all of it on
+    every run (MiniLM's 30k x 384 table: ~9 ms of a ~10 ms model). qae writes one GatherBlockQuantized
+    (a block per row) instead: it computes exactly what DequantizeLinear computes from the same stored
+    values, each row is within half a step of the float table, and the weight bytes stay nominal."""
+    import onnxruntime as ort
+
+    from harness.quant.kernels import unpack
+    from harness.quant.workload import Workload
+
+    bits = 4  # narrower widths are stored in int8, which Gather indexes (the test above)
+    rng = np.random.default_rng(0)
+    n_rows, width = 50, 24  # width not a power of two: the row is one partial block
+    table = rng.standard_normal((n_rows, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "ids"], ["h"], name="emb"),
+         helper.make_node("MatMul", ["h", "W"], ["y"], name="head")], "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4, 3])],
+        [numpy_helper.from_array(table, "E"),
+         numpy_helper.from_array(rng.standard_normal((width, 3)).astype(np.float32), "W")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(tmp_path / "m.onnx"))
+    ids = rng.integers(0, n_rows, size=(16, 4)).astype(np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    work = Workload.open(tmp_path / "m.onnx", calib=tmp_path / "ids.npz", eval_data=tmp_path / "ids.npz")
+    gene = {"weight_bits": bits, "scheme": scheme, "granularity": granularity, "activation_bits": "fp"}
+    result = work.build(work.genome({"default": {"weight_bits": "fp"}, "layers": {"emb": gene}}))
+    proto = result.proto
+    (node,) = [n for n in proto.graph.node if n.input[1:2] == ["ids"]]
+    assert node.op_type == "GatherBlockQuantized" and node.name == "emb"
+    assert not any(n.op_type == "DequantizeLinear" for n in proto.graph.node)  # nothing dequantized whole
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    values = unpack(inits[node.input[0]], 4, width).astype(np.float64)
+    scale = inits[node.input[2]].astype(np.float64)  # [V, 1]: one block per row
+    zero = unpack(inits[node.input[3]], 4, 1).astype(np.float64) if len(node.input) > 3 else np.full((n_rows, 1), 8.0)
+    proto.graph.output.append(helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = session.run(["h"], {"ids": ids})[0]
+    # DequantizeLinear of the same stored values on ONNX Runtime, gathered: bit for bit the same
+    plain = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0),
+         helper.make_node("Gather", ["w", "ids"], ["h"], axis=0)], "p",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor("q", onnx.TensorProto.UINT4, [n_rows, width], values.astype(int).ravel().tolist()),
+         numpy_helper.from_array(scale[:, 0].astype(np.float32), "s"),
+         helper.make_tensor("z", onnx.TensorProto.UINT4, [n_rows], zero[:, 0].astype(int).tolist())],
+    )
+    expected = ort.InferenceSession(helper.make_model(plain, opset_imports=[helper.make_opsetid("", 21)])
+                                    .SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    assert np.array_equal(rows, expected)
+    step = scale[ids][..., 0]
+    assert np.all(np.abs(rows - table[ids]) <= 0.5 * step[..., None] * (1 + 1e-5))  # round to nearest, no clipping
+    if granularity == "per_tensor":
+        assert np.unique(scale).size == 1
+    report = work.evaluate(result)  # the values at 4 bits, a float scale and a packed zero point per row; the head
+    table_bytes = n_rows * width * bits // 8 + n_rows * 4 + (n_rows if len(node.input) > 3 else 0)
+    assert report.weight_bytes == table_bytes + width * 3 * 4
+
+
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
 def test_an_embedding_table_whose_rows_are_the_graph_output_builds_and_runs(tmp_path: Path, granularity: str) -> None:
     """ONNX Runtime quantizes a Gather's output that is a graph output with the table's own (per-row)
@@ -312,3 +375,14 @@ def test_a_dynamic_gemm_is_quantized(digits_workload, granularity) -> None:  # t
     got = session(proto).run(None, {"pixels": x})[0]
     assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+
+
+def test_a_build_change_scoped_to_one_layer_kind_leaves_other_models_cached_scores_valid() -> None:
+    """The fitness cache keys on the build version of the model's own layer kinds: writing 4-bit tables
+    as GatherBlockQuantized (build 7) changes the key of a model with a Gather layer only."""
+    from harness.quant.quantize import BUILD_VERSION, SCOPED_BUILD_CHANGES, build_version
+
+    latest = max(v for v, _ in SCOPED_BUILD_CHANGES)
+    assert latest > BUILD_VERSION and build_version() == latest
+    assert build_version(["MatMul", "Conv", "Gemm"]) == BUILD_VERSION
+    assert build_version(["MatMul", "Gather"]) == latest
