@@ -269,10 +269,14 @@ def gather_block(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, fixed: Fi
         inits.append(numpy_helper.from_array(zero.astype(np.uint8) if bits == 8 else pack(zero, bits),
                                              f"{prefix}_zero_points"))
         inputs.append(f"{prefix}_zero_points")
-    new = helper.make_node("GatherBlockQuantized", inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
-                           gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
-    _replace(proto, index, new, inits)
+    _replace(proto, index, gather_block_node(inputs, list(node.output), node.name, block, bits), inits)
     return rq
+
+
+def gather_block_node(inputs: list[str], outputs: list[str], name: str, block: int, bits: int) -> onnx.NodeProto:
+    """A GatherBlockQuantized node over a table ``[V, H]``: rows gathered (axis 0), blocks along H."""
+    return helper.make_node("GatherBlockQuantized", inputs, outputs, name=name, domain=MS_DOMAIN,
+                            gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
 
 
 def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np.ndarray | None = None,

@@ -70,6 +70,8 @@ def build_version(op_types: Iterable[str] | None = None) -> int:
     on): ``BUILD_VERSION`` or the latest scoped change that touched one of them; None: the latest of all."""
     ops = None if op_types is None else set(op_types)
     return max([BUILD_VERSION] + [v for v, scope in SCOPED_BUILD_CHANGES if ops is None or scope & ops])
+
+
 _HOLD_DOMAIN = "ai.qae.hold"
 
 
@@ -896,8 +898,7 @@ def _gather_block_int4(proto: onnx.ModelProto, node: onnx.NodeProto, q: onnx.Ten
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep + inits)
     kernels.ensure_ms_domain(proto)
-    return helper.make_node("GatherBlockQuantized", inputs, list(node.output), name=tag, domain=kernels.MS_DOMAIN,
-                            gather_axis=0, quantize_axis=1, block_size=block, bits=4)
+    return kernels.gather_block_node(inputs, list(node.output), tag, block, 4)
 
 
 def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, result: QuantResult) -> None:

@@ -254,6 +254,40 @@ def test_a_4bit_embedding_table_is_indexed_not_dequantized_whole(tmp_path: Path,
     assert report.weight_bytes == table_bytes + width * 3 * 4
 
 
+@pytest.mark.parametrize(("width", "indexed"), [(24, True), (25, False)])
+def test_the_cost_model_prices_a_4bit_table_as_what_was_built(tmp_path: Path, width: int, indexed: bool) -> None:
+    """An odd-width 4-bit table cannot be packed two values a byte: it keeps DequantizeLinear -> Gather
+    and runs; the cost model's path for the layer follows what the build wrote, either way."""
+    import onnxruntime as ort
+
+    from harness.quant.workload import Workload
+    from profiles import load_profile
+    from profiles.costmodel import cost_of, precision_tokens
+
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((40, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], name="emb")], "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4, width])],
+        [numpy_helper.from_array(table, "E")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(tmp_path / "m.onnx"))
+    ids = rng.integers(0, 40, size=(2, 4)).astype(np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    work = Workload.open(tmp_path / "m.onnx", calib=tmp_path / "ids.npz", eval_data=tmp_path / "ids.npz")
+    genome = work.genome({"default": {"weight_bits": 4, "granularity": "per_channel", "activation_bits": "fp"}})
+    proto = work.build(genome).proto
+    ops = {n.op_type for n in proto.graph.node}
+    assert ("GatherBlockQuantized" in ops) is indexed and ("DequantizeLinear" in ops) is not indexed
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = session.run(None, {"ids": ids})[0]
+    assert np.abs(rows - table[ids]).max() < np.abs(table).max() / 7  # a 4-bit grid of each row's range
+    layer = work.model.layer("emb")
+    path = cost_of(layer, precision_tokens(genome["emb"]), load_profile("host-cpu")).path
+    assert (path == "qdq->gather_block") is indexed
+
+
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
 def test_an_embedding_table_whose_rows_are_the_graph_output_builds_and_runs(tmp_path: Path, granularity: str) -> None:
     """ONNX Runtime quantizes a Gather's output that is a graph output with the table's own (per-row)
