@@ -33,9 +33,13 @@ table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 
 dequantized whole on every run where qae cannot write it as an indexed kernel (a 4-bit QDQ table of
 even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_table``);
 ``op_factors`` scale one op type's path against MatMul's (a ConvInteger is not a MatMulInteger),
-fitted from per-layer times only; and where the weights a run reads (dequantized copies included)
-exceed the last-level cache (``memory.cache_bytes``), every byte streams from DRAM on every run
-(``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block transformer does not).
+fitted from per-layer times only; a grouped (depthwise) Conv on a path the runtime has no grouped
+kernel for pays per group and per output element (``grouped_conv``: ONNX Runtime runs ConvInteger,
+QLinearConv with per-channel zero points and a float Conv of dequantized weights as a GEMM per
+group, up to 9x the time of its depthwise kernels on digits-cnn's layers); and where the weights a
+run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``), every
+byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block
+transformer does not).
 
 ``CostTable`` precomputes every layer's cost for each of the few execution classes, so that
 predicting a population is a table lookup and a sum (``predict_many``); a class first seen in a
@@ -58,6 +62,9 @@ from profiles.schema import Profile
 
 #: Nodes that cost nothing at run time (removed by graph optimisation, or constants).
 _FREE_OPS = {"Identity", "Constant", "Shape"}
+#: Activations a runtime fuses into the Conv before them (ONNX Runtime's FusedConv; a QLinearConv's
+#: clipping output range; TFLite, QNN and Core ML fuse them too): no op of their own at run time.
+_CONV_FUSED = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"}
 
 
 @dataclass(frozen=True)
@@ -73,11 +80,19 @@ class GraphStats:
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
         layer_nodes = {layer.node_name for layer in model.layers}
+        conv_out = {node.output[0] for node in model.proto.graph.node
+                    if node.name in layer_nodes and node.op_type == "Conv" and node.output}
+        readers: dict[str, int] = {}
+        for node in model.proto.graph.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
         shapes = model.tensor_shapes()
         ops = elements = macs = 0
         for node in model.proto.graph.node:
             if node.name in layer_nodes or node.op_type in _FREE_OPS:
                 continue
+            if node.op_type in _CONV_FUSED and node.input and node.input[0] in conv_out and readers[node.input[0]] == 1:
+                continue  # fused into its Conv layer
             ops += 1
             for out in node.output:
                 # A 0-d tensor is shape arithmetic (a gathered dimension): its cost is the op's overhead,
@@ -110,7 +125,9 @@ class ExecClass(NamedTuple):
     kernel: str = "qdq"  # qdq | matmulnbits | gather_block
     block: int = 0  # block size with granularity block
     accuracy: int = 0  # MatMulNBits accuracy_level (0: unset)
-    zero_points: bool = False  # per-block zero points stored (asymmetric block quantization)
+    #: zero points stored: asymmetric weights (per block, or for a QDQ layer per channel / tensor,
+    #: which makes ONNX Runtime store the weights unsigned: a different kernel for some ops)
+    zero_points: bool = False
 
 
 def precision_tokens(gene: GeneLike) -> ExecClass:
@@ -127,7 +144,8 @@ def precision_tokens(gene: GeneLike) -> ExecClass:
         acc = int(getattr(gene, "accuracy_level", None) or 0) if kernel == "matmulnbits" else 0
         return ExecClass(f"int{int(gene.weight_bits)}", "fp32", "block", kernel, block, acc, zps)
     gran = "tensor" if gene.granularity == "per_tensor" else "block" if gene.granularity == "per_block" else "channel"
-    extra = (block, 0, zps) if gran == "block" else ()
+    asym = getattr(gene, "scheme", "symmetric") == "asymmetric"
+    extra = (block, 0, zps) if gran == "block" else (0, 0, True) if asym else ()
     wt = f"int{gene.weight_storage_bits}"
     if gene.dynamic:
         return ExecClass(wt, "dynamic", gran, "qdq", *extra)
@@ -405,10 +423,35 @@ def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) 
             scale_bytes = _BYTES[profile.data["float_type"]]
             lc.weight_bytes = _block_bytes(layer.params, int(c.weight[3:]), c.block, c.zero_points, scale_bytes)
         return lc
-    return layer_cost(layer, c.weight, c.activation, profile, c.granularity)
+    return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points)
 
 
-def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel") -> LayerCost:
+def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str, asymmetric: bool) -> str | None:
+    """The ``grouped_conv`` key of a grouped Conv (``groups`` > 1) on a QDQ path: ``op_path``'s, with
+    static native layers of per-channel asymmetric weights apart (ONNX Runtime's depthwise
+    QLinearConv kernel takes one weight zero point, or none). None for other layers."""
+    if layer.op_type != "Conv" or int(getattr(layer, "groups", 1) or 1) <= 1:
+        return None
+    key = op_path(kind, activation)
+    return "native_asymmetric" if key == "native" and asymmetric and granularity == "channel" else key
+
+
+def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> float:
+    """What a grouped Conv costs beyond ``layer_cost``'s formula where the profile says its path has
+    no grouped (depthwise) kernel: ``groups x us_per_group + output elements x ns_per_output_element``
+    (a GEMM per group over an unfolded input: ONNX Runtime's ConvInteger, QLinearConv with per-channel
+    zero points, a float Conv whose weights are dequantized at run time). Zero where the profile lists
+    no ``grouped_conv`` entry for the path."""
+    node = profile.data.get("grouped_conv", {}).get(key) if key is not None else None
+    if node is None:
+        return 0.0
+    _, out_el = layer_io(layer)
+    return (int(getattr(layer, "groups", 1)) * float(node["us_per_group"]["value"])
+            + out_el * float(node["ns_per_output_element"]["value"]) / 1e3)
+
+
+def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel",
+               asymmetric: bool = False) -> LayerCost:
     """The cost of one layer on one QDQ execution path (see the module docstring for the formula)."""
     p = path_of(wt, at, profile)
     macs = layer_macs(layer)
@@ -461,6 +504,11 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     factor = profile.data.get("op_factors", {}).get(layer.op_type, {}).get(op_path(p.kind, at))
     if factor is not None:
         us *= float(factor["value"])
+    kind = p.kind
+    grouped = grouped_conv_us(layer, grouped_path(layer, p.kind, at, gran, asymmetric), profile)
+    if grouped > 0:
+        us += grouped
+        kind = f"{p.kind} grouped"
     e = profile.data["energy"]
     joules = (
         macs * p.energy_per_mac_pj * 1e-12
@@ -469,7 +517,7 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         + extra_j
     )
     read = touched * (_BYTES[wt] if wt != "fp32" else _BYTES[ft]) + 2 * transient  # written, then read
-    return LayerCost(us, joules, wbytes, abytes, transient, p.kind, p.compute, read)
+    return LayerCost(us, joules, wbytes, abytes, transient, kind, p.compute, read)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from profiles.costmodel import (
     GraphStats,
     beyond_cache_us,
     cost_of,
+    grouped_path,
     indexed_int4_table,
     op_path,
     path_of,
@@ -124,7 +125,26 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     for key in ("dequantize_spill_ns_per_element", "dequantize_per_tensor_ns_per_element",
                 "gather_table_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
+    params += grouped_params(profile, samples)
     return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
+
+
+def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
+    """The ``grouped_conv`` coefficients of the paths some sample's grouped Conv runs on; a path no
+    sample runs keeps the profile's value (nothing in the data could move it but noise)."""
+    node = profile.data.get("grouped_conv", {})
+    used: set[str] = set()
+    for s in samples:
+        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
+        for layer, c in pairs:
+            ec = ExecClass(*c)
+            if layer.op_type != "Conv" or ec.kernel != "qdq":
+                continue
+            key = grouped_path(layer, path_of(ec.weight, ec.activation, profile).kind, ec.activation,
+                               ec.granularity, ec.zero_points)
+            if key is not None and key in node:
+                used.add(key)
+    return [Param(("grouped_conv", key, coef)) for key in sorted(used) for coef in node[key]]
 
 
 #: bounds of a fitted op factor: a kernel 20x off the shared rates is a model to fix, not to fit

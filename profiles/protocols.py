@@ -17,7 +17,9 @@ class LayerLike(Protocol):
 
     Optional attributes read with ``getattr``: ``input_elements`` and ``output_elements`` (int or
     None), the elements of the layer's activation input and output per inference. Without them the
-    cost model infers them from MACs and the weight shape (see ``costmodel.layer_io``)."""
+    cost model infers them from MACs and the weight shape (see ``costmodel.layer_io``). ``groups``
+    (int, default 1): a Conv's group count, which decides whether a runtime without a grouped kernel
+    for the layer's path pays per group (``costmodel.grouped_conv_us``)."""
 
     @property
     def name(self) -> str: ...

@@ -26,6 +26,9 @@ PRECISIONS = ("fp32", "fp16", "int16", "int8", "int4")
 #: the execution paths ``op_factors`` may correct (``profiles.costmodel.op_path``)
 OP_PATHS = ("float", "weight_only", "native", "native_dynamic", "dequantize", "slower_unit")
 ACT_PRECISIONS = (*PRECISIONS, "dynamic")
+#: the paths ``grouped_conv`` may cost (``profiles.costmodel.grouped_path``): ``op_path``'s, and
+#: static native layers with asymmetric weights apart
+GROUPED_PATHS = (*OP_PATHS, "native_asymmetric")
 
 PROFILES_DIR = Path(__file__).resolve().parent
 CALIBRATED_DIR = PROFILES_DIR / "calibrated"
@@ -226,6 +229,15 @@ SCHEMA: dict[str, Any] = {
         # fitted from per-layer times where one op type's kernel runs faster or slower than the shared
         # rates say (a ConvInteger against a MatMulInteger).
         "op_factors": {"type": "object", "additionalProperties": _table(POS, OP_PATHS)},
+        # Optional: the paths on which a grouped (depthwise) Conv has no grouped kernel and runs a
+        # GEMM per group (ONNX Runtime's ConvInteger, QLinearConv with unsigned weights): the cost
+        # per group and per output element added to the layer's.
+        "grouped_conv": _table({
+            "type": "object",
+            "required": ["us_per_group", "ns_per_output_element"],
+            "additionalProperties": False,
+            "properties": {"us_per_group": NONNEG, "ns_per_output_element": NONNEG},
+        }, GROUPED_PATHS),
         "fallback": _table(FALLBACK, ACT_PRECISIONS),
         "energy": {
             "type": "object",

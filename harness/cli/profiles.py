@@ -262,6 +262,14 @@ def fidelity_text(report: dict[str, Any]) -> str:
         lines.append(f"noise: {noise.get('verdict')}; median spread between passes {_pct(noise.get('spread_median'))}, "
                      f"{len(beyond)} model(s) still beyond {_pct(noise.get('spread_bound'))}"
                      + (f" ({', '.join(beyond[:6])}{'...' if len(beyond) > 6 else ''})" if beyond else ""))
+    drift = report.get("drift") or {}
+    if drift.get("checked"):
+        ratio = drift.get("ratio")
+        moved = "moved" if drift.get("moved") else "held"
+        lines.append(f"stored measurements: {len(drift.get('anchors') or [])} re-measured at "
+                     f"{'no result' if ratio is None else f'{ratio:.2f}x'} their stored latency ({moved}, bound "
+                     f"{_pct(drift.get('bound'))}): " + ("all models measured again" if drift.get("moved")
+                                                         else f"{drift.get('stored')} reused"))
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)

@@ -69,6 +69,8 @@ class LayerSpec:
     input_elements: int | None = None
     output_elements: int | None = None
     extra_weights: tuple[str, ...] = ()
+    #: a Conv's ``group`` attribute (depthwise: as many groups as input channels); 1 for other ops
+    groups: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -451,6 +453,7 @@ def _layer_fields(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> 
     if op in RECURRENT_GATES and (len(wshape) != 3 or consts[extra[0]].data_type != tensor.data_type):
         return None
     params = sum(int(np.prod(tuple(consts[w].dims))) for w in (weight, *extra))
+    groups = int(_attrs(node).get("group", 1)) if op == "Conv" else 1
     return {
         "node_name": node.name,
         "op_type": op,
@@ -463,6 +466,7 @@ def _layer_fields(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> 
         "channel_axis": axis,
         "weight_dtype": _np_dtype(tensor.data_type),
         "extra_weights": extra,
+        "groups": max(groups, 1),
     }
 
 

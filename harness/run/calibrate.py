@@ -46,6 +46,10 @@ from profiles.microbench import (
 from profiles.schema import Profile, load_profile, parse
 
 MAX_MODELS = 200
+#: stored models measured again before others are measured beside them, and how far their median
+#: latency may move before every stored measurement is dropped (``run``)
+DRIFT_ANCHORS = 3
+DRIFT_BOUND = 0.15
 
 #: (weight_bits, activation_bits, weight) of a candidate layer: what a search proposes, int4 included.
 CANDIDATE_GENES: list[tuple[Any, Any, float]] = [
@@ -63,7 +67,11 @@ MICRO_GENES = {
     "w8a16": {"weight_bits": 8, "activation_bits": 16},
     "w4a8t": {"weight_bits": 4, "activation_bits": 8, "granularity": "per_tensor"},
     "w16a16t": {"weight_bits": 16, "activation_bits": 16, "granularity": "per_tensor"},
+    "w8a8asym": {"weight_bits": 8, "activation_bits": 8, "scheme": "asymmetric"},
 }
+#: more fitted uniform candidates of a suite model, for paths its random mixes may miss: digits-cnn's
+#: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``)
+EXTRA_UNIFORMS = {"builtin:digits-cnn": ("w8a8asym", "w8fp")}
 #: Embedding-Gather genes: fp32, int8 per-tensor (qae's per-row int8 Gather build fails in ORT
 #: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales), and int4
 #: weight-only, whose table ORT dequantizes whole on every run)
@@ -157,9 +165,9 @@ class KernelGenome:
 
 def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | list[str] = (),
                   model_candidates: int = 6) -> Suite:
-    """102 models (17 micro at 16 tokens, 12 more at M = 1 and 64, 6 embedding Gathers, 34
+    """104 models (17 micro at 16 tokens, 12 more at M = 1 and 64, 6 embedding Gathers, 34
     block-quantized kernels, whole candidates of digits-vit, of a MiniLM-sized transformer and of the
-    convolutional digits-cnn: 11 + 12 + 10 with 6 + 7 + 5 held out); ``quick`` is 7 tiny ones.
+    convolutional digits-cnn: 11 + 12 + 12 with 6 + 7 + 5 held out); ``quick`` is 7 tiny ones.
     ``models`` (``builtin:NAME`` or an .onnx file) adds ``model_candidates`` fit candidates of each: its
     float, w8a8 and dynamic int8 builds and random mixes (``mixed_genome``), so that the fit sees the
     shapes and ops of the model a search will run (few-shot calibration for one model)."""
@@ -207,6 +215,9 @@ def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | 
                 continue
             role = "fit" if i < len(uniforms) + fit_mixed else "heldout"
             items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, role))
+        if not quick:  # after the mixes, which keep their seeds
+            items += [Item(f"{short}-{g}", name, {"default": MICRO_GENES[g]}, "fit")
+                      for g in EXTRA_UNIFORMS.get(name, ())]
     for name in models:
         short = "model-" + (name.split(":", 1)[1] if name.startswith("builtin:") else Path(name).stem)
         for i in range(model_candidates):
@@ -335,10 +346,12 @@ class Builder:
         return work.genome(data)
 
     def build(self, item: Item) -> tuple[Path, Any]:
-        from harness.quant.quantize import save_model
+        from harness.quant.quantize import build_version, save_model
 
         genome = self.genome(item)
-        path = self.work / "models" / f"{item.id}-{genome.hash}.onnx"
+        # the builder's version in the name: a build a quantizer change altered is made again, never
+        # taken from this cache (the measurement store keys on the file's bytes)
+        path = self.work / "models" / f"{item.id}-{genome.hash}-b{build_version()}.onnx"
         if item.workload.startswith("kernel:"):
             if not path.exists():
                 from harness.core.atomic import atomic_write_bytes
@@ -380,8 +393,8 @@ class Builder:
                       statistic: str) -> tuple[list[LayerSample], list[str]]:
         """Per-layer measured times of every measured model whose record carries a per-op profile
         (kernel items excluded: a single kernel is its whole model): each layer's share of the
-        profile, scaled to the model's timed ``statistic`` (``LayerTimes.scaled_to``: kernels run
-        slower under the profiler). Returns them and the ids of models whose profile could not be
+        profile less the profiler's per-node cost, scaled to the model's timed ``statistic``
+        (``LayerTimes.corrected_to``). Returns them and the ids of models whose profile could not be
         split (no layer time found)."""
         import onnx
 
@@ -404,7 +417,7 @@ class Builder:
                 unsplit.append(item.id)
                 continue
             found = 0
-            times = times.scaled_to(float(rec["latency_ms"][statistic]))
+            times = times.corrected_to(float(rec["latency_ms"][statistic]))
             for j, layer in enumerate(model.layers):
                 ms = times.layers.get(layer.name, 0.0)
                 if ms > 0:
@@ -449,8 +462,15 @@ def run(
     spread: float = 0.05,
     plot: bool = True,
     collect: dict[str, Any] | None = None,
+    drift: float = DRIFT_BOUND,
 ) -> dict[str, Any]:
     """Measure the suite (reusing stored measurements), fit, write ``output``; returns the report.
+
+    Stored measurements are reused only while the device runs as it did when they were taken: where
+    some models are stored and others must be measured, up to ``DRIFT_ANCHORS`` stored ones are
+    measured again first, and if their median latency moved by more than ``drift`` (a busier or
+    slower machine, another board of the same name, a new firmware) every model is measured again,
+    so that one fit never mixes two states of the device; the report's ``drift`` says which.
 
     The noise protocol: every model is measured in ``passes`` interleaved passes, then the models
     whose latency still differs by more than ``spread`` between passes (largest over smallest - 1)
@@ -487,8 +507,45 @@ def run(
     values: dict[str, list[float]] = {}  # item id -> statistic per pass
     best: dict[str, tuple[Item, Any, float, dict[str, Any], Path]] = {}
     last: dict[str, dict[str, Any]] = {}
+
+    def key_of(item: Item, path: Path, pass_no: int) -> tuple[str, str]:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24], sha
+
+    def measurer() -> Measure:
+        nonlocal measure, gen
+        if measure is None:
+            gen = transport_measure(device, settings)
+            measure = next(gen)
+        return measure
+
+    drift_report: dict[str, Any] = {"checked": False, "bound": drift}
     try:
         with _progress(progress) as bar:
+            if store.records:
+                stored = []
+                missing = 0
+                for item in suite.items:
+                    path, _ = builder.build(item)
+                    rec = store.get(key_of(item, path, 0)[0])
+                    if rec is not None and rec.get("ok") and rec.get("latency_ms"):
+                        stored.append((item, path, rec))
+                    else:
+                        missing += 1
+                if stored and missing:
+                    ratios = []
+                    for item, path, rec in stored[:DRIFT_ANCHORS]:
+                        settings.input_shapes = builder.input_shapes(item)
+                        again = measurer()(path)
+                        if again.get("ok") and again.get("latency_ms"):
+                            ratios.append(float(again["latency_ms"][statistic]) / float(rec["latency_ms"][statistic]))
+                    ratio = float(np.median(ratios)) if ratios else None
+                    moved = ratio is None or abs(ratio - 1.0) > drift
+                    drift_report = {"checked": True, "bound": drift, "ratio": ratio, "moved": moved,
+                                    "anchors": [it.id for it, _, _ in stored[:DRIFT_ANCHORS]],
+                                    "stored": len(stored), "missing": missing}
+                    if moved:
+                        store.records.clear()  # reuse nothing: the new records take the same keys
             task = bar.add_task("calibrating", total=len(suite.items) * passes) if bar else None
             pending = list(suite.items)
             for pass_no in range(max_passes):
@@ -500,17 +557,13 @@ def run(
                         bar.update(task, total=(bar.tasks[0].total or 0) + len(pending))
                 for item in pending:
                     path, genome = builder.build(item)
-                    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-                    key = hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24]
+                    key, sha = key_of(item, path, pass_no)
                     rec = store.get(key)
                     if rec is None:
-                        if measure is None:
-                            gen = transport_measure(device, settings)
-                            measure = next(gen)
                         # The device feeds the shapes the cost model counts (the workload's data shapes),
                         # never a 1 it picked for a symbolic batch; the transport reads them per call.
                         settings.input_shapes = builder.input_shapes(item)
-                        raw = measure(path)
+                        raw = measurer()(path)
                         # every timed run (up to 20,000 per model) is not needed for a fit: the summary is
                         raw.pop("runs_ms", None)
                         rec = {"key": key, "id": item.id, "workload": item.workload, "role": item.role,
@@ -550,6 +603,7 @@ def run(
     data["calibration"]["statistic"] = (f"{statistic} latency, smallest over {passes} to {max_passes} interleaved "
                                         f"passes (more while a model's passes differ by more than {spread:.0%})")
     data["calibration"]["noise"] = noise
+    data["calibration"]["drift"] = drift_report
     data["calibration"]["layers"] = {
         "profiled_models": len({s.id for s in layer_samples}), "unsplit": unsplit,
         "fit": {k: v for k, v in lay["fit"].items()}, "heldout": {k: v for k, v in lay["heldout"].items()}}
@@ -568,7 +622,7 @@ def run(
             "reported": errs["reported"], "rows": errs["rows"],
             "layers": {"fit": lay["fit"], "heldout": lay["heldout"], "reported": lay["reported"],
                        "unsplit": unsplit, "rows": lay["rows"]},
-            "noise": noise, "solver": {k: v for k, v in fit_report.items() if k != "fitted"},
+            "noise": noise, "drift": drift_report, "solver": {k: v for k, v in fit_report.items() if k != "fitted"},
             "plot": str(plot_path) if plot_path else None}
 
 

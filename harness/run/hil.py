@@ -311,8 +311,8 @@ class DeviceTarget:
         from harness.quant.opmap import layer_times
 
         profiled = layer_times(onnx.load(str(job.path)), self.work.model.layers, rec.op_profile, statistic="iqm_ms")
-        # the profile's shares of the timed p50 (kernels run slower under the profiler), as calibration fits them
-        measured = profiled.scaled_to(float(rec.latency_ms["p50"]))
+        # the profile less the profiler's per-node cost, scaled to the timed p50, as calibration fits them
+        measured = profiled.corrected_to(float(rec.latency_ms["p50"]))
         pred = self.table.predict(job.genome)
         scale = getattr(self.table, "scale", 1.0)
         predicted = {"layers": {r["layer"]: float(r["latency_ms"]) * scale for r in pred.layers},
@@ -321,7 +321,7 @@ class DeviceTarget:
         row.pop("nodes")  # the archive keeps the split; the per-node list (ORT's graph, not the model's) is dropped
         row["runs"] = rec.op_profile.get("runs")
         row["profiled_total_ms"] = profiled.total_ms  # the split's sum under the profiler, before scaling
-        row["scaled_to"] = "timed p50"
+        row["scaled_to"] = "timed p50, less the profiler's per-node cost"
         row["order"] = [layer.name for layer in self.work.model.layers]  # the stored dicts lose the model's order
         self.archive.set_layer_times(self.name, job.genome.hash, rec.device, {"measured": row, "predicted": predicted})
 

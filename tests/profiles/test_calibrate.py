@@ -263,3 +263,88 @@ def test_calibrate_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> No
     assert "give builtin:NAME or an .onnx file" in capsys.readouterr().err
     assert main(["calibrate", "--model", "net.onnx", "-o", "x.yaml"]) == 2
     assert "--calib goes with exactly one --model FILE.onnx" in capsys.readouterr().err
+
+
+def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
+    """Depthwise and pointwise Convs mixed over the paths: the per-layer times identify what a grouped
+    Conv pays per group and per output element on each path without a depthwise kernel."""
+    from profiles.costmodel import ExecClass
+
+    truth = load_profile("host-cpu").copy()
+    for key, (per_group, per_el) in {"native_dynamic": (0.4, 9.0), "native_asymmetric": (0.1, 60.0),
+                                      "weight_only": (0.05, 20.0)}.items():
+        truth.data["grouped_conv"][key]["us_per_group"]["value"] = per_group
+        truth.data["grouped_conv"][key]["ns_per_output_element"]["value"] = per_el
+
+    def conv(name: str, ch: int, side: int, groups: int) -> LayerSpec:
+        out = ch * side * side
+        return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (ch, ch // groups, 3, 3), ch * ch // groups * 9,
+                         out * ch // groups * 9, "x", "y", 0, input_elements=out, output_elements=out, groups=groups)
+
+    layers = [conv("dw0", 16, 8, 16), conv("pw0", 16, 8, 1), conv("dw1", 64, 4, 64), conv("pw1", 64, 4, 1),
+              conv("dw2", 128, 2, 128), conv("dw3", 32, 8, 32)]
+    classes = [ExecClass("fp32", "fp32", "channel"), ExecClass("int8", "int8", "channel"),
+               ExecClass("int8", "int8", "channel", zero_points=True), ExecClass("int8", "dynamic", "channel"),
+               ExecClass("int8", "fp32", "channel"), ExecClass("int8", "int8", "tensor", zero_points=True)]
+    samples = []
+    for j in range(18):
+        mix = [classes[(j + i * (1 + j % 4)) % len(classes)] for i in range(len(layers))]
+        samples.append(Sample(f"c{j}", "cnn", "heldout" if j >= 14 else "fit", layers, mix, GraphStats(12, 4000), 1.0))
+    samples = [replace(s, measured_ms=float(m)) for s, m in zip(samples, predict_ms(samples, truth))]
+    per_layer = [LayerSample(s.id, s.workload, s.role, layer, tuple(c), 1.0)
+                 for s in samples for layer, c in zip(s.layers, s.classes)]
+    per_layer = [replace(ls, measured_ms=float(t)) for ls, t in zip(per_layer, predict_layers_ms(per_layer, truth))]
+    start = load_profile("host-cpu")  # the shipped guesses, off by 0.3x-8x from the truth above
+    fitted, report = fit(samples, start, per_layer)
+    assert "grouped_conv.native_asymmetric.ns_per_output_element" in report["fitted"]
+    for key in ("native_dynamic", "native_asymmetric", "weight_only"):
+        for coef in ("us_per_group", "ns_per_output_element"):
+            got = fitted.num("grouped_conv", key, coef)
+            want = truth.num("grouped_conv", key, coef)
+            assert abs(got - want) <= 0.1 * want + 1e-3, (key, coef, got, want)
+    lay = layer_errors(per_layer, fitted, truth)
+    assert lay["heldout"]["mape"] < 0.03
+    assert any(kind.endswith("native grouped") for kind in lay["fit"]["by_kind"]), lay["fit"]["by_kind"]
+
+
+@pytest.mark.slow
+def test_stored_measurements_of_a_device_that_changed_are_measured_again(tmp_path: Path) -> None:
+    """Some models stored, others to measure: stored ones are measured again first; where the device
+    still runs as it did they are reused, where it now runs 3x slower (a busier or another board)
+    nothing stored is reused, so one fit never mixes two states of the device."""
+    from dataclasses import replace as dc_replace
+
+    from harness.devices.transport import MeasureSettings
+    from harness.run.calibrate import default_suite, run, transport_measure
+
+    settings = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, threads=1, profile_ops=False)
+    gen = transport_measure("local", settings)
+    real = next(gen)
+    slower = {"factor": 1.0}
+    calls: list[str] = []
+
+    def device(path: Path) -> dict:
+        rec = real(path)
+        calls.append(path.name)
+        rec["latency_ms"] = {k: v * slower["factor"] if isinstance(v, float) else v
+                             for k, v in rec["latency_ms"].items()}
+        return rec
+
+    suite = default_suite(quick=True)
+    out = tmp_path / "d.yaml"
+    kw = {"settings": settings, "measure": device, "progress": False, "plot": False, "max_passes": 2, "drift": 0.5}
+    try:
+        first = run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:5]), **kw)
+        assert first["drift"]["checked"] is False and first["measured"] == 10
+        calls.clear()
+        held = run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:6]), **kw)
+        assert held["drift"]["checked"] and not held["drift"]["moved"] and len(held["drift"]["anchors"]) == 3
+        assert held["reused"] == 10 and held["measured"] == 2 and len(calls) == 3 + 2
+        calls.clear()
+        slower["factor"] = 3.0
+        moved = run("local", "host-cpu", out, suite=suite, **kw)
+    finally:
+        gen.close()
+    assert moved["drift"]["moved"] and moved["drift"]["ratio"] == pytest.approx(3.0, rel=0.5)
+    assert moved["reused"] == 0 and moved["measured"] == 2 * len(suite.items) and len(calls) == 3 + moved["measured"]
+    assert load_profile(out).calibration["drift"]["moved"] is True

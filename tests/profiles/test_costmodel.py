@@ -220,3 +220,64 @@ def test_weights_beyond_the_last_level_cache_stream_from_dram_on_every_run(large
     gap = table.predict(fp).latency_ms - roomy.predict(fp).latency_ms
     assert gap == pytest.approx(4 * params * per_byte / 1e6)
     assert table.predict(w8).latency_ms == pytest.approx(roomy.predict(w8).latency_ms)
+
+
+def _conv(groups: int, channels: int = 64, side: int = 4, name: str = "dw") -> object:
+    """A 3x3 Conv with ``channels`` in and out and ``groups`` groups (depthwise: groups = channels)."""
+    from harness.core.model import LayerSpec
+
+    params = channels * channels // groups * 9
+    out = channels * side * side
+    return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (channels, channels // groups, 3, 3), params,
+                     out * channels // groups * 9, "x", "y", 0, input_elements=out, output_elements=out,
+                     groups=groups)
+
+
+def test_a_grouped_conv_pays_per_group_only_on_paths_without_a_depthwise_kernel() -> None:
+    """ONNX Runtime's CPU provider has depthwise kernels for a float Conv and for QLinearConv of
+    symmetric or per-tensor weights; ConvInteger, QLinearConv with per-channel zero points and a float
+    Conv of dequantized weights run a GEMM per group (measured: up to 9x). host-cpu says which paths
+    pay; a profile without ``grouped_conv`` (and any ungrouped Conv) costs as before."""
+    from profiles.costmodel import ExecClass, cost_of, grouped_path
+
+    profile = load_profile("host-cpu")
+    plain = profile.copy()
+    plain.data.pop("grouped_conv")
+    dw, pw = _conv(64), _conv(1, name="pw")
+    sym = ExecClass("int8", "int8", "channel")
+    asym = ExecClass("int8", "int8", "channel", zero_points=True)
+    asym_tensor = ExecClass("int8", "int8", "tensor", zero_points=True)
+    dynamic = ExecClass("int8", "dynamic", "channel")
+    weight_only = ExecClass("int8", "fp32", "channel")
+    fp = ExecClass("fp32", "fp32", "channel")
+    assert grouped_path(dw, "native", "int8", "channel", True) == "native_asymmetric"
+    assert grouped_path(dw, "native", "int8", "tensor", True) == "native"
+    assert grouped_path(dw, "native", "dynamic", "channel", False) == "native_dynamic"
+    assert grouped_path(pw, "native", "dynamic", "channel", False) is None
+    for c in (sym, asym_tensor, fp):
+        assert cost_of(dw, c, profile).latency_us == pytest.approx(cost_of(dw, c, plain).latency_us)
+        assert "grouped" not in cost_of(dw, c, profile).path
+    for c, key in ((asym, "native_asymmetric"), (dynamic, "native_dynamic"), (weight_only, "weight_only")):
+        node = profile.data["grouped_conv"][key]
+        extra = 64 * node["us_per_group"]["value"] + 64 * 16 * node["ns_per_output_element"]["value"] / 1e3
+        assert extra > 0
+        got = cost_of(dw, c, profile)
+        assert got.latency_us == pytest.approx(cost_of(dw, c, plain).latency_us + extra)
+        assert got.path.endswith(" grouped")
+        assert cost_of(pw, c, profile).latency_us == pytest.approx(cost_of(pw, c, plain).latency_us)
+    # the asymmetric class comes from the gene's scheme, and only the depthwise layer tells them apart
+    from profiles.costmodel import precision_tokens
+
+    assert precision_tokens(Gene(weight_bits=8, activation_bits=8, scheme="asymmetric")) == asym
+    assert precision_tokens(Gene(weight_bits=8, activation_bits=8)) == sym
+    assert cost_of(dw, asym, profile).latency_us > 3 * cost_of(dw, sym, profile).latency_us
+
+
+def test_model_layers_carry_their_conv_groups() -> None:
+    """digits-cnn's depthwise Convs have a group per channel; its stem and pointwise Convs one."""
+    model = resolve_shapes("builtin:digits-cnn").model
+    groups = {lay.name: lay.groups for lay in model.layers}
+    assert groups["stem"] == 1 and groups["blocks.0.pw"] == 1 and groups["head"] == 1
+    for lay in model.layers:
+        if lay.name.endswith(".dw"):
+            assert lay.groups == lay.weight_shape[0] > 1, lay

@@ -135,3 +135,24 @@ def test_a_split_scaled_to_the_timed_latency_keeps_every_share() -> None:
     assert timed.layers["a"] / timed.layers["b"] == pytest.approx(3.0)
     assert timed.unattributed["Add"] == pytest.approx(0.01) and timed.nodes[0]["ms"] == pytest.approx(0.03)
     assert timed.run_ms == 0.7 and raw.total_ms == pytest.approx(0.5)  # the profiled run as it was; raw untouched
+
+
+def test_the_profiler_s_per_node_cost_is_taken_off_before_the_shares() -> None:
+    """Under the profiler every kernel costs about the same few microseconds more: ten 1 us kernels
+    profile at 3 us, as costly as they look beside a 100 us one only if that cost is left in. The
+    correction takes the same amount off every node so that the nodes sum to the timed latency."""
+    from harness.quant.opmap import LayerTimes
+
+    nodes = [{"name": "big", "op_type": "MatMul", "ms": 0.102, "layer": "a"}]
+    nodes += [{"name": f"s{i}", "op_type": "Add", "ms": 0.003, "layer": "b" if i < 5 else None} for i in range(10)]
+    raw = LayerTimes(layers={"a": 0.102, "b": 0.015}, unattributed={"Add": 0.015}, nodes=nodes, run_ms=0.2)
+    timed = raw.corrected_to(0.110)  # the kernels' own time: 100 us + 10 x 1 us; the profiler added 2 us each
+    assert timed.total_ms == pytest.approx(0.110)
+    assert timed.layers["a"] == pytest.approx(0.100, rel=1e-6) and timed.layers["b"] == pytest.approx(0.005, rel=1e-6)
+    assert timed.unattributed["Add"] == pytest.approx(0.005, rel=1e-6)
+    shares = raw.scaled_to(0.110)  # shares of the raw profile: the small kernels look 2.5x costlier
+    assert shares.layers["b"] == pytest.approx(2.5 * timed.layers["b"])
+    # no node is taken below a tenth of its profiled time; a profile within the latency is only scaled
+    tight = raw.corrected_to(0.0125)
+    assert min(n["ms"] for n in tight.nodes) > 0 and tight.total_ms == pytest.approx(0.0125)
+    assert raw.corrected_to(0.5).layers["a"] == pytest.approx(raw.scaled_to(0.5).layers["a"])
