@@ -396,6 +396,18 @@ def _p(v: Any) -> str:
     return "-" if v is None else f"{v * 100:.1f} %"
 
 
+def _drift_sentence(drift: dict[str, Any]) -> str:
+    """What the calibration's drift check found (stored measurements re-measured before reuse)."""
+    if not drift.get("checked"):
+        return ""
+    ratio = drift.get("ratio")
+    said = "no result" if ratio is None else f"{ratio:.2f}x"
+    verdict = ("beyond the bound: every model was measured again" if drift.get("moved")
+               else f"within the bound: {drift.get('stored')} stored models reused")
+    return (f" Before reusing stored measurements beside new ones, {len(drift.get('anchors') or [])} were measured "
+            f"again: {said} their stored latency ({verdict}; bound {_p(drift.get('bound'))}).")
+
+
 def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> list[str]:
     held = d.get("heldout", {})
     noise = d.get("noise") or {}
@@ -406,7 +418,7 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
            "per-op profiles on: each measured layer's time enters the fit beside the whole-model latencies. "
            f"Noise: {noise.get('verdict', 'not recorded')}; median spread between a model's passes "
            f"{_p(noise.get('spread_median'))}, {len(noise.get('beyond_bound') or [])} model(s) still beyond "
-           f"{_p(noise.get('spread_bound'))} after the extra passes.", "",
+           f"{_p(noise.get('spread_bound'))} after the extra passes." + _drift_sentence(d.get("drift") or {}), "",
            ""]
     rep = d.get("reported") or {}
     if rep.get("n"):
@@ -424,9 +436,11 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
         out += [f"The MiniLM headline's front points alone (development held-out): {front['n']} points, "
                 f"{_p(front['within_10pct'])} within +-10 %, MAPE {_p(front['mape'])}, Kendall tau "
                 f"{_fmt(front.get('kendall_tau'), '.2f')}.", ""]
+    dev_seeds = d.get("development_seeds") or [2026]
     out += ["Development held-out candidates (never fitted, but looked at while the cost model was changed: the "
-            "per-layer tables of these runs led to its changes; they include the seed-2026 candidates, reported "
-            "once and then looked at); `builtin:minilm-l6` rows include the MiniLM headline's 16 front points "
+            "per-layer tables of these runs led to its changes; they include the candidates of seed(s) "
+            f"{', '.join(map(str, dev_seeds))}, each reported once and then looked at); `builtin:minilm-l6` rows "
+            "include the MiniLM headline's 16 front points "
             "(real MiniLM-L6 at 64 tokens), measured here with the calibration's protocol:",
             "", "| workload | n | within +-10 % | MAPE | bias | Kendall tau |", "|---|---|---|---|---|---|"]
     for name, s in sorted(held.get("by_workload", {}).items()):
