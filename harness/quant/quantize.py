@@ -62,7 +62,9 @@ BUILD_VERSION = 6
 #: Later changes that touched only some layer kinds: (version, the layer op types whose build changed).
 #: A model with none of them builds as it did, so its cached scores stay valid (``build_version``).
 #: 7: a 4-bit QDQ embedding table is written as GatherBlockQuantized (indexed, not dequantized whole).
-SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = ((7, frozenset({"Gather"})),)
+#: 8: a static Conv whose output reaches a float, weight-only or dynamic layer through an Identity, or
+#: whose activations are emulated (5-7 bits), gets its output Q/DQ, so ORT runs it as QLinearConv.
+SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = ((7, frozenset({"Gather"})), (8, frozenset({"Conv"})))
 
 
 def build_version(op_types: Iterable[str] | None = None) -> int:
@@ -618,8 +620,8 @@ def _constant_of(proto: onnx.ModelProto, name: str) -> float | None:
 def _quantize_conv_outputs(
     proto: onnx.ModelProto, convs: list[LayerSpec], genome: Genome, ranges: Ranges
 ) -> None:
-    """Give a static 8-bit Conv whose never-negative output reaches no quantized layer (a pooling
-    head, a residual Add) an output Q/DQ at its activation's precision.
+    """Give a static Conv stored in 8 bits whose never-negative output reaches no quantized layer (a
+    pooling head, a residual Add, a float, weight-only or dynamic layer) an output Q/DQ on the 8-bit grid.
 
     ONNX Runtime has no integer Conv kernel with a float output: without a QuantizeLinear after it
     (a Relu/Clip in between is dropped when the grid already clips), DQ -> Conv runs as a float
@@ -633,7 +635,9 @@ def _quantize_conv_outputs(
     outputs = {o.name for o in proto.graph.output}
     for layer in convs:
         gene = genome[layer.name]
-        if not gene.static_activation or int(gene.activation_bits) != 8 or layer.output not in ranges:
+        # 8-bit storage: 8 bits, and the emulated 5-7 (their output grid is 8-bit: finer than the layer's
+        # own input grid, which stays the gene's; what it buys is ORT's integer kernel)
+        if not gene.static_activation or not 4 < int(gene.activation_bits) <= 8 or layer.output not in ranges:
             continue
         tensor, (lo, hi) = layer.output, ranges[layer.output]
         while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Relu", "Clip"):
@@ -646,13 +650,18 @@ def _quantize_conv_outputs(
                 hi = hi if bounds[1] is None else min(hi, bounds[1])
             tensor = act.output[0]
         users = consumers.get(tensor, [])
-        feeds_a_layer = any(n.op_type in ("QuantizeLinear", "Identity") for n in users)
+        # Whether a quantized layer reads it: its QuantizeLinear, maybe after an Identity and the Clip
+        # of an emulated width; an Identity before a float or weight-only layer does not count.
+        after = users
+        while len(after) == 1 and after[0].op_type in ("Identity", "Clip"):
+            after = consumers.get(after[0].output[0], [])
+        feeds_a_layer = any(n.op_type == "QuantizeLinear" for n in after)
         # Never-negative outputs only (a Conv + ReLU block), on the unsigned grid: an int8 Q/DQ that
         # ORT propagates through a Reshape fails to load in ORT 1.32 ("output_dtype INT8 does not match
         # y_zero_point type UINT8", its S8->U8 rewrite; benchmarks/PEERS.md has NNCF hitting it).
         if tensor in outputs or not users or feeds_a_layer or not 0.0 <= lo <= hi:
             continue
-        qp = activation_qparams((lo, hi), gene)
+        qp = activation_qparams((lo, hi), gene if int(gene.activation_bits) == 8 else replace(gene, activation_bits=8))
         prefix = f"{tensor}__qae_out"
         proto.graph.initializer.extend([
             numpy_helper.from_array(np.array(qp.scale, np.float32), f"{prefix}_scale"),
