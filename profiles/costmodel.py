@@ -33,7 +33,9 @@ table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 
 dequantized whole on every run where qae cannot write it as an indexed kernel (a 4-bit QDQ table of
 even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_table``);
 ``op_factors`` scale one op type's path against MatMul's (a ConvInteger is not a MatMulInteger),
-fitted from per-layer times only; a grouped (depthwise) Conv on a path the runtime has no grouped
+fitted from per-layer times only; an integer layer of asymmetric weights is slower by
+``asymmetric_weight_factor`` (ONNX Runtime stores them unsigned, and its u8u8 GEMM lacks the u8s8
+VNNI path: MiniLM's 384x1536 MatMul 2.0-2.3x measured); a grouped (depthwise) Conv on a path the runtime has no grouped
 kernel for pays per group and per output element (``grouped_conv``: ONNX Runtime runs ConvInteger,
 QLinearConv with per-channel zero points and a float Conv of dequantized weights as a GEMM per
 group, up to 9x the time of its depthwise kernels on digits-cnn's layers); and where the weights a
@@ -505,7 +507,14 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     if factor is not None:
         us *= float(factor["value"])
     kind = p.kind
-    grouped = grouped_conv_us(layer, grouped_path(layer, p.kind, at, gran, asymmetric), profile)
+    gkey = grouped_path(layer, p.kind, at, gran, asymmetric)
+    grouped = grouped_conv_us(layer, gkey, profile)
+    if asymmetric and p.kind == "native" and gkey is None:
+        # unsigned weights with zero points: ONNX Runtime's u8u8 GEMMs lack the u8s8 VNNI path (a
+        # grouped Conv runs a depthwise kernel or per-group GEMMs: ``grouped_conv`` costs those)
+        asym = profile.data.get("asymmetric_weight_factor", {}).get(op_path(p.kind, at))
+        if asym is not None:
+            us *= float(asym["value"])
     if grouped > 0:
         us += grouped
         kind = f"{p.kind} grouped"

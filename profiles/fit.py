@@ -126,6 +126,7 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
                 "gather_table_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
     params += grouped_params(profile, samples)
+    params += asymmetric_params(profile, samples)
     return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
 
 
@@ -145,6 +146,26 @@ def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) ->
             if key is not None and key in node:
                 used.add(key)
     return [Param(("grouped_conv", key, coef)) for key in sorted(used) for coef in node[key]]
+
+
+def asymmetric_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
+    """The ``asymmetric_weight_factor`` of each path some sample's asymmetric integer layer runs on."""
+    node = profile.data.get("asymmetric_weight_factor", {})
+    used: set[str] = set()
+    for s in samples:
+        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
+        for layer, c in pairs:
+            ec = ExecClass(*c)
+            if ec.kernel != "qdq" or not ec.zero_points or ec.granularity == "block":
+                continue
+            p = path_of(ec.weight, ec.activation, profile)
+            if grouped_path(layer, p.kind, ec.activation, ec.granularity, True) is not None:
+                continue  # a grouped Conv: the grouped term's, not a GEMM's
+            key = op_path(p.kind, ec.activation) if p.kind == "native" else None
+            if key is not None and key in node:
+                used.add(key)
+    return [Param(("asymmetric_weight_factor", key), lo=OP_FACTOR_BOUNDS[0], hi=OP_FACTOR_BOUNDS[1])
+            for key in sorted(used)]
 
 
 #: bounds of a fitted op factor: a kernel 20x off the shared rates is a model to fix, not to fit

@@ -229,6 +229,9 @@ SCHEMA: dict[str, Any] = {
         # fitted from per-layer times where one op type's kernel runs faster or slower than the shared
         # rates say (a ConvInteger against a MatMulInteger).
         "op_factors": {"type": "object", "additionalProperties": _table(POS, OP_PATHS)},
+        # Optional: how much slower an integer layer runs with asymmetric (zero-pointed) weights, per
+        # path (native: static activations; native_dynamic: dynamic ones).
+        "asymmetric_weight_factor": _table(POS, ("native", "native_dynamic")),
         # Optional: the paths on which a grouped (depthwise) Conv has no grouped kernel and runs a
         # GEMM per group (ONNX Runtime's ConvInteger, QLinearConv with unsigned weights): the cost
         # per group and per output element added to the layer's.

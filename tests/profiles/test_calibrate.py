@@ -271,6 +271,7 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
     from profiles.costmodel import ExecClass
 
     truth = load_profile("host-cpu").copy()
+    truth.data["asymmetric_weight_factor"]["native"]["value"] = 2.6
     for key, (per_group, per_el) in {"native_dynamic": (0.4, 9.0), "native_asymmetric": (0.1, 60.0),
                                       "weight_only": (0.05, 20.0)}.items():
         truth.data["grouped_conv"][key]["us_per_group"]["value"] = per_group
@@ -305,6 +306,9 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
     lay = layer_errors(per_layer, fitted, truth)
     assert lay["heldout"]["mape"] < 0.03
     assert any(kind.endswith("native grouped") for kind in lay["fit"]["by_kind"]), lay["fit"]["by_kind"]
+    # the asymmetric-weight factor of the static path is identified too (the pointwise Convs run it)
+    got, want = fitted.num("asymmetric_weight_factor", "native"), truth.num("asymmetric_weight_factor", "native")
+    assert "asymmetric_weight_factor.native" in report["fitted"] and abs(got / want - 1) < 0.05
 
 
 @pytest.mark.slow
