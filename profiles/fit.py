@@ -16,7 +16,7 @@ ratios) so that one disturbed measurement cannot drag the fit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,21 +98,18 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     d = profile.data
     kernel_params: list[Param] = []
     seen: set[tuple[str, str]] = set()
-    for s in samples:
-        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
-        for layer, c in pairs:
-            ec = ExecClass(*c)
-            ec = indexed_int4_table(layer, ec) or ec  # the kernel a 4-bit QDQ table runs as
-            if ec.kernel == "qdq" or not ec.weight.startswith("int"):
-                continue
-            key = rate_key(profile, ec.kernel, int(ec.weight[3:]), ec.accuracy)
-            if key is None or (ec.kernel, key) in seen:
-                continue
-            seen.add((ec.kernel, key))
-            for coef in d["kernels"][ec.kernel]["rates"][key]:
-                inverse = coef == "throughput_gmacs"
-                kernel_params.append(Param(("kernels", ec.kernel, "rates", key, coef), inverse=inverse,
-                                           lo=1e-6 if inverse else 0.0, hi=10.0 if inverse else math.inf))
+    for layer, ec in _layer_classes(samples):
+        ec = indexed_int4_table(layer, ec) or ec  # the kernel a 4-bit QDQ table runs as
+        if ec.kernel == "qdq" or not ec.weight.startswith("int"):
+            continue
+        key = rate_key(profile, ec.kernel, int(ec.weight[3:]), ec.accuracy)
+        if key is None or (ec.kernel, key) in seen:
+            continue
+        seen.add((ec.kernel, key))
+        for coef in d["kernels"][ec.kernel]["rates"][key]:
+            inverse = coef == "throughput_gmacs"
+            kernel_params.append(Param(("kernels", ec.kernel, "rates", key, coef), inverse=inverse,
+                                       lo=1e-6 if inverse else 0.0, hi=10.0 if inverse else math.inf))
     params = [Param(("throughput_gmacs", p), inverse=True, lo=1e-6, hi=10.0) for p in d["throughput_gmacs"]]
     params.append(Param(("memory", "dram_bandwidth_gbs"), inverse=True, lo=1e-3, hi=1.0))
     if "beyond_cache_ns_per_byte" in d["memory"]:
@@ -130,42 +127,37 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
 
 
+def _layer_classes(samples: Sequence[Sample | LayerSample]) -> Iterator[tuple[LayerLike, ExecClass]]:
+    """Every (layer, execution class) the samples hold: a whole model's layers, or one layer time's."""
+    for s in samples:
+        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
+        for layer, c in pairs:
+            yield layer, ExecClass(*c)
+
+
 def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
     """The ``grouped_conv`` coefficients of the paths some sample's grouped Conv runs on; a path no
     sample runs keeps the profile's value (nothing in the data could move it but noise)."""
     node = profile.data.get("grouped_conv", {})
-    used: set[str] = set()
-    for s in samples:
-        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
-        for layer, c in pairs:
-            ec = ExecClass(*c)
-            if layer.op_type != "Conv" or ec.kernel != "qdq":
-                continue
-            key = grouped_path(layer, path_of(ec.weight, ec.activation, profile).kind, ec.activation,
-                               ec.granularity, ec.zero_points)
-            if key is not None and key in node:
-                used.add(key)
-    return [Param(("grouped_conv", key, coef)) for key in sorted(used) for coef in node[key]]
+    used = {grouped_path(layer, path_of(ec.weight, ec.activation, profile).kind, ec.activation, ec.granularity,
+                         ec.zero_points) for layer, ec in _layer_classes(samples) if ec.kernel == "qdq"}
+    keys = sorted(k for k in used if k is not None and k in node)
+    return [Param(("grouped_conv", key, coef)) for key in keys for coef in node[key]]
 
 
 def asymmetric_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
-    """The ``asymmetric_weight_factor`` of each path some sample's asymmetric integer layer runs on."""
+    """The ``asymmetric_weight_factor`` of each path some sample's asymmetric integer layer runs on
+    (a grouped Conv's are the grouped term's, not a GEMM's)."""
     node = profile.data.get("asymmetric_weight_factor", {})
-    used: set[str] = set()
-    for s in samples:
-        pairs = zip(s.layers, s.classes) if isinstance(s, Sample) else [(s.layer, s.cls)]
-        for layer, c in pairs:
-            ec = ExecClass(*c)
-            if ec.kernel != "qdq" or not ec.zero_points or ec.granularity == "block":
-                continue
-            p = path_of(ec.weight, ec.activation, profile)
-            if grouped_path(layer, p.kind, ec.activation, ec.granularity, True) is not None:
-                continue  # a grouped Conv: the grouped term's, not a GEMM's
-            key = op_path(p.kind, ec.activation) if p.kind == "native" else None
-            if key is not None and key in node:
-                used.add(key)
+    used = set()
+    for layer, ec in _layer_classes(samples):
+        if ec.kernel != "qdq" or not ec.zero_points or ec.granularity == "block":
+            continue
+        p = path_of(ec.weight, ec.activation, profile)
+        if p.kind == "native" and grouped_path(layer, p.kind, ec.activation, ec.granularity, True) is None:
+            used.add(op_path(p.kind, ec.activation))
     return [Param(("asymmetric_weight_factor", key), lo=OP_FACTOR_BOUNDS[0], hi=OP_FACTOR_BOUNDS[1])
-            for key in sorted(used)]
+            for key in sorted(k for k in used if k in node)]
 
 
 #: bounds of a fitted op factor: a kernel 20x off the shared rates is a model to fix, not to fit
