@@ -35,10 +35,10 @@ even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_t
 ``op_factors`` scale one op type's path against MatMul's (a ConvInteger is not a MatMulInteger),
 fitted from per-layer times only; an integer layer of asymmetric weights is slower by
 ``asymmetric_weight_factor`` (ONNX Runtime stores them unsigned, and its u8u8 GEMM lacks the u8s8
-VNNI path: MiniLM's 384x1536 MatMul 2.0-2.3x measured); a grouped (depthwise) Conv on a path the runtime has no grouped
-kernel for pays per group and per output element (``grouped_conv``: ONNX Runtime runs ConvInteger,
-QLinearConv with per-channel zero points and a float Conv of dequantized weights as a GEMM per
-group, up to 9x the time of its depthwise kernels on digits-cnn's layers); and where the weights a
+VNNI path: MiniLM's 384x1536 MatMul 2.0-2.3x measured); a grouped (depthwise) Conv on a path the
+runtime has no grouped kernel for pays per group and per output element (``grouped_conv``: ONNX
+Runtime runs ConvInteger, QLinearConv with per-channel zero points and a float Conv of dequantized
+weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers); and where the weights a
 run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``), every
 byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block
 transformer does not).

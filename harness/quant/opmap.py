@@ -169,6 +169,14 @@ class LayerTimes:
                           unattributed={k: v * f for k, v in self.unattributed.items()},
                           nodes=[{**n, "ms": n["ms"] * f} for n in self.nodes], run_ms=self.run_ms)
 
+    def add(self, node: dict[str, Any], ms: float, layer: str | None) -> None:
+        """Count one profiled node: to its layer, or unattributed under its op type."""
+        if layer is None:
+            op = str(node.get("op_type") or "?")
+            self.unattributed[op] = self.unattributed.get(op, 0.0) + ms
+        else:
+            self.layers[layer] = self.layers.get(layer, 0.0) + ms
+        self.nodes.append({"name": str(node["name"]), "op_type": node.get("op_type"), "ms": ms, "layer": layer})
 
     def corrected_to(self, latency_ms: float, floor: float = 0.1) -> LayerTimes:
         """The split less the profiler's cost per node, then scaled to ``latency_ms``: the profiler adds
@@ -192,13 +200,7 @@ class LayerTimes:
         kept = np.maximum(ms - hi, floor * ms)
         out = LayerTimes(layers={k: 0.0 for k in self.layers}, run_ms=self.run_ms)
         for node, t in zip(self.nodes, kept):
-            layer = node.get("layer")
-            if layer is None:
-                op = str(node.get("op_type") or "?")
-                out.unattributed[op] = out.unattributed.get(op, 0.0) + float(t)
-            else:
-                out.layers[layer] = out.layers.get(layer, 0.0) + float(t)
-            out.nodes.append({**node, "ms": float(t)})
+            out.add(node, float(t), node.get("layer"))
         return out.scaled_to(latency_ms)
 
 
@@ -237,10 +239,5 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any], s
                 tensor = next((t for t in tensors if name.startswith(t + "_")), None)
                 base = made(tensor) if tensor else None
             layer = owner.get(base) if base else None
-        if layer is None:
-            op = str(node.get("op_type") or "?")
-            out.unattributed[op] = out.unattributed.get(op, 0.0) + ms
-        else:
-            out.layers[layer] += ms
-        out.nodes.append({"name": name, "op_type": node.get("op_type"), "ms": ms, "layer": layer})
+        out.add(node, ms, layer)
     return out

@@ -252,7 +252,8 @@ def mixed_genome(layer_names: list[str], seed: int) -> dict[str, Any]:
 class Store:
     """Append-only JSON lines of measurements; the last record for a key wins. One writer at a time.
     A line that is not a record, or a record a fit could not use (``usable``), is never reused: its
-    model is measured again."""
+    model is measured again. A reset line (``reset``: the device moved since the records before it
+    were taken) drops every record before it, so a run interrupted after a reset resumes without them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -263,12 +264,19 @@ class Store:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by an interrupted write
-                if isinstance(rec, dict) and isinstance(rec.get("key"), str):
+                if isinstance(rec, dict) and rec.get("reset") is True:
+                    self.records.clear()
+                elif isinstance(rec, dict) and isinstance(rec.get("key"), str):
                     self.records[rec["key"]] = rec
 
     def get(self, key: str) -> dict[str, Any] | None:
         rec = self.records.get(key)
         return rec if rec is not None and usable(rec) else None
+
+    def reset(self, why: dict[str, Any]) -> None:
+        """Reuse nothing stored so far, now and after a restart: a reset line, then no records."""
+        self.append({"reset": True, **why})
+        self.records.clear()
 
     def append(self, rec: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +284,8 @@ class Store:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.records[rec["key"]] = rec
+        if "key" in rec:
+            self.records[rec["key"]] = rec
 
 
 def _positive(value: Any) -> bool:
@@ -546,8 +555,9 @@ def run(
                     drift_report = {"checked": True, "bound": drift, "ratio": ratio, "moved": moved,
                                     "anchors": [it.id for it, _, _ in stored[:DRIFT_ANCHORS]],
                                     "stored": len(stored), "missing": missing}
-                    if moved:
-                        store.records.clear()  # reuse nothing: the new records take the same keys
+                    if moved:  # reuse nothing stored: the new records take the same keys
+                        store.reset({"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                     "device": device, "drift_ratio": ratio, "bound": drift})
             task = bar.add_task("calibrating", total=len(suite.items) * passes) if bar else None
             pending = list(suite.items)
             for pass_no in range(max_passes):

@@ -352,3 +352,9 @@ def test_stored_measurements_of_a_device_that_changed_are_measured_again(tmp_pat
     assert moved["drift"]["moved"] and moved["drift"]["ratio"] == pytest.approx(3.0, rel=0.5)
     assert moved["reused"] == 0 and moved["measured"] == 2 * len(suite.items) and len(calls) == 3 + moved["measured"]
     assert load_profile(out).calibration["drift"]["moved"] is True
+    # the reset is in the file: a run resumed after it reuses what was measured since, nothing before
+    from harness.run.calibrate import Store
+
+    reloaded = Store(out.with_name("d.measurements.jsonl"))
+    assert len(reloaded.records) == moved["measured"]
+    assert all(rec["latency_ms"]["min"] > 0 for rec in reloaded.records.values())
