@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             lat = raw["latency_ms"]
             row["measured_ms"] = float(lat["min"])
             row["measured_p50_ms"] = float(lat["p50"])
-            sample = builder.sample(item, genome, row["measured_ms"])
+            sample = builder.sample(item, genome, row["measured_ms"], profiles["host-cpu"])
             row["class"] = [str(v) for v in sample.classes[0]]
             for name, prof in profiles.items():
                 row[f"predicted_ms[{name}]"] = float(predict_ms([sample], prof)[0])

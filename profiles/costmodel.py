@@ -38,7 +38,10 @@ fitted from per-layer times only; an integer layer of asymmetric weights is slow
 VNNI path: MiniLM's 384x1536 MatMul 2.0-2.3x measured); a grouped (depthwise) Conv on a path the
 runtime has no grouped kernel for pays per group and per output element (``grouped_conv``: ONNX
 Runtime runs ConvInteger, QLinearConv with per-channel zero points and a float Conv of dequantized
-weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers); and where the weights a
+weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers); a
+Conv's kernel depends on who reads it (``genome_classes``): ONNX Runtime has no integer Conv with a
+float output, so a static int8 Conv read by a 16-bit, 4-bit, emulated-width or float layer runs as a
+float Conv of dequantized tensors (``unfused``, costed as the dequantizing fallback); and where the weights a
 run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``), every
 byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block
 transformer does not).
@@ -70,6 +73,19 @@ _CONV_FUSED = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"}
 
 
 @dataclass(frozen=True)
+class ConvOutput:
+    """Who reads a Conv layer's output past the Relu / Clip chain a runtime fuses into it: the layers
+    (past an Identity), how many other ops (a pool, a residual Add), whether it is a graph output, and
+    whether the chain keeps it never negative (a Relu, or a Clip from >= 0). ``genome_classes`` reads
+    it to tell whether the Conv can run as an integer kernel."""
+
+    readers: tuple[str, ...] = ()
+    others: int = 0
+    output: bool = False
+    never_negative: bool = False
+
+
+@dataclass(frozen=True)
 class GraphStats:
     """The genome-independent rest of a model: op count and elements those ops write per inference."""
 
@@ -78,6 +94,8 @@ class GraphStats:
     #: multiply-accumulates of the MatMuls between two activations (attention's Q K^T and its
     #: weighting of V): float GEMMs as costly as a layer's, though no layer's
     other_macs: int = 0
+    #: (Conv layer name, who reads its output) per Conv layer
+    conv_outputs: tuple[tuple[str, ConvOutput], ...] = ()
 
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
@@ -105,7 +123,7 @@ class GraphStats:
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
                 macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
-        return cls(ops, elements, macs)
+        return cls(ops, elements, macs, _conv_outputs(model))
 
     def fixed_us(self, profile: Profile) -> float:
         """The rest of the graph's time per inference: op overheads, elements written, and the
@@ -114,6 +132,64 @@ class GraphStats:
         return (self.other_ops * profile.num("overhead", "other_op_us")
                 + self.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
                 + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3))
+
+
+def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:
+    graph = model.proto.graph
+    layer_of = {layer.node_name: layer.name for layer in model.layers}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.output
+                      for a in n.attribute if a.name == "value"})
+    outputs = {o.name for o in graph.output}
+
+    def floor_of(clip: Any) -> float | None:
+        if len(clip.input) > 1 and clip.input[1] in constants:
+            from onnx import numpy_helper  # onnx ships with every model qae loads
+
+            return float(numpy_helper.to_array(constants[clip.input[1]]).reshape(-1)[0])
+        return next((float(a.f) for a in clip.attribute if a.name == "min"), None)  # opset < 11
+
+    out = []
+    for node in graph.node:
+        if node.op_type != "Conv" or node.name not in layer_of or not node.output:
+            continue
+        tensor, never_negative = node.output[0], False
+        while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Relu", "Clip"):
+            act = consumers[tensor][0]
+            floor = 0.0 if act.op_type == "Relu" else floor_of(act)
+            never_negative = never_negative or (floor is not None and floor >= 0.0)
+            tensor = act.output[0]
+        readers, others = [], 0
+        for user in consumers.get(tensor, []):
+            while user.op_type == "Identity" and len(consumers.get(user.output[0], [])) == 1:
+                user = consumers[user.output[0]][0]
+            if user.name in layer_of:
+                readers.append(layer_of[user.name])
+            else:
+                others += 1
+        out.append((layer_of[node.name], ConvOutput(tuple(readers), others, tensor in outputs, never_negative)))
+    return tuple(out)
+
+
+def conv_output_quantized(out: ConvOutput, genome: GenomeLike, fused_bits: Sequence[int]) -> bool:
+    """Whether a static integer Conv's output is quantized for it, so that a runtime without an
+    integer Conv of float output (``conv_output`` in the profile) runs its integer kernel: one reader,
+    a layer whose input activations are ``fused_bits`` wide exactly (an emulated width puts its Clip
+    between), or, where no layer quantizes it, no float or weight-only reader and a never-negative
+    output (``harness.quant.quantize._quantize_conv_outputs`` then gives it its own 8-bit Q/DQ)."""
+    if out.output:
+        return False
+    static = [r for r in out.readers if genome[r].static_activation]
+    if static:
+        return (len(out.readers) + out.others == 1
+                and int(genome[static[0]].activation_bits) in {int(b) for b in fused_bits})
+    if any(not genome[r].dynamic for r in out.readers):
+        return False
+    return out.never_negative and bool(out.readers or out.others)
 
 
 class ExecClass(NamedTuple):
@@ -130,6 +206,9 @@ class ExecClass(NamedTuple):
     #: zero points stored: asymmetric weights (per block, or for a QDQ layer per channel / tensor,
     #: which makes ONNX Runtime store the weights unsigned: a different kernel for some ops)
     zero_points: bool = False
+    #: a static integer Conv whose output is not quantized for it, on a runtime without an integer
+    #: Conv of float output (``genome_classes``): it runs as a float Conv of dequantized tensors
+    unfused: bool = False
 
 
 def precision_tokens(gene: GeneLike) -> ExecClass:
@@ -155,6 +234,33 @@ def precision_tokens(gene: GeneLike) -> ExecClass:
         return ExecClass(wt, "fp32", gran, "qdq", *extra)
     bits = int(gene.activation_bits)
     return ExecClass(wt, f"int{bits if bits in (4, 8, 16) else 8}", gran, "qdq", *extra)
+
+
+def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Profile,
+                   graph: GraphStats | None = None) -> list[ExecClass]:
+    """Every layer's execution class under ``genome``: ``precision_tokens``, and where the profile
+    says the runtime has no integer Conv of float output (``conv_output``), a static Conv on the
+    native path whose output is not quantized for it (``conv_output_quantized``) marked ``unfused``:
+    a Conv's kernel depends on the layers that read it."""
+    classes = [precision_tokens(genome[lay.name]) for lay in layers]
+    rule = profile.data.get("conv_output")
+    outs = dict(graph.conv_outputs) if graph is not None else {}
+    if rule is None or not outs:
+        return classes
+    for i, (lay, c) in enumerate(zip(layers, classes)):
+        out = outs.get(lay.name)
+        if (out is None or c.kernel != "qdq" or c.granularity == "block" or c.activation in ("fp32", "dynamic")
+                or path_of(c.weight, c.activation, profile).kind != "native"):
+            continue
+        if not conv_output_quantized(out, genome, rule["fused_reader_bits"]):
+            classes[i] = c._replace(unfused=True)
+    return classes
+
+
+def exec_kind(c: ExecClass, profile: Profile) -> str:
+    """The QDQ path kind a class runs (``path_of``), ``dequantize`` for an unfused native Conv."""
+    kind = path_of(c.weight, c.activation, profile).kind
+    return "dequantize" if c.unfused and kind == "native" else kind
 
 
 def gemm_rows(layer: LayerLike) -> float:
@@ -425,7 +531,7 @@ def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) 
             scale_bytes = _BYTES[profile.data["float_type"]]
             lc.weight_bytes = _block_bytes(layer.params, int(c.weight[3:]), c.block, c.zero_points, scale_bytes)
         return lc
-    return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points)
+    return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points, c.unfused)
 
 
 def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str, asymmetric: bool) -> str | None:
@@ -453,9 +559,16 @@ def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> floa
 
 
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel",
-               asymmetric: bool = False) -> LayerCost:
-    """The cost of one layer on one QDQ execution path (see the module docstring for the formula)."""
+               asymmetric: bool = False, unfused: bool = False) -> LayerCost:
+    """The cost of one layer on one QDQ execution path (see the module docstring for the formula);
+    ``unfused``: a native Conv that runs as a float Conv of dequantized tensors (``genome_classes``),
+    costed as the dequantizing fallback of its types."""
     p = path_of(wt, at, profile)
+    unfused = unfused and p.kind == "native"
+    if unfused:
+        ft = profile.data["float_type"]
+        p = Path("dequantize", ft, wt, at, profile.table("throughput_gmacs")[ft],
+                 profile.table("energy", "per_mac_pj")[ft])
     macs = layer_macs(layer)
     in_el, out_el = layer_io(layer)
     ft = profile.data["float_type"]
@@ -515,9 +628,11 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         asym = profile.data.get("asymmetric_weight_factor", {}).get(op_path(p.kind, at))
         if asym is not None:
             us *= float(asym["value"])
+    if unfused:
+        kind = "unfused"
     if grouped > 0:
         us += grouped
-        kind = f"{p.kind} grouped"
+        kind = f"{kind} grouped"
     e = profile.data["energy"]
     joules = (
         macs * p.energy_per_mac_pj * 1e-12
@@ -614,7 +729,7 @@ class CostTable:
         self.index.update({c: start + j for j, c in enumerate(new)})  # published last
 
     def classes(self, genome: GenomeLike) -> np.ndarray:
-        tokens = [precision_tokens(genome[lay.name]) for lay in self.layers]
+        tokens = genome_classes(self.layers, genome, self.profile, self.graph)
         missing = [c for c in tokens if c not in self.index]
         if missing:
             with self._lock:

@@ -28,10 +28,10 @@ from profiles.costmodel import (
     GraphStats,
     beyond_cache_us,
     cost_of,
+    exec_kind,
     grouped_path,
     indexed_int4_table,
     op_path,
-    path_of,
     rate_key,
 )
 from profiles.errors import ProfileError
@@ -139,8 +139,8 @@ def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) ->
     """The ``grouped_conv`` coefficients of the paths some sample's grouped Conv runs on; a path no
     sample runs keeps the profile's value (nothing in the data could move it but noise)."""
     node = profile.data.get("grouped_conv", {})
-    used = {grouped_path(layer, path_of(ec.weight, ec.activation, profile).kind, ec.activation, ec.granularity,
-                         ec.zero_points) for layer, ec in _layer_classes(samples) if ec.kernel == "qdq"}
+    used = {grouped_path(layer, exec_kind(ec, profile), ec.activation, ec.granularity, ec.zero_points)
+            for layer, ec in _layer_classes(samples) if ec.kernel == "qdq"}
     keys = sorted(k for k in used if k is not None and k in node)
     return [Param(("grouped_conv", key, coef)) for key in keys for coef in node[key]]
 
@@ -153,9 +153,9 @@ def asymmetric_params(profile: Profile, samples: Sequence[Sample | LayerSample])
     for layer, ec in _layer_classes(samples):
         if ec.kernel != "qdq" or not ec.zero_points or ec.granularity == "block":
             continue
-        p = path_of(ec.weight, ec.activation, profile)
-        if p.kind == "native" and grouped_path(layer, p.kind, ec.activation, ec.granularity, True) is None:
-            used.add(op_path(p.kind, ec.activation))
+        kind = exec_kind(ec, profile)
+        if kind == "native" and grouped_path(layer, kind, ec.activation, ec.granularity, True) is None:
+            used.add(op_path(kind, ec.activation))
     return [Param(("asymmetric_weight_factor", key), lo=OP_FACTOR_BOUNDS[0], hi=OP_FACTOR_BOUNDS[1])
             for key in sorted(k for k in used if k in node)]
 
@@ -175,7 +175,7 @@ def op_factor_params(profile: Profile, layers: Sequence[LayerSample]) -> list[Pa
         ec = ExecClass(*s.cls)
         if ec.kernel != "qdq" or s.layer.op_type == "MatMul":
             continue  # block kernels have rates of their own; MatMul is what the shared rates describe
-        key = op_path(path_of(ec.weight, ec.activation, profile).kind, ec.activation)
+        key = op_path(exec_kind(ec, profile), ec.activation)
         node = factors.setdefault(s.layer.op_type, {})
         if key not in node:
             node[key] = {"value": 1.0, "source": "neutral start of the per-layer fit"}

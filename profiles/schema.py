@@ -241,6 +241,19 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"us_per_group": NONNEG, "ns_per_output_element": NONNEG},
         }, GROUPED_PATHS),
+        # Optional: the runtime has no integer Conv with a float output (ONNX Runtime's CPU provider:
+        # QLinearConv only), so a static integer Conv runs as a float Conv of dequantized tensors
+        # unless its output is quantized for it: read by one layer whose input activations are one of
+        # these widths (exactly: an emulated width's Clip is in the way), or by no float layer and
+        # never negative (qae then quantizes the output itself). ``costmodel.genome_classes``.
+        "conv_output": {
+            "type": "object",
+            "required": ["fused_reader_bits", "source"],
+            "additionalProperties": False,
+            "properties": {"fused_reader_bits": {"type": "array", "items": {"type": "integer", "minimum": 2,
+                                                                             "maximum": 16}},
+                           "source": {"type": "string", "minLength": 1}},
+        },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),
         "energy": {
             "type": "object",

@@ -64,7 +64,9 @@ BUILD_VERSION = 6
 #: 7: a 4-bit QDQ embedding table is written as GatherBlockQuantized (indexed, not dequantized whole).
 #: 8: a static Conv whose output reaches a float, weight-only or dynamic layer through an Identity, or
 #: whose activations are emulated (5-7 bits), gets its output Q/DQ, so ORT runs it as QLinearConv.
-SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = ((7, frozenset({"Gather"})), (8, frozenset({"Conv"})))
+#: 9: ... but not where a float or weight-only layer reads it: ORT ran that layer as an int8 QLinearConv.
+SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = (
+    (7, frozenset({"Gather"})), (8, frozenset({"Conv"})), (9, frozenset({"Conv"})))
 
 
 def build_version(op_types: Iterable[str] | None = None) -> int:
@@ -316,7 +318,9 @@ def quantize(
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
-        _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges)
+        float_readers = {lay.node_name for lay in model.layers
+                         if not genome[lay.name].static_activation and not genome[lay.name].dynamic}
+        _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges, float_readers)
         _drop_zero_points(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
         _float_bias_where_unfused(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
     _own_kernels(proto, own, genome, samples, result, learned)
@@ -618,16 +622,21 @@ def _constant_of(proto: onnx.ModelProto, name: str) -> float | None:
 
 
 def _quantize_conv_outputs(
-    proto: onnx.ModelProto, convs: list[LayerSpec], genome: Genome, ranges: Ranges
+    proto: onnx.ModelProto, convs: list[LayerSpec], genome: Genome, ranges: Ranges, float_readers: set[str]
 ) -> None:
     """Give a static Conv stored in 8 bits whose never-negative output reaches no quantized layer (a
-    pooling head, a residual Add, a float, weight-only or dynamic layer) an output Q/DQ on the 8-bit grid.
+    pooling head, a residual Add, a dynamic layer) an output Q/DQ on the 8-bit grid.
 
     ONNX Runtime has no integer Conv kernel with a float output: without a QuantizeLinear after it
     (a Relu/Clip in between is dropped when the grid already clips), DQ -> Conv runs as a float
     Conv on dequantized tensors. A Conv feeding the next layer gets that Q from the next layer's
     input; this gives it to the others. The range is the Conv output's calibrated range, clipped by
-    the Relu/Clip chain after it."""
+    the Relu/Clip chain after it.
+
+    Never where a float or weight-only layer (``float_readers``: their node names) reads the output
+    (build 9): its input would be on the 8-bit grid, and where a quantized layer reads its output in
+    turn, ONNX Runtime's WeightBiasQuantization / QDQ fusion runs that float Conv or Gemm as an int8
+    QLinearConv (per-tensor int8 weights it made itself): the gene said float."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
         for name in node.input:
@@ -659,7 +668,8 @@ def _quantize_conv_outputs(
         # Never-negative outputs only (a Conv + ReLU block), on the unsigned grid: an int8 Q/DQ that
         # ORT propagates through a Reshape fails to load in ORT 1.32 ("output_dtype INT8 does not match
         # y_zero_point type UINT8", its S8->U8 rewrite; benchmarks/PEERS.md has NNCF hitting it).
-        if tensor in outputs or not users or feeds_a_layer or not 0.0 <= lo <= hi:
+        read_as_float = any(n.name in float_readers for n in [*users, *after])
+        if tensor in outputs or not users or feeds_a_layer or read_as_float or not 0.0 <= lo <= hi:
             continue
         qp = activation_qparams((lo, hi), gene if int(gene.activation_bits) == 8 else replace(gene, activation_bits=8))
         prefix = f"{tensor}__qae_out"

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from harness.core.errors import InputError
-from profiles.costmodel import ExecClass, GraphStats, cost_of, precision_tokens
+from profiles.costmodel import ExecClass, GraphStats, cost_of, genome_classes
 from profiles.fit import LayerSample, Sample, errors, fit, layer_errors
 from profiles.microbench import (
     GatherShape,
@@ -387,7 +387,9 @@ class Builder:
                                       else GraphStats.of(self.workload(workload).model))
         return self._graphs[workload]
 
-    def sample(self, item: Item, genome: Any, measured_ms: float) -> Sample:
+    def sample(self, item: Item, genome: Any, measured_ms: float, profile: Profile) -> Sample:
+        """One measured model as a fit sample; ``profile`` (the device's base) says which kernels its
+        layers run (``genome_classes``), which no fitted number changes."""
         if item.workload.startswith("kernel:"):
             shape = KernelShape(**item.genome)
             # a gather model spreads its ids with one Add of M elements (profiles.microbench.spread_ids)
@@ -395,8 +397,8 @@ class Builder:
             return Sample(item.id, item.workload, item.role, [kernel_layer(shape)], [kernel_class(shape)],
                           graph, measured_ms)
         model = self.workload(item.workload).model
-        classes = [precision_tokens(genome[layer.name]) for layer in model.layers]
         graph = self.graph(item.workload)
+        classes = genome_classes(model.layers, genome, profile, graph)
         return Sample(item.id, item.workload, item.role, model.layers, classes, graph, measured_ms)
 
 
@@ -418,7 +420,7 @@ class Builder:
             if not prof or item.workload.startswith("kernel:") or not path.exists():
                 continue
             model = self.workload(item.workload).model
-            execs = [precision_tokens(genome[layer.name]) for layer in model.layers]
+            execs = genome_classes(model.layers, genome, base, self.graph(item.workload))
             classes = [tuple(c) for c in execs]
             # read bytes depend on shapes and classes only (not on fitted numbers): the base profile's
             read = sum(cost_of(layer, c, base).read_bytes for layer, c in zip(model.layers, execs))
@@ -598,7 +600,7 @@ def run(
             gen.close()
     failed = [{"id": it.id, "error_kind": last.get(it.id, {}).get("error_kind"),
                "message": last.get(it.id, {}).get("message")} for it in suite.items if it.id not in best]
-    samples = [builder.sample(item, genome, value) for item, genome, value, _, _ in best.values()]
+    samples = [builder.sample(item, genome, value, base_profile) for item, genome, value, _, _ in best.values()]
     layer_samples, unsplit = builder.layer_samples([(item, genome, rec, path) for item, genome, _, rec, path
                                                     in best.values()], base_profile, statistic)
     if collect is not None:

@@ -402,7 +402,7 @@ class DeviceTarget:
         generation: int,
     ) -> bool:
         """Re-fit the cost model when measurements arrived since the last fit; re-predict the rest."""
-        from profiles.costmodel import precision_tokens
+        from profiles.costmodel import genome_classes
         from profiles.fit import Sample
 
         cands = self.archive.candidates(self.name)
@@ -421,7 +421,7 @@ class DeviceTarget:
                     "run",
                     "fit",
                     layers,
-                    [precision_tokens(genome[lay.name]) for lay in layers],
+                    genome_classes(layers, genome, self.base, self.graph),
                     self.graph,
                     float(c.values["latency"].value),
                 )

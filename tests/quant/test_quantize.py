@@ -414,23 +414,38 @@ def test_a_dynamic_gemm_is_quantized(digits_workload, granularity) -> None:  # t
 def test_a_build_change_scoped_to_one_layer_kind_leaves_other_models_cached_scores_valid() -> None:
     """The fitness cache keys on the build version of the model's own layer kinds: writing 4-bit tables
     as GatherBlockQuantized (build 7) changes the key of a model with a Gather layer only, the Conv
-    output Q/DQ of build 8 that of a model with a Conv only."""
+    output Q/DQ of builds 8 and 9 that of a model with a Conv only."""
     from harness.quant.quantize import BUILD_VERSION, SCOPED_BUILD_CHANGES, build_version
 
     latest = max(v for v, _ in SCOPED_BUILD_CHANGES)
-    assert latest > BUILD_VERSION and build_version() == latest == 8
+    assert latest > BUILD_VERSION and build_version() == latest == 9
     assert build_version(["MatMul", "Gemm"]) == BUILD_VERSION
     assert build_version(["MatMul", "Gather"]) == 7
-    assert build_version(["MatMul", "Conv"]) == 8 and build_version(["Gather", "Conv"]) == 8
+    assert build_version(["MatMul", "Conv"]) == 9 and build_version(["Gather", "Conv"]) == 9
 
 
-def test_every_static_conv_stored_in_8_bits_runs_as_qlinearconv_whatever_reads_it(tmp_path: Path) -> None:
-    """A static Conv runs as ORT's integer kernel only where a QuantizeLinear follows it. One whose
-    output reaches a weight-only layer through an Identity, or whose activations are emulated (6 bits),
-    gets its own output Q/DQ on the 8-bit grid; without it ORT ran a float Conv on dequantized tensors,
-    and a depthwise one the slow per-group path (10-27 us against 2-5 us measured on digits-cnn)."""
+def _conv_kernels(work: Any, genome: Any, tmp_path: Path) -> dict[str, list[str]]:
+    """The op types ONNX Runtime runs each Conv layer's node as, after its graph optimisations."""
     import onnxruntime as ort
 
+    _write(work, genome, tmp_path / "m.onnx")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    plumbing = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Cast", "Mul", "Add", "Clip", "Relu"}
+    return {lay.name: [n.op_type for n in optimized if n.name.startswith(lay.node_name) and n.op_type not in plumbing]
+            for lay in work.model.layers if lay.op_type == "Conv"}
+
+
+def test_a_static_conv_runs_as_qlinearconv_where_its_output_is_quantized_and_a_float_layer_stays_float(
+        tmp_path: Path) -> None:
+    """A static Conv runs as ORT's integer kernel only where a QuantizeLinear follows it. One whose
+    output reaches a dynamic layer, or a pool, gets its own output Q/DQ on the 8-bit grid (build 8;
+    without it ORT ran a float Conv on dequantized tensors, and a depthwise one the slow per-group
+    path). Not where a float or weight-only layer reads it (build 9): ORT then ran that layer, between
+    a DequantizeLinear and the next layer's QuantizeLinear, as an int8 QLinearConv."""
     from harness.quant.workload import Workload
 
     work = Workload.open("builtin:digits-cnn")
@@ -438,15 +453,38 @@ def test_every_static_conv_stored_in_8_bits_runs_as_qlinearconv_whatever_reads_i
         "blocks.1.dw": {"weight_bits": 8, "activation_bits": 8, "granularity": "per_tensor"},
         "blocks.1.pw": {"weight_bits": 8, "activation_bits": "fp"},  # weight-only: no Q of its input
         "blocks.2.dw": {"weight_bits": 6, "activation_bits": 6},  # emulated, next layer dynamic
-        "blocks.2.pw": {"weight_bits": 8, "activation_bits": "dynamic"}}}
-    _write(work, genome, tmp_path / "m.onnx")
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
-    for name in ("blocks.1.dw", "blocks.2.dw"):
-        node = work.model.layer(name).node_name
-        assert [n.op_type for n in optimized if n.name.startswith(node)] == ["QLinearConv"], name
+        "blocks.2.pw": {"weight_bits": 8, "activation_bits": "dynamic"},
+        "blocks.3.pw": {"weight_bits": 8, "activation_bits": 8}}}  # blocks.3.dw: float, between
+    kernels = _conv_kernels(work, genome, tmp_path)
+    assert kernels["blocks.2.dw"] == ["QLinearConv"] and kernels["blocks.3.pw"] == ["QLinearConv"]
+    assert kernels["blocks.2.pw"] == ["ConvInteger"]
+    assert kernels["blocks.1.dw"] in (["Conv"], ["FusedConv"])  # a weight-only layer reads it
+    assert kernels["blocks.1.pw"] in (["Conv"], ["FusedConv"]) and kernels["blocks.3.dw"] in (["Conv"], ["FusedConv"])
     report = work.evaluate(work.build(work.genome(genome)))
     assert report.accuracy is not None and report.accuracy > 0.9  # still the model it was
+
+
+def test_the_cost_model_costs_the_kernel_each_conv_runs_as_on_random_mixes(tmp_path: Path) -> None:
+    """What a Conv runs as depends on who reads it (``profiles.costmodel.genome_classes``): over random
+    mixed genomes of the convolutional built-in, every Conv the host-cpu model costs as native runs as
+    an integer kernel after ORT's optimisations, and every other one as a float Conv (an unfused static
+    Conv, a fallback, a weight-only or float layer: never an integer kernel ORT made up)."""
+    from harness.quant.workload import Workload
+    from harness.run.calibrate import mixed_genome
+    from profiles import load_profile
+    from profiles.costmodel import predict_model
+
+    work = Workload.open("builtin:digits-cnn")
+    profile = load_profile("host-cpu")
+    names = [lay.name for lay in work.model.layers]
+    seen: set[str] = set()
+    for seed in range(24):
+        mix = mixed_genome(names, 900 + seed)
+        kernels = _conv_kernels(work, mix, tmp_path)
+        paths = {row["layer"]: row["path"] for row in predict_model(work.model, work.genome(mix), profile).layers}
+        for name, ops in kernels.items():
+            kind = paths[name].split()[0]
+            seen.add(kind)
+            integer = {"native": [["QLinearConv"], ["ConvInteger"]]}.get(kind, [["Conv"], ["FusedConv"]])
+            assert ops in integer, (seed, name, paths[name], ops)
+    assert {"native", "unfused", "float", "weight_only", "dequantize"} <= seen  # every path was tried
