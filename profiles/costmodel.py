@@ -558,6 +558,33 @@ def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> floa
             + out_el * float(node["ns_per_output_element"]["value"]) / 1e3)
 
 
+def spatial_conv_us(layer: LayerLike, key: str, profile: Profile) -> float:
+    """What a Conv with a spatial kernel (any kernel dimension > 1, one group) costs beyond
+    ``layer_cost``'s formula on path ``key`` (``op_path``'s): ``us_per_layer + im2col elements x
+    ns_per_element``, the elements being output positions x kernel area x input channels (MACs over
+    output channels). Zero for other layers and where the profile lists no ``spatial_conv`` entry."""
+    node = profile.data.get("spatial_conv", {}).get(key)
+    w = layer.weight_shape
+    if (node is None or layer.op_type != "Conv" or int(getattr(layer, "groups", 1) or 1) > 1 or len(w) < 3
+            or int(np.prod(w[2:])) <= 1 or not w[0]):
+        return 0.0
+    im2col = layer_macs(layer) / w[0]
+    return float(node["us_per_layer"]["value"]) + im2col * float(node["ns_per_element"]["value"]) / 1e3
+
+
+def dynamic_rescale_us(layer: LayerLike, profile: Profile) -> float:
+    """The elementwise ops after a dynamically quantized Conv where the runtime's integer Conv returns
+    int32 (``conv_output.dynamic_rescale_ops``; ONNX Runtime's ConvInteger: Cast, a Mul by the weight
+    scales, a Mul by the input scale, the Conv's bias Add), each costed as one of the rest of the
+    graph's ops (``overhead.other_op_us`` and ``other_ns_per_element`` over the output)."""
+    ops = int(profile.data.get("conv_output", {}).get("dynamic_rescale_ops", 0))
+    if not ops or layer.op_type != "Conv":
+        return 0.0
+    _, out_el = layer_io(layer)
+    per_el = profile.num("overhead", "other_ns_per_element")
+    return ops * (profile.num("overhead", "other_op_us") + out_el * per_el / 1e3)
+
+
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel",
                asymmetric: bool = False, unfused: bool = False) -> LayerCost:
     """The cost of one layer on one QDQ execution path (see the module docstring for the formula);
@@ -628,6 +655,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         asym = profile.data.get("asymmetric_weight_factor", {}).get(op_path(p.kind, at))
         if asym is not None:
             us *= float(asym["value"])
+    us += spatial_conv_us(layer, op_path(p.kind, at), profile)
+    if p.kind == "native" and at == "dynamic":
+        us += dynamic_rescale_us(layer, profile)
     if unfused:
         kind = "unfused"
     if grouped > 0:

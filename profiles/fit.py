@@ -33,6 +33,7 @@ from profiles.costmodel import (
     indexed_int4_table,
     op_path,
     rate_key,
+    spatial_conv_us,
 )
 from profiles.errors import ProfileError
 from profiles.protocols import LayerLike
@@ -123,6 +124,7 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
                 "gather_table_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
     params += grouped_params(profile, samples)
+    params += spatial_params(profile, samples)
     params += asymmetric_params(profile, samples)
     return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
 
@@ -143,6 +145,17 @@ def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) ->
             for layer, ec in _layer_classes(samples) if ec.kernel == "qdq"}
     keys = sorted(k for k in used if k is not None and k in node)
     return [Param(("grouped_conv", key, coef)) for key in keys for coef in node[key]]
+
+
+def spatial_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
+    """The ``spatial_conv`` coefficients of the paths some sample's spatial Conv runs on."""
+    node = profile.data.get("spatial_conv", {})
+    used = set()
+    for layer, ec in _layer_classes(samples):
+        key = op_path(exec_kind(ec, profile), ec.activation)
+        if ec.kernel == "qdq" and spatial_conv_us(layer, key, profile) > 0:
+            used.add(key)
+    return [Param(("spatial_conv", key, coef)) for key in sorted(used) if key in node for coef in node[key]]
 
 
 def asymmetric_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:

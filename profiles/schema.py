@@ -241,6 +241,15 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"us_per_group": NONNEG, "ns_per_output_element": NONNEG},
         }, GROUPED_PATHS),
+        # Optional: what a Conv with a spatial kernel (k x k, k > 1, not grouped) costs beyond the
+        # layer formula, per path: an im2col pass of (output positions x k x k x input channels)
+        # elements before the GEMM, and a cost per call (ONNX Runtime's integer Convs on small inputs).
+        "spatial_conv": _table({
+            "type": "object",
+            "required": ["us_per_layer", "ns_per_element"],
+            "additionalProperties": False,
+            "properties": {"us_per_layer": NONNEG, "ns_per_element": NONNEG},
+        }, OP_PATHS),
         # Optional: the runtime has no integer Conv with a float output (ONNX Runtime's CPU provider:
         # QLinearConv only), so a static integer Conv runs as a float Conv of dequantized tensors
         # unless its output is quantized for it: read by one layer whose input activations are one of
@@ -252,6 +261,8 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"fused_reader_bits": {"type": "array", "items": {"type": "integer", "minimum": 2,
                                                                              "maximum": 16}},
+                           # elementwise ops rescaling a dynamic Conv's int32 output (ConvInteger)
+                           "dynamic_rescale_ops": {"type": "integer", "minimum": 0, "maximum": 16},
                            "source": {"type": "string", "minLength": 1}},
         },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),

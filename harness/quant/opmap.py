@@ -109,10 +109,15 @@ def node_layers(proto: Any, layers: Sequence[Any]) -> dict[str, str]:
                     continue
                 for o in nodes[i].output:
                     for j in readers.get(o, []):
-                        if j in mine or not from_(j, mine):
-                            continue
                         op = nodes[j].op_type
-                        if (op == "Cast" and i == main) or (op == "Mul" and any(
+                        # a Conv's own bias (reshaped from constants), added after the rescale; a
+                        # MatMul's bias Add is the model's own node
+                        bias = op == "Add" and layer.op_type == "Conv" and nodes[i].op_type == "Mul" and all(
+                            t == o or t in constants or (t in producer and _from_constants(
+                                producer[t], nodes, producer, constants)) for t in nodes[j].input)
+                        if j in mine or not (bias or from_(j, mine)):
+                            continue
+                        if bias or (op == "Cast" and i == main) or (op == "Mul" and any(
                                 nodes[producer[t]].op_type in quant_ops | {"Cast", "Mul"} and producer[t] != main
                                 for t in nodes[j].input if producer.get(t) in mine)):
                             mine.add(j)

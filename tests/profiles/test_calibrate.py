@@ -278,9 +278,10 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
         truth.data["grouped_conv"][key]["ns_per_output_element"]["value"] = per_el
 
     def conv(name: str, ch: int, side: int, groups: int) -> LayerSpec:
-        out = ch * side * side
-        return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (ch, ch // groups, 3, 3), ch * ch // groups * 9,
-                         out * ch // groups * 9, "x", "y", 0, input_elements=out, output_elements=out, groups=groups)
+        out, k = ch * side * side, 3 if groups > 1 else 1  # a depthwise 3x3, or a pointwise 1x1
+        return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (ch, ch // groups, k, k), ch * ch // groups * k * k,
+                         out * ch // groups * k * k, "x", "y", 0, input_elements=out, output_elements=out,
+                         groups=groups)
 
     layers = [conv("dw0", 16, 8, 16), conv("pw0", 16, 8, 1), conv("dw1", 64, 4, 64), conv("pw1", 64, 4, 1),
               conv("dw2", 128, 2, 128), conv("dw3", 32, 8, 32)]

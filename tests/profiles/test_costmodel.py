@@ -172,7 +172,7 @@ def test_a_table_the_runtime_cannot_index_is_dequantized_whole_on_every_run() ->
 
 def test_op_factors_scale_one_op_type_and_path_and_bad_keys_are_refused() -> None:
     from harness.core.model import LayerSpec
-    from profiles.costmodel import cost_of
+    from profiles.costmodel import cost_of, dynamic_rescale_us, spatial_conv_us
     from profiles.errors import ProfileError
     from profiles.schema import parse
 
@@ -185,7 +185,14 @@ def test_op_factors_scale_one_op_type_and_path_and_bad_keys_are_refused() -> Non
     base_native = cost_of(conv, ("int8", "int8", "channel"), profile).latency_us
     scaled = profile.copy()
     scaled.data["op_factors"] = {"Conv": {"native_dynamic": {"value": 3.0, "source": "test"}}}
-    assert cost_of(conv, ("int8", "dynamic", "channel"), scaled).latency_us == pytest.approx(3 * base_conv)
+    # the factor scales the layer's formula; its im2col pass (a 3x3 kernel) and the elementwise ops
+    # rescaling ConvInteger's int32 output are costed apart, as the rest of the graph's ops
+    rescale = 4 * (profile.num("overhead", "other_op_us")
+                   + 16 * 14 * 14 * profile.num("overhead", "other_ns_per_element") / 1e3)
+    assert dynamic_rescale_us(conv, profile) == pytest.approx(rescale)  # host-cpu: ConvInteger + 4 ops
+    extra = spatial_conv_us(conv, "native_dynamic", profile) + rescale
+    assert cost_of(conv, ("int8", "dynamic", "channel"), scaled).latency_us == pytest.approx(
+        3 * (base_conv - extra) + extra)
     assert cost_of(conv, ("int8", "int8", "channel"), scaled).latency_us == pytest.approx(base_native)
     assert cost_of(mm, ("fp32", "fp32", "channel"), scaled).latency_us == pytest.approx(
         cost_of(mm, ("fp32", "fp32", "channel"), profile).latency_us)
@@ -222,14 +229,16 @@ def test_weights_beyond_the_last_level_cache_stream_from_dram_on_every_run(large
     assert table.predict(w8).latency_ms == pytest.approx(roomy.predict(w8).latency_ms)
 
 
-def _conv(groups: int, channels: int = 64, side: int = 4, name: str = "dw") -> object:
-    """A 3x3 Conv with ``channels`` in and out and ``groups`` groups (depthwise: groups = channels)."""
+def _conv(groups: int, channels: int = 64, side: int = 4, name: str = "dw", kernel: int = 3) -> object:
+    """A ``kernel`` x ``kernel`` Conv with ``channels`` in and out and ``groups`` groups (depthwise:
+    groups = channels)."""
     from harness.core.model import LayerSpec
 
-    params = channels * channels // groups * 9
+    area = kernel * kernel
+    params = channels * channels // groups * area
     out = channels * side * side
-    return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (channels, channels // groups, 3, 3), params,
-                     out * channels // groups * 9, "x", "y", 0, input_elements=out, output_elements=out,
+    return LayerSpec(name, f"/{name}/Conv", "Conv", "w", (channels, channels // groups, kernel, kernel), params,
+                     out * channels // groups * area, "x", "y", 0, input_elements=out, output_elements=out,
                      groups=groups)
 
 
@@ -289,18 +298,48 @@ def test_asymmetric_weights_slow_an_integer_layer_by_the_profile_s_factor() -> N
     """ONNX Runtime stores asymmetric weights unsigned, and its u8u8 GEMM lacks the u8s8 VNNI path:
     MiniLM's 384x1536 int8 MatMuls ran 2.0x (static) and 2.3x (dynamic) slower asymmetric. Weight-only
     and float layers, and a profile without the factor, cost as before."""
-    from profiles.costmodel import ExecClass, cost_of
+    from profiles.costmodel import ExecClass, cost_of, dynamic_rescale_us
 
     profile = load_profile("host-cpu")
     plain = profile.copy()
     plain.data.pop("asymmetric_weight_factor")
-    mm = _conv(1, channels=384, side=8, name="mm")  # a 1x1 Conv is a GEMM; any op type takes the factor
+    mm = _conv(1, channels=384, side=8, name="mm", kernel=1)  # a 1x1 Conv is a GEMM; any op type takes it
     for act, key in (("int8", "native"), ("dynamic", "native_dynamic")):
         sym, asym = ExecClass("int8", act, "channel"), ExecClass("int8", act, "channel", zero_points=True)
         factor = profile.num("asymmetric_weight_factor", key)
         assert factor > 1.5
-        assert cost_of(mm, asym, profile).latency_us == pytest.approx(factor * cost_of(mm, sym, profile).latency_us)
+        # the ops rescaling a dynamic Conv's int32 output do not read the weights: not scaled
+        rescale = dynamic_rescale_us(mm, profile) if act == "dynamic" else 0.0
+        assert cost_of(mm, asym, profile).latency_us - rescale == pytest.approx(
+            factor * (cost_of(mm, sym, profile).latency_us - rescale))
         assert cost_of(mm, asym, plain).latency_us == pytest.approx(cost_of(mm, sym, plain).latency_us)
     wo = ExecClass("int8", "fp32", "channel", zero_points=True)
     assert cost_of(mm, wo, profile).latency_us == pytest.approx(cost_of(mm, ExecClass("int8", "fp32", "channel"),
                                                                         profile).latency_us)
+
+
+def test_a_spatial_conv_pays_its_im2col_pass_and_only_it() -> None:
+    """ONNX Runtime's integer Convs unfold a k x k kernel's input before the GEMM: a 3x3 Conv of one
+    group pays ``spatial_conv`` on its path (per call, and per im2col element: output positions x 9 x
+    input channels); a 1x1 or a depthwise Conv, or a MatMul, does not. The fit frees the coefficients
+    of the paths some sample's spatial Conv runs on, and only those."""
+    from profiles.costmodel import ExecClass, cost_of, spatial_conv_us
+    from profiles.fit import Sample, fit_params
+
+    profile = load_profile("host-cpu")
+    stem, pw, dw = _conv(1, channels=16, side=8, name="stem"), _conv(1, 16, 8, "pw", kernel=1), _conv(16, 16, 8)
+    node = profile.data["spatial_conv"]["native"]
+    im2col = 8 * 8 * 9 * 16
+    assert spatial_conv_us(stem, "native", profile) == pytest.approx(
+        node["us_per_layer"]["value"] + im2col * node["ns_per_element"]["value"] / 1e3)
+    assert spatial_conv_us(pw, "native", profile) == 0.0 and spatial_conv_us(dw, "native", profile) == 0.0
+    plain = profile.copy()
+    plain.data.pop("spatial_conv")
+    static = ExecClass("int8", "int8", "channel")
+    assert cost_of(stem, static, profile).latency_us == pytest.approx(
+        cost_of(stem, static, plain).latency_us + spatial_conv_us(stem, "native", profile))
+    assert cost_of(pw, static, profile).latency_us == pytest.approx(cost_of(pw, static, plain).latency_us)
+    keys = {".".join(p.keys) for p in fit_params(profile.copy(), [
+        Sample("a", "cnn", "fit", [stem, pw], [static, ExecClass("fp32", "fp32", "channel")], GraphStats(), 1.0)])}
+    assert {"spatial_conv.native.us_per_layer", "spatial_conv.native.ns_per_element"} <= keys
+    assert not any(k.startswith("spatial_conv.float") or k.startswith("spatial_conv.native_dynamic") for k in keys)
