@@ -461,7 +461,8 @@ def _kernel_cost(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost 
         abytes = (in_el + out_el) * _BYTES[ft]
         dram = wbytes + (abytes if abytes > onchip else 0.0)
         compute_us = macs / (rate["throughput_gmacs"] * 1e3)
-        us = (per_layer + max(compute_us, dram / bw) + layer.params * rate.get("ns_per_weight", 0.0) / 1e3
+        us = (per_layer + rate.get("us_per_call", 0.0) + max(compute_us, dram / bw)
+              + layer.params * rate.get("ns_per_weight", 0.0) / 1e3
               + blocks * rate.get("ns_per_block", 0.0) / 1e3 + m * blocks * rate.get("ns_per_block_row", 0.0) / 1e3)
         compute = "int8" if c.accuracy == 4 and "int8" in e["per_mac_pj"] else ft
         epm = profile.num("energy", "per_mac_pj", compute)
@@ -488,6 +489,32 @@ def _fused_qdq_block(layer: LayerLike, c: ExecClass, profile: Profile) -> ExecCl
         return None
     acc = int(spec["qdq_per_block_accuracy_level"]["value"])
     return ExecClass(c.weight, "fp32", "block", "matmulnbits", c.block, acc, c.zero_points)
+
+
+def _fused_qdq_weight_only(layer: LayerLike, c: ExecClass, profile: Profile) -> ExecClass | None:
+    """The MatMulNBits class a per-channel or per-tensor QDQ weight-only MatMul runs as, where the
+    profile says its runtime makes one of it (``qdq_weight_only_block``: ONNX Runtime 1.32's CPU
+    provider does, at block size 32, for 4- and 8-bit weights)."""
+    spec = profile.data.get("kernels", {}).get("matmulnbits")
+    if (spec is None or "qdq_weight_only_block" not in spec or "qdq_per_block_accuracy_level" not in spec
+            or c.kernel != "qdq" or c.activation != "fp32" or c.granularity == "block"
+            or c.weight not in ("int4", "int8") or layer.op_type != "MatMul"):
+        return None
+    block = int(spec["qdq_weight_only_block"]["value"])
+    return ExecClass(c.weight, "fp32", "block", "matmulnbits", block,
+                     int(spec["qdq_per_block_accuracy_level"]["value"]), c.zero_points)
+
+
+def kernel_class(layer: LayerLike, c: ExecClass, profile: Profile) -> ExecClass | None:
+    """The contrib-kernel class a QDQ class runs as on ``profile``'s runtime (an indexed 4-bit table,
+    a fused per-block or weight-only MatMul), or None where it runs as QDQ."""
+    if c.kernel != "qdq":
+        return None
+    if (indexed := indexed_int4_table(layer, c)) is not None:
+        return indexed
+    if c.granularity == "block":
+        return _fused_qdq_block(layer, c, profile)
+    return _fused_qdq_weight_only(layer, c, profile)
 
 
 def indexed_int4_table(layer: LayerLike, c: ExecClass) -> ExecClass | None:
@@ -519,6 +546,12 @@ def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) 
     kc = _kernel_cost(layer, indexed, profile) if indexed is not None else None
     if kc is not None:
         kc.path = "qdq->gather_block"
+        return kc
+    fused_wo = _fused_qdq_weight_only(layer, c, profile)
+    kc = _kernel_cost(layer, fused_wo, profile) if fused_wo is not None else None
+    if kc is not None:  # the file keeps its per-channel / per-tensor weights: their bytes
+        kc.weight_bytes = layer_cost(layer, c.weight, c.activation, profile, c.granularity).weight_bytes
+        kc.path = "qdq->matmulnbits"
         return kc
     if c.granularity == "block":
         fused = _fused_qdq_block(layer, c, profile)

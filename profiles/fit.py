@@ -30,7 +30,7 @@ from profiles.costmodel import (
     cost_of,
     exec_kind,
     grouped_path,
-    indexed_int4_table,
+    kernel_class,
     op_path,
     rate_key,
     spatial_conv_us,
@@ -100,7 +100,7 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     kernel_params: list[Param] = []
     seen: set[tuple[str, str]] = set()
     for layer, ec in _layer_classes(samples):
-        ec = indexed_int4_table(layer, ec) or ec  # the kernel a 4-bit QDQ table runs as
+        ec = kernel_class(layer, ec, profile) or ec  # the kernel a QDQ class runs as (a table, a fusion)
         if ec.kernel == "qdq" or not ec.weight.startswith("int"):
             continue
         key = rate_key(profile, ec.kernel, int(ec.weight[3:]), ec.accuracy)

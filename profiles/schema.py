@@ -89,6 +89,8 @@ MNB_RATE = {
         "ns_per_block": KNONNEG,
         # per row of A and block of B (quantizing A per block at accuracy_level 4, block epilogues)
         "ns_per_block_row": KNONNEG,
+        # per call, whatever the shapes (packing, dispatch: what a 32x32 layer takes)
+        "us_per_call": KNONNEG,
     },
 }
 GBQ_RATE = {
@@ -118,6 +120,12 @@ KERNELS_SCHEMA: dict[str, Any] = {
                                                  "additionalProperties": False,
                                                  "properties": {"value": {"enum": list(ACCURACY_LEVELS)},
                                                                 "source": _SOURCE}},
+                # the block size of the MatMulNBits the runtime makes of a per-channel or per-tensor
+                # QDQ weight-only MatMul (DequantizeLinear -> MatMul of float activations); absent: none
+                "qdq_weight_only_block": {"type": "object", "required": ["value", "source"],
+                                          "additionalProperties": False,
+                                          "properties": {"value": {"type": "integer", "minimum": 16},
+                                                         "source": _SOURCE}},
                 "rates": {"type": "object", "propertyNames": {"pattern": MNB_RATE_KEY}, "minProperties": 1,
                           "additionalProperties": MNB_RATE},
             },

@@ -489,3 +489,32 @@ def test_the_cost_model_costs_the_kernel_each_conv_runs_as_on_random_mixes(tmp_p
             integer = {"native": [["QLinearConv"], ["ConvInteger"]]}.get(kind, [["Conv"], ["FusedConv"]])
             assert ops in integer, (seed, name, paths[name], ops)
     assert {"native", "unfused", "float", "weight_only", "dequantize"} <= seen  # every path was tried
+
+
+def test_a_weight_only_matmul_is_costed_as_the_matmulnbits_ort_makes_of_it(tmp_path: Path) -> None:
+    """ONNX Runtime 1.32 rewrites a per-channel or per-tensor DequantizeLinear -> MatMul of float
+    activations into MatMulNBits (block size 32): the host-cpu cost model costs that kernel
+    (``qdq->matmulnbits``, the profile's ``qdq_weight_only_block``), not a float MatMul."""
+    import onnxruntime as ort
+
+    from harness.quant.workload import Workload
+    from profiles import load_profile
+    from profiles.costmodel import predict_model
+
+    work = Workload.open("builtin:digits-vit")
+    profile = load_profile("host-cpu")
+    block = profile.data["kernels"]["matmulnbits"]["qdq_weight_only_block"]["value"]
+    for gene in ({"weight_bits": 8, "activation_bits": "fp"},
+                 {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_tensor", "scheme": "asymmetric"}):
+        spec = {"default": gene, "layers": {}}
+        _write(work, spec, tmp_path / "m.onnx")
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+        fused = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "MatMulNBits"]
+        matmuls = [lay.name for lay in work.model.layers if lay.op_type == "MatMul"]
+        assert len(fused) == len(matmuls) > 0
+        assert {helper.get_attribute_value(a) for n in fused for a in n.attribute if a.name == "block_size"} == {block}
+        paths = {row["layer"]: row["path"] for row in predict_model(work.model, work.genome(spec), profile).layers}
+        assert {paths[name] for name in matmuls} == {"qdq->matmulnbits"}
