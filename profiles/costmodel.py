@@ -587,7 +587,8 @@ def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> floa
     if node is None:
         return 0.0
     _, out_el = layer_io(layer)
-    return (int(getattr(layer, "groups", 1)) * float(node["us_per_group"]["value"])
+    return (float(node.get("us_per_layer", {}).get("value", 0.0))
+            + int(getattr(layer, "groups", 1)) * float(node["us_per_group"]["value"])
             + out_el * float(node["ns_per_output_element"]["value"]) / 1e3)
 
 

@@ -247,7 +247,9 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["us_per_group", "ns_per_output_element"],
             "additionalProperties": False,
-            "properties": {"us_per_group": NONNEG, "ns_per_output_element": NONNEG},
+            "properties": {"us_per_group": NONNEG, "ns_per_output_element": NONNEG,
+                           # optional: per call (unfolding the input, setting up the per-group GEMMs)
+                           "us_per_layer": NONNEG},
         }, GROUPED_PATHS),
         # Optional: what a Conv with a spatial kernel (k x k, k > 1, not grouped) costs beyond the
         # layer formula, per path: an im2col pass of (output positions x k x k x input channels)

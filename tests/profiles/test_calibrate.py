@@ -272,8 +272,10 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
 
     truth = load_profile("host-cpu").copy()
     truth.data["asymmetric_weight_factor"]["native"]["value"] = 2.6
-    for key, (per_group, per_el) in {"native_dynamic": (0.4, 9.0), "native_asymmetric": (0.1, 60.0),
-                                      "weight_only": (0.05, 20.0)}.items():
+    for key, (per_layer, per_group, per_el) in {"native_dynamic": (3.0, 0.4, 9.0),
+                                                 "native_asymmetric": (1.0, 0.1, 60.0),
+                                                 "weight_only": (2.5, 0.05, 20.0)}.items():
+        truth.data["grouped_conv"][key]["us_per_layer"]["value"] = per_layer
         truth.data["grouped_conv"][key]["us_per_group"]["value"] = per_group
         truth.data["grouped_conv"][key]["ns_per_output_element"]["value"] = per_el
 
@@ -284,14 +286,14 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
                          groups=groups)
 
     layers = [conv("dw0", 16, 8, 16), conv("pw0", 16, 8, 1), conv("dw1", 64, 4, 64), conv("pw1", 64, 4, 1),
-              conv("dw2", 128, 2, 128), conv("dw3", 32, 8, 32)]
+              conv("dw2", 128, 2, 128), conv("dw3", 32, 8, 32), conv("dw4", 48, 6, 48), conv("dw5", 96, 3, 96)]
     classes = [ExecClass("fp32", "fp32", "channel"), ExecClass("int8", "int8", "channel"),
                ExecClass("int8", "int8", "channel", zero_points=True), ExecClass("int8", "dynamic", "channel"),
                ExecClass("int8", "fp32", "channel"), ExecClass("int8", "int8", "tensor", zero_points=True)]
     samples = []
-    for j in range(18):
-        mix = [classes[(j + i * (1 + j % 4)) % len(classes)] for i in range(len(layers))]
-        samples.append(Sample(f"c{j}", "cnn", "heldout" if j >= 14 else "fit", layers, mix, GraphStats(12, 4000), 1.0))
+    for j in range(24):
+        mix = [classes[(j + i * (1 + j % 5)) % len(classes)] for i in range(len(layers))]
+        samples.append(Sample(f"c{j}", "cnn", "heldout" if j >= 19 else "fit", layers, mix, GraphStats(12, 4000), 1.0))
     samples = [replace(s, measured_ms=float(m)) for s, m in zip(samples, predict_ms(samples, truth))]
     per_layer = [LayerSample(s.id, s.workload, s.role, layer, tuple(c), 1.0)
                  for s in samples for layer, c in zip(s.layers, s.classes)]
@@ -299,11 +301,15 @@ def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
     start = load_profile("host-cpu")  # the shipped guesses, off by 0.3x-8x from the truth above
     fitted, report = fit(samples, start, per_layer)
     assert "grouped_conv.native_asymmetric.ns_per_output_element" in report["fitted"]
-    for key in ("native_dynamic", "native_asymmetric", "weight_only"):
-        for coef in ("us_per_group", "ns_per_output_element"):
-            got = fitted.num("grouped_conv", key, coef)
-            want = truth.num("grouped_conv", key, coef)
-            assert abs(got - want) <= 0.1 * want + 1e-3, (key, coef, got, want)
+    # on the dynamic path, the per-call and per-element terms trade with the ops rescaling
+    # ConvInteger's output (costed at the rest of the graph's shared rates): only the per-group
+    # term is identified there, and the predictions below are what must hold
+    identified = [(key, coef) for key in ("native_asymmetric", "weight_only")
+                  for coef in ("us_per_layer", "us_per_group", "ns_per_output_element")]
+    for key, coef in [*identified, ("native_dynamic", "us_per_group")]:
+        got = fitted.num("grouped_conv", key, coef)
+        want = truth.num("grouped_conv", key, coef)
+        assert abs(got - want) <= 0.1 * want + 1e-3, (key, coef, got, want)
     lay = layer_errors(per_layer, fitted, truth)
     assert lay["heldout"]["mape"] < 0.03
     assert any(kind.endswith("native grouped") for kind in lay["fit"]["by_kind"]), lay["fit"]["by_kind"]
