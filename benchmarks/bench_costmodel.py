@@ -55,12 +55,12 @@ def minilm_front_items(path: Path = OUT / "headline.json") -> list[Item]:
 #: ``final-*``, reported at stop 32, then the grouped-Conv term), seed 2028 (ids ``rep28-*``, reported
 #: at 54395b6, then the Conv output Q/DQ of build 8) and seed 2029 (ids ``rep29-*``, reported at
 #: ee90691, then the asymmetric-weight factor). Seed 2030 (ids ``rep30-*``) is reported.
-REPORTED_SEED = 2031
-REPORTED_PREFIX = "rep31"
+REPORTED_SEED = 2032
+REPORTED_PREFIX = "rep32"
 REPORTED_PER_WORKLOAD = 8
 #: (seed, id prefix, candidates per workload) of the sets reported once and then looked at
 DEVELOPMENT_SETS = ((2026, "report", 5), (2027, "final", 5), (2028, "rep28", 8), (2029, "rep29", 8),
-                    (2030, "rep30", 8))
+                    (2030, "rep30", 8), (2031, "rep31", 8))
 WORKLOADS = ("builtin:digits-vit", "transformer", "builtin:digits-cnn", MINILM)
 
 
@@ -123,7 +123,8 @@ def fidelity_curve(collected: dict[str, Any], sizes: tuple[int, ...] = CURVE_SIZ
 
 
 def population_rate(profile_path: Path) -> dict[str, float]:
-    """Time to predict 100 random digits-vit genomes (table built once)."""
+    """Time to predict 100 random digits-vit genomes (table built once); the fastest of five tries,
+    so that a collection pause of the process around it is not what gets reported."""
     model = load_model("builtin:digits-vit")
     ops = {lay.name: lay.op_type for lay in model.layers}
     rng = np.random.default_rng(0)
@@ -131,12 +132,16 @@ def population_rate(profile_path: Path) -> dict[str, float]:
     genomes = [Genome.from_dict({"layers": {n: choices[int(rng.integers(len(choices)))].to_dict() for n in ops}}, ops)
                for _ in range(100)]
     profile = load_profile(profile_path)
-    t0 = time.perf_counter()
-    table = CostTable(model.layers, profile, GraphStats.of(model))
-    t1 = time.perf_counter()
-    table.predict_many(genomes)
-    t2 = time.perf_counter()
-    return {"table_build_ms": (t1 - t0) * 1e3, "predict_100_genomes_ms": (t2 - t1) * 1e3}
+    build, predict = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        table = CostTable(model.layers, profile, GraphStats.of(model))
+        t1 = time.perf_counter()
+        table.predict_many(genomes)
+        t2 = time.perf_counter()
+        build.append((t1 - t0) * 1e3)
+        predict.append((t2 - t1) * 1e3)
+    return {"table_build_ms": min(build), "predict_100_genomes_ms": min(predict)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -579,7 +579,8 @@ def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str,
 
 def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> float:
     """What a grouped Conv costs beyond ``layer_cost``'s formula where the profile says its path has
-    no grouped (depthwise) kernel: ``groups x us_per_group + output elements x ns_per_output_element``
+    no grouped (depthwise) kernel: ``us_per_layer (optional) + groups x us_per_group + output elements
+    x ns_per_output_element``
     (a GEMM per group over an unfolded input: ONNX Runtime's ConvInteger, QLinearConv with per-channel
     zero points, a float Conv whose weights are dequantized at run time). Zero where the profile lists
     no ``grouped_conv`` entry for the path."""
