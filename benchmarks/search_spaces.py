@@ -38,10 +38,9 @@ class LayerSpace:
     def __init__(self, name: str, cache_dir: Path) -> None:
         import onnxruntime
 
-        from harness.quant.quantize import BUILD_VERSION
+        from harness.quant.quantize import build_version
         from harness.quant.workload import Workload
         from harness.run.config import SearchConfig
-        from harness.run.evaluation import worker_init
         from harness.run.seeds import choice_distance, gene_value, layer_choices
         from profiles import load_profile
         from profiles.costmodel import CostTable, GraphStats
@@ -61,7 +60,8 @@ class LayerSpace:
         key = {
             "model_sha256": self.work.model.sha256, "calib": self.work.calib.sha256,
             "eval": self.work.eval_data.sha256, "onnxruntime": onnxruntime.__version__,
-            "profile": profile.name, "calibration_id": profile.calibration_id, "build": BUILD_VERSION,
+            "profile": profile.name, "calibration_id": profile.calibration_id,
+            "build": build_version(lay.op_type for lay in self.work.model.layers),
             "choices": json.dumps(self.choices, default=str),
         }
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -71,8 +71,6 @@ class LayerSpace:
         self.db.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT, genome TEXT, accuracy REAL, mean_cosine REAL, "
                         "weight_bytes REAL, latency_ms REAL, seconds REAL, PRIMARY KEY (key, genome))")
         self._memo: dict[Genome, tuple[np.ndarray, float | None]] = {}
-        self._worker_ready = False
-        self._worker_init = worker_init
         fp32 = self._cached(())
         if fp32 is None:
             fp32 = self.work.evaluate(None).accuracy
@@ -111,12 +109,11 @@ class LayerSpace:
         if got is not None and not _valid_row(got):
             got = None  # a damaged cache entry is evaluated again (and replaced)
         if got is None:
-            if not self._worker_ready:
-                self._worker_init(self.workload)
-                self._worker_ready = True
             t0 = time.perf_counter()
             payload = self.payload(g)
-            host = evaluation.evaluate_genome(payload)
+            # on this space's own workload: the process-wide one (``evaluation.worker_init``) is
+            # whichever space was opened last, and a benchmark holds several open
+            host = evaluation.evaluate_on(self.work, payload)
             if "error_kind" in host:
                 raise RuntimeError(f"{self.name}: genome {g} failed to build: {host['message']}")
             latency = self.costs.predict(self.work.genome(payload)).latency_ms

@@ -84,3 +84,27 @@ def test_damaged_cache_rows_and_stored_runs_are_not_trusted(tmp_path: Path) -> N
     assert store.get(key) is None
     store.db.execute("UPDATE runs SET result = 'not json' WHERE key = ?", (key,))
     assert store.get(key) is None
+
+
+def test_two_open_spaces_each_score_on_their_own_model(tmp_path: Path, monkeypatch) -> None:
+    """The benchmark holds several spaces open in one process: each scores its genomes on its own
+    workload (before, all on the one whose space was first evaluated in the process), and its cache
+    key follows the build version of its own layer kinds (a Conv build change renews digits-cnn's)."""
+    from harness.run.evaluation import evaluate_on
+
+    cnn = LayerSpace("digits-cnn-layers", tmp_path)
+    vit = LayerSpace("digits-vit-layers", tmp_path)
+    rng = np.random.default_rng(3)
+    g_cnn, g_vit = cnn.random_genome(rng), vit.random_genome(rng)
+    got_cnn, _ = cnn.evaluate(g_cnn)
+    got_vit, _ = vit.evaluate(g_vit)
+    again, _ = cnn.evaluate(cnn.random_genome(np.random.default_rng(4)))  # after the other one ran
+    assert np.isfinite(again).all()
+    for space, genome, got in ((cnn, g_cnn, got_cnn), (vit, g_vit, got_vit)):
+        direct = evaluate_on(space.work, space.payload(genome))
+        assert got[0] == space.fp32 - direct["accuracy"] and got[1] == direct["weight_bytes"]
+    assert cnn.key == LayerSpace("digits-cnn-layers", tmp_path / "other").key  # the same key in another folder
+    from harness.quant import quantize
+
+    monkeypatch.setattr(quantize, "SCOPED_BUILD_CHANGES", (*quantize.SCOPED_BUILD_CHANGES, (99, frozenset({"Conv"}))))
+    assert LayerSpace("digits-cnn-layers", tmp_path / "c").key != cnn.key  # a Conv build change renews it
