@@ -96,6 +96,9 @@ class GraphStats:
     other_macs: int = 0
     #: (Conv layer name, who reads its output) per Conv layer
     conv_outputs: tuple[tuple[str, ConvOutput], ...] = ()
+    #: the elements of each output those ops write (``other_elements`` is their sum): what a profile
+    #: with ``other_ns_per_element_beyond_l1`` splits by the L1 data cache
+    other_outputs: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
@@ -108,6 +111,7 @@ class GraphStats:
                 readers[name] = readers.get(name, 0) + 1
         shapes = model.tensor_shapes()
         ops = elements = macs = 0
+        outputs: list[int] = []
         for node in model.proto.graph.node:
             if node.name in layer_nodes or node.op_type in _FREE_OPS:
                 continue
@@ -119,19 +123,27 @@ class GraphStats:
                 # and the calibrated profiles were fitted without it.
                 if shapes.get(out):
                     elements += int(np.prod(shapes[out]))
+                    outputs.append(int(np.prod(shapes[out])))
             a = shapes.get(node.input[0]) if node.input else None
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
                 macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
-        return cls(ops, elements, macs, _conv_outputs(model))
+        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs))
 
     def fixed_us(self, profile: Profile) -> float:
-        """The rest of the graph's time per inference: op overheads, elements written, and the
+        """The rest of the graph's time per inference: op overheads, elements written (those of outputs
+        larger than the L1 data cache at a further rate, where the profile has one), and the
         activation-by-activation MatMuls at the float rate."""
         ft = profile.data["float_type"]
+        over, mem = profile.data["overhead"], profile.data["memory"]
+        beyond = 0.0
+        if "other_ns_per_element_beyond_l1" in over and "l1_bytes" in mem:
+            limit = float(mem["l1_bytes"]["value"]) / _BYTES[ft]
+            beyond = sum(n for n in self.other_outputs if n > limit) * float(
+                over["other_ns_per_element_beyond_l1"]["value"]) / 1e3
         return (self.other_ops * profile.num("overhead", "other_op_us")
                 + self.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
-                + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3))
+                + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3) + beyond)
 
 
 def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:

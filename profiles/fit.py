@@ -117,6 +117,8 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
         params.append(Param(("memory", "beyond_cache_ns_per_byte")))
     params += [Param(("overhead", k)) for k in ("per_layer_us", "per_inference_us", "other_op_us",
                                                 "other_ns_per_element")]
+    if "other_ns_per_element_beyond_l1" in d["overhead"]:
+        params.append(Param(("overhead", "other_ns_per_element_beyond_l1")))
     params += [Param(("conversion", k)) for k in ("per_op_us", "ns_per_element", "dynamic_ns_per_element")]
     params += [Param(("dequantize_ns_per_element", p)) for p in d["dequantize_ns_per_element"]]
     params += [Param(("weight_only_ns_per_element", p)) for p in d["weight_only_ns_per_element"]]

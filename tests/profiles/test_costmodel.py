@@ -134,7 +134,7 @@ def test_attention_matmuls_between_activations_are_costed_at_the_float_rate(larg
     profile = load_profile("host-cpu")
     fast = profile.copy()
     fast.data["throughput_gmacs"]["fp32"]["value"] *= 2
-    no_macs = GraphStats(stats.other_ops, stats.other_elements)
+    no_macs = GraphStats(stats.other_ops, stats.other_elements, 0, stats.conv_outputs, stats.other_outputs)
     gained = stats.fixed_us(profile) - no_macs.fixed_us(profile)
     assert gained == pytest.approx(stats.other_macs / (profile.num("throughput_gmacs", "fp32") * 1e3))
     assert stats.fixed_us(fast) - no_macs.fixed_us(fast) == pytest.approx(gained / 2)
@@ -344,3 +344,20 @@ def test_a_spatial_conv_pays_its_im2col_pass_and_only_it() -> None:
         Sample("a", "cnn", "fit", [stem, pw], [static, ExecClass("fp32", "fp32", "channel")], GraphStats(), 1.0)])}
     assert {"spatial_conv.native.us_per_layer", "spatial_conv.native.ns_per_element"} <= keys
     assert not any(k.startswith("spatial_conv.float") or k.startswith("spatial_conv.native_dynamic") for k in keys)
+
+
+def test_the_rest_of_the_graph_pays_more_per_element_for_outputs_beyond_l1() -> None:
+    """Elementwise ops on tensors larger than the L1 data cache (MiniLM at 64 tokens) cost more per
+    element than on small ones (the transformer at 16 tokens): the outputs above ``memory.l1_bytes``
+    pay ``other_ns_per_element_beyond_l1`` too; a profile without it costs them all alike."""
+    from profiles.costmodel import GraphStats
+
+    profile = load_profile("host-cpu")
+    limit = int(profile.num("memory", "l1_bytes") / 4)  # fp32 elements
+    small, large = GraphStats(2, 2 * 100, 0, (), (100, 100)), GraphStats(2, 2 * 4 * limit, 0, (), (4 * limit,) * 2)
+    plain = profile.copy()
+    plain.data["overhead"].pop("other_ns_per_element_beyond_l1")
+    assert small.fixed_us(profile) == pytest.approx(small.fixed_us(plain))
+    assert large.fixed_us(profile) - large.fixed_us(plain) == pytest.approx(
+        8 * limit * profile.num("overhead", "other_ns_per_element_beyond_l1") / 1e3)
+    assert large.fixed_us(profile) > large.fixed_us(plain) > 0
