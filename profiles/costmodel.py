@@ -53,9 +53,10 @@ genome (a kernel, block size or accuracy level) adds its column once.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -100,6 +101,11 @@ class GraphStats:
     #: with ``other_ns_per_element_beyond_l1`` splits by the L1 data cache
     other_outputs: tuple[int, ...] = ()
 
+    @functools.cached_property
+    def conv_output_map(self) -> dict[str, ConvOutput]:
+        """``conv_outputs`` by layer name, made once (``genome_classes`` reads it for every genome)."""
+        return dict(self.conv_outputs)
+
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
         layer_nodes = {layer.node_name for layer in model.layers}
@@ -122,8 +128,8 @@ class GraphStats:
                 # A 0-d tensor is shape arithmetic (a gathered dimension): its cost is the op's overhead,
                 # and the calibrated profiles were fitted without it.
                 if shapes.get(out):
-                    elements += int(np.prod(shapes[out]))
                     outputs.append(int(np.prod(shapes[out])))
+                    elements += outputs[-1]
             a = shapes.get(node.input[0]) if node.input else None
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
@@ -187,7 +193,8 @@ def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:
     return tuple(out)
 
 
-def conv_output_quantized(out: ConvOutput, genome: GenomeLike, fused_bits: Sequence[int]) -> bool:
+def conv_output_quantized(out: ConvOutput, genome: GenomeLike | Mapping[str, GeneLike],
+                          fused_bits: Sequence[int]) -> bool:
     """Whether a static integer Conv's output is quantized for it, so that a runtime without an
     integer Conv of float output (``conv_output`` in the profile) runs its integer kernel: one reader,
     a layer whose input activations are ``fused_bits`` wide exactly (an emulated width puts its Clip
@@ -254,17 +261,23 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
     says the runtime has no integer Conv of float output (``conv_output``), a static Conv on the
     native path whose output is not quantized for it (``conv_output_quantized``) marked ``unfused``:
     a Conv's kernel depends on the layers that read it."""
-    classes = [precision_tokens(genome[lay.name]) for lay in layers]
+    genes = {lay.name: genome[lay.name] for lay in layers}  # a genome's lookup merges: once a layer
+    classes = [precision_tokens(genes[lay.name]) for lay in layers]
     rule = profile.data.get("conv_output")
-    outs = dict(graph.conv_outputs) if graph is not None else {}
+    outs = graph.conv_output_map if graph is not None else {}
     if rule is None or not outs:
         return classes
+    kinds: dict[tuple[str, str], str] = {}  # path_of builds tables: once per type pair, not per layer
     for i, (lay, c) in enumerate(zip(layers, classes)):
         out = outs.get(lay.name)
-        if (out is None or c.kernel != "qdq" or c.granularity == "block" or c.activation in ("fp32", "dynamic")
-                or path_of(c.weight, c.activation, profile).kind != "native"):
+        if out is None or c.kernel != "qdq" or c.granularity == "block" or c.activation in ("fp32", "dynamic"):
             continue
-        if not conv_output_quantized(out, genome, rule["fused_reader_bits"]):
+        pair = (c.weight, c.activation)
+        if pair not in kinds:
+            kinds[pair] = path_of(c.weight, c.activation, profile).kind
+        if kinds[pair] != "native":
+            continue
+        if not conv_output_quantized(out, genes, rule["fused_reader_bits"]):
             classes[i] = c._replace(unfused=True)
     return classes
 
