@@ -132,12 +132,17 @@ def test_gru_is_costed_from_its_macs_and_all_its_weights(tmp_path: Path) -> None
 # rows looked up (measured beside the old form on MiniLM, same outputs bit for bit: ~1.0x of fp32
 # against ~1.9x): weight-only int4 on host-cpu-local 18.34 -> 7.95 ms; hexagon-htp, whose profile lists
 # no GatherBlockQuantized kernel, is unchanged.
+# Issue 18, stop 35: host-cpu-local is the cost-model benchmark's fit of 2026-12-03 (358 models, with the
+# kernel-path terms: asymmetric weights, grouped and 3x3 Convs, which kernel a Conv runs as, MatMulNBits
+# for weight-only MatMuls), on a machine of this kind that ran the same models ~1.6x slower than the one
+# of 2026-12-02: digits-vit w8a8 0.0497 -> 0.0694 ms, fp 0.0413 -> 0.0541 (measured there 0.073 and
+# 0.059); MiniLM w8a8 4.03 -> 6.24, fp 9.39 -> 15.18 (measured 6.6-8.1 and 15.2-17.1), w4 7.95 -> 13.96.
 PINNED = {
-    ("builtin:digits-vit", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 0.049742, "fp": 0.041259},
+    ("builtin:digits-vit", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 0.06938, "fp": 0.054097},
     ("builtin:digits-vit", "hexagon-htp"): {"w8a8": 0.490027, "fp": 0.462027, "w8-dynamic": 3.264293, "w4": 0.46214},
     ("builtin:digits-vit", "arm-neon-a76"): {"w8a8": 0.300949, "fp": 0.282653, "w8-dynamic": 0.305605},
-    ("builtin:minilm-l6", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 4.027417, "fp": 9.389645,
-                                                                       "w4": 7.954525},
+    ("builtin:minilm-l6", "profiles/calibrated/host-cpu-local.yaml"): {"w8a8": 6.241415, "fp": 15.180792,
+                                                                       "w4": 13.955557},
     ("builtin:minilm-l6", "hexagon-htp"): {"w8a8": 1.436198, "fp": 1.636555, "w8-dynamic": 12.966841, "w4": 1.742668},
 }
 GENES = {"w8a8": Gene(8, 8), "fp": Gene("fp", "fp"), "w8-dynamic": Gene(8, "dynamic"), "w4": Gene(4, "fp")}
