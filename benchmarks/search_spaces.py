@@ -57,14 +57,22 @@ class LayerSpace:
         self.choices: list[list[Any]] = [[gene_value(g) for g in genes] for genes in self.genes]
         self.space = SearchSpace(self.names, self.choices, distance=choice_distance)
         self.costs = CostTable(self.work.model.layers, profile, GraphStats.of(self.work.model))
-        key = {
+        # the scores (accuracy, cosine, bytes) follow the model, the data, the build and the menu; the
+        # predicted latency also follows the cost model's code and the profile's numbers, so it is
+        # predicted afresh, never cached, and only the space's key (which stored runs are filed under)
+        # names them: a cost-model change re-runs the searches without re-scoring a genome
+        scores = {
             "model_sha256": self.work.model.sha256, "calib": self.work.calib.sha256,
             "eval": self.work.eval_data.sha256, "onnxruntime": onnxruntime.__version__,
-            "profile": profile.name, "calibration_id": profile.calibration_id,
             "build": build_version(lay.op_type for lay in self.work.model.layers),
             "choices": json.dumps(self.choices, default=str),
         }
-        self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.score_key = hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()[:16]
+        import profiles.costmodel as costmodel_module
+
+        latency = {"scores": self.score_key, "profile": json.dumps(profile.data, sort_keys=True, default=str),
+                   "costmodel": Path(costmodel_module.__file__).read_text()}
+        self.key = hashlib.sha256(json.dumps(latency, sort_keys=True).encode()).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(cache_dir / f"{name}.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -75,7 +83,7 @@ class LayerSpace:
         if fp32 is None:
             fp32 = self.work.evaluate(None).accuracy
             self.db.execute("INSERT OR IGNORE INTO rows VALUES (?, ?, ?, NULL, NULL, NULL, NULL)",
-                            (self.key, "fp32", float(fp32)))
+                            (self.score_key, "fp32", float(fp32)))
         self.fp32 = float(fp32)
         self.rows = _Rows(self)
         self.extra: dict[str, Any] = {"mean_cosine": _Cosine(self), "fp32_accuracy": self.fp32}
@@ -86,7 +94,8 @@ class LayerSpace:
     def _cached(self, genome: Genome) -> float | None:
         if genome:
             return None
-        got = self.db.execute("SELECT accuracy FROM rows WHERE key = ? AND genome = 'fp32'", (self.key,)).fetchone()
+        got = self.db.execute("SELECT accuracy FROM rows WHERE key = ? AND genome = 'fp32'",
+                              (self.score_key,)).fetchone()
         return None if got is None else float(got[0])
 
     def payload(self, genome: Genome) -> dict[str, Any]:
@@ -104,24 +113,25 @@ class LayerSpace:
         if g in self._memo:
             return self._memo[g]
         text = json.dumps(list(g))
-        got = self.db.execute("SELECT accuracy, mean_cosine, weight_bytes, latency_ms FROM rows WHERE key = ? AND "
-                              "genome = ?", (self.key, text)).fetchone()
+        payload = self.payload(g)
+        got = self.db.execute("SELECT accuracy, mean_cosine, weight_bytes FROM rows WHERE key = ? AND "
+                              "genome = ?", (self.score_key, text)).fetchone()
         if got is not None and not _valid_row(got):
             got = None  # a damaged cache entry is evaluated again (and replaced)
         if got is None:
             t0 = time.perf_counter()
-            payload = self.payload(g)
             # on this space's own workload: the process-wide one (``evaluation.worker_init``) is
             # whichever space was opened last, and a benchmark holds several open
             host = evaluation.evaluate_on(self.work, payload)
             if "error_kind" in host:
                 raise RuntimeError(f"{self.name}: genome {g} failed to build: {host['message']}")
-            latency = self.costs.predict(self.work.genome(payload)).latency_ms
             seconds = time.perf_counter() - t0
             self.evaluation_seconds += seconds
-            got = (host["accuracy"], host.get("mean_cosine"), host["weight_bytes"], latency)
-            self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", (self.key, text, *got, seconds))
-        row = np.array([self.fp32 - float(got[0]), float(got[2]), float(got[3])])
+            got = (host["accuracy"], host.get("mean_cosine"), host["weight_bytes"])
+            self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                            (self.score_key, text, *got, seconds))
+        latency = self.costs.predict(self.work.genome(payload)).latency_ms
+        row = np.array([self.fp32 - float(got[0]), float(got[2]), float(latency)])
         out = (row, None if got[1] is None else float(got[1]))
         self._memo[g] = out
         return out
@@ -158,12 +168,12 @@ class LayerSpace:
 
 
 def _valid_row(row: Sequence[Any]) -> bool:
-    """accuracy in [0, 1], mean cosine None or in [-1, 1], bytes and latency finite and >= 0."""
+    """accuracy in [0, 1], mean cosine None or in [-1, 1], bytes finite and >= 0."""
     import math
 
-    accuracy, cosine, size, latency = row
-    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (accuracy, size, latency))
-    return (numbers and 0.0 <= accuracy <= 1.0 and size >= 0 and latency >= 0
+    accuracy, cosine, size = row
+    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (accuracy, size))
+    return (numbers and 0.0 <= accuracy <= 1.0 and size >= 0
             and (cosine is None or (isinstance(cosine, (int, float)) and -1.0 - 1e-9 <= cosine <= 1.0 + 1e-9)))
 
 

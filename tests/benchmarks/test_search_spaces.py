@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks import bench_search
 from benchmarks.search_spaces import LayerSpace
@@ -108,3 +109,26 @@ def test_two_open_spaces_each_score_on_their_own_model(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(quantize, "SCOPED_BUILD_CHANGES", (*quantize.SCOPED_BUILD_CHANGES, (99, frozenset({"Conv"}))))
     assert LayerSpace("digits-cnn-layers", tmp_path / "c").key != cnn.key  # a Conv build change renews it
+
+
+def test_a_cost_model_change_renews_the_space_key_and_reuses_the_scores(tmp_path: Path, monkeypatch) -> None:
+    """The predicted latency is never read from the cache: a changed profile moves it (and the key the
+    stored runs are filed under) while the genome's scores come from the cache unchanged."""
+    import profiles
+
+    space = LayerSpace("digits-vit-layers", tmp_path)
+    genome = tuple([1] * len(space.names))
+    row = space.rows[genome].copy()
+    real = profiles.load_profile
+
+    def slower(name, *a, **k):
+        prof = real(name, *a, **k)
+        prof.data["overhead"]["per_inference_us"]["value"] += 1000.0  # 1 ms more on every genome
+        return prof
+
+    monkeypatch.setattr(profiles, "load_profile", slower)
+    other = LayerSpace("digits-vit-layers", tmp_path)
+    got = other.rows[genome]
+    assert other.key != space.key and other.score_key == space.score_key
+    assert other.evaluation_seconds == 0.0  # scored from the cache
+    assert np.array_equal(got[:2], row[:2]) and got[2] == pytest.approx(row[2] + 1.0)
