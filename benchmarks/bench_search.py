@@ -182,8 +182,12 @@ def genome_dict(genome: Genome, groups: list[list[str]]) -> dict[str, Any]:
     return {"layers": layers}
 
 
-def table_key(work: Any, profile: Any) -> dict[str, Any]:
+def table_key(work: Any) -> dict[str, Any]:
+    """What the stored scores (accuracy, cosine, bytes) depend on. Latency is not stored: it is
+    predicted when the table is opened, by today's cost model and profile (``_table_from``)."""
     import onnxruntime
+
+    from harness.quant.quantize import build_version
 
     assert work.eval_data is not None
     return {
@@ -191,8 +195,7 @@ def table_key(work: Any, profile: Any) -> dict[str, Any]:
         "calib": work.calib.sha256,
         "eval": work.eval_data.sha256,
         "onnxruntime": onnxruntime.__version__,
-        "profile": profile.name,
-        "calibration_id": profile.calibration_id,
+        "build": build_version(lay.op_type for lay in work.model.layers),
         "groups": [[g[0], list(g[1]), [list(c) for c in g[2]]] for g in GROUPS],
     }
 
@@ -208,18 +211,22 @@ def build_table(results: Path, fresh: bool = False, workers: int = 2) -> Table:
 
     work = Workload.open(WORKLOAD)
     profile = load_profile(PROFILE)
-    key = table_key(work, profile)
+    costs = CostTable(work.model.layers, profile, GraphStats.of(work.model))
+    groups = group_layers(work.model.layer_names)
+
+    def latency(genome: Sequence[int]) -> float:
+        return float(costs.predict(work.genome(genome_dict(tuple(genome), groups))).latency_ms)
+
+    key = table_key(work)
     path = results / TABLE_NAME
     if path.exists() and not fresh:
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
-            return _table_from(stored)
+            return _table_from(stored, latency)
         print(f"{path}: stored for other inputs; rebuilding", file=sys.stderr)
-    groups = group_layers(work.model.layer_names)
     sizes = [len(g[2]) for g in GROUPS]
     genomes: list[Genome] = [tuple(g) for g in product(*[range(n) for n in sizes])]
     fp32 = work.evaluate(None).accuracy
-    costs = CostTable(work.model.layers, profile, GraphStats.of(work.model))
     t0 = time.perf_counter()
     payload = [genome_dict(g, groups) for g in genomes]
     if workers > 1:
@@ -230,24 +237,25 @@ def build_table(results: Path, fresh: bool = False, workers: int = 2) -> Table:
         hosts = [evaluate_genome(p) for p in payload]
     elapsed = time.perf_counter() - t0
     rows = []
-    for g, data, host in zip(genomes, payload, hosts):
+    for g, host in zip(genomes, hosts):
         if "error_kind" in host:
             raise RuntimeError(f"genome {g} failed to build: {host['message']}")
-        pred = costs.predict(work.genome(data))
         rows.append({"genome": list(g), "accuracy": host["accuracy"], "mean_cosine": host.get("mean_cosine"),
-                     "weight_bytes": host["weight_bytes"], "latency_ms": pred.latency_ms})
+                     "weight_bytes": host["weight_bytes"]})
     stored = {"key": key, "fp32_accuracy": fp32, "groups": [[g[0], len(m)] for g, m in zip(GROUPS, groups)],
               "evaluation_seconds": elapsed, "workers": workers, "n": len(rows), "rows": rows,
               "environment": common.environment()}
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(stored, separators=(",", ":")) + "\n")
     print(f"evaluated {len(rows)} genomes in {elapsed:.0f} s with {workers} workers -> {path}", file=sys.stderr)
-    return _table_from(stored)
+    return _table_from(stored, latency)
 
 
-def _table_from(stored: dict[str, Any]) -> Table:
+def _table_from(stored: dict[str, Any], latency: Callable[[Sequence[int]], float]) -> Table:
+    """The stored scores, with each genome's latency predicted now."""
     fp32 = float(stored["fp32_accuracy"])
-    rows = {tuple(r["genome"]): np.array([fp32 - r["accuracy"], r["weight_bytes"], r["latency_ms"]], dtype=float)
+    rows = {tuple(r["genome"]): np.array([fp32 - r["accuracy"], r["weight_bytes"], latency(r["genome"])],
+                                         dtype=float)
             for r in stored["rows"]}
     choices = [list(g[2]) for g in GROUPS]
     return Table(choices, [g[0] for g in GROUPS], rows,
