@@ -41,7 +41,11 @@ Runtime runs ConvInteger, QLinearConv with per-channel zero points and a float C
 weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers); a
 Conv's kernel depends on who reads it (``genome_classes``): ONNX Runtime has no integer Conv with a
 float output, so a static int8 Conv read by a 16-bit, 4-bit, emulated-width or float layer runs as a
-float Conv of dequantized tensors (``unfused``, costed as the dequantizing fallback); and where the weights a
+float Conv of dequantized tensors (``unfused``, costed as the dequantizing fallback), and the ops a
+runtime adds around a Conv depend on its neighbours too (``conv_output``: the Relu / Clip a dynamic
+Conv cannot fuse, the NCHWc layout reorders on either side of a float Conv, each costed as one of
+the rest of the graph's ops; an op type may have its own ``asymmetric_weight_factor``,
+``Conv:native_dynamic``); and where the weights a
 run reads (dequantized copies included) exceed the last-level cache (``memory.cache_bytes``), every
 byte streams from DRAM on every run (``beyond_cache_us``: MiniLM in fp32 does, the 384-wide two-block
 transformer does not).
@@ -84,6 +88,9 @@ class ConvOutput:
     others: int = 0
     output: bool = False
     never_negative: bool = False
+    #: the Relu / Clip ops of that chain (a runtime fuses them into a float or QLinear Conv, not
+    #: into ONNX Runtime's ConvInteger)
+    activations: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,15 @@ class GraphStats:
     def conv_output_map(self) -> dict[str, ConvOutput]:
         """``conv_outputs`` by layer name, made once (``genome_classes`` reads it for every genome)."""
         return dict(self.conv_outputs)
+
+    @functools.cached_property
+    def conv_producers(self) -> dict[str, tuple[str, ...]]:
+        """The Conv layers whose output each layer reads (past their fused activations)."""
+        out: dict[str, list[str]] = {}
+        for name, conv in self.conv_outputs:
+            for reader in conv.readers:
+                out.setdefault(reader, []).append(name)
+        return {k: tuple(v) for k, v in out.items()}
 
     @classmethod
     def of(cls, model: ModelLike) -> GraphStats:
@@ -175,9 +191,10 @@ def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:
     for node in graph.node:
         if node.op_type != "Conv" or node.name not in layer_of or not node.output:
             continue
-        tensor, never_negative = node.output[0], False
+        tensor, never_negative, activations = node.output[0], False, 0
         while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Relu", "Clip"):
             act = consumers[tensor][0]
+            activations += 1
             floor = 0.0 if act.op_type == "Relu" else floor_of(act)
             never_negative = never_negative or (floor is not None and floor >= 0.0)
             tensor = act.output[0]
@@ -189,7 +206,8 @@ def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:
                 readers.append(layer_of[user.name])
             else:
                 others += 1
-        out.append((layer_of[node.name], ConvOutput(tuple(readers), others, tensor in outputs, never_negative)))
+        out.append((layer_of[node.name],
+                    ConvOutput(tuple(readers), others, tensor in outputs, never_negative, activations)))
     return tuple(out)
 
 
@@ -228,6 +246,13 @@ class ExecClass(NamedTuple):
     #: a static integer Conv whose output is not quantized for it, on a runtime without an integer
     #: Conv of float output (``genome_classes``): it runs as a float Conv of dequantized tensors
     unfused: bool = False
+    #: ops the runtime adds around the layer under this genome (``genome_classes``), each costed as
+    #: one of the rest of the graph's over the layer's output elements: the Relu / Clip after a
+    #: dynamic Conv, which it cannot fuse, and the layout reorders before (over the input elements)
+    #: and after a blocked-layout float Conv
+    activations: int = 0
+    reorders_in: int = 0
+    reorders_out: int = 0
 
 
 def precision_tokens(gene: GeneLike) -> ExecClass:
@@ -279,7 +304,47 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
             continue
         if not conv_output_quantized(out, genes, rule["fused_reader_bits"]):
             classes[i] = c._replace(unfused=True)
+    if rule.get("dynamic_activation_unfused"):
+        for i, (lay, c) in enumerate(zip(layers, classes)):
+            out = outs.get(lay.name)
+            if (out is not None and out.activations and c.activation == "dynamic" and c.kernel == "qdq"
+                    and not _clip_meets_its_quantize(out, genes)):
+                classes[i] = classes[i]._replace(activations=out.activations)
+    block = int(rule.get("layout_block", 0) or 0)
+    if block and graph is not None:
+        blocked = {lay.name: blocked_layout(lay, c, block) for lay, c in zip(layers, classes)}
+        for i, lay in enumerate(layers):
+            out = outs.get(lay.name)
+            if not blocked[lay.name]:
+                continue
+            c = classes[i]
+            if out is not None and any(not blocked.get(r, False) for r in out.readers):
+                c = c._replace(reorders_out=1)  # reorder back to the plain layout
+            if any(not blocked.get(p, False) for p in graph.conv_producers.get(lay.name, ())):
+                c = c._replace(reorders_in=1)  # reorder into the blocked layout
+            classes[i] = c
     return classes
+
+
+def _clip_meets_its_quantize(out: ConvOutput, genes: Mapping[str, GeneLike]) -> bool:
+    """Whether a Conv's Relu / Clip chain is followed by one QuantizeLinear alone (its one reader
+    quantizes its input statically, at a width stored as such: an emulated width puts qae's own Clip
+    between), which the runtime folds the chain into (ONNX Runtime's Relu/Clip-QuantizeLinear fusion)."""
+    if out.output or out.others or len(out.readers) != 1:
+        return False
+    gene = genes[out.readers[0]]
+    return bool(gene.static_activation) and int(gene.activation_bits) in (4, 8, 16)
+
+
+def blocked_layout(layer: LayerLike, c: ExecClass, block: int) -> bool:
+    """Whether a Conv layer runs in the runtime's blocked channel layout (ONNX Runtime's NCHWc): a
+    float Conv of constant weights whose output channels, and input channels (or, for one group, an
+    input of fewer channels than a block) fill whole blocks."""
+    if layer.op_type != "Conv" or c.weight != "fp32" or len(layer.weight_shape) < 2:
+        return False
+    groups = int(getattr(layer, "groups", 1) or 1)
+    cout, cin = int(layer.weight_shape[0]), int(layer.weight_shape[1]) * groups
+    return cout % block == 0 and (cin % block == 0 or (groups == 1 and cin < block))
 
 
 def exec_kind(c: ExecClass, profile: Profile) -> str:
@@ -433,6 +498,8 @@ class LayerCost:
     #: bytes of weights (and of weights dequantized on the fly) a run reads: what streams from DRAM
     #: when the model's sum of them exceeds the last-level cache (``beyond_cache_us``)
     read_bytes: float = 0.0
+    #: of ``latency_us``, what a per-op profile cannot attribute to the layer (its layout reorders)
+    unattributed_us: float = 0.0
 
 
 def kernel_rate(profile: Profile, kernel: str, bits: int, accuracy: int = 0) -> dict[str, float] | None:
@@ -589,7 +656,8 @@ def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) 
             scale_bytes = _BYTES[profile.data["float_type"]]
             lc.weight_bytes = _block_bytes(layer.params, int(c.weight[3:]), c.block, c.zero_points, scale_bytes)
         return lc
-    return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points, c.unfused)
+    return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points, c.unfused,
+                      c.activations, c.reorders_in, c.reorders_out)
 
 
 def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str, asymmetric: bool) -> str | None:
@@ -645,8 +713,24 @@ def dynamic_rescale_us(layer: LayerLike, profile: Profile) -> float:
     return ops * (profile.num("overhead", "other_op_us") + out_el * per_el / 1e3)
 
 
+def asymmetric_key(profile: Profile, op_type: str, path: str) -> str | None:
+    """The ``asymmetric_weight_factor`` entry an op type's asymmetric layer on ``path`` takes: its op
+    type's own (``Conv:native_dynamic``) where the profile has one, else the path's."""
+    node = profile.data.get("asymmetric_weight_factor", {})
+    for key in (f"{op_type}:{path}", path):
+        if key in node:
+            return key
+    return None
+
+
+def asymmetric_factor(profile: Profile, op_type: str, path: str) -> Any:
+    key = asymmetric_key(profile, op_type, path)
+    return None if key is None else profile.data["asymmetric_weight_factor"][key]
+
+
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel",
-               asymmetric: bool = False, unfused: bool = False) -> LayerCost:
+               asymmetric: bool = False, unfused: bool = False, activations: int = 0, reorders_in: int = 0,
+               reorders_out: int = 0) -> LayerCost:
     """The cost of one layer on one QDQ execution path (see the module docstring for the formula);
     ``unfused``: a native Conv that runs as a float Conv of dequantized tensors (``genome_classes``),
     costed as the dequantizing fallback of its types."""
@@ -695,7 +779,8 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         us += float(conv["per_op_us"]["value"]) + touched * dq.get(wt, 0.0) / 1e3
         spill = profile.data.get("dequantize_spill_ns_per_element", {})
         if wt in spill:  # dequantized weights that do not fit on chip cost more per element
-            spilled = max(0.0, touched - onchip / _BYTES[p.compute])
+            start = profile.data["memory"].get("dequantize_spill_bytes", {}).get("value", onchip)
+            spilled = max(0.0, touched - float(start) / _BYTES[p.compute])
             us += spilled * float(spill[wt]["value"]) / 1e3
         us += (in_el + out_el) * float(conv["ns_per_element"]["value"]) / 1e3
         transient = touched * _BYTES[p.compute]
@@ -712,12 +797,20 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     if asymmetric and p.kind == "native" and gkey is None:
         # unsigned weights with zero points: ONNX Runtime's u8u8 GEMMs lack the u8s8 VNNI path (a
         # grouped Conv runs a depthwise kernel or per-group GEMMs: ``grouped_conv`` costs those)
-        asym = profile.data.get("asymmetric_weight_factor", {}).get(op_path(p.kind, at))
+        asym = asymmetric_factor(profile, layer.op_type, op_path(p.kind, at))
         if asym is not None:
             us *= float(asym["value"])
     us += spatial_conv_us(layer, op_path(p.kind, at), profile)
     if p.kind == "native" and at == "dynamic":
         us += dynamic_rescale_us(layer, profile)
+    unattributed = 0.0
+    if activations or reorders_in or reorders_out:
+        per_op, per_el = profile.num("overhead", "other_op_us"), profile.num("overhead", "other_ns_per_element")
+        us += activations * (per_op + out_el * per_el / 1e3)
+        # a per-op profile names a reorder after no node of the model: it cannot be told whose it is
+        unattributed = (reorders_in * (per_op + in_el * per_el / 1e3)
+                        + reorders_out * (per_op + out_el * per_el / 1e3))
+        us += unattributed
     if unfused:
         kind = "unfused"
     if grouped > 0:
@@ -731,7 +824,7 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         + extra_j
     )
     read = touched * (_BYTES[wt] if wt != "fp32" else _BYTES[ft]) + 2 * transient  # written, then read
-    return LayerCost(us, joules, wbytes, abytes, transient, kind, p.compute, read)
+    return LayerCost(us, joules, wbytes, abytes, transient, kind, p.compute, read, unattributed)
 
 
 @dataclass
@@ -859,6 +952,8 @@ class CostTable:
                 "weight_bits": gene.weight_bits, "activation_bits": gene.activation_bits,
                 "kernel": str(getattr(gene, "kernel", None) or "qdq"), "gemm_rows": _rows_or_none(layer),
                 "path": lc.path, "compute": lc.compute, "latency_ms": lc.latency_us / 1e3,
+                # of it, the ops a per-op profile cannot tie to the layer (layout reorders)
+                "unattributed_ms": lc.unattributed_us / 1e3,
                 "energy_j": lc.energy_j + self.power_w * lc.latency_us * 1e-6,
                 "weight_bytes": lc.weight_bytes,
             })

@@ -26,6 +26,7 @@ from scipy.optimize import least_squares
 from profiles.costmodel import (
     ExecClass,
     GraphStats,
+    asymmetric_key,
     beyond_cache_us,
     cost_of,
     exec_kind,
@@ -163,16 +164,17 @@ def spatial_params(profile: Profile, samples: Sequence[Sample | LayerSample]) ->
 def asymmetric_params(profile: Profile, samples: Sequence[Sample | LayerSample]) -> list[Param]:
     """The ``asymmetric_weight_factor`` of each path some sample's asymmetric integer layer runs on
     (a grouped Conv's are the grouped term's, not a GEMM's)."""
-    node = profile.data.get("asymmetric_weight_factor", {})
     used = set()
     for layer, ec in _layer_classes(samples):
         if ec.kernel != "qdq" or not ec.zero_points or ec.granularity == "block":
             continue
         kind = exec_kind(ec, profile)
         if kind == "native" and grouped_path(layer, kind, ec.activation, ec.granularity, True) is None:
-            used.add(op_path(kind, ec.activation))
+            key = asymmetric_key(profile, layer.op_type, op_path(kind, ec.activation))
+            if key is not None:
+                used.add(key)
     return [Param(("asymmetric_weight_factor", key), lo=OP_FACTOR_BOUNDS[0], hi=OP_FACTOR_BOUNDS[1])
-            for key in sorted(k for k in used if k in node)]
+            for key in sorted(used)]
 
 
 #: bounds of a fitted op factor: a kernel 20x off the shared rates is a model to fix, not to fit
@@ -260,7 +262,7 @@ def predict_layers_ms(samples: Sequence[LayerSample], profile: Profile) -> np.nd
         # the layer's share of its model's DRAM streaming, where the model's weights exceed the cache
         stream = beyond_cache_us(s.model_read_bytes, profile) * lc.read_bytes / s.model_read_bytes \
             if s.model_read_bytes > 0 else 0.0
-        out.append((lc.latency_us + stream) / 1e3)
+        out.append((lc.latency_us - lc.unattributed_us + stream) / 1e3)
     return np.array(out)
 
 

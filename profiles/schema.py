@@ -208,7 +208,7 @@ SCHEMA: dict[str, Any] = {
                            # when a model's weights read per run exceed it (costmodel.beyond_cache_us)
                            "cache_bytes": NONNEG, "beyond_cache_ns_per_byte": NONNEG,
                            # the L1 data cache of one core (overhead.other_ns_per_element_beyond_l1)
-                           "l1_bytes": NONNEG},
+                           "l1_bytes": NONNEG, "dequantize_spill_bytes": NONNEG},
         },
         "overhead": {
             "type": "object",
@@ -244,7 +244,10 @@ SCHEMA: dict[str, Any] = {
         "op_factors": {"type": "object", "additionalProperties": _table(POS, OP_PATHS)},
         # Optional: how much slower an integer layer runs with asymmetric (zero-pointed) weights, per
         # path (native: static activations; native_dynamic: dynamic ones).
-        "asymmetric_weight_factor": _table(POS, ("native", "native_dynamic")),
+        # a path's factor, or an op type's own on it ("Conv:native_dynamic": ORT's ConvInteger runs
+        # unsigned weights faster than signed ones, its MatMuls the other way round)
+        "asymmetric_weight_factor": _table(POS, ("native", "native_dynamic", "Conv:native", "Conv:native_dynamic",
+                                                 "Gemm:native", "Gemm:native_dynamic")),
         # Optional: the paths on which a grouped (depthwise) Conv has no grouped kernel and runs a
         # GEMM per group (ONNX Runtime's ConvInteger, QLinearConv with unsigned weights): the cost
         # per group and per output element added to the layer's.
@@ -278,6 +281,13 @@ SCHEMA: dict[str, Any] = {
                                                                              "maximum": 16}},
                            # elementwise ops rescaling a dynamic Conv's int32 output (ConvInteger)
                            "dynamic_rescale_ops": {"type": "integer", "minimum": 0, "maximum": 16},
+                           # the Relu / Clip after a dynamic Conv runs as an op of its own (the runtime
+                           # fuses it into a float or QLinear Conv only)
+                           "dynamic_activation_unfused": {"type": "boolean"},
+                           # a float Conv of constant weights runs in a blocked channel layout
+                           # (ONNX Runtime's NCHWc, this many channels a block): a reorder op goes
+                           # between it and a Conv layer that does not
+                           "layout_block": {"type": "integer", "minimum": 1, "maximum": 64},
                            "source": {"type": "string", "minLength": 1}},
         },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),

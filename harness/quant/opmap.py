@@ -4,9 +4,11 @@ profile (agent 1.5 ``op_profile``).
 A layer owns its main node (the MatMul / Conv / Gemm / Gather that reads its weight, or the node a
 block kernel replaced it with) and the quantization plumbing that feeds only it: the Quantize /
 DequantizeLinear pairs on its activation, the DequantizeLinear of its weight and bias, and the
-helper nodes qae inserts for it. Walking back from the main node through plumbing ops finds them
-without relying on names. Everything else (layer norms, softmax, reshapes, bias adds, residuals) is
-"unattributed" and reported by op type, so per-layer times and the rest add up to the profile.
+helper nodes qae inserts for it; a Conv also owns the Relu / Clip its output alone goes through
+(fused into a float or QLinear Conv, an op of its own after ConvInteger). Walking back from the main
+node through plumbing ops finds them without relying on names. Everything else (layer norms,
+softmax, reshapes, bias adds, residuals, a runtime's layout reorders) is "unattributed" and reported
+by op type, so per-layer times and the rest add up to the profile.
 
 ONNX Runtime profiles the graph it ran, after its fusions. A fused kernel keeps the name of the node
 it replaced (a QDQ MatMul runs as ``MatMulIntegerToFloat`` under the MatMul's name, its
@@ -122,6 +124,17 @@ def node_layers(proto: Any, layers: Sequence[Any]) -> dict[str, str]:
                                 for t in nodes[j].input if producer.get(t) in mine)):
                             mine.add(j)
                             changed = True
+        if layer.op_type == "Conv":
+            # the Relu / Clip a Conv's output alone goes through: fused into a float or QLinear Conv
+            # (its kernel is then named after it), an op of its own after ConvInteger's rescaling
+            for i in sorted(mine):
+                tensor = nodes[i].output[0] if nodes[i].output else None
+                while tensor is not None and len(readers.get(tensor, [])) == 1:
+                    j = readers[tensor][0]
+                    if j in mine or nodes[j].op_type not in ("Relu", "Clip") or plumbing(j) or nodes[j].name in out:
+                        break
+                    mine.add(j)
+                    tensor = nodes[j].output[0] if nodes[j].output else None
         for i in mine:
             out[nodes[i].name] = layer.name
     return out

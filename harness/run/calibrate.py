@@ -72,8 +72,10 @@ MICRO_GENES = {
     "w8a8asym": {"weight_bits": 8, "activation_bits": 8, "scheme": "asymmetric"},
 }
 #: more fitted uniform candidates of a suite model, for paths its random mixes may miss: digits-cnn's
-#: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``)
-EXTRA_UNIFORMS = {"builtin:digits-cnn": ("w8a8asym", "w8fp")}
+#: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``), and
+#: its small Convs on the dequantizing (int4, int16) and 4-bit weight-only paths, which dequantize
+#: far faster per element than MiniLM's large MatMuls (``memory.dequantize_spill_bytes``)
+EXTRA_UNIFORMS = {"builtin:digits-cnn": ("w8a8asym", "w8fp", "w4a8", "w16a16", "w4fp")}
 #: Embedding-Gather genes: fp32, int8 per-tensor (qae's per-row int8 Gather build fails in ORT
 #: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales), and int4
 #: weight-only, whose table ORT dequantizes whole on every run)

@@ -315,7 +315,9 @@ class DeviceTarget:
         measured = profiled.corrected_to(float(rec.latency_ms["p50"]))
         pred = self.table.predict(job.genome)
         scale = getattr(self.table, "scale", 1.0)
-        predicted = {"layers": {r["layer"]: float(r["latency_ms"]) * scale for r in pred.layers},
+        # like with like: the reorders a profile cannot attribute are the measured split's "unattributed"
+        predicted = {"layers": {r["layer"]: (float(r["latency_ms"]) - float(r.get("unattributed_ms", 0.0))) * scale
+                                for r in pred.layers},
                      "latency_ms": float(pred.latency_ms), "calibration_id": pred.calibration_id}
         row = measured.to_dict()
         row.pop("nodes")  # the archive keeps the split; the per-node list (ORT's graph, not the model's) is dropped

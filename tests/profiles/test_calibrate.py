@@ -107,7 +107,8 @@ def test_layer_errors_point_at_the_kernel_a_profile_gets_wrong() -> None:
     samples = _samples()
     per_layer = _layer_samples(samples)
     wrong = load_profile("host-cpu").copy()
-    wrong.data["dequantize_ns_per_element"]["int16"]["value"] *= 3.0  # only int16 layers move
+    for table in ("dequantize_ns_per_element", "dequantize_spill_ns_per_element"):
+        wrong.data[table]["int16"]["value"] *= 3.0  # only int16 layers move
     by_kind = layer_errors(per_layer, wrong)["fit"]["by_kind"]
     worst = max(by_kind, key=lambda k: by_kind[k]["mape"])
     assert worst == "MatMul int16/int16 dequantize" and by_kind[worst]["bias"] > 0.5

@@ -298,8 +298,9 @@ def test_model_layers_carry_their_conv_groups() -> None:
 def test_asymmetric_weights_slow_an_integer_layer_by_the_profile_s_factor() -> None:
     """ONNX Runtime stores asymmetric weights unsigned, and its u8u8 GEMM lacks the u8s8 VNNI path:
     MiniLM's 384x1536 int8 MatMuls ran 2.0x (static) and 2.3x (dynamic) slower asymmetric. Weight-only
-    and float layers, and a profile without the factor, cost as before."""
-    from profiles.costmodel import ExecClass, cost_of, dynamic_rescale_us
+    and float layers, and a profile without the factor, cost as before. A Conv takes its op type's own
+    entry where the profile has one (``Conv:native_dynamic``: ConvInteger is the other way round)."""
+    from profiles.costmodel import ExecClass, asymmetric_factor, cost_of, dynamic_rescale_us
 
     profile = load_profile("host-cpu")
     plain = profile.copy()
@@ -307,8 +308,8 @@ def test_asymmetric_weights_slow_an_integer_layer_by_the_profile_s_factor() -> N
     mm = _conv(1, channels=384, side=8, name="mm", kernel=1)  # a 1x1 Conv is a GEMM; any op type takes it
     for act, key in (("int8", "native"), ("dynamic", "native_dynamic")):
         sym, asym = ExecClass("int8", act, "channel"), ExecClass("int8", act, "channel", zero_points=True)
-        factor = profile.num("asymmetric_weight_factor", key)
-        assert factor > 1.5
+        assert profile.num("asymmetric_weight_factor", key) > 1.5  # a MatMul's
+        factor = float(asymmetric_factor(profile, "Conv", key)["value"])
         # the ops rescaling a dynamic Conv's int32 output do not read the weights: not scaled
         rescale = dynamic_rescale_us(mm, profile) if act == "dynamic" else 0.0
         assert cost_of(mm, asym, profile).latency_us - rescale == pytest.approx(
@@ -361,3 +362,45 @@ def test_the_rest_of_the_graph_pays_more_per_element_for_outputs_beyond_l1() -> 
     assert large.fixed_us(profile) - large.fixed_us(plain) == pytest.approx(
         8 * limit * profile.num("overhead", "other_ns_per_element_beyond_l1") / 1e3)
     assert large.fixed_us(profile) > large.fixed_us(plain) > 0
+
+
+def test_a_dynamic_conv_of_asymmetric_weights_is_costed_cheaper_a_matmul_dearer() -> None:
+    """ORT's ConvInteger runs unsigned (asymmetric) weights faster than signed ones, its dynamic
+    MatMul the other way round: the profile's ``Conv:native_dynamic`` entry overrides the path's."""
+    from harness.core.model import LayerSpec
+    from profiles.costmodel import layer_cost
+
+    profile = load_profile("host-cpu")
+    factors = profile.data["asymmetric_weight_factor"]
+    assert factors["Conv:native_dynamic"]["value"] < 1 < factors["native_dynamic"]["value"]
+    conv = LayerSpec("c", "/c/Conv", "Conv", "w", (64, 64, 1, 1), 4096, 4096 * 16, "x", "y", 0,
+                     input_elements=1024, output_elements=1024)
+    matmul = LayerSpec("m", "/m/MatMul", "MatMul", "w", (384, 384), 384 * 384, 16 * 384 * 384, "x", "y", 1)
+    for layer, cheaper in ((conv, True), (matmul, False)):
+        sym = layer_cost(layer, "int8", "dynamic", profile).latency_us
+        asym = layer_cost(layer, "int8", "dynamic", profile, asymmetric=True).latency_us
+        assert (asym < sym) == cheaper, layer.op_type
+
+
+def test_dequantized_weights_pay_the_spill_rate_beyond_the_profile_s_spill_bytes_only() -> None:
+    """A dequantizing layer pays ``dequantize_spill_ns_per_element`` on the weights whose float copy
+    exceeds ``memory.dequantize_spill_bytes`` (the L1 cache on host-cpu; ``onchip_bytes`` where a
+    profile names none): digits-cnn's 8k-weight Convs dequantize far faster per element than MiniLM's."""
+    from harness.core.model import LayerSpec
+    from profiles.costmodel import layer_cost
+
+    profile = load_profile("host-cpu")
+    start = profile.num("memory", "dequantize_spill_bytes") / 4  # fp32 elements
+    spill = profile.num("dequantize_spill_ns_per_element", "int16")
+
+    def cost(n: int, prof=profile) -> float:  # type: ignore[no-untyped-def]
+        layer = LayerSpec("m", "/m/MatMul", "MatMul", "w", (n, 64), n * 64, n * 64, "x", "y", 1)
+        return layer_cost(layer, "int16", "int16", prof).latency_us
+
+    small, large = int(start) // 64, int(start) // 64 * 4
+    base = profile.num("dequantize_ns_per_element", "int16")
+    grow = cost(large) - cost(small)
+    assert grow == pytest.approx((large - small) * 64 * base / 1e3 + (large * 64 - start) * spill / 1e3, rel=0.05)
+    without = profile.copy()
+    del without.data["memory"]["dequantize_spill_bytes"]  # from onchip_bytes (1 MB): no spill at this size
+    assert cost(large, without) < cost(large)

@@ -491,6 +491,47 @@ def test_the_cost_model_costs_the_kernel_each_conv_runs_as_on_random_mixes(tmp_p
     assert {"native", "unfused", "float", "weight_only", "dequantize"} <= seen  # every path was tried
 
 
+def test_the_cost_model_counts_the_ops_ort_adds_around_convs_on_random_mixes(tmp_path: Path) -> None:
+    """ONNX Runtime adds ops the quantized graph does not hold, depending on the neighbours: NCHWc
+    reorders between a float Conv of constant weights and a Conv layer that is not one, and the Relu /
+    Clip after a dynamic Conv where no QuantizeLinear of the next layer absorbs it. Over random mixes of
+    the convolutional built-in, the classes ``genome_classes`` gives (``reorders_in`` / ``reorders_out``
+    / ``activations``) count them exactly in ORT's fully optimised graph (plus the one reorder after
+    the pool when the last Conv runs NCHWc, which is the same for every genome that keeps it float)."""
+    import onnxruntime as ort
+
+    from harness.quant.workload import Workload
+    from harness.run.calibrate import mixed_genome
+    from profiles import load_profile
+    from profiles.costmodel import GraphStats, cost_of, genome_classes
+
+    work = Workload.open("builtin:digits-cnn")
+    profile = load_profile("host-cpu")
+    graph = GraphStats.of(work.model)
+    names = [lay.name for lay in work.model.layers]
+    counted = {"reorders": 0, "activations": 0}
+    for seed in range(24):
+        mix = mixed_genome(names, 1900 + seed)
+        _write(work, mix, tmp_path / "m.onnx")
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "all.onnx")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # it warns that an NCHWc graph is hardware-specific
+        ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(str(tmp_path / "all.onnx")).graph.node
+        classes = genome_classes(work.model.layers, work.genome(mix), profile, graph)
+        last_float = classes[names.index("blocks.3.pw")].weight == "fp32"
+        reorders = sum(c.reorders_in + c.reorders_out for c in classes)
+        assert sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes) == reorders + last_float, seed
+        own = sum(n.op_type in ("Relu", "Clip") and not n.name.startswith("qae_clip") for n in nodes)
+        assert own == sum(c.activations for c in classes), seed
+        for layer, c in zip(work.model.layers, classes):  # a profile cannot attribute the reorders
+            assert (cost_of(layer, c, profile).unattributed_us > 0) == bool(c.reorders_in + c.reorders_out)
+        counted["reorders"] += reorders
+        counted["activations"] += sum(c.activations for c in classes)
+    assert min(counted.values()) > 5  # both kinds occurred
+
+
 def test_a_weight_only_matmul_is_costed_as_the_matmulnbits_ort_makes_of_it(tmp_path: Path) -> None:
     """ONNX Runtime 1.32 rewrites a per-channel or per-tensor DequantizeLinear -> MatMul of float
     activations into MatMulNBits (block size 32): the host-cpu cost model costs that kernel
