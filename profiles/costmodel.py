@@ -709,8 +709,13 @@ def dynamic_rescale_us(layer: LayerLike, profile: Profile) -> float:
     if not ops or layer.op_type != "Conv":
         return 0.0
     _, out_el = layer_io(layer)
-    per_el = profile.num("overhead", "other_ns_per_element")
-    return ops * (profile.num("overhead", "other_op_us") + out_el * per_el / 1e3)
+    return ops * other_op_us(profile, out_el)
+
+
+def other_op_us(profile: Profile, elements: float) -> float:
+    """One of the rest of the graph's ops writing ``elements``: ``overhead.other_op_us`` plus
+    ``other_ns_per_element`` over them (what a runtime adds around a layer is costed as one)."""
+    return profile.num("overhead", "other_op_us") + elements * profile.num("overhead", "other_ns_per_element") / 1e3
 
 
 def asymmetric_key(profile: Profile, op_type: str, path: str) -> str | None:
@@ -805,11 +810,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         us += dynamic_rescale_us(layer, profile)
     unattributed = 0.0
     if activations or reorders_in or reorders_out:
-        per_op, per_el = profile.num("overhead", "other_op_us"), profile.num("overhead", "other_ns_per_element")
-        us += activations * (per_op + out_el * per_el / 1e3)
+        us += activations * other_op_us(profile, out_el)
         # a per-op profile names a reorder after no node of the model: it cannot be told whose it is
-        unattributed = (reorders_in * (per_op + in_el * per_el / 1e3)
-                        + reorders_out * (per_op + out_el * per_el / 1e3))
+        unattributed = reorders_in * other_op_us(profile, in_el) + reorders_out * other_op_us(profile, out_el)
         us += unattributed
     if unfused:
         kind = "unfused"
