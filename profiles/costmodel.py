@@ -248,8 +248,9 @@ class ExecClass(NamedTuple):
     unfused: bool = False
     #: ops the runtime adds around the layer under this genome (``genome_classes``), each costed as
     #: one of the rest of the graph's over the layer's output elements: the Relu / Clip after a
-    #: dynamic Conv, which it cannot fuse, and the layout reorders before (over the input elements)
-    #: and after a blocked-layout float Conv
+    #: dynamic Conv, which it cannot fuse, and the layout conversions before (over the input elements)
+    #: and after (over the output): NCHWc reorders around a blocked-layout float Conv, NHWC Transposes
+    #: around a run of integer (QLinear) Convs
     activations: int = 0
     reorders_in: int = 0
     reorders_out: int = 0
@@ -310,20 +311,38 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
             if (out is not None and out.activations and c.activation == "dynamic" and c.kernel == "qdq"
                     and not _clip_meets_its_quantize(out, genes)):
                 classes[i] = classes[i]._replace(activations=out.activations)
+    if rule.get("nhwc_integer_conv") and graph is not None:
+        nhwc = {lay.name: lay.op_type == "Conv" and c.kernel == "qdq" and c.activation not in ("fp32", "dynamic")
+                and not c.unfused and kinds.get((c.weight, c.activation)) == "native"
+                for lay, c in zip(layers, classes)}
+        _layout_changes(layers, classes, nhwc, graph)
     block = int(rule.get("layout_block", 0) or 0)
     if block and graph is not None:
         blocked = {lay.name: blocked_layout(lay, c, block) for lay, c in zip(layers, classes)}
-        for i, lay in enumerate(layers):
-            out = outs.get(lay.name)
-            if not blocked[lay.name]:
-                continue
-            c = classes[i]
-            if out is not None and any(not blocked.get(r, False) for r in out.readers):
-                c = c._replace(reorders_out=1)  # reorder back to the plain layout
-            if any(not blocked.get(p, False) for p in graph.conv_producers.get(lay.name, ())):
-                c = c._replace(reorders_in=1)  # reorder into the blocked layout
-            classes[i] = c
+        _layout_changes(layers, classes, blocked, graph, from_any_input=False, to_any_output=False)
     return classes
+
+
+def _layout_changes(layers: Sequence[LayerLike], classes: list[ExecClass], inside: Mapping[str, bool],
+                    graph: GraphStats, from_any_input: bool = True, to_any_output: bool = True) -> None:
+    """Mark the layout conversions a runtime adds around the Conv layers that run in a layout of their
+    own (``inside``): one into it where a producing Conv layer is not in it, and one out of it where a
+    reading layer is not. ``from_any_input``: also into it where no Conv layer produces the input (ORT's
+    NHWC Transpose after a QuantizeLinear of the graph input; an NCHWc Conv reads a plain input itself);
+    ``to_any_output``: also out of it before a graph output or another op (a pool, an Add)."""
+    outs = graph.conv_output_map
+    for i, lay in enumerate(layers):
+        if not inside.get(lay.name):
+            continue
+        c = classes[i]
+        out = outs.get(lay.name)
+        producers = graph.conv_producers.get(lay.name, ())
+        if any(not inside.get(p, False) for p in producers) or (from_any_input and not producers):
+            c = c._replace(reorders_in=1)
+        if out is not None and (any(not inside.get(r, False) for r in out.readers)
+                                or (to_any_output and (out.output or bool(out.others)))):
+            c = c._replace(reorders_out=1)
+        classes[i] = c
 
 
 def _clip_meets_its_quantize(out: ConvOutput, genes: Mapping[str, GeneLike]) -> bool:

@@ -288,6 +288,9 @@ SCHEMA: dict[str, Any] = {
                            # (ONNX Runtime's NCHWc, this many channels a block): a reorder op goes
                            # between it and a Conv layer that does not
                            "layout_block": {"type": "integer", "minimum": 1, "maximum": 64},
+                           # an integer Conv (QLinearConv) runs channels-last (ONNX Runtime's NHWC
+                           # transformer): a Transpose goes into each run of them and out of it
+                           "nhwc_integer_conv": {"type": "boolean"},
                            "source": {"type": "string", "minLength": 1}},
         },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),

@@ -493,11 +493,12 @@ def test_the_cost_model_costs_the_kernel_each_conv_runs_as_on_random_mixes(tmp_p
 
 def test_the_cost_model_counts_the_ops_ort_adds_around_convs_on_random_mixes(tmp_path: Path) -> None:
     """ONNX Runtime adds ops the quantized graph does not hold, depending on the neighbours: NCHWc
-    reorders between a float Conv of constant weights and a Conv layer that is not one, and the Relu /
-    Clip after a dynamic Conv where no QuantizeLinear of the next layer absorbs it. Over random mixes of
-    the convolutional built-in, the classes ``genome_classes`` gives (``reorders_in`` / ``reorders_out``
-    / ``activations``) count them exactly in ORT's fully optimised graph (plus the one reorder after
-    the pool when the last Conv runs NCHWc, which is the same for every genome that keeps it float)."""
+    reorders between a float Conv of constant weights and a Conv layer that is not one, NHWC Transposes
+    into and out of each run of QLinearConvs, and the Relu / Clip after a dynamic Conv where no
+    QuantizeLinear of the next layer absorbs it. Over random mixes of the convolutional built-in, the
+    classes ``genome_classes`` gives (``reorders_in`` / ``reorders_out`` / ``activations``) count them
+    exactly in ORT's fully optimised graph (plus the one reorder after the pool when the last Conv runs
+    NCHWc, which is the same for every genome that keeps it float)."""
     import onnxruntime as ort
 
     from harness.quant.workload import Workload
@@ -509,7 +510,7 @@ def test_the_cost_model_counts_the_ops_ort_adds_around_convs_on_random_mixes(tmp
     profile = load_profile("host-cpu")
     graph = GraphStats.of(work.model)
     names = [lay.name for lay in work.model.layers]
-    counted = {"reorders": 0, "activations": 0}
+    counted = {"reorders": 0, "transposes": 0, "activations": 0}
     for seed in range(24):
         mix = mixed_genome(names, 1900 + seed)
         _write(work, mix, tmp_path / "m.onnx")
@@ -522,12 +523,14 @@ def test_the_cost_model_counts_the_ops_ort_adds_around_convs_on_random_mixes(tmp
         classes = genome_classes(work.model.layers, work.genome(mix), profile, graph)
         last_float = classes[names.index("blocks.3.pw")].weight == "fp32"
         reorders = sum(c.reorders_in + c.reorders_out for c in classes)
-        assert sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes) == reorders + last_float, seed
+        layout_ops = sum(n.op_type in ("ReorderInput", "ReorderOutput", "Transpose") for n in nodes)
+        assert layout_ops == reorders + last_float, seed
         own = sum(n.op_type in ("Relu", "Clip") and not n.name.startswith("qae_clip") for n in nodes)
         assert own == sum(c.activations for c in classes), seed
         for layer, c in zip(work.model.layers, classes):  # a profile cannot attribute the reorders
             assert (cost_of(layer, c, profile).unattributed_us > 0) == bool(c.reorders_in + c.reorders_out)
-        counted["reorders"] += reorders
+        counted["reorders"] += sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes)
+        counted["transposes"] += sum(n.op_type == "Transpose" for n in nodes)
         counted["activations"] += sum(c.activations for c in classes)
     assert min(counted.values()) > 5  # both kinds occurred
 
