@@ -54,13 +54,15 @@ def minilm_front_items(path: Path = OUT / "headline.json") -> list[Item]:
 #: seed 2026 (ids ``report-*``, reported at ee17b49, then the beyond-cache term), seed 2027 (ids
 #: ``final-*``, reported at stop 32, then the grouped-Conv term), seed 2028 (ids ``rep28-*``, reported
 #: at 54395b6, then the Conv output Q/DQ of build 8) and seed 2029 (ids ``rep29-*``, reported at
-#: ee90691, then the asymmetric-weight factor). Seed 2030 (ids ``rep30-*``) is reported.
-REPORTED_SEED = 2033
-REPORTED_PREFIX = "rep33"
+#: ee90691, then the asymmetric-weight factor), 2030-2032 likewise, and seed 2033 (ids ``rep33-*``, reported
+#: at 6b8f543, then the Conv rules of 3f85f40 and the NHWC Transposes). Seed 2034 (ids ``rep34-*``) is reported.
+REPORTED_SEED = 2034
+REPORTED_PREFIX = "rep34"
 REPORTED_PER_WORKLOAD = 8
 #: (seed, id prefix, candidates per workload) of the sets reported once and then looked at
 DEVELOPMENT_SETS = ((2026, "report", 5), (2027, "final", 5), (2028, "rep28", 8), (2029, "rep29", 8),
-                    (2030, "rep30", 8), (2031, "rep31", 8), (2032, "rep32", 8))
+                    (2030, "rep30", 8), (2031, "rep31", 8), (2032, "rep32", 8),
+                    (2033, "rep33", 8))
 WORKLOADS = ("builtin:digits-vit", "transformer", "builtin:digits-cnn", MINILM)
 
 
