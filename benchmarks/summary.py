@@ -404,6 +404,10 @@ def _drift_sentence(drift: dict[str, Any]) -> str:
     said = "no result" if ratio is None else f"{ratio:.2f}x"
     verdict = ("beyond the bound: every model was measured again" if drift.get("moved")
                else f"within the bound: {drift.get('stored')} stored models reused")
+    ratios = drift.get("ratios") or {}
+    worst = drift.get("worst")
+    if worst in ratios:
+        said = f"median {said}, farthest {worst} at {ratios[worst]:.2f}x"
     return (f" Before reusing stored measurements beside new ones, {len(drift.get('anchors') or [])} were measured "
             f"again: {said} their stored latency ({verdict}; bound {_p(drift.get('bound'))}).")
 

@@ -266,10 +266,13 @@ def fidelity_text(report: dict[str, Any]) -> str:
     if drift.get("checked"):
         ratio = drift.get("ratio")
         moved = "moved" if drift.get("moved") else "held"
+        worst = drift.get("worst")
+        ratios = drift.get("ratios") or {}
+        farthest = f", farthest {worst} at {ratios[worst]:.2f}x" if worst in ratios else ""
         lines.append(f"stored measurements: {len(drift.get('anchors') or [])} re-measured at "
-                     f"{'no result' if ratio is None else f'{ratio:.2f}x'} their stored latency ({moved}, bound "
-                     f"{_pct(drift.get('bound'))}): " + ("all models measured again" if drift.get("moved")
-                                                         else f"{drift.get('stored')} reused"))
+                     f"{'no result' if ratio is None else f'{ratio:.2f}x'} their stored latency (median{farthest}; "
+                     f"{moved}, bound {_pct(drift.get('bound'))} on each): "
+                     + ("all models measured again" if drift.get("moved") else f"{drift.get('stored')} reused"))
     if report.get("plot"):
         lines.append(f"plot: {report['plot']}")
     return "\n".join(lines)
