@@ -427,7 +427,8 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
     rep = d.get("reported") or {}
     if rep.get("n"):
         out += [f"**Reported held-out** candidates: fresh random candidates of each workload (seed "
-                f"{d.get('reported_seed')}), never fitted and looked at only for these figures; bias is the median "
+                f"{d.get('reported_seed')}), never fitted and looked at only for these figures"
+                + (f" ({d['reported_history']})" if d.get("reported_history") else "") + "; bias is the median "
                 "signed error (negative: predicted too fast); Kendall tau ranks one workload's candidates:", "",
                 "| workload | n | within +-10 % | MAPE | bias | Kendall tau |", "|---|---|---|---|---|---|"]
         for name, s in sorted(rep.get("by_workload", {}).items()):
