@@ -24,6 +24,9 @@ from harness.cli.common import (
 )
 from harness.core.errors import InputError
 
+#: candidates of one ``--model`` a calibration may fit: a suite stays a calibration, not hours of measuring
+MAX_MODEL_CANDIDATES = 40
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("profiles", help="list or show hardware profiles")
@@ -67,8 +70,12 @@ def register(sub: Any) -> None:
     p.add_argument("--spread", type=float, default=0.05,
                    help="largest accepted difference between a model's passes, as a fraction (default 0.05)")
     p.add_argument("--model", action="append", default=[], metavar="builtin:NAME|FILE.onnx",
-                   help="also fit 6 candidates of this model (its float, w8a8 and dynamic int8 builds and three "
-                        "random mixes): the fit sees the shapes and ops your search will run; repeatable")
+                   help="also fit --model-candidates candidates of this model (its float, w8a8 and dynamic int8 "
+                        "builds and random mixes): the fit sees the shapes and ops your search will run; repeatable")
+    p.add_argument("--model-candidates", type=int, default=6, metavar="N",
+                   help="candidates of each --model fitted (default 6: the three builds and three mixes; more mixes "
+                        "teach the fit how the model's layers run beside each other, at one measurement each per "
+                        "pass)")
     p.add_argument("--calib", help="calibration data (.npz) for a --model FILE.onnx")
     p.add_argument("--no-profile-ops", dest="profile_ops", action="store_false",
                    help="skip the per-op profiles: fit whole-model latencies only (faster, no per-layer table)")
@@ -178,6 +185,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"--max-passes {args.max_passes} is below --passes {args.passes}: give at least --passes")
     if not 0 < args.spread < 1:
         raise InputError(f"--spread {args.spread}: give a fraction between 0 and 1, such as 0.05")
+    if not 3 <= args.model_candidates <= MAX_MODEL_CANDIDATES:
+        raise InputError(f"--model-candidates {args.model_candidates}: give 3 (the float, w8a8 and dynamic int8 "
+                         f"builds) to {MAX_MODEL_CANDIDATES}")
     output = Path(args.output) if args.output else Path("profiles/calibrated") / f"{args.device}.yaml"
     if output.suffix not in (".yaml", ".yml"):
         raise InputError(f"-o {output}: a calibrated profile is a .yaml file")
@@ -203,7 +213,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     missing = [m for m in files + ([args.calib] if args.calib else []) if not Path(m).is_file()]
     if missing:
         raise InputError(f"{missing[0]}: no such file")
-    suite = default_suite(quick=args.quick, models=args.model)
+    suite = default_suite(quick=args.quick, models=args.model, model_candidates=args.model_candidates)
     if files:
         suite.model_calib[files[0]] = args.calib
     report = run(args.device, args.profile, output, suite=suite, settings=settings,

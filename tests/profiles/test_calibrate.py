@@ -187,10 +187,10 @@ def test_calibrate_local_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Ca
 def test_calibrate_fits_candidates_of_the_users_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cnn.yaml"
     assert main(["calibrate", "--device", "local", "-o", str(out), "--quick", "--model", "builtin:digits-cnn",
-                 "--runs", "5", "--min-seconds", "0.02", "--max-passes", "2", "--json"]) == 0
+                 "--model-candidates", "7", "--runs", "5", "--min-seconds", "0.02", "--max-passes", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["models"] == 7 + 6 and not report["failed"]
-    assert report["fit"]["by_workload"]["builtin:digits-cnn"]["n"] == 6  # all six fitted, none held out
+    assert report["models"] == 7 + 7 and not report["failed"]
+    assert report["fit"]["by_workload"]["builtin:digits-cnn"]["n"] == 7  # all seven fitted, none held out
     kinds = report["layers"]["fit"]["by_kind"]
     assert any(k.startswith("Conv ") for k in kinds) and any(k.startswith("Gemm ") for k in kinds)
     # the Conv layers' op factors were fitted from their per-layer times, relative to MatMul's rates
@@ -264,6 +264,8 @@ def test_calibrate_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> No
     assert "give builtin:NAME or an .onnx file" in capsys.readouterr().err
     assert main(["calibrate", "--model", "net.onnx", "-o", "x.yaml"]) == 2
     assert "--calib goes with exactly one --model FILE.onnx" in capsys.readouterr().err
+    assert main(["calibrate", "--model", "builtin:digits-cnn", "--model-candidates", "2", "-o", "x.yaml"]) == 2
+    assert "--model-candidates 2: give 3" in capsys.readouterr().err
 
 
 def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
