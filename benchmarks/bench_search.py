@@ -877,6 +877,18 @@ def code_version(method: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def latency_version(profile: str = PROFILE) -> str:
+    """A hash of what the spaces' latencies are predicted with: the profile's numbers and the cost
+    model's code (as a per-layer space's key names them). The summary flags runs predicted otherwise."""
+    import hashlib
+
+    import profiles.costmodel as costmodel_module
+    from profiles import load_profile
+
+    data = json.dumps(load_profile(profile).data, sort_keys=True, default=str)
+    return hashlib.sha256((data + Path(costmodel_module.__file__).read_text()).encode()).hexdigest()[:16]
+
+
 def space_key(name: str, table: Any) -> str:
     import hashlib
 
@@ -1190,6 +1202,7 @@ def main(argv: list[str] | None = None) -> int:
         body["calibration_id"] = load_profile(PROFILE).calibration_id
         for res in results.values():
             res["date"], res["calibration_id"] = common.environment()["date"], body["calibration_id"]
+            res["latency_version"] = latency_version()
             # per method: the summary flags runs made by other code than the checkout's
             res["code_versions"] = {m: code_version(m) for m in res["methods_run"]}
         body["spaces"] = {**carried_spaces(common.RESULTS / "search_quality.json", spaces), **results}

@@ -129,6 +129,21 @@ def test_search_runs_of_other_code_are_flagged_stale() -> None:
     assert line.startswith("**Stale:**") and "qae" in line and "gone_method" in line and "optuna" not in line
 
 
+def test_search_runs_predicted_by_another_cost_model_are_flagged() -> None:
+    """The summary marks a space whose runs predicted latency with another profile or cost model than the
+    checkout's (recorded latency version; before it was recorded, the calibration id), and only such."""
+    from profiles import load_profile
+
+    now = bench_search.latency_version()
+    assert summary._stale_latency({"latency_version": now}) == []
+    assert summary._stale_latency({"calibration_id": load_profile(bench_search.PROFILE).calibration_id}) == []
+    for sp in ({"latency_version": "0" * 16}, {"calibration_id": "abc"}, {}):
+        (line, _) = summary._stale_latency(sp)
+        assert line.startswith("**Latencies of another cost model:**") and ("0" * 16 in line or "abc" in line
+                                                                            or "not recorded" in line)
+    assert bench_search.latency_version("arm-neon-a76") != now
+
+
 def test_an_engine_change_keeps_the_peers_stored_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """qae's runs depend on the engine (search/), a peer's only on its runner and the shared parts: the
     slow Bayesian peers are not re-run because the engine changed."""
