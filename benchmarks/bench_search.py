@@ -878,15 +878,11 @@ def code_version(method: str | None = None) -> str:
 
 
 def latency_version(profile: str = PROFILE) -> str:
-    """A hash of what the spaces' latencies are predicted with: the profile's numbers and the cost
-    model's code (as a per-layer space's key names them). The summary flags runs predicted otherwise."""
-    import hashlib
-
-    import profiles.costmodel as costmodel_module
+    """``search_spaces.latency_version`` of the named profile: what the spaces' latencies are predicted with."""
+    from benchmarks import search_spaces
     from profiles import load_profile
 
-    data = json.dumps(load_profile(profile).data, sort_keys=True, default=str)
-    return hashlib.sha256((data + Path(costmodel_module.__file__).read_text()).encode()).hexdigest()[:16]
+    return search_spaces.latency_version(load_profile(profile))
 
 
 def space_key(name: str, table: Any) -> str:

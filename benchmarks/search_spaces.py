@@ -30,6 +30,15 @@ LAYER_SPACES = {"digits-vit-layers": "builtin:digits-vit", "digits-cnn-layers": 
 Genome = tuple[int, ...]
 
 
+def latency_version(profile: Any) -> str:
+    """A hash of what a space's latencies are predicted with: the profile's numbers and the cost model's
+    code. A per-layer space's key names it; the summary flags runs predicted with another."""
+    import profiles.costmodel as costmodel_module
+
+    data = json.dumps(profile.data, sort_keys=True, default=str)
+    return hashlib.sha256((data + Path(costmodel_module.__file__).read_text()).encode()).hexdigest()[:16]
+
+
 class LayerSpace:
     """A built-in's per-layer space, evaluated on demand through a SQLite cache (module docstring)."""
 
@@ -68,11 +77,7 @@ class LayerSpace:
             "choices": json.dumps(self.choices, default=str),
         }
         self.score_key = hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()[:16]
-        import profiles.costmodel as costmodel_module
-
-        latency = {"scores": self.score_key, "profile": json.dumps(profile.data, sort_keys=True, default=str),
-                   "costmodel": Path(costmodel_module.__file__).read_text()}
-        self.key = hashlib.sha256(json.dumps(latency, sort_keys=True).encode()).hexdigest()[:16]
+        self.key = hashlib.sha256(f"{self.score_key}|{latency_version(profile)}".encode()).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(cache_dir / f"{name}.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
