@@ -30,6 +30,8 @@ ACT_PRECISIONS = (*PRECISIONS, "dynamic")
 #: static native layers with asymmetric weights apart
 GROUPED_PATHS = (*OP_PATHS, "native_asymmetric")
 
+#: the latency statistics a calibration may fit (keys of a measurement's ``latency_ms``)
+LATENCY_STATISTICS = ("min", "p50", "mean", "p90")
 PROFILES_DIR = Path(__file__).resolve().parent
 CALIBRATED_DIR = PROFILES_DIR / "calibrated"
 
@@ -369,6 +371,14 @@ class Profile:
     def calibration_id(self) -> str | None:
         cal = self.calibration
         return None if cal is None else str(cal.get("id"))
+
+    @property
+    def latency_statistic(self) -> str | None:
+        """Which latency statistic a calibrated profile predicts (``min``, ``p50``, ...: the first word of
+        its ``calibration.statistic``); None for a profile from public figures, which names none."""
+        text = str((self.calibration or {}).get("statistic") or "").strip()
+        word = text.split(" ", 1)[0].rstrip(",;:").lower() if text else ""
+        return word if word in LATENCY_STATISTICS else None
 
     @property
     def budgets(self) -> dict[str, float]:

@@ -339,7 +339,7 @@ def plot_heatmap(front: Front, layers: list[str], path: Path, scores: SplitScore
 
 def plot_calibration(archive: Archive, target: str, path: Path) -> bool:
     """Measured vs predicted latency, and the prediction error per generation, for a device group."""
-    from harness.run.hil import gap_summary
+    from harness.run.hil import gap_statistics, gap_summary
 
     gaps = archive.gaps(target)
     if not gaps:
@@ -357,7 +357,7 @@ def plot_calibration(archive: Archive, target: str, path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured latency, p50 (ms)")
+    ax.set_xlabel(f"measured latency, {gap_statistics(gaps)} (ms)")
     ax.set_ylabel("predicted just before measuring (ms)")
     ax.set_title(f"{target}: predicted vs measured", fontsize=10)
     fig.colorbar(sc, ax=ax, label="generation")

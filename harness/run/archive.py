@@ -113,7 +113,8 @@ CREATE TABLE IF NOT EXISTS gaps (
     measured REAL NOT NULL,
     fit_n INTEGER NOT NULL,
     calibration_id TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    statistic TEXT
 );
 CREATE TABLE IF NOT EXISTS fits (
     target TEXT NOT NULL,
@@ -254,6 +255,11 @@ class Archive:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            if not self._has_gap_statistic():  # an archive written before gaps said which statistic they compare
+                self._db.execute("ALTER TABLE gaps ADD COLUMN statistic TEXT")
+
+    def _has_gap_statistic(self) -> bool:
+        return any(row[1] == "statistic" for row in self._db.execute("PRAGMA table_info(gaps)"))
 
     @classmethod
     def open_existing(cls, path: str | Path, readonly: bool = False) -> Archive:
@@ -650,7 +656,7 @@ class Archive:
             if gap is not None:
                 db.execute(
                     "INSERT INTO gaps (target, generation, hash, device, predicted, measured, fit_n, calibration_id, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created, statistic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         target,
                         gap["generation"],
@@ -661,6 +667,7 @@ class Archive:
                         gap["fit_n"],
                         gap.get("calibration_id"),
                         now,
+                        gap.get("statistic"),
                     ),
                 )
             if engine_update is not None:
@@ -737,14 +744,19 @@ class Archive:
         ]
 
     def gaps(self, target: str) -> list[dict[str, Any]]:
+        """Predicted (just before measuring) against measured latency, each with the latency statistic
+        both are (``statistic``: the one the prediction was made for; ``p50`` in an archive written before
+        gaps recorded it, which compared the measured p50 whatever the profile predicted)."""
+        stat = "statistic" if self._has_gap_statistic() else "NULL"  # a read-only open of an older archive
         rows = self._db.execute(
-            "SELECT generation, hash, device, predicted, measured, fit_n, calibration_id FROM gaps WHERE target = ? "
-            "ORDER BY created",
+            f"SELECT generation, hash, device, predicted, measured, fit_n, calibration_id, {stat} FROM gaps "
+            "WHERE target = ? ORDER BY created",
             (target,),
         )
         return [
-            {"generation": g, "hash": h, "device": d, "predicted": p, "measured": m, "fit_n": n, "calibration_id": c}
-            for g, h, d, p, m, n, c in rows
+            {"generation": g, "hash": h, "device": d, "predicted": p, "measured": m, "fit_n": n, "calibration_id": c,
+             "statistic": s or "p50"}
+            for g, h, d, p, m, n, c, s in rows
         ]
 
     def fits(self, target: str) -> list[dict[str, Any]]:

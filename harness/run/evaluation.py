@@ -241,6 +241,16 @@ def host_values(host: dict[str, Any], runtime: str = "onnxruntime") -> dict[str,
     return values
 
 
+def latency_statistic_of(table: Any) -> str | None:
+    """The latency statistic a cost table predicts: its own ``statistic`` (an online fit's), else its
+    profile's calibration (``Profile.latency_statistic``); None for a profile from public figures."""
+    own = getattr(table, "statistic", None)
+    if own:
+        return str(own)
+    profile = getattr(table, "profile", None)
+    return getattr(profile, "latency_statistic", None)
+
+
 def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, Value]:
     """Latency, energy and memory predicted by ``table`` (a cost table, possibly re-fitted online)."""
     pred = table.predict(genome)
@@ -251,8 +261,10 @@ def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, V
         "emulated": genome.emulated,
         "fit_n": fit_n,
     }
+    statistic = latency_statistic_of(table)  # which latency the profile predicts, where its calibration says
     return {
-        "latency": Value(pred.latency_ms, "predicted", {**detail, "unit": "ms"}),
+        "latency": Value(pred.latency_ms, "predicted",
+                         {**detail, "unit": "ms", **({"statistic": statistic} if statistic else {})}),
         "energy": Value(pred.energy_j * 1e3, "predicted", {**detail, "unit": "mJ"}),
         "memory": Value(pred.memory_bytes, "predicted", {**detail, "unit": "bytes"}),
     }

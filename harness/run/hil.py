@@ -41,6 +41,7 @@ from harness.devices.config import DeviceConfig
 from harness.quant.quantize import save_model
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Value
+from harness.run.evaluation import latency_statistic_of
 
 DEVICE_FAILURES = (
     "CONNECT",
@@ -86,10 +87,15 @@ class HilSettings:
 
 
 class ScaledTable:
-    """A cost table whose latency predictions carry the online fit (a scale, or a re-fitted profile)."""
+    """A cost table whose latency predictions carry the online fit (a scale, or a re-fitted profile).
 
-    def __init__(self, table: Any, scale: float, calibration_id: str | None, uncertainty: float | None) -> None:
+    ``statistic``: the latency statistic its predictions are: the wrapped table's profile's (``min`` for
+    a profile calibrated on min latency) until an online fit, then the measured one it was fitted to."""
+
+    def __init__(self, table: Any, scale: float, calibration_id: str | None, uncertainty: float | None,
+                 statistic: str | None = None) -> None:
         self.table, self.scale, self.calibration_id, self.uncertainty = table, scale, calibration_id, uncertainty
+        self.statistic = statistic or latency_statistic_of(table)
 
     def predict(self, genome: Genome) -> Any:
         pred = self.table.predict(genome)
@@ -280,10 +286,13 @@ class DeviceTarget:
         predicted = self.archive.latest_value(self.name, job.genome.hash, "latency", "predicted")
         gap = None
         if predicted is not None:
+            # like with like: a profile calibrated on min latency is compared with the measured min
+            statistic, measured = measured_as(values["latency"], predicted.detail.get("statistic"))
             gap = {
                 "generation": generation,
                 "predicted": predicted.value,
-                "measured": values["latency"].value,
+                "measured": measured,
+                "statistic": statistic,
                 "fit_n": int(predicted.detail.get("fit_n", 0)),
                 "calibration_id": predicted.detail.get("calibration_id"),
             }
@@ -311,8 +320,10 @@ class DeviceTarget:
         from harness.quant.opmap import layer_times
 
         profiled = layer_times(onnx.load(str(job.path)), self.work.model.layers, rec.op_profile, statistic="iqm_ms")
-        # the profile less the profiler's per-node cost, scaled to the timed p50, as calibration fits them
-        measured = profiled.corrected_to(float(rec.latency_ms["p50"]))
+        # the profile less the profiler's per-node cost, scaled to the timed statistic the prediction is
+        # (min for a profile calibrated on min latency, else p50), as calibration fits them
+        statistic = self.table.statistic if self.table.statistic in ("min", "p50") else "p50"
+        measured = profiled.corrected_to(float(rec.latency_ms[statistic]))
         pred = self.table.predict(job.genome)
         scale = getattr(self.table, "scale", 1.0)
         # like with like: the reorders a profile cannot attribute are the measured split's "unattributed"
@@ -323,7 +334,8 @@ class DeviceTarget:
         row.pop("nodes")  # the archive keeps the split; the per-node list (ORT's graph, not the model's) is dropped
         row["runs"] = rec.op_profile.get("runs")
         row["profiled_total_ms"] = profiled.total_ms  # the split's sum under the profiler, before scaling
-        row["scaled_to"] = "timed p50, less the profiler's per-node cost"
+        row["scaled_to"] = f"timed {statistic}, less the profiler's per-node cost"
+        row["statistic"] = statistic
         row["order"] = [layer.name for layer in self.work.model.layers]  # the stored dicts lose the model's order
         self.archive.set_layer_times(self.name, job.genome.hash, rec.device, {"measured": row, "predicted": predicted})
 
@@ -346,11 +358,14 @@ class DeviceTarget:
             "time": time.time(),
         }
         p50 = float(rec.latency_ms["p50"])
-        latency_detail = {**detail, "unit": "ms", "statistic": "p50", **runs_detail(rec)}
+        # the fastest run too: what a profile calibrated on min latency predicts (``measured_as``)
+        latency_detail = {**detail, "unit": "ms", "statistic": "p50", "min_ms": float(rec.latency_ms["min"]),
+                          **runs_detail(rec)}
         if repeats and len(repeats) > 1:
             p50s = [float(r.latency_ms["p50"]) for r in repeats]
             p50 = float(np.median(p50s))
             latency_detail.update(
+                min_ms=float(np.median([float(r.latency_ms["min"]) for r in repeats])),
                 statistic="median of the repeats' p50s",
                 repeats=[{"device": r.device, "p50_ms": float(r.latency_ms["p50"]), **runs_detail(r)}
                          for r in repeats],
@@ -435,7 +450,8 @@ class DeviceTarget:
         table = (
             self.base_table if profile is self.base else self._cost_table(self.work.model.layers, profile, self.graph)
         )
-        self.table = ScaledTable(table, table_scale, cal_id, max(mape, 0.02))
+        # fitted to the measured latencies (p50s): its predictions are p50 from now on
+        self.table = ScaledTable(table, table_scale, cal_id, max(mape, 0.02), statistic="p50")
         self.fit_n = n
         updates = []
         measured_hashes = {m.hash for m in measured}
@@ -579,6 +595,15 @@ class DeviceTarget:
         self.pool.close()
 
 
+def measured_as(value: Value, statistic: str | None) -> tuple[str, float]:
+    """(statistic, number) of a measured latency comparable with a prediction of ``statistic``: the
+    measured min (or, over repeats, the median of their mins) beside a prediction of min latency, else
+    the measured latency itself (p50, or the median of the repeats' p50s)."""
+    if statistic == "min" and value.detail.get("min_ms") is not None:
+        return "min", float(value.detail["min_ms"])
+    return "p50", float(value.value)
+
+
 def runs_detail(rec: Any) -> dict[str, Any]:
     """What a measured latency keeps of its runs: ``runs_ms`` (rounded to 0.1 us to keep the archive
     small) and ``p50_ci95`` [lo, hi] (``harness.core.latency_stats.median_ci``); a record without runs
@@ -623,6 +648,13 @@ def score_device_outputs(work: Workload, outputs: np.ndarray, embedding: bool) -
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
+
+
+def gap_statistics(gaps: list[dict[str, Any]]) -> str:
+    """The measured statistic(s) the gaps compare with their predictions, for a label: ``min`` where the
+    profile was calibrated on min latency, ``p50`` after an online re-fit to the measured p50s."""
+    stats = list(dict.fromkeys(str(g.get("statistic") or "p50") for g in gaps))
+    return stats[0] if len(stats) == 1 else " or ".join(stats) + ", as each prediction was made"
 
 
 def gap_summary(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:

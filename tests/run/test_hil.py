@@ -154,7 +154,42 @@ def test_online_fit_uses_the_new_measurements(tmp_path: Path) -> None:
     for gap in checked:
         assert gap["hash"] not in fitted_on[gap["calibration_id"]]  # predicted before it was measured
         assert gap["fit_n"] == len(fitted_on[gap["calibration_id"]])
+        assert gap["statistic"] == "p50"  # an online fit fits the measured p50s, and is compared with them
+    # before any fit `local`'s own profile (host-cpu, public figures, no statistic named) predicted
+    before = [g for g in gaps if g["calibration_id"] not in fitted_on]
+    assert before and {g["statistic"] for g in before} == {"p50"}
     archive.close()
+
+
+def test_a_profile_calibrated_on_min_latency_is_checked_against_the_measured_min(tmp_path: Path) -> None:
+    """A device whose profile was calibrated on min latency (`qae calibrate`'s default): each prediction
+    gap compares it with the measured min, which the measured value keeps beside its p50, and the per-layer
+    measured times are scaled to that min too. Comparing with the p50 would call the profile 10-50 % fast."""
+    from profiles import load_profile
+
+    assert load_profile("host-cpu-local").latency_statistic == "min"
+    devices_file = tmp_path / "devices.yaml"
+    devices_file.write_text(yaml.safe_dump({"devices": [{"name": "here", "transport": "local",
+                                                         "python": sys.executable, "profile": "host-cpu-local"}]}))
+    cfg = SearchConfig(
+        model="builtin:digits-vit", profiles=[], generations=1, population=4, seed=3, devices=["here"],
+        devices_file=str(devices_file),
+        hil={"per_generation": 3, "runs": 5, "min_seconds": 0.02, "warmup_seconds": 0.02, "accuracy_points": 0,
+             "final_rounds": 0, "refit_min": 100},  # no online fit: the calibrated profile predicts throughout
+    )
+    archive = run_search(cfg, tmp_path / "run", say=lambda m: None)
+    try:
+        gaps = archive.gaps("here")
+        latency = {c.hash: c.values["latency"] for c in archive.candidates("here")
+                   if c.values["latency"].source == "measured"}
+        rows = archive.layer_times("here")
+    finally:
+        archive.close()
+    assert gaps and {g["statistic"] for g in gaps} == {"min"}
+    for gap in gaps:
+        measured = latency[gap["hash"]]
+        assert gap["measured"] == measured.detail["min_ms"] <= measured.value  # the min, not the p50
+    assert rows and {row["measured"]["statistic"] for row in rows.values()} == {"min"}
 
 
 @pytest.mark.parametrize("bad", ["no-such-device"])
@@ -226,8 +261,11 @@ def test_measured_candidates_keep_per_layer_times_and_the_report_shows_them(tmp_
         assert all(v >= 0 for v in row["measured"]["layers"].values()) and sum(row["measured"]["layers"].values()) > 0
         assert set(row["predicted"]["layers"]) == set(names)
         assert row["measured"]["unattributed"] and row["measured"]["runs"] >= 5
-        # the profile's shares, scaled to the timed p50 (kernels run slower under the profiler)
-        assert row["measured"]["scaled_to"].startswith("timed p50") and row["measured"]["profiled_total_ms"] > 0
+        # the profile's shares, scaled to the timed statistic the prediction is (kernels run slower under the
+        # profiler): min while the profile calibrated on min latency predicts, p50 after an online fit
+        statistic = row["measured"]["statistic"]
+        assert statistic in ("min", "p50") and row["measured"]["scaled_to"].startswith(f"timed {statistic},")
+        assert row["measured"]["profiled_total_ms"] > 0
     build_report(out)
     assert (out / "layers_local.png").stat().st_size > 0
     assert "Per-layer latency of one measured front point" in (out / "report.html").read_text()
