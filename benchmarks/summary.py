@@ -486,7 +486,8 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
                    f"{_p((d.get('layers') or {}).get('heldout', {}).get('mape'))}).")
     if own:
         mf = own["by_workload"].get("builtin:minilm-l6", {})
-        out.append(f"- without the six fitted MiniLM candidates (`--model builtin:minilm-l6`): MiniLM development "
+        n_own = d.get("minilm_candidates_fitted", 6)  # six before the count was recorded
+        out.append(f"- without the {n_own} fitted MiniLM candidates (`--model builtin:minilm-l6`): MiniLM development "
                    "held-out "
                    f"within +-10 % {_p(mf.get('within_10pct'))}, MAPE {_p(mf.get('mape'))}, Kendall tau "
                    f"{_fmt(mf.get('kendall_tau'), '.2f')}; all held-out {_p(own['heldout']['within_10pct'])}.")

@@ -72,9 +72,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", action="append", default=[], metavar="builtin:NAME|FILE.onnx",
                    help="also fit --model-candidates candidates of this model (its float, w8a8 and dynamic int8 "
                         "builds and random mixes): the fit sees the shapes and ops your search will run; repeatable")
-    p.add_argument("--model-candidates", type=int, default=6, metavar="N",
-                   help="candidates of each --model fitted (default 6: the three builds and three mixes; more mixes "
-                        "teach the fit how the model's layers run beside each other, at one measurement each per "
+    p.add_argument("--model-candidates", type=int, default=None, metavar="N",
+                   help="candidates of each --model fitted (default 14: the three builds and eleven mixes; the "
+                        "mixes teach the fit how the model's layers run beside each other, at one measurement each per "
                         "pass)")
     p.add_argument("--calib", help="calibration data (.npz) for a --model FILE.onnx")
     p.add_argument("--no-profile-ops", dest="profile_ops", action="store_false",
@@ -177,8 +177,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.devices.transport import MeasureSettings
-    from harness.run.calibrate import default_suite, run
+    from harness.run.calibrate import DEFAULT_MODEL_CANDIDATES, default_suite, run
 
+    if args.model_candidates is None:
+        args.model_candidates = DEFAULT_MODEL_CANDIDATES
     if args.runs < 1 or args.min_seconds < 0 or args.threads < 1 or args.passes < 1:
         raise InputError("--runs, --threads and --passes must be >= 1 and --min-seconds >= 0")
     if args.max_passes is not None and args.max_passes < args.passes:

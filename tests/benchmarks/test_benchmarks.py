@@ -100,6 +100,20 @@ def test_the_summary_shows_the_finetune_results(results: Path) -> None:
             assert f"{row['latency_ms']:.2f} [{row['p50_ci95'][0]:.2f}, {row['p50_ci95'][1]:.2f}]" in section
 
 
+def test_the_summary_shows_the_cost_model_results(results: Path) -> None:
+    """The cost-model section is written from its JSON (the committed results, copied): the reported
+    seed and the fitted MiniLM candidates' ablation with their count."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[2] / "results" / "bench"
+    shutil.copy(shipped / "costmodel.json", results / "costmodel.json")
+    data = json.loads((results / "costmodel.json").read_text())
+    text = summary.write_summary(results).read_text()
+    assert f"seed {data['reported_seed']}" in text
+    if data.get("ablation_without_minilm_candidates"):
+        assert f"without the {data['minilm_candidates_fitted']} fitted MiniLM candidates" in text
+
+
 def test_a_subset_of_spaces_keeps_the_others_marked(tmp_path: Path) -> None:
     """Re-running one space keeps the other spaces' earlier results, marked with their date and calibration."""
     path = tmp_path / "search_quality.json"

@@ -236,7 +236,7 @@ def test_a_disturbed_pass_is_measured_again_until_the_passes_agree(tmp_path: Pat
 
 def test_the_suite_fits_candidates_of_the_user_s_model_and_holds_the_rest_out() -> None:
     from harness.core.errors import InputError
-    from harness.run.calibrate import default_suite
+    from harness.run.calibrate import DEFAULT_MODEL_CANDIDATES, default_suite
 
     plain = default_suite()
     roles = {r: sum(it.role == r for it in plain.items) for r in ("fit", "heldout")}
@@ -244,7 +244,8 @@ def test_the_suite_fits_candidates_of_the_user_s_model_and_holds_the_rest_out() 
         "builtin:digits-vit", "transformer", "builtin:digits-cnn"}
     mine = default_suite(models=["builtin:digits-cnn"])
     extra = [it for it in mine.items if it.id not in {p.id for p in plain.items}]
-    assert len(extra) == 6 and all(it.role == "fit" and it.workload == "builtin:digits-cnn" for it in extra)
+    assert len(extra) == DEFAULT_MODEL_CANDIDATES
+    assert all(it.role == "fit" and it.workload == "builtin:digits-cnn" for it in extra)
     assert [it.id for it in extra[:3]] == ["model-digits-cnn-fp", "model-digits-cnn-w8a8", "model-digits-cnn-w8dyn"]
     with pytest.raises(InputError, match="same file name"):
         default_suite(models=["a/net.onnx", "b/net.onnx"])
@@ -266,6 +267,17 @@ def test_calibrate_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> No
     assert "--calib goes with exactly one --model FILE.onnx" in capsys.readouterr().err
     assert main(["calibrate", "--model", "builtin:digits-cnn", "--model-candidates", "2", "-o", "x.yaml"]) == 2
     assert "--model-candidates 2: give 3" in capsys.readouterr().err
+
+
+def test_the_model_candidates_default_is_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's help states the default the suite uses, and the suite fits that many of a --model."""
+    from harness.run.calibrate import DEFAULT_MODEL_CANDIDATES, default_suite
+
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    assert f"(default {DEFAULT_MODEL_CANDIDATES}:" in " ".join(capsys.readouterr().out.split())
+    items = [it for it in default_suite(models=["builtin:digits-cnn"]).items if it.id.startswith("model-")]
+    assert len(items) == DEFAULT_MODEL_CANDIDATES and all(it.role == "fit" for it in items)
 
 
 def test_per_layer_fit_recovers_the_grouped_conv_costs() -> None:
