@@ -100,7 +100,7 @@ def calibration_figure(archive: Archive, target: str) -> dict[str, Any] | None:
     err = np.abs(pred - meas) / meas
     lo, hi = float(min(meas.min(), pred.min())) * 0.8, float(max(meas.max(), pred.max())) * 1.25
     text = [f"{g['hash']}<br>generation {g['generation']}, device {g['device']}<br>measured "
-            f"{g.get('statistic') or 'p50'} {m:.4g} ms, "
+            f"{g['statistic']} {m:.4g} ms, "
             f"predicted {p:.4g} ms ({(p - m) / m * 100:+.0f} %)" for g, m, p in zip(gaps, meas, pred)]
     data = [
         {"type": "scatter", "mode": "lines", "x": [lo, hi], "y": [lo, hi], "name": "prediction = measurement",

@@ -599,8 +599,9 @@ def measured_as(value: Value, statistic: str | None) -> tuple[str, float]:
     """(statistic, number) of a measured latency comparable with a prediction of ``statistic``: the
     measured min (or, over repeats, the median of their mins) beside a prediction of min latency, else
     the measured latency itself (p50, or the median of the repeats' p50s)."""
-    if statistic == "min" and value.detail.get("min_ms") is not None:
-        return "min", float(value.detail["min_ms"])
+    low = value.detail.get("min_ms")
+    if statistic == "min" and isinstance(low, (int, float)) and 0 < low <= value.value:  # a sane fastest run only
+        return "min", float(low)
     return "p50", float(value.value)
 
 
@@ -653,7 +654,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def gap_statistics(gaps: list[dict[str, Any]]) -> str:
     """The measured statistic(s) the gaps compare with their predictions, for a label: ``min`` where the
     profile was calibrated on min latency, ``p50`` after an online re-fit to the measured p50s."""
-    stats = list(dict.fromkeys(str(g.get("statistic") or "p50") for g in gaps))
+    stats = list(dict.fromkeys(g["statistic"] for g in gaps))  # Archive.gaps names one for every gap
     return stats[0] if len(stats) == 1 else " or ".join(stats) + ", as each prediction was made"
 
 

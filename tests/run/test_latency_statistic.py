@@ -35,6 +35,8 @@ def test_the_measured_side_of_a_gap_is_the_predictions_statistic() -> None:
     assert measured_as(value, None) == ("p50", 1.30)
     older = Value(1.30, "measured", {"statistic": "p50"})  # a value stored before min_ms was kept
     assert measured_as(older, "min") == ("p50", 1.30)
+    broken = Value(1.30, "measured", {"statistic": "p50", "min_ms": 0.0})  # a zero fastest run: not compared
+    assert measured_as(broken, "min") == ("p50", 1.30)
     assert gap_statistics([{"statistic": "min"}, {"statistic": "min"}]) == "min"
     assert gap_statistics([{"statistic": "min"}, {"statistic": "p50"}]).startswith("min or p50")
 
