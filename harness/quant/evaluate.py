@@ -1,5 +1,8 @@
 """Accuracy and exact size of a (quantized) model, with ONNX Runtime on this host.
 
+Integer products are scored exactly on every host: where this host's ONNX Runtime saturates uint8 x
+int8 products (x86 without VNNI), ``session`` runs a copy with uint8 weights (``harness.quant.exact``).
+
 Every output is run; the metric that fits the outputs and the data scores them against labels or
 the reference (FP32) outputs (``harness.quant.metrics``): ``accuracy`` is the worst scored output's
 value of that metric, higher is better, and ``scores`` holds every scored output's numbers. A
@@ -24,6 +27,7 @@ import onnx
 from harness.core.errors import InputError, ModelError
 from harness.quant import metrics
 from harness.quant.data import Dataset
+from harness.quant.exact import exact_int8, u8s8_saturates
 from harness.quant.metrics import embedding_agreement, mean_pool
 
 __all__ = ["EVAL_BATCH", "EvalReport", "SizeReport", "agreement", "embedding_agreement", "evaluate", "mean_pool",
@@ -75,12 +79,25 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None) -> 
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    src: bytes | str = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    if u8s8_saturates():  # score the model in exact integer arithmetic (see harness.quant.exact)
+        proto = model if isinstance(model, onnx.ModelProto) else _load_quietly(Path(model))
+        exact = exact_int8(proto) if proto is not None else None
+        if exact is not None:
+            src = exact.SerializeToString()
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"ONNX Runtime cannot load the model ({msg}): check the model or its genome") from None
+
+
+def _load_quietly(path: Path) -> onnx.ModelProto | None:
+    """The model at ``path`` for the exact-int8 rewrite, or None (ORT then reports what is wrong)."""
+    try:
+        return onnx.load(str(path))
+    except Exception:
+        return None
 
 
 def output_names(proto: onnx.ModelProto) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 from harness.core.errors import QaeError
 from harness.core.genome import Genome
 from harness.quant.evalcache import EvalCache, settings_hash
+from harness.quant.exact import u8s8_saturates
 from harness.quant.quantize import build_version
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Value
@@ -121,6 +122,8 @@ def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
         "shapes": work.model.shapes_used,
         "build": build_version(layer.op_type for layer in work.model.layers),
     }
+    if u8s8_saturates():  # scores here were u8s8-saturated before the exact rewrite: other entries
+        settings["int8"] = "exact-u8u8"
     if getattr(work, "runtime", "onnxruntime") == "litert":  # another backend: other numbers, other entries
         from harness.quant.litert_model import litert_version
 
