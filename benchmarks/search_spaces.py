@@ -73,6 +73,7 @@ class LayerSpace:
         scores = {
             "model_sha256": self.work.model.sha256, "calib": self.work.calib.sha256,
             "eval": self.work.eval_data.sha256, "onnxruntime": onnxruntime.__version__,
+            "int8": "exact",  # exact integer products on every host (harness.quant.exact)
             "build": build_version(lay.op_type for lay in self.work.model.layers),
             "choices": json.dumps(self.choices, default=str),
         }

@@ -84,7 +84,13 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None) -> 
         proto = model if isinstance(model, onnx.ModelProto) else _load_quietly(Path(model))
         exact = exact_int8(proto) if proto is not None else None
         if exact is not None:
-            src = exact.SerializeToString()
+            try:
+                src = exact.SerializeToString()
+            except ValueError:  # over protobuf's 2 GB: scored as ORT runs it here, and said so
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "model over 2 GB: scored with this CPU's saturating u8s8 kernels, not exactly")
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
