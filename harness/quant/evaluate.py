@@ -79,7 +79,7 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None) -> 
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src: bytes | str = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    src: bytes | str | None = None
     if u8s8_saturates():  # score the model in exact integer arithmetic (see harness.quant.exact)
         proto = model if isinstance(model, onnx.ModelProto) else _load_quietly(Path(model))
         exact = exact_int8(proto) if proto is not None else None
@@ -91,6 +91,8 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None) -> 
 
                 logging.getLogger(__name__).warning(
                     "model over 2 GB: scored with this CPU's saturating u8s8 kernels, not exactly")
+    if src is None:
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
