@@ -52,7 +52,10 @@ method's own share of it (without building and scoring genomes).
 
 Finished runs are stored in results/bench/cache/search_runs.sqlite (keyed by space, method, seed,
 budget and a hash of the engine and runner code), so an interrupted benchmark continues; runs go to
-``--workers`` processes.
+``--workers`` processes. As runs finish (every two minutes and at the end) each space's runs of the
+checkout's code and the scores of the genomes they evaluated are also written to a snapshot in the
+repository, results/bench/search_store/<space>.json.gz (``benchmarks.search_store``), which a call
+loads into the caches first: a benchmark longer than one sitting adds up across machines.
 
     python -m benchmarks.bench_search [--spaces ...] [--budgets 100,200,400] [--seeds 10] [--dev-seeds 5]
         [--methods ...] [--quick] [--fresh-table] [--fresh-runs] [--workers 2]
@@ -916,6 +919,8 @@ class RunStore:
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored run of ``key``, or None when there is none or it is not a well-formed run of that
         job (then it is run again)."""
+        from benchmarks.search_store import valid_run
+
         got = self.db.execute("SELECT result FROM runs WHERE key = ?", (key,)).fetchone()
         if got is None:
             return None
@@ -923,26 +928,53 @@ class RunStore:
             run = json.loads(got[0])
         except ValueError:
             return None
-        _, method, seed, budget, _ = json.loads(key)
-        if not isinstance(run, dict) or [run.get(k) for k in ("method", "seed", "budget")] != [method, seed, budget]:
-            return None
-        order, after = run.get("order"), run.get("distinct_after_call")
-        ok = (isinstance(order, list) and len(order) <= budget
-              and all(isinstance(g, list) and all(isinstance(x, int) for x in g) for g in order)
-              and isinstance(after, list) and len(after) == run.get("calls")
-              and all(isinstance(run.get(k), (int, float)) for k in ("seconds", "evaluation_seconds")))
-        return run if ok else None
+        return run if valid_run(key, run) else None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (key, json.dumps(result)))
 
+    def stored_keys(self) -> list[str]:
+        return [k for (k,) in self.db.execute("SELECT key FROM runs ORDER BY key")]
 
-def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: RunStore | None) -> list[dict[str, Any]]:
-    """Every job's run: from the store when there, else in ``workers`` processes (in this one if 1)."""
+    def add(self, key: str, result: dict[str, Any]) -> int:
+        """Store ``result`` under ``key`` unless a run is stored there already; 1 if it was added."""
+        return self.db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?)", (key, json.dumps(result))).rowcount
+
+
+def current_key(name: str) -> Callable[[str], bool]:
+    """Whether a run-store key is one of space ``name``'s as it is now (its space key) and of its method's
+    code in this checkout: a run that a call would take from the store."""
+    want = space_key(name, open_space(name))
+    code: dict[str, str] = {}
+
+    def current(key: str) -> bool:
+        try:
+            space, method, _, _, version = json.loads(key)
+        except (TypeError, ValueError):
+            return False
+        if space != want or method not in RUNNERS:
+            return False
+        if method not in code:
+            code[method] = code_version(method)
+        return bool(version == code[method])
+
+    return current
+
+
+def job_keys(jobs: Sequence[tuple[str, str, int, int]]) -> dict[tuple[str, str, int, int], str]:
+    """Each job's run-store key: its space's key, method, seed, budget and the method's code version."""
+    code = {m: code_version(m) for m in {job[1] for job in jobs}}
+    return {job: RunStore.key(space_key(job[0], open_space(job[0])), job, code[job[1]]) for job in jobs}
+
+
+def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: RunStore | None,
+             on_run: Callable[[], Any] | None = None, every_s: float = 120.0) -> list[dict[str, Any]]:
+    """Every job's run: from the store when there, else in ``workers`` processes (in this one if 1).
+    ``on_run`` (the space's snapshot) is called at most every ``every_s`` seconds as runs finish, and
+    once at the end."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    code = {m: code_version(m) for m in {job[1] for job in jobs}}
-    keys = {job: RunStore.key(space_key(job[0], open_space(job[0])), job, code[job[1]]) for job in jobs}
+    keys = job_keys(jobs)
     done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     for job in jobs:
         got = store.get(keys[job]) if store else None
@@ -954,11 +986,15 @@ def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: Run
     if todo:
         print(f"{len(todo)} runs to do ({len(done)} stored)", file=sys.stderr)
     t0 = time.perf_counter()
+    last = [t0]
 
     def finished(job: tuple[str, str, int, int], result: dict[str, Any], k: int) -> None:
         done[job] = result
         if store and "error" not in result:  # a failed run is tried again by the next call
             store.put(keys[job], result)
+        if on_run is not None and time.perf_counter() - last[0] >= every_s:
+            on_run()
+            last[0] = time.perf_counter()
         what = f"FAILED {result['error']}" if "error" in result else f"{result['seconds']:.1f} s"
         print(f"[{k}/{len(todo)} {time.perf_counter() - t0:6.0f} s] {job[0]} {job[1]} seed {job[2]} budget "
               f"{job[3]}: {what}", file=sys.stderr, flush=True)
@@ -971,6 +1007,8 @@ def run_jobs(jobs: Sequence[tuple[str, str, int, int]], workers: int, store: Run
             futures = {ex.submit(_job, job): job for job in todo}
             for k, fut in enumerate(as_completed(futures), 1):
                 finished(futures[fut], fut.result(), k)
+    if on_run is not None:
+        on_run()
     return [done[j] for j in jobs]
 
 
@@ -997,7 +1035,16 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
     jobs += [(name, m, seed, top) for seed in dev for m in methods if m not in BUDGET_CAP]
     if not table.enumerable:
         jobs += [(name, m, REFERENCE_SEED, REFERENCE_FACTOR * top) for m in methods if m in REFERENCE_METHODS]
-    every = run_jobs(jobs, workers, store)
+    from benchmarks import search_store
+
+    if store is not None:  # the runs and scores an earlier call left in the repository (search_store)
+        added = search_store.load(common.RESULTS, name, table, store)
+        if any(added):
+            print(f"{name}: {added[0]} run(s) and {added[1]} score(s) taken from "
+                  f"{search_store.snapshot_path(common.RESULTS, name)}", file=sys.stderr)
+    snapshot = None if store is None else (
+        lambda: search_store.export(common.RESULTS, name, table, store, current_key(name)))
+    every = run_jobs(jobs, workers, store, on_run=snapshot)
     failed = [r for r in every if "error" in r]
     runs = [r for r in every if "error" not in r]
     reference = Reference.of(table, runs)

@@ -132,3 +132,61 @@ def test_a_cost_model_change_renews_the_space_key_and_reuses_the_scores(tmp_path
     assert other.key != space.key and other.score_key == space.score_key
     assert other.evaluation_seconds == 0.0  # scored from the cache
     assert np.array_equal(got[:2], row[:2]) and got[2] == pytest.approx(row[2] + 1.0)
+
+
+def test_a_space_snapshot_restores_runs_and_scores_on_a_fresh_machine(tmp_path: Path, capsys) -> None:
+    """The runs and scores a call leaves in results/bench/search_store come back on a machine with empty
+    caches: the stored run is the same run, no genome is scored again; what is malformed is left out."""
+    import gzip
+
+    from benchmarks import search_store
+
+    name = "digits-cnn-layers"
+    first = tmp_path / "first"
+    space = LayerSpace(name, first / "cache")
+    run = json.loads(json.dumps(bench_search.run_method(space, "random", 0, 12)))
+    store = bench_search.RunStore(first / "cache" / "runs.sqlite")
+    key = bench_search.RunStore.key(bench_search.space_key(name, space), (name, "random", 0, 12), "code")
+    store.put(key, run)
+    missing = bench_search.RunStore.key(bench_search.space_key(name, space), (name, "random", 1, 12), "code")
+    other = bench_search.RunStore.key(bench_search.space_key(name, space), (name, "random", 2, 12), "old code")
+    store.put(other, {**run, "seed": 2})
+    path = search_store.export(first, name, space, store, lambda k: k != other)  # a run of other code stays out
+    data = path.read_bytes()
+    assert search_store.export(first, name, space, store, lambda k: k != other).read_bytes() == data  # same bytes
+
+    fresh = tmp_path / "fresh"
+    search_store.snapshot_path(fresh, name).parent.mkdir(parents=True)
+    search_store.snapshot_path(fresh, name).write_bytes(data)
+    space2 = LayerSpace(name, fresh / "cache")
+    store2 = bench_search.RunStore(fresh / "cache" / "runs.sqlite")
+    assert store2.get(key) is None
+    assert search_store.load(fresh, name, space2, store2) == (1, len(run["order"]))
+    assert store2.get(key) == run and store2.get(missing) is None
+    assert all(np.array_equal(space2.rows[tuple(g)], space.rows[tuple(g)]) for g in run["order"])
+    assert space2.evaluation_seconds == 0.0  # every score read back
+    assert search_store.load(fresh, name, space2, store2) == (0, 0)  # what is there already wins
+
+    # a damaged or foreign snapshot: the malformed parts are left out, with a warning
+    body = json.loads(gzip.decompress(data))
+    genome = body["rows"][-1][0]
+    body["rows"] = [[genome, 7.0, 0.9, 100.0, 0.1],  # accuracy out of range
+                    [json.dumps([99] * len(space.names)), 0.9, 0.9, 100.0, 0.1],  # no such choice
+                    ["fp32", 0.9, 0.5, None, None]]
+    body["runs"] = [[key.replace('"random"', '"qae"'), run],  # the key names another method than the run
+                    [json.dumps(["other-space:k", "random", 0, 12, "code"]), run]]
+    third = tmp_path / "third"
+    snap = search_store.snapshot_path(third, name)
+    snap.parent.mkdir(parents=True)
+    snap.write_bytes(gzip.compress(json.dumps(body).encode()))
+    space3 = LayerSpace(name, third / "cache")
+    store3 = bench_search.RunStore(third / "cache" / "runs.sqlite")
+    capsys.readouterr()
+    assert search_store.load(third, name, space3, store3) == (0, 0)
+    assert "left out 2 malformed run(s) and 3 malformed score row(s)" in capsys.readouterr().err
+    snap.write_bytes(data[: len(data) // 2])
+    assert search_store.load(third, name, space3, store3) == (0, 0)
+    assert "not a readable snapshot" in capsys.readouterr().err
+    # another score key (another model, data or build): its scores are not this space's
+    snap.write_bytes(gzip.compress(json.dumps({**json.loads(gzip.decompress(data)), "score_key": "0" * 16}).encode()))
+    assert search_store.load(third, name, space3, store3, runs=False) == (0, 0)
