@@ -99,6 +99,11 @@ class EngineConfig:
     dedup_attempts: int = 50
     #: Picks which bred children get evaluated (see ``search.surrogate``); None evaluates them all.
     surrogate: Screening | None = field(default_factory=SurrogateScreening)
+    #: Children per offspring batch that are one-gene neighbours of the front's extreme points (the
+    #: best feasible record of one objective, the objectives taken in turn): the ends of a front
+    #: hold much of its hypervolume and are what a user often picks (the most accurate model that
+    #: fits), and breeding from a crowded population reaches them last. Taken before screening.
+    extremes: int = 1
 
     def __post_init__(self) -> None:
         if self.n_objectives < 1:
@@ -113,6 +118,8 @@ class EngineConfig:
             raise SearchError("engine config: pop_size and n_offspring must be >= 1")
         if not 0.0 <= self.crossover_prob <= 1.0:
             raise SearchError("engine config: crossover_prob must be in [0, 1]")
+        if self.extremes < 0:
+            raise SearchError("engine config: extremes must be >= 0")
 
     @property
     def offspring_size(self) -> int:
@@ -135,6 +142,7 @@ class EngineConfig:
             "mutation": describe(self.mutation),
             "repair": describe(self.repair),
             "surrogate": describe(self.surrogate) if self.surrogate is not None else None,
+            "extremes": self.extremes,
         }
 
 
@@ -428,6 +436,43 @@ class Engine:
         config, space = self.config, self.space
         seen: set[Genome] = set(self._records)
         if len(seen) >= space.size:
+            return []
+        extreme = self._extreme_children(min(config.extremes, n), seen)
+        return extreme + self._screened(n - len(extreme), seen)
+
+    def _extreme_children(self, n: int, seen: set[Genome]) -> list[Made]:
+        """Up to ``n`` unseen one-gene neighbours (added to ``seen``) of the feasible told records that
+        are best on one objective, objective ``(generation + i) % n_objectives`` for the i-th child;
+        among records tied on it, one picked at random."""
+        space, rng = self.space, self._rng
+        feasible = [r for r in self._records.values() if r.evaluation.feasible and not r.evaluation.failed]
+        if n <= 0 or not feasible or space.n_layers == 0:
+            return []
+        f, _ = self._arrays(feasible)
+        k = self.config.n_objectives
+        children: list[Made] = []
+        for i in range(n):
+            col = f[:, (self._generation + i) % k]
+            tied = np.flatnonzero(col <= col.min())
+            parent = feasible[int(tied[rng.integers(len(tied))])].genome
+            for _ in range(self.config.dedup_attempts):
+                layer = int(rng.integers(space.n_layers))
+                options = len(space.choices[layer])
+                if options < 2:
+                    continue
+                child = list(parent)
+                child[layer] = int((parent[layer] + 1 + rng.integers(options - 1)) % options)
+                genome = self.config.repair.repair(tuple(child), space)
+                if space.is_valid(genome) and genome not in seen:
+                    seen.add(genome)
+                    children.append((genome, "extreme", (parent,)))
+                    break
+        return children
+
+    def _screened(self, n: int, seen: set[Genome]) -> list[Made]:
+        """``n`` children of the operators, picked by the screening when it is active."""
+        config, space = self.config, self.space
+        if n <= 0:
             return []
         screening = config.surrogate
         records = list(self._records.values())

@@ -76,7 +76,7 @@ class Evaluation:
 #: How a genome was made: a uniform baseline, a sensitivity-guided seed, a random genome (initial
 #: fill, or fallback when operators only reproduce known genomes), by the variation operators, or
 #: proposed by the surrogate screening (an optimum of its model).
-ORIGINS = ("baseline", "sensitivity", "random", "crossover", "mutation", "surrogate")
+ORIGINS = ("baseline", "sensitivity", "random", "crossover", "mutation", "surrogate", "extreme")
 
 
 @dataclass(frozen=True)

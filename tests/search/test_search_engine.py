@@ -370,13 +370,17 @@ def test_lineage_is_recorded_and_survives_resume() -> None:
     assert set(origins[9:]) == {"random"}
     engine.tell(first, [PROBLEM.evaluate(g) for g in first])
     parents_pool = {r.genome for r in engine.population()}
+    told = {r.genome for r in engine.records()}
     second = engine.ask()
     resumed = Engine.from_state(PROBLEM.space, config(), json.loads(json.dumps(engine.state_dict())))
     for g in second:
         origin, parents = engine.lineage(g)
         assert resumed.lineage(g) == (origin, parents)
-        assert origin in {"crossover", "mutation", "random", "surrogate"}
-        assert origin in ("random", "surrogate") or (len(parents) == 2 and set(parents) <= parents_pool)
+        assert origin in {"crossover", "mutation", "random", "surrogate", "extreme"}
+        if origin == "extreme":  # a one-gene neighbour of one told genome
+            assert len(parents) == 1 and parents[0] in told
+        else:
+            assert origin in ("random", "surrogate") or (len(parents) == 2 and set(parents) <= parents_pool)
     resumed.tell(second, [PROBLEM.evaluate(g) for g in second])
     told = {r.genome: r for r in resumed.records()}
     assert all((told[g].origin, told[g].parents) == engine.lineage(g) for g in second)
@@ -389,3 +393,32 @@ def test_record_generations_match_engine_generation() -> None:
     run(engine)
     assert sorted({r.generation for r in engine.records()}) == [1, 2, 3] == list(range(1, engine.generation + 1))
     assert all(r.origin != "crossover" for r in engine.records() if r.generation == 1)
+
+
+def test_extreme_children_are_one_gene_neighbours_of_each_objectives_best() -> None:
+    cfg = config(extremes=3, max_generations=4)
+    engine = Engine(PROBLEM.space, cfg)
+    first = engine.ask()
+    engine.tell(first, [PROBLEM.evaluate(g) for g in first])
+    told = {r.genome: r.evaluation for r in engine.records()}
+    second = engine.ask()
+    assert len(second) == 16 == len(set(second)) and not set(second) & set(told)
+    for i, child in enumerate(second[:3]):
+        origin, parents = engine.lineage(child)
+        assert origin == "extreme" and len(parents) == 1
+        (parent,) = parents
+        assert sum(a != b for a, b in zip(child, parent)) == 1
+        k = (engine.generation + i) % PROBLEM.n_objectives
+        best = min(e.objectives[k] for e in told.values() if e.feasible and not e.failed)
+        assert told[parent].feasible and told[parent].objectives[k] == best
+    assert all(engine.lineage(g)[0] != "extreme" for g in second[3:])
+    # a run with extreme children resumes exactly, mid-batch included
+    engine.tell(second[:5], [PROBLEM.evaluate(g) for g in second[:5]])
+    resumed = Engine.from_state(PROBLEM.space, cfg, json.loads(json.dumps(engine.state_dict())))
+    rest = second[5:]
+    for e in (engine, resumed):
+        e.tell(rest, [PROBLEM.evaluate(g) for g in rest])
+    run(engine), run(resumed)
+    assert summary(engine) == summary(resumed)
+    with pytest.raises(SearchError):
+        EngineConfig(n_objectives=2, extremes=-1)

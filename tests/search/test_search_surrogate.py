@@ -112,7 +112,9 @@ class Reverse(Screening):
 def test_an_injected_screening_picks_from_a_pool_of_unseen_children() -> None:
     problem = SeparableProblem(8, 4, n_objectives=2, seed=1)
     screening = Reverse()
-    engine = Engine(problem.space, EngineConfig(n_objectives=2, pop_size=6, max_generations=3, surrogate=screening))
+    # without the extreme points' neighbours, every child after the first generation is the screening's pick
+    engine = Engine(problem.space, EngineConfig(n_objectives=2, pop_size=6, max_generations=3, surrogate=screening,
+                                                extremes=0))
     asked = []
     while not engine.done:
         genomes = engine.ask()
@@ -210,7 +212,7 @@ def test_proposals_are_the_additive_model_s_exact_optima_and_unseen_ones_join_th
         engine.tell(batch, [problem.evaluate(g) for g in batch])
     origins = {r.origin for r in engine.records()}
     assert "surrogate" in origins and origins <= {"baseline", "sensitivity", "random", "crossover", "mutation",
-                                                  "surrogate"}
+                                                  "extreme", "surrogate"}
 
 
 def test_default_screening_model_is_a_gaussian_process_and_the_linear_one_stays_available() -> None:
