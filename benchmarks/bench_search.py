@@ -1028,13 +1028,6 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
     space has it, 1 - mean cosine in its place."""
     table = open_space(name)
     top = max(budgets)
-    skipped = not_run(table.enumerable, methods, slow_peers)
-    methods = [m for m in methods if m not in skipped]
-    caps = BUDGET_CAP if table.enumerable else {**BUDGET_CAP, **BUDGET_CAP_PER_LAYER}
-    jobs = [(name, m, seed, min(top, caps.get(m, top))) for seed in reported for m in methods]
-    jobs += [(name, m, seed, top) for seed in dev for m in methods if m not in BUDGET_CAP]
-    if not table.enumerable:
-        jobs += [(name, m, REFERENCE_SEED, REFERENCE_FACTOR * top) for m in methods if m in REFERENCE_METHODS]
     from benchmarks import search_store
 
     if store is not None:  # the runs and scores an earlier call left in the repository (search_store)
@@ -1042,6 +1035,23 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
         if any(added):
             print(f"{name}: {added[0]} run(s) and {added[1]} score(s) taken from "
                   f"{search_store.snapshot_path(common.RESULTS, name)}", file=sys.stderr)
+    caps = BUDGET_CAP if table.enumerable else {**BUDGET_CAP, **BUDGET_CAP_PER_LAYER}
+
+    def jobs_of(ms: Sequence[str]) -> list[tuple[str, str, int, int]]:
+        out = [(name, m, seed, min(top, caps.get(m, top))) for seed in reported for m in ms]
+        out += [(name, m, seed, top) for seed in dev for m in ms if m not in BUDGET_CAP]
+        if not table.enumerable:
+            out += [(name, m, REFERENCE_SEED, REFERENCE_FACTOR * top) for m in ms if m in REFERENCE_METHODS]
+        return out
+
+    skipped = not_run(table.enumerable, methods, slow_peers)
+    # a slow peer whose every run an earlier --slow-peers call stored (this code's) is shown without the flag
+    for m in [m for m in skipped if m in SLOW_PER_LAYER]:
+        keys = job_keys(jobs_of([m]))
+        if store is not None and all(store.get(k) is not None for k in keys.values()):
+            del skipped[m]
+    methods = [m for m in methods if m not in skipped]
+    jobs = jobs_of(methods)
     snapshot = None if store is None else (
         lambda: search_store.export(common.RESULTS, name, table, store, current_key(name)))
     every = run_jobs(jobs, workers, store, on_run=snapshot)
@@ -1102,7 +1112,8 @@ NOT_RUN_PER_LAYER = {
     "botorch_qparego": "one 100-evaluation run on digits-vit-layers took 480 s (seed 200; another experiment ran on "
                        "the second core), nine tenths of it scoring 4,096 candidates per pick by qLogNEI against every "
                        "evaluated genome; ten seeds on two per-layer spaces take about 2.7 hours of one core, so it "
-                       "runs there with `--slow-peers` only (finished runs are kept, so successive calls add up)",
+                       "runs there with `--slow-peers` only (finished runs are kept, so successive calls add up, and "
+                       "a space that holds all of them shows them without the flag)",
 }
 #: ... of which these run there with ``--slow-peers`` (capped by BUDGET_CAP, reported seeds only)
 SLOW_PER_LAYER = ("botorch_qparego",)

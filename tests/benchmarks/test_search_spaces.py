@@ -190,3 +190,25 @@ def test_a_space_snapshot_restores_runs_and_scores_on_a_fresh_machine(tmp_path: 
     # another score key (another model, data or build): its scores are not this space's
     snap.write_bytes(gzip.compress(json.dumps({**json.loads(gzip.decompress(data)), "score_key": "0" * 16}).encode()))
     assert search_store.load(third, name, space3, store3, runs=False) == (0, 0)
+
+
+def test_a_slow_peers_stored_runs_are_shown_without_the_flag(tmp_path: Path, monkeypatch) -> None:
+    """BoTorch runs on a per-layer space only with --slow-peers (hours); once a call has stored every run
+    of it for this code, a plain call shows it too instead of calling it not run."""
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_search, "_OPEN", {})
+    name = "digits-cnn-layers"
+    store = bench_search.RunStore(tmp_path / "cache" / "runs.sqlite")
+    methods = ("random", "botorch_qparego")
+    args = {"budgets": [6], "dev": [], "reported": [200], "methods": methods, "workers": 1, "store": store}
+    plain = bench_search.bench_space(name, **args)
+    assert set(plain["not_run"]) == {"botorch_qparego"} and plain["methods_run"] == ["random"]
+    # what a --slow-peers call would have stored (a stand-in run: random's, under the peer's name)
+    job = (name, "botorch_qparego", 200, 6)
+    stand_in = {**bench_search.run_method(bench_search.open_space(name), "random", 200, 6), "method": job[1]}
+    store.put(bench_search.job_keys([job])[job], json.loads(json.dumps(stand_in)))
+    shown = bench_search.bench_space(name, **args)
+    assert shown["not_run"] == {} and shown["methods_run"] == list(methods)
+    assert "botorch_qparego" in shown["reported"]["runs"]
