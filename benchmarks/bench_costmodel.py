@@ -1,6 +1,6 @@
 """Calibrate ``host-cpu`` on this machine (local transport, per-op profiles on) and report held-out error.
 
-Run: ``python -m benchmarks.bench_costmodel [--quick] [--fresh] [--no-minilm]``. The suite is
+Run: ``python -m benchmarks.bench_costmodel [--quick] [--fresh] [--no-minilm] [--offline]``. The suite is
 ``qae calibrate``'s (micro-benchmarks, block kernels, whole candidates of digits-vit, a MiniLM-sized
 transformer and digits-cnn, some held out) plus, held out, the measured front points of the MiniLM
 headline run (results/bench/headline.json: real MiniLM-L6 candidates at 64 tokens). Prints, per
@@ -9,8 +9,10 @@ Kendall tau of predicted against measured latency; the per-layer error by op typ
 reached when only 10, 20 or 40 of the calibration models are fitted (random draws, held-out set
 unchanged); and the same calibration fitted on whole-model latencies only (the ablation of the
 per-layer times). Writes results/bench/costmodel.json; measurements are kept in
-results/bench/calibration/ and reused by a re-run (``--fresh`` discards them). Also times the
-population path of the cost model (100 genomes) as a rate, not as a pass/fail.
+results/bench/calibration/ and reused by a re-run (``--fresh`` discards them; ``--offline`` fits them
+again and measures nothing, so a change to the fit or to how profiles are split into layers is judged
+on the same measurements; the result says when they were taken). Also times the population path of
+the cost model (100 genomes) as a rate, not as a pass/fail.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def minilm_front_items(path: Path = OUT / "headline.json") -> list[Item]:
 REPORTED_SEED = 2035
 REPORTED_PREFIX = "rep35"
 #: what happened to the reported set before these figures (said beside them in the summary)
-REPORTED_HISTORY = ("measured once, in one session with every other model (--fresh)")
+REPORTED_HISTORY = ("measured once, in one session with every other model (--fresh); its figures were then seen "
+                    "for three variants of the per-layer split tried offline on 2026-12-04 (one kept), so they are "
+                    "no longer untouched: the next reported seed is fresh")
 REPORTED_PER_WORKLOAD = 8
 #: (seed, id prefix, candidates per workload) of the sets reported once and then looked at
 DEVELOPMENT_SETS = ((2026, "report", 5), (2027, "final", 5), (2028, "rep28", 8), (2029, "rep29", 8),
@@ -118,7 +122,7 @@ def fidelity_curve(collected: dict[str, Any], sizes: tuple[int, ...] = CURVE_SIZ
             continue
         for d in range(draws):
             pick = set(rng.choice(ids, size=n, replace=False).tolist())
-            row = {"n": n, "draw": d}
+            row: dict[str, Any] = {"n": n, "draw": d}
             try:
                 row.update(refit(collected, pick, per_layer=True))
             except Exception as exc:  # a draw too small to fit is a result, said as such
@@ -149,12 +153,43 @@ def population_rate(profile_path: Path) -> dict[str, float]:
     return {"table_build_ms": min(build), "predict_100_genomes_ms": min(predict)}
 
 
+def _refuse(path: Path) -> dict[str, Any]:
+    """``--offline``'s measuring function: nothing is measured."""
+    raise SystemExit(f"error: --offline: {path.name} is not in the measurement store (a new model or a changed "
+                     "build); run without --offline to measure it")
+
+
+def measured_at(store: Path) -> dict[str, Any]:
+    """When the stored measurements were taken (first and last record), and the machine's load then."""
+    stamps: list[str] = []
+    loads: list[float] = []
+    if store.exists():
+        for line in store.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("at"), str) and rec.get("latency_ms"):
+                stamps.append(rec["at"])
+                load = (rec.get("environment") or {}).get("loadavg_1m_before")
+                if isinstance(load, (int, float)):
+                    loads.append(float(load))
+    return {"first": min(stamps, default=None), "last": max(stamps, default=None), "records": len(stamps),
+            "loadavg_1m_median": float(np.median(loads)) if loads else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="7 tiny models: checks the pipeline only")
     ap.add_argument("--fresh", action="store_true", help="discard stored measurements first")
     ap.add_argument("--no-minilm", action="store_true", help="leave out the MiniLM headline front points")
+    ap.add_argument("--offline", action="store_true",
+                    help="fit the stored measurements again and measure nothing (a change to the fit or to how "
+                         "profiles are split into layers, judged on the same measurements); a model not in the "
+                         "store is an error")
     args = ap.parse_args(argv)
+    if args.offline and args.fresh:
+        ap.error("--offline fits the stored measurements: it cannot discard them (--fresh)")
     out = OUT / "calibration" / ("host-cpu-quick.yaml" if args.quick else "host-cpu-local.yaml")
     store = out.with_name(out.stem + ".measurements.jsonl")
     if args.fresh and store.exists():
@@ -167,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         suite.items += development_items() + reported_items()
     collected: dict[str, Any] = {}
-    report = run("local", "host-cpu", out, suite=suite, progress=sys.stderr.isatty(), collect=collected)
+    report = run("local", "host-cpu", out, suite=suite, progress=sys.stderr.isatty(), collect=collected,
+                 measure=_refuse if args.offline else None)
     elapsed = time.perf_counter() - t0
     print(f"calibrated host-cpu on local: {report['models']} models, {report['passes']} to {report['max_passes']} "
           f"passes ({report['measured']} measurements now, {report['reused']} reused, {len(report['failed'])} failed, "
@@ -225,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               "ablation_without_minilm_candidates": without_own, "minilm_candidates_fitted": len(own),
               "fidelity_curve": curve,
               "fidelity_curve_note": f"{CURVE_DRAWS} random draws of the fit models per size, held-out set unchanged",
-              "refit_s": refit_s, "environment": environment()}
+              "refit_s": refit_s, "environment": environment(),
+              "offline": args.offline, "measured_at": measured_at(store)}
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "costmodel.json", json.dumps(result, indent=1, default=str))
     return 0

@@ -443,6 +443,11 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
            f"{_p(noise.get('spread_median'))}, {len(noise.get('beyond_bound') or [])} model(s) still beyond "
            f"{_p(noise.get('spread_bound'))} after the extra passes." + _drift_sentence(d.get("drift") or {}), "",
            ""]
+    if d.get("offline"):
+        when = d.get("measured_at") or {}
+        out += [f"This run measured nothing (`--offline`): it fitted again the {when.get('records')} stored "
+                f"measurements, taken {when.get('first')} to {when.get('last')} (median 1-minute load "
+                f"{_fmt(when.get('loadavg_1m_median'), '.2f')}), with this checkout's fit and per-layer split.", ""]
     rep = d.get("reported") or {}
     if rep.get("n"):
         out += [f"**Reported held-out** candidates: fresh random candidates of each workload (seed "

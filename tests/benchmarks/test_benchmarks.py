@@ -186,3 +186,28 @@ def test_slow_peers_run_on_the_per_layer_spaces_only_when_asked() -> None:
     assert set(bench_search.not_run(False, methods, slow_peers=True)) == {"optuna_gp"}
     assert bench_search.not_run(True, methods, slow_peers=False) == {}
     assert bench_search.not_run(False, ["qae", "random"], slow_peers=False) == {}
+
+
+def test_cost_model_benchmark_offline_fits_the_stored_measurements_and_measures_nothing(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """--offline judges a change to the fit or the layer split on the same measurements: with nothing
+    stored it stops at the first model (one line naming the fix), after a measuring run it reuses every
+    measurement, fits the same profile, and says when they were taken."""
+    import json
+
+    from benchmarks import bench_costmodel
+
+    monkeypatch.setattr(bench_costmodel, "OUT", tmp_path)
+    monkeypatch.setenv("QAE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as stop:
+        bench_costmodel.main(["--quick", "--offline"])
+    assert "not in the measurement store" in str(stop.value) and "without --offline" in str(stop.value)
+    assert not (tmp_path / "costmodel.json").exists()
+    assert bench_costmodel.main(["--quick"]) == 0
+    measured = json.loads((tmp_path / "costmodel.json").read_text())
+    assert measured["measured"] > 0 and measured["offline"] is False
+    assert bench_costmodel.main(["--quick", "--offline"]) == 0
+    again = json.loads((tmp_path / "costmodel.json").read_text())
+    assert again["offline"] is True and again["measured"] == 0 and again["reused"] == measured["measured"]
+    assert again["heldout"] == measured["heldout"] and again["fit"] == measured["fit"]
+    assert again["measured_at"]["records"] == measured["measured"] and again["measured_at"]["first"]

@@ -161,3 +161,26 @@ def test_the_profiler_s_per_node_cost_is_taken_off_before_the_shares() -> None:
     tight = raw.corrected_to(0.0125)
     assert min(n["ms"] for n in tight.nodes) > 0 and tight.total_ms == pytest.approx(0.0125)
     assert raw.corrected_to(0.5).layers["a"] == pytest.approx(raw.scaled_to(0.5).layers["a"])
+
+
+def test_a_profile_slower_as_a_whole_is_scaled_not_taken_off_its_small_nodes() -> None:
+    """The profiler's per-node cost is at most what the cheapest node took: a profile whose excess over
+    the timed latency is larger than that ran slower as a whole (its runs twice the fastest one), so
+    past that cost the split is scaled. Without the cap every node loses the same 7 us and the 4-6 us
+    nodes fall to their floor, whatever their kernels did (digits-cnn's profiles: 3-4 us a node,
+    profiled runs 1.2-2.1x the fastest)."""
+    from harness.quant.opmap import LayerTimes
+
+    # kernels 40 us, 10 us and 2 x 1 us; the profiler adds 3 us a node, and the profiled runs took 2x
+    nodes = [{"name": "a", "op_type": "Conv", "ms": 0.083, "layer": "a"},
+             {"name": "b", "op_type": "Conv", "ms": 0.023, "layer": "b"},
+             {"name": "q", "op_type": "QuantizeLinear", "ms": 0.005, "layer": "b"},
+             {"name": "f", "op_type": "Flatten", "ms": 0.005, "layer": None}]
+    raw = LayerTimes(layers={"a": 0.083, "b": 0.028}, unattributed={"Flatten": 0.005}, nodes=nodes)
+    timed = raw.corrected_to(0.052)
+    assert timed.total_ms == pytest.approx(0.052)
+    assert timed.layers["a"] / timed.layers["b"] == pytest.approx((83 - 4.5) / (23 + 5 - 9.0))
+    assert min(n["ms"] for n in timed.nodes) > 0
+    # the earlier rule: the same amount off every node until the sum is met
+    old = raw.corrected_to(0.052, cap_by_cheapest=False)
+    assert old.layers["a"] / old.layers["b"] > 1.5 * timed.layers["a"] / timed.layers["b"]
