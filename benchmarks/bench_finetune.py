@@ -115,13 +115,6 @@ MINILM_CHOICE = ("chosen on validation before the fine-tune (post-training mean 
 #: Distillation from the FP32 model on every block's output as well as the last hidden state, plus the pooled
 #: cosine (the metric's own). A first try with the last hidden state alone at lr 2e-4 (2000 steps planned) moved
 #: the validation cosine from 0.958 to 0.960 in 400 steps and was stopped.
-MINILM_CHOICE = ("chosen on validation before the fine-tune (post-training mean cosine, measured 2026-12-02, not "
-                 "re-run here): word table alone 3-bit asymmetric + MSE clipping 0.9909 (RTN 0.9790, symmetric "
-                 "0.9523, 4-bit asymmetric 0.9977 but over the byte budget with 4-bit MatMuls); all 36 MatMuls 4-bit "
-                 "weight-only asymmetric + MSE 0.9525 (RTN 0.9350, symmetric 0.9185, block 32 0.9608 at +1.2 MB of "
-                 "scales); one MatMul alone at 4 bits: FFN ~0.0021-0.0024, value ~0.0008, others <= 0.0003 "
-                 "(blocks 0-2); this genome 0.9578 at 0.4968x dynamic int8's bytes, the same plus block 5's FFN "
-                 "output 8-bit 0.9608 at 0.5097x (over)")
 MINILM_SETTINGS: dict[str, Any] = {"batch_size": 16, "lr": 1e-4, "eval_every": 100, "checkpoint_every": 100,
                                    "distill_modules": tuple(f"encoder.layer.{i}" for i in range(6)),
                                    "cosine_loss": True, "select": "mean_cosine"}
