@@ -777,6 +777,9 @@ def summarise(table: Any, runs: Sequence[dict[str, Any]], budgets: Sequence[int]
             "true_front_vectors_found": [len(front_set & {tuple(table.rows[tuple(g)].tolist()) for g in r["order"]})
                                          for r in mine],
             "most_accurate_corner_found": [any(tuple(g) in key_genomes for g in r["order"]) for r in mine],
+            # the evaluation (1-based, distinct genomes) at which each run first had one; None: never
+            "most_accurate_corner_first": [next((i + 1 for i, g in enumerate(r["order"]) if tuple(g) in key_genomes),
+                                                None) for r in mine],
             "seconds": sum(r["seconds"] for r in mine),
             "seconds_per_run": statistics.median(r["seconds"] for r in mine),
             "method_seconds_per_run": statistics.median(r["seconds"] - r["evaluation_seconds"] for r in mine),

@@ -46,6 +46,20 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _corner_hits(runs: dict[str, Any], budgets: list[str]) -> str:
+    """How many runs of each method had evaluated a most-accurate-corner genome by each budget (where the
+    result records when), else by the largest."""
+    if all("most_accurate_corner_first" in r for r in runs.values()):
+        def by(r: dict[str, Any]) -> str:
+            firsts = r["most_accurate_corner_first"]
+            reached = [b for b in budgets if int(b) <= r.get("budget", int(budgets[-1]))]
+            return "/".join(str(sum(1 for f in firsts if f is not None and f <= int(b))) for b in reached)
+        return (f"by {'/'.join(budgets)} evaluations: " +
+                "; ".join(f"{m} {by(r)} of {len(r['most_accurate_corner_first'])}" for m, r in runs.items()))
+    return f"by {budgets[-1]}: " + "; ".join(
+        f"{m} {sum(r['most_accurate_corner_found'])}/{len(r['most_accurate_corner_found'])}" for m, r in runs.items())
+
+
 def _mwu(runs: dict[str, Any], m: str, b: str) -> str:
     """Two-sided Mann-Whitney U p-value of ``m``'s per-seed ratios at budget ``b`` against qae's (scipy)."""
     from scipy.stats import mannwhitneyu
@@ -136,11 +150,9 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                                 f"{need:.2f} bar")
         key = rep.get("most_accurate_corner")
         if key and key["share"] >= 0.01:
-            hits = "; ".join(f"{m} {sum(r['most_accurate_corner_found'])}/{len(r['most_accurate_corner_found'])}"
-                             for m, r in rep["runs"].items())
             out += [f"The {key['points']} reference-front point(s) at the lowest accuracy loss "
                     f"({key['first_objective']:+.4f}) alone hold {key['share'] * 100:.1f} % of its hypervolume; runs "
-                    f"(reported seeds) that evaluated one by {budgets[-1]}: {hits}.", ""]
+                    f"(reported seeds) that evaluated one {_corner_hits(rep['runs'], budgets)}.", ""]
         every = {m: r for m, r in rep["runs"].items() if r.get("median_counting_every_proposal")}
         if every:
             out += [f"Counting every proposal (repeats included, as Optuna's `n_trials` does) instead of distinct "

@@ -46,12 +46,20 @@ def test_search_quality_json_shape(results: Path) -> None:
     key = data["most_accurate_corner"]
     assert 0.0 < key["share"] <= 1.0 and len(key["genomes"]) >= key["points"] >= 1
     assert all(len(run["most_accurate_corner_found"]) == 2 for run in data["runs"].values())
+    for run in data["runs"].values():  # when each run first had one: consistent with whether it did
+        firsts = run["most_accurate_corner_first"]
+        assert [f is not None for f in firsts] == run["most_accurate_corner_found"]
+        assert all(f is None or 1 <= f <= used for f, used in zip(firsts, run["evaluations_used"]))
     assert {"machine", "date", "onnxruntime"} <= set(data["environment"])
     path = summary.write_summary(results)
     text = path.read_text()
     assert "## Search quality" in text and "| qae |" in text
     # the corner's line is written where missing it costs at least 1 % of the hypervolume
     assert ("alone hold " in text) == (key["share"] >= 0.01)
+    if key["share"] >= 0.01:
+        qae = data["runs"]["qae"]["most_accurate_corner_first"]
+        counts = "/".join(str(sum(1 for f in qae if f is not None and f <= b)) for b in (20, 40))
+        assert "by 20/40 evaluations: " in text and f"qae {counts} of 2" in text
 
 
 def test_oracle_counts_distinct_genomes_once() -> None:
