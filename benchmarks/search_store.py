@@ -133,7 +133,8 @@ def load(results: Path, space: str, table: Any, store: Any, runs: bool = True) -
     if runs:
         for item in body["runs"]:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and valid_run(*item)
-                    and json.loads(item[0])[0].startswith(f"{space}:")):
+                    and json.loads(item[0])[0].startswith(f"{space}:")
+                    and all(_valid_genome(json.dumps(g), table.choices) for g in item[1]["order"])):
                 bad_runs += 1
                 continue
             added_runs += store.add(item[0], item[1])

@@ -174,7 +174,8 @@ def test_a_space_snapshot_restores_runs_and_scores_on_a_fresh_machine(tmp_path: 
                     [json.dumps([99] * len(space.names)), 0.9, 0.9, 100.0, 0.1],  # no such choice
                     ["fp32", 0.9, 0.5, None, None]]
     body["runs"] = [[key.replace('"random"', '"qae"'), run],  # the key names another method than the run
-                    [json.dumps(["other-space:k", "random", 0, 12, "code"]), run]]
+                    [json.dumps(["other-space:k", "random", 0, 12, "code"]), run],
+                    [key, {**run, "order": [[99] * len(space.names)]}]]  # a genome the space has not got
     third = tmp_path / "third"
     snap = search_store.snapshot_path(third, name)
     snap.parent.mkdir(parents=True)
@@ -183,7 +184,7 @@ def test_a_space_snapshot_restores_runs_and_scores_on_a_fresh_machine(tmp_path: 
     store3 = bench_search.RunStore(third / "cache" / "runs.sqlite")
     capsys.readouterr()
     assert search_store.load(third, name, space3, store3) == (0, 0)
-    assert "left out 2 malformed run(s) and 3 malformed score row(s)" in capsys.readouterr().err
+    assert "left out 3 malformed run(s) and 3 malformed score row(s)" in capsys.readouterr().err
     snap.write_bytes(data[: len(data) // 2])
     assert search_store.load(third, name, space3, store3) == (0, 0)
     assert "not a readable snapshot" in capsys.readouterr().err
