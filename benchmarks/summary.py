@@ -53,7 +53,8 @@ def _corner_hits(runs: dict[str, Any], budgets: list[str]) -> str:
         def by(r: dict[str, Any]) -> str:
             firsts = r["most_accurate_corner_first"]
             reached = [b for b in budgets if int(b) <= r.get("budget", int(budgets[-1]))]
-            return "/".join(str(sum(1 for f in firsts if f is not None and f <= int(b))) for b in reached)
+            counts = "/".join(str(sum(1 for f in firsts if f is not None and f <= int(b))) for b in reached)
+            return counts if len(reached) == len(budgets) else f"{counts} (stops at {'/'.join(reached)})"
         return (f"by {'/'.join(budgets)} evaluations: " +
                 "; ".join(f"{m} {by(r)} of {len(r['most_accurate_corner_first'])}" for m, r in runs.items()))
     return f"by {budgets[-1]}: " + "; ".join(
