@@ -862,22 +862,27 @@ _OWN_CODE: dict[str, tuple[Callable[..., Any], ...]] = {
 
 
 def code_version(method: str | None = None) -> str:
-    """A hash of the code a run of ``method`` depends on: the benchmark's shared parts (the spaces, the
-    oracle, the dispatch, ``search.space``'s random genomes) and the method's own: the whole engine
+    """A hash of the code a run of ``method`` depends on: the benchmark's shared parts (the per-layer
+    spaces' scoring and seeding, the oracle, the dispatch, ``search.space``'s random genomes) and the
+    method's own: the whole engine
     (``search/``) for qae and its ablations, its runner for a peer. So a change to the engine leaves the
     peers' stored runs valid (the slow Bayesian ones above all). None: every method's code at once."""
     import hashlib
     import inspect
 
     import search
+    from benchmarks import search_spaces as ss
 
     root = Path(search.__file__).parent
     engine = method is None or method.startswith("qae")
-    files = [*(sorted(root.glob("*.py")) if engine else [root / "space.py", root / "rng.py"]),
-             Path(__file__).with_name("search_spaces.py")]
+    files = [*(sorted(root.glob("*.py")) if engine else [root / "space.py", root / "rng.py"])]
     h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())
+    # of the per-layer spaces, what scores a genome and seeds qae (what their latencies are is the
+    # space key's ``latency_version``, so a change to how that is hashed re-runs nothing)
+    for part in (ss.LayerSpace, ss._menu, ss._Rows, ss._Cosine, ss._valid_row):
+        h.update(inspect.getsource(part).encode())
     # of this module, only what a run does (the report can change without invalidating stored runs)
     names = sorted(_OWN_CODE) if method is None else [method]
     own: list[Any] = [part for m in names for part in (*_OWN_CODE[m], RUNNERS[m])]  # RUNNERS: its arguments
@@ -886,12 +891,27 @@ def code_version(method: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def latency_version(profile: str = PROFILE) -> str:
-    """``search_spaces.latency_version`` of the named profile: what the spaces' latencies are predicted with."""
-    from benchmarks import search_spaces
-    from profiles import load_profile
+def latency_version(space: str, profile: str = PROFILE) -> str:
+    """A hash of the named profile's predicted latencies on ``space``, as the cost model predicts them
+    now (``search_spaces.latency_fingerprint``): on a per-layer space, of a fixed set of its genomes; on
+    the enumerated one, of all of them. Stored runs whose recorded version differs searched other
+    latencies."""
+    from itertools import product
 
-    return search_spaces.latency_version(load_profile(profile))
+    from benchmarks import search_spaces
+    from harness.quant.workload import Workload
+    from profiles import load_profile
+    from profiles.costmodel import CostTable, GraphStats
+
+    prof = load_profile(profile)
+    if space in search_spaces.LAYER_SPACES:
+        return search_spaces.latency_version(space, prof)
+    work = Workload.open(WORKLOAD)
+    costs = CostTable(work.model.layers, prof, GraphStats.of(work.model))
+    groups = group_layers(work.model.layer_names)
+    genomes = product(*[range(len(g[2])) for g in GROUPS])
+    return search_spaces.latency_fingerprint(
+        [costs.predict(work.genome(genome_dict(tuple(g), groups))).latency_ms for g in genomes])
 
 
 def space_key(name: str, table: Any) -> str:
@@ -1260,9 +1280,9 @@ def main(argv: list[str] | None = None) -> int:
         from profiles import load_profile
 
         body["calibration_id"] = load_profile(PROFILE).calibration_id
-        for res in results.values():
+        for name, res in results.items():
             res["date"], res["calibration_id"] = common.environment()["date"], body["calibration_id"]
-            res["latency_version"] = latency_version()
+            res["latency_version"] = latency_version(name)
             # per method: the summary flags runs made by other code than the checkout's
             res["code_versions"] = {m: code_version(m) for m in res["methods_run"]}
         body["spaces"] = {**carried_spaces(common.RESULTS / "search_quality.json", spaces), **results}

@@ -30,13 +30,58 @@ LAYER_SPACES = {"digits-vit-layers": "builtin:digits-vit", "digits-cnn-layers": 
 Genome = tuple[int, ...]
 
 
-def latency_version(profile: Any) -> str:
-    """A hash of what a space's latencies are predicted with: the profile's numbers and the cost model's
-    code. A per-layer space's key names it; the summary flags runs predicted with another."""
-    import profiles.costmodel as costmodel_module
+#: random genomes a per-layer space's latency version predicts, besides one uniform genome per choice
+LATENCY_PROBES = 512
 
-    data = json.dumps(profile.data, sort_keys=True, default=str)
-    return hashlib.sha256((data + Path(costmodel_module.__file__).read_text()).encode()).hexdigest()[:16]
+
+def latency_probes(choices: Sequence[Sequence[Any]], n: int = LATENCY_PROBES) -> list[Genome]:
+    """The genomes a space's latency version is predicted on: for each choice index, the genome of that
+    choice in every layer (the last where a layer has fewer), and ``n`` random ones (seeded, fixed)."""
+    widest = max(len(c) for c in choices)
+    out = [tuple(min(i, len(c) - 1) for c in choices) for i in range(widest)]
+    rng = np.random.default_rng(20261204)
+    out += [tuple(int(rng.integers(len(c))) for c in choices) for _ in range(n)]
+    return out
+
+
+def latency_fingerprint(latencies: Sequence[float]) -> str:
+    """A hash of predicted latencies, exactly (``repr`` of each float): what a space's stored runs depend
+    on besides its scores, since qae's runs search on them and the fronts are drawn from them."""
+    return hashlib.sha256(json.dumps([repr(float(x)) for x in latencies]).encode()).hexdigest()[:16]
+
+
+def _menu(workload: str, profile: Any) -> tuple[Any, Any, list[Any], list[str], list[list[Any]], Any, Any]:
+    """A built-in's per-layer space for ``profile`` as ``qae search`` builds it: the workload, its
+    search config, the genes per layer, the layer names, the choices, the ``SearchSpace`` and the cost
+    table that predicts its latencies."""
+    from harness.quant.workload import Workload
+    from harness.run.config import SearchConfig
+    from harness.run.seeds import choice_distance, gene_value, layer_choices
+    from profiles.costmodel import CostTable, GraphStats
+    from search import SearchSpace
+
+    work = Workload.open(workload)
+    cfg = SearchConfig(model=workload, profiles=[profile.name])
+    genes = layer_choices(work, cfg, profile)
+    names = [layer.name for layer in work.model.layers]
+    choices: list[list[Any]] = [[gene_value(g) for g in gs] for gs in genes]
+    space = SearchSpace(names, choices, distance=choice_distance)
+    costs = CostTable(work.model.layers, profile, GraphStats.of(work.model))
+    return work, cfg, genes, names, choices, space, costs
+
+
+def _predicted(work: Any, space: Any, costs: Any, genome: Genome) -> float:
+    from harness.run.evaluation import layers_dict
+
+    return float(costs.predict(work.genome({"layers": layers_dict(space.decode(genome))})).latency_ms)
+
+
+def latency_version(name: str, profile: Any) -> str:
+    """What per-layer space ``name``'s latencies are, as a hash of ``profile``'s predictions for a fixed
+    set of its genomes (``latency_probes``): a change to the cost model's code or to the profile that
+    moves no prediction keeps the space's stored runs; one that moves any re-runs them."""
+    work, _, _, _, choices, space, costs = _menu(LAYER_SPACES[name], profile)
+    return latency_fingerprint([_predicted(work, space, costs, g) for g in latency_probes(choices)])
 
 
 class LayerSpace:
@@ -48,28 +93,19 @@ class LayerSpace:
         import onnxruntime
 
         from harness.quant.quantize import build_version
-        from harness.quant.workload import Workload
-        from harness.run.config import SearchConfig
-        from harness.run.seeds import choice_distance, gene_value, layer_choices
         from profiles import load_profile
-        from profiles.costmodel import CostTable, GraphStats
-        from search import SearchSpace
 
         self.name = name
         self.workload = LAYER_SPACES[name]
-        self.work = Workload.open(self.workload)
-        assert self.work.eval_data is not None
-        self.cfg = SearchConfig(model=self.workload, profiles=[PROFILE])
         profile = load_profile(PROFILE)
-        self.genes = layer_choices(self.work, self.cfg, profile)
-        self.names = [layer.name for layer in self.work.model.layers]
-        self.choices: list[list[Any]] = [[gene_value(g) for g in genes] for genes in self.genes]
-        self.space = SearchSpace(self.names, self.choices, distance=choice_distance)
-        self.costs = CostTable(self.work.model.layers, profile, GraphStats.of(self.work.model))
+        self.work, self.cfg, self.genes, self.names, self.choices, self.space, self.costs = _menu(
+            self.workload, profile)
+        assert self.work.eval_data is not None
         # the scores (accuracy, cosine, bytes) follow the model, the data, the build and the menu; the
         # predicted latency also follows the cost model's code and the profile's numbers, so it is
         # predicted afresh, never cached, and only the space's key (which stored runs are filed under)
-        # names them: a cost-model change re-runs the searches without re-scoring a genome
+        # names them (``latency_version``): a cost-model change that moves a prediction re-runs the
+        # searches without re-scoring a genome
         scores = {
             "model_sha256": self.work.model.sha256, "calib": self.work.calib.sha256,
             "eval": self.work.eval_data.sha256, "onnxruntime": onnxruntime.__version__,
@@ -78,7 +114,9 @@ class LayerSpace:
             "choices": json.dumps(self.choices, default=str),
         }
         self.score_key = hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()[:16]
-        self.key = hashlib.sha256(f"{self.score_key}|{latency_version(profile)}".encode()).hexdigest()[:16]
+        self.latency_version = latency_fingerprint(
+            [_predicted(self.work, self.space, self.costs, g) for g in latency_probes(self.choices)])
+        self.key = hashlib.sha256(f"{self.score_key}|{self.latency_version}".encode()).hexdigest()[:16]
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(cache_dir / f"{name}.sqlite", timeout=120, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")

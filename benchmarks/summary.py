@@ -104,7 +104,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
                    f"(latency calibration {sp.get('calibration_id') or 'not recorded'}; the methods added since, "
                    "such as the BoTorch peer, are not in it).*", ""] if sp.get("carried") else []),
                 *_stale(sp.get("code_versions", sp.get("code_version"))),
-                *_stale_latency(sp),
+                *_stale_latency(name, sp),
                 "| method | " + " | ".join(f"{b} evals, reported" for b in budgets) + " | "
                 + " | ".join(f"{b}, dev" for b in budgets) + " | method s/run (excl. evaluations) |",
                 "|---|" + "---|" * (2 * len(budgets) + 1)]
@@ -194,22 +194,23 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
-def _stale_latency(sp: dict[str, Any]) -> list[str]:
-    """A warning when a space's runs predicted latency otherwise than the checkout would: another cost
-    model or profile (``bench_search.latency_version``; runs before it was recorded: another calibration)."""
+def _stale_latency(name: str, sp: dict[str, Any]) -> list[str]:
+    """A warning when space ``name``'s runs predicted latency otherwise than the checkout would: another
+    cost model or profile (``bench_search.latency_version``; runs before it was recorded: another
+    calibration)."""
     from benchmarks.bench_search import PROFILE, latency_version
     from profiles import load_profile
 
-    recorded, now = sp.get("latency_version"), latency_version()
+    recorded, now = sp.get("latency_version"), latency_version(name)
     if recorded == now or (recorded is None and sp.get("calibration_id") == load_profile(PROFILE).calibration_id):
         return []
     what = (f"latency version {recorded}, the checkout's {now}" if recorded else
             f"calibration {sp.get('calibration_id') or 'not recorded'}, the checkout ships "
             f"{load_profile(PROFILE).calibration_id}")
-    return [f"**Latencies of another cost model:** these runs predicted latency with another `{PROFILE}` profile "
-            f"or cost-model code than the checkout's ({what}): the reference front and every row may move. Re-run "
-            "`python -m benchmarks.bench_search` (a per-layer space's key names both, so its runs are made afresh; "
-            "no genome is scored again).", ""]
+    return [f"**Latencies of another cost model:** these runs searched latencies the checkout's `{PROFILE}` profile "
+            f"and cost model no longer predict ({what}): the reference front and every row may move. Re-run "
+            "`python -m benchmarks.bench_search` (a space's key names its predicted latencies, so its runs are made "
+            "afresh; no genome is scored again).", ""]
 
 
 def _stale(recorded: str | dict[str, str] | None) -> list[str]:

@@ -28,7 +28,11 @@ precision (what the target would run instead). A QDQ per-block weight-only MatMu
 MatMulNBits where the profile says the runtime fuses it (``qdq_per_block_accuracy_level``).
 
 What per-layer profiles taught (issue 18): the rest of the graph also holds the MatMuls between
-two activations (attention), costed at the float rate from ``GraphStats.other_macs``; an embedding
+two activations (attention), costed at the float rate from ``GraphStats.other_macs``, but not a
+MatMul layer's bias Add, which ONNX Runtime folds into the kernels that take a bias
+(DynamicQuantizeMatMul, MatMulNBits) and runs after any other: it is costed with its layer where it
+runs (``ExecClass.bias_add``), as one of the rest's ops, so a genome of bias-taking kernels does not
+pay for 36 Adds MiniLM's fast int8-dynamic candidates never ran; an embedding
 table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 on ONNX Runtime) is
 dequantized whole on every run where qae cannot write it as an indexed kernel (a 4-bit QDQ table of
 even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_table``);
@@ -107,6 +111,10 @@ class GraphStats:
     #: the elements of each output those ops write (``other_elements`` is their sum): what a profile
     #: with ``other_ns_per_element_beyond_l1`` splits by the L1 data cache
     other_outputs: tuple[int, ...] = ()
+    #: the MatMul layers whose output goes through an Add of a constant alone (the layer's bias):
+    #: that Add is not counted in the rest of the graph, since whether it runs depends on the genome
+    #: (``genome_classes`` marks it, ``cost_of`` prices it where the layer's kernel leaves it out)
+    bias_layers: tuple[str, ...] = ()
 
     @functools.cached_property
     def conv_output_map(self) -> dict[str, ConvOutput]:
@@ -132,10 +140,11 @@ class GraphStats:
             for name in node.input:
                 readers[name] = readers.get(name, 0) + 1
         shapes = model.tensor_shapes()
+        bias_adds, bias_layers = _bias_adds(model, readers)
         ops = elements = macs = 0
         outputs: list[int] = []
         for node in model.proto.graph.node:
-            if node.name in layer_nodes or node.op_type in _FREE_OPS:
+            if node.name in layer_nodes or node.op_type in _FREE_OPS or node.name in bias_adds:
                 continue
             if node.op_type in _CONV_FUSED and node.input and node.input[0] in conv_out and readers[node.input[0]] == 1:
                 continue  # fused into its Conv layer
@@ -150,7 +159,7 @@ class GraphStats:
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
                 macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
-        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs))
+        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs), bias_layers)
 
     def fixed_us(self, profile: Profile) -> float:
         """The rest of the graph's time per inference: op overheads, elements written (those of outputs
@@ -166,6 +175,43 @@ class GraphStats:
         return (self.other_ops * profile.num("overhead", "other_op_us")
                 + self.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
                 + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3) + beyond)
+
+
+def _bias_adds(model: ModelLike, readers: Mapping[str, int]) -> tuple[set[str], tuple[str, ...]]:
+    """The bias Adds of MatMul layers (an Add of a MatMul layer's output, read by it alone, and of an
+    initializer or Constant) by node name, and those layers' names. ONNX Runtime folds such an Add
+    into the kernels that take a bias (``DynamicQuantizeMatMul``, ``MatMulNBits``); after any other
+    MatMul it runs as an Add of its own or inside a larger fused op (``BiasGelu``,
+    ``SkipLayerNormalization`` with a bias), at the cost of a pass over the output either way."""
+    graph = model.proto.graph
+    layer_of = {layer.node_name: layer.name for layer in model.layers if layer.op_type == "MatMul"}
+    made_by = {t: n.name for n in graph.node if n.name in layer_of for t in n.output if t}
+    constants = {t.name for t in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+    adds: set[str] = set()
+    layers: list[str] = []
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        a, b = node.input
+        for x, y in ((a, b), (b, a)):
+            if x in made_by and y in constants and readers.get(x, 0) == 1 and layer_of[made_by[x]] not in layers:
+                adds.add(node.name)
+                layers.append(layer_of[made_by[x]])
+                break
+    return adds, tuple(layers)
+
+
+def rest_op_us(profile: Profile, elements: float) -> float:
+    """One op of the rest of the graph writing ``elements``, as ``GraphStats.fixed_us`` prices it:
+    ``other_op_us`` and ``other_ns_per_element``, and past the L1 data cache the further rate where
+    the profile has one."""
+    us = other_op_us(profile, elements)
+    over, mem = profile.data["overhead"], profile.data["memory"]
+    if "other_ns_per_element_beyond_l1" in over and "l1_bytes" in mem:
+        if elements > float(mem["l1_bytes"]["value"]) / _BYTES[profile.data["float_type"]]:
+            us += elements * float(over["other_ns_per_element_beyond_l1"]["value"]) / 1e3
+    return us
 
 
 def _conv_outputs(model: ModelLike) -> tuple[tuple[str, ConvOutput], ...]:
@@ -254,6 +300,10 @@ class ExecClass(NamedTuple):
     activations: int = 0
     reorders_in: int = 0
     reorders_out: int = 0
+    #: the MatMul layer's bias Add is in the graph (``GraphStats.bias_layers``): ``cost_of`` adds it,
+    #: as one of the rest of the graph's ops over the output, where the layer's kernel does not take
+    #: the bias itself (ONNX Runtime's ``DynamicQuantizeMatMul`` and ``MatMulNBits`` do)
+    bias_add: int = 0
 
 
 def precision_tokens(gene: GeneLike) -> ExecClass:
@@ -289,6 +339,9 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
     a Conv's kernel depends on the layers that read it."""
     genes = {lay.name: genome[lay.name] for lay in layers}  # a genome's lookup merges: once a layer
     classes = [precision_tokens(genes[lay.name]) for lay in layers]
+    if graph is not None and graph.bias_layers:
+        biased = set(graph.bias_layers)
+        classes = [c._replace(bias_add=1) if lay.name in biased else c for lay, c in zip(layers, classes)]
     rule = profile.data.get("conv_output")
     outs = graph.conv_output_map if graph is not None else {}
     if rule is None or not outs:
@@ -645,9 +698,29 @@ def indexed_int4_table(layer: LayerLike, c: ExecClass) -> ExecClass | None:
     return ExecClass("int4", "fp32", "block", "gather_block", max(16, 1 << (int(w[1]) - 1).bit_length()), 0, False)
 
 
+#: the paths whose kernel takes a MatMul's bias (ONNX Runtime's MatMulNBits; ``DynamicQuantizeMatMul``
+#: on the native path of dynamic activations)
+_BIAS_FUSING_PATHS = ("matmulnbits", "qdq->matmulnbits")
+
+
 def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) -> LayerCost:
-    """The cost of ``layer`` in execution class ``c`` (an ``ExecClass`` or a classic 3-tuple)."""
+    """The cost of ``layer`` in execution class ``c`` (an ``ExecClass`` or a classic 3-tuple), with
+    its bias Add (``ExecClass.bias_add``) where its kernel leaves that to an op of its own: one of the
+    rest of the graph's ops over the output (``rest_op_us``), which a per-op profile leaves
+    unattributed (a model's own Add, or folded into the next op)."""
     c = ExecClass(*c)
+    if not c.bias_add:
+        return _cost_of(layer, c, profile)
+    lc = _cost_of(layer, c._replace(bias_add=0), profile)
+    if lc.path in _BIAS_FUSING_PATHS or (lc.path == "native" and c.activation == "dynamic"):
+        return lc
+    bias = rest_op_us(profile, layer_io(layer)[1])
+    lc.latency_us += bias
+    lc.unattributed_us += bias
+    return lc
+
+
+def _cost_of(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost:
     if c.kernel != "qdq":
         kc = _kernel_cost(layer, c, profile)
         if kc is not None:

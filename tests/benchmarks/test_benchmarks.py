@@ -156,14 +156,17 @@ def test_search_runs_predicted_by_another_cost_model_are_flagged() -> None:
     checkout's (recorded latency version; before it was recorded, the calibration id), and only such."""
     from profiles import load_profile
 
-    now = bench_search.latency_version()
-    assert summary._stale_latency({"latency_version": now}) == []
-    assert summary._stale_latency({"calibration_id": load_profile(bench_search.PROFILE).calibration_id}) == []
+    space = "digits-vit-layers"
+    now = bench_search.latency_version(space)
+    assert summary._stale_latency(space, {"latency_version": now}) == []
+    assert summary._stale_latency(space, {"calibration_id": load_profile(bench_search.PROFILE).calibration_id}) == []
     for sp in ({"latency_version": "0" * 16}, {"calibration_id": "abc"}, {}):
-        (line, _) = summary._stale_latency(sp)
+        (line, _) = summary._stale_latency(space, sp)
         assert line.startswith("**Latencies of another cost model:**") and ("0" * 16 in line or "abc" in line
                                                                             or "not recorded" in line)
-    assert bench_search.latency_version("arm-neon-a76") != now
+    assert bench_search.latency_version(space, "arm-neon-a76") != now
+    assert bench_search.latency_version("digits-vit-groups") != bench_search.latency_version(
+        "digits-vit-groups", "arm-neon-a76")
 
 
 def test_an_engine_change_keeps_the_peers_stored_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

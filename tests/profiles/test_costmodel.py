@@ -404,3 +404,27 @@ def test_dequantized_weights_pay_the_spill_rate_beyond_the_profile_s_spill_bytes
     without = profile.copy()
     del without.data["memory"]["dequantize_spill_bytes"]  # from onchip_bytes (1 MB): no spill at this size
     assert cost(large, without) < cost(large)
+
+
+def test_a_matmul_bias_add_is_costed_only_where_the_kernel_leaves_it_to_an_op_of_its_own(digits: ModelInfo) -> None:
+    # ONNX Runtime folds a MatMul's bias Add into DynamicQuantizeMatMul and MatMulNBits; after any
+    # other MatMul it is an Add of its own (or inside BiasGelu / SkipLayerNormalization), so it is
+    # the layer's class, not the genome-independent rest of the graph, that says whether it costs
+    from profiles.costmodel import ExecClass, cost_of, genome_classes, layer_io, rest_op_us
+
+    stats = GraphStats.of(digits)
+    matmuls = {lay.name for lay in digits.layers if lay.op_type == "MatMul"}
+    assert stats.bias_layers and set(stats.bias_layers) <= matmuls
+    profile = load_profile("host-cpu")
+    classes = genome_classes(digits.layers, _uniform(digits, Gene(8, 8)), profile, stats)
+    assert {lay.name for lay, c in zip(digits.layers, classes) if c.bias_add} == set(stats.bias_layers)
+    layer = next(lay for lay in digits.layers if lay.name == stats.bias_layers[0])
+    bias = rest_op_us(profile, layer_io(layer)[1])
+    assert bias > 0
+    for c in (ExecClass("fp32", "fp32", "channel"), ExecClass("int8", "int8", "channel")):
+        without, with_ = cost_of(layer, c, profile), cost_of(layer, c._replace(bias_add=1), profile)
+        assert with_.latency_us - without.latency_us == pytest.approx(bias)
+        assert with_.unattributed_us - without.unattributed_us == pytest.approx(bias)  # not the layer's node
+    dynamic = ExecClass("int8", "dynamic", "channel")
+    assert cost_of(layer, dynamic._replace(bias_add=1), profile).latency_us == pytest.approx(
+        cost_of(layer, dynamic, profile).latency_us)
