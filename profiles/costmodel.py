@@ -111,10 +111,13 @@ class GraphStats:
     #: the elements of each output those ops write (``other_elements`` is their sum): what a profile
     #: with ``other_ns_per_element_beyond_l1`` splits by the L1 data cache
     other_outputs: tuple[int, ...] = ()
-    #: the MatMul layers whose output goes through an Add of a constant alone (the layer's bias):
-    #: that Add is not counted in the rest of the graph, since whether it runs depends on the genome
-    #: (``genome_classes`` marks it, ``cost_of`` prices it where the layer's kernel leaves it out)
+    #: the MatMul layers whose output goes through an Add of a constant alone (the layer's bias), and
+    #: the elements each such Add writes. The counts above include those Adds; on a profile that says
+    #: which kernels take the bias (``matmul_bias``) they leave the rest of the graph, since whether
+    #: they run depends on the genome (``genome_classes`` marks them, ``cost_of`` prices them where
+    #: the layer's kernel leaves them out)
     bias_layers: tuple[str, ...] = ()
+    bias_outputs: tuple[int, ...] = ()
 
     @functools.cached_property
     def conv_output_map(self) -> dict[str, ConvOutput]:
@@ -143,8 +146,9 @@ class GraphStats:
         bias_adds, bias_layers = _bias_adds(model, readers)
         ops = elements = macs = 0
         outputs: list[int] = []
+        bias_outputs = [0] * len(bias_layers)
         for node in model.proto.graph.node:
-            if node.name in layer_nodes or node.op_type in _FREE_OPS or node.name in bias_adds:
+            if node.name in layer_nodes or node.op_type in _FREE_OPS:
                 continue
             if node.op_type in _CONV_FUSED and node.input and node.input[0] in conv_out and readers[node.input[0]] == 1:
                 continue  # fused into its Conv layer
@@ -155,31 +159,48 @@ class GraphStats:
                 if shapes.get(out):
                     outputs.append(int(np.prod(shapes[out])))
                     elements += outputs[-1]
+                    if node.name in bias_adds:
+                        bias_outputs[bias_adds[node.name]] = outputs[-1]
             a = shapes.get(node.input[0]) if node.input else None
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
                 macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
-        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs), bias_layers)
+        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs), bias_layers, tuple(bias_outputs))
 
     def fixed_us(self, profile: Profile) -> float:
         """The rest of the graph's time per inference: op overheads, elements written (those of outputs
         larger than the L1 data cache at a further rate, where the profile has one), and the
-        activation-by-activation MatMuls at the float rate."""
+        activation-by-activation MatMuls at the float rate. The MatMul layers' bias Adds are in it
+        unless the profile costs them with their layers (``matmul_bias``)."""
         ft = profile.data["float_type"]
         over, mem = profile.data["overhead"], profile.data["memory"]
+        # integer counts, so that a profile without ``matmul_bias`` gets exactly the sums it was fitted with
+        ops, elements, outputs = self.other_ops, self.other_elements, list(self.other_outputs)
+        if bias_with_layer(profile):
+            ops -= len(self.bias_outputs)
+            elements -= sum(self.bias_outputs)
+            for n in self.bias_outputs:
+                if n:  # an Add of unknown shape was counted as an op only
+                    outputs.remove(n)
         beyond = 0.0
         if "other_ns_per_element_beyond_l1" in over and "l1_bytes" in mem:
             limit = float(mem["l1_bytes"]["value"]) / _BYTES[ft]
-            beyond = sum(n for n in self.other_outputs if n > limit) * float(
+            beyond = sum(n for n in outputs if n > limit) * float(
                 over["other_ns_per_element_beyond_l1"]["value"]) / 1e3
-        return (self.other_ops * profile.num("overhead", "other_op_us")
-                + self.other_elements * profile.num("overhead", "other_ns_per_element") / 1e3
+        return (ops * profile.num("overhead", "other_op_us")
+                + elements * profile.num("overhead", "other_ns_per_element") / 1e3
                 + self.other_macs / (profile.num("throughput_gmacs", ft) * 1e3) + beyond)
 
 
-def _bias_adds(model: ModelLike, readers: Mapping[str, int]) -> tuple[set[str], tuple[str, ...]]:
+def bias_with_layer(profile: Profile) -> bool:
+    """Whether ``profile`` costs a MatMul layer's bias Add with the layer (``matmul_bias``: the paths
+    whose kernel takes the bias) rather than in the genome-independent rest of the graph."""
+    return "matmul_bias" in profile.data
+
+
+def _bias_adds(model: ModelLike, readers: Mapping[str, int]) -> tuple[dict[str, int], tuple[str, ...]]:
     """The bias Adds of MatMul layers (an Add of a MatMul layer's output, read by it alone, and of an
-    initializer or Constant) by node name, and those layers' names. ONNX Runtime folds such an Add
+    initializer or Constant): node name -> index into the layers' names, and those names. ONNX Runtime folds such an Add
     into the kernels that take a bias (``DynamicQuantizeMatMul``, ``MatMulNBits``); after any other
     MatMul it runs as an Add of its own or inside a larger fused op (``BiasGelu``,
     ``SkipLayerNormalization`` with a bias), at the cost of a pass over the output either way."""
@@ -188,7 +209,7 @@ def _bias_adds(model: ModelLike, readers: Mapping[str, int]) -> tuple[set[str], 
     made_by = {t: n.name for n in graph.node if n.name in layer_of for t in n.output if t}
     constants = {t.name for t in graph.initializer}
     constants |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
-    adds: set[str] = set()
+    adds: dict[str, int] = {}
     layers: list[str] = []
     for node in graph.node:
         if node.op_type != "Add" or len(node.input) != 2:
@@ -196,7 +217,7 @@ def _bias_adds(model: ModelLike, readers: Mapping[str, int]) -> tuple[set[str], 
         a, b = node.input
         for x, y in ((a, b), (b, a)):
             if x in made_by and y in constants and readers.get(x, 0) == 1 and layer_of[made_by[x]] not in layers:
-                adds.add(node.name)
+                adds[node.name] = len(layers)
                 layers.append(layer_of[made_by[x]])
                 break
     return adds, tuple(layers)
@@ -339,7 +360,7 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
     a Conv's kernel depends on the layers that read it."""
     genes = {lay.name: genome[lay.name] for lay in layers}  # a genome's lookup merges: once a layer
     classes = [precision_tokens(genes[lay.name]) for lay in layers]
-    if graph is not None and graph.bias_layers:
+    if graph is not None and graph.bias_layers and bias_with_layer(profile):
         biased = set(graph.bias_layers)
         classes = [c._replace(bias_add=1) if lay.name in biased else c for lay, c in zip(layers, classes)]
     rule = profile.data.get("conv_output")
@@ -698,21 +719,30 @@ def indexed_int4_table(layer: LayerLike, c: ExecClass) -> ExecClass | None:
     return ExecClass("int4", "fp32", "block", "gather_block", max(16, 1 << (int(w[1]) - 1).bit_length()), 0, False)
 
 
-#: the paths whose kernel takes a MatMul's bias (ONNX Runtime's MatMulNBits; ``DynamicQuantizeMatMul``
-#: on the native path of dynamic activations)
-_BIAS_FUSING_PATHS = ("matmulnbits", "qdq->matmulnbits")
+def bias_path(lc: LayerCost, c: ExecClass) -> str:
+    """The ``matmul_bias.fused_paths`` name of the path a layer's cost took: ``op_path``'s for a QDQ
+    path (``native_dynamic`` for dynamic activations), ``matmulnbits`` for that kernel, whether named
+    by the gene or fused from QDQ weights."""
+    path = lc.path.split(" (no ")[0]
+    if path.endswith("matmulnbits"):
+        return "matmulnbits"
+    return op_path(path, c.activation)
 
 
 def cost_of(layer: LayerLike, c: ExecClass | tuple[Any, ...], profile: Profile) -> LayerCost:
     """The cost of ``layer`` in execution class ``c`` (an ``ExecClass`` or a classic 3-tuple), with
-    its bias Add (``ExecClass.bias_add``) where its kernel leaves that to an op of its own: one of the
+    its bias Add (``ExecClass.bias_add``, marked on profiles with ``matmul_bias``) where the path's
+    kernel leaves that to an op of its own (a path not in ``matmul_bias.fused_paths``, or static
+    activations, whose output is quantized before the Add): one of the
     rest of the graph's ops over the output (``rest_op_us``), which a per-op profile leaves
     unattributed (a model's own Add, or folded into the next op)."""
     c = ExecClass(*c)
     if not c.bias_add:
         return _cost_of(layer, c, profile)
     lc = _cost_of(layer, c._replace(bias_add=0), profile)
-    if lc.path in _BIAS_FUSING_PATHS or (lc.path == "native" and c.activation == "dynamic"):
+    # static activations put a QuantizeLinear of the output between any kernel and the Add
+    static = c.activation not in ("fp32", "fp16", "dynamic")
+    if not static and bias_path(lc, c) in profile.data["matmul_bias"]["fused_paths"]:
         return lc
     bias = rest_op_us(profile, layer_io(layer)[1])
     lc.latency_us += bias

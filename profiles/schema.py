@@ -295,6 +295,17 @@ SCHEMA: dict[str, Any] = {
                            "nhwc_integer_conv": {"type": "boolean"},
                            "source": {"type": "string", "minLength": 1}},
         },
+        # the paths whose kernel takes a MatMul layer's bias Add; on the others it runs as an op of its
+        # own, costed with the layer. Without it the bias Adds are in the rest of the graph whatever
+        # the genome (``costmodel.bias_with_layer``)
+        "matmul_bias": {
+            "type": "object",
+            "required": ["fused_paths", "source"],
+            "additionalProperties": False,
+            "properties": {"fused_paths": {"type": "array", "uniqueItems": True,
+                                           "items": {"enum": [*OP_PATHS, "matmulnbits"]}},
+                           "source": _SOURCE},
+        },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),
         "energy": {
             "type": "object",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def test_attention_matmuls_between_activations_are_costed_at_the_float_rate(larg
     profile = load_profile("host-cpu")
     fast = profile.copy()
     fast.data["throughput_gmacs"]["fp32"]["value"] *= 2
-    no_macs = GraphStats(stats.other_ops, stats.other_elements, 0, stats.conv_outputs, stats.other_outputs)
+    no_macs = dataclasses.replace(stats, other_macs=0)
     gained = stats.fixed_us(profile) - no_macs.fixed_us(profile)
     assert gained == pytest.approx(stats.other_macs / (profile.num("throughput_gmacs", "fp32") * 1e3))
     assert stats.fixed_us(fast) - no_macs.fixed_us(fast) == pytest.approx(gained / 2)
@@ -428,3 +429,30 @@ def test_a_matmul_bias_add_is_costed_only_where_the_kernel_leaves_it_to_an_op_of
     dynamic = ExecClass("int8", "dynamic", "channel")
     assert cost_of(layer, dynamic._replace(bias_add=1), profile).latency_us == pytest.approx(
         cost_of(layer, dynamic, profile).latency_us)
+    # a block kernel takes the bias after float activations; static ones are quantized before the Add
+    block = ExecClass("int4", "fp32", "block", "matmulnbits", 32)
+    assert cost_of(layer, block._replace(bias_add=1), profile).latency_us == pytest.approx(
+        cost_of(layer, block, profile).latency_us)
+    static16 = ExecClass("int8", "int16", "channel")
+    assert cost_of(layer, static16._replace(bias_add=1), profile).latency_us - cost_of(
+        layer, static16, profile).latency_us == pytest.approx(bias)
+
+
+def test_a_profile_without_matmul_bias_keeps_the_bias_adds_in_the_rest_of_the_graph(digits: ModelInfo) -> None:
+    # a profile fitted before ``matmul_bias`` (the shipped calibrations) predicts as it was fitted: the
+    # bias Adds are genome-independent rest-of-graph ops, whatever the layers' kernels
+    from profiles.costmodel import genome_classes, rest_op_us
+
+    stats = GraphStats.of(digits)
+    profile = load_profile("host-cpu")
+    without = profile.copy()
+    del without.data["matmul_bias"]
+    for gene in (Gene(8, "dynamic"), Gene("fp", "fp"), Gene(8, 8)):
+        classes = genome_classes(digits.layers, _uniform(digits, gene), without, stats)
+        assert not any(c.bias_add for c in classes)
+    assert len(stats.bias_outputs) == len(stats.bias_layers) and all(n > 0 for n in stats.bias_outputs)
+    assert stats.fixed_us(without) - stats.fixed_us(profile) == pytest.approx(
+        sum(rest_op_us(profile, n) for n in stats.bias_outputs))
+    dynamic = CostTable(digits.layers, without, stats).predict(_uniform(digits, Gene(8, "dynamic")))
+    fused = CostTable(digits.layers, profile, stats).predict(_uniform(digits, Gene(8, "dynamic")))
+    assert fused.latency_ms < dynamic.latency_ms  # DynamicQuantizeMatMul took the Adds in
