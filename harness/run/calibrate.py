@@ -78,6 +78,19 @@ MICRO_GENES = {
 #: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``), and
 #: its small Convs on the dequantizing (int4, int16) and 4-bit weight-only paths, which dequantize
 #: far faster per element than MiniLM's large MatMuls (``memory.dequantize_spill_bytes``)
+#: the last of a model's fit candidates (``default_suite(models=...)``, where there are room for them
+#: and one mix): every MatMul on ONNX Runtime's MatMulNBits, 4-bit block 32, at accuracy level 0 and 4,
+#: the rest float. A search's block-quantized genes run these kernels, and no mix draws them: fitted
+#: from single-kernel models alone (weights held in L2), MiniLM's MatMulNBits layers came out 13.5 %
+#: too fast in context on a Zen 5 host (2026-12-04)
+MODEL_KERNEL_CANDIDATES = {
+    "w4nb32": {"default": {"weight_bits": "fp", "activation_bits": "fp"},
+               "op_genes": {"MatMul": {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block",
+                                       "block_size": 32, "kernel": "matmulnbits"}}},
+    "w4nb32a4": {"default": {"weight_bits": "fp", "activation_bits": "fp"},
+                 "op_genes": {"MatMul": {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block",
+                                         "block_size": 32, "kernel": "matmulnbits", "accuracy_level": 4}}},
+}
 EXTRA_UNIFORMS = {"builtin:digits-cnn": ("w8a8asym", "w8fp", "w4a8", "w16a16", "w4fp")}
 #: Embedding-Gather genes: fp32, int8 per-tensor (qae's per-row int8 Gather build fails in ORT
 #: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales), and int4
@@ -182,8 +195,9 @@ def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | 
     block-quantized kernels, whole candidates of digits-vit, of a MiniLM-sized transformer and of the
     convolutional digits-cnn: 11 + 12 + 12 with 6 + 7 + 5 held out); ``quick`` is 7 tiny ones.
     ``models`` (``builtin:NAME`` or an .onnx file) adds ``model_candidates`` fit candidates of each: its
-    float, w8a8 and dynamic int8 builds and random mixes (``mixed_genome``), so that the fit sees the
-    shapes and ops of the model a search will run (few-shot calibration for one model)."""
+    float, w8a8 and dynamic int8 builds, random mixes (``mixed_genome``) and, as the last two where
+    there are at least six, its MatMuls on MatMulNBits (``MODEL_KERNEL_CANDIDATES``), so that the fit
+    sees the shapes, ops and kernels of the model a search will run (few-shot calibration for one model)."""
     if quick:
         shapes = {"A": LayerShape(8, 64, 64)}
         micro = [("A", "fp"), ("A", "w8a8"), ("A", "w4a8")]
@@ -233,9 +247,13 @@ def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | 
                       for g in EXTRA_UNIFORMS.get(name, ())]
     for name in models:
         short = "model-" + (name.split(":", 1)[1] if name.startswith("builtin:") else Path(name).stem)
+        kernels = list(MODEL_KERNEL_CANDIDATES) if model_candidates > len(uniforms) + len(MODEL_KERNEL_CANDIDATES) else []
         for i in range(model_candidates):
             if i < len(uniforms):
                 items.append(Item(f"{short}-{uniforms[i]}", name, {"default": MICRO_GENES[uniforms[i]]}, "fit"))
+            elif i >= model_candidates - len(kernels):  # the last ones: the mixes before keep their seeds
+                k = kernels[i - (model_candidates - len(kernels))]
+                items.append(Item(f"{short}-{k}", name, MODEL_KERNEL_CANDIDATES[k], "fit"))
             else:
                 items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, "fit"))
     if len({it.id for it in items}) != len(items):
@@ -365,6 +383,10 @@ class Builder:
         data = item.genome
         if "mix_seed" in data:
             data = mixed_genome(work.model.layer_names, int(data["mix_seed"]))
+        elif "op_genes" in data:  # a gene per op type (MODEL_KERNEL_CANDIDATES), the default elsewhere
+            ops = data["op_genes"]
+            data = {"default": data["default"],
+                    "layers": {lay.name: ops[lay.op_type] for lay in work.model.layers if lay.op_type in ops}}
         return work.genome(data)
 
     def build(self, item: Item) -> tuple[Path, Any]:

@@ -391,3 +391,31 @@ def test_stored_measurements_of_a_device_that_changed_are_measured_again(tmp_pat
     reloaded = Store(out.with_name("d.measurements.jsonl"))
     assert len(reloaded.records) == moved["measured"]
     assert all(rec["latency_ms"]["min"] > 0 for rec in reloaded.records.values())
+
+
+def test_a_models_last_fit_candidates_run_its_matmuls_on_matmulnbits(tmp_path: Path) -> None:
+    """A search's block-quantized genes run MatMulNBits and no random mix draws one: the last two of a
+    model's fit candidates put every MatMul on it (accuracy level 0 and 4), the rest float, and the mixes
+    before them keep the seeds they had (their stored measurements stay valid)."""
+    from harness.run.calibrate import MODEL_KERNEL_CANDIDATES, Builder, default_suite
+
+    suite = default_suite(models=["builtin:digits-vit"])
+    mine = [it for it in suite.items if it.id.startswith("model-")]
+    assert [it.id.split("-")[-1] for it in mine[-2:]] == list(MODEL_KERNEL_CANDIDATES)
+    few = [it for it in default_suite(models=["builtin:digits-vit"], model_candidates=5).items
+           if it.id.startswith("model-")]
+    assert not any(it.id.endswith(tuple(MODEL_KERNEL_CANDIDATES)) for it in few)  # no room: mixes only
+    assert [it.genome for it in few if "mix" in it.id] == [it.genome for it in mine if it.id in {f.id for f in few}
+                                                           and "mix" in it.id]
+    builder = Builder(suite, tmp_path)
+    for item, level in zip(mine[-2:], (None, 4)):
+        genome = builder.genome(item)
+        layers = builder.workload(item.workload).model.layers
+        assert any(lay.op_type == "MatMul" for lay in layers)
+        for lay in layers:
+            gene = genome[lay.name]
+            if lay.op_type == "MatMul":
+                assert (gene.kernel, gene.weight_bits, gene.block_size, gene.accuracy_level) == (
+                    "matmulnbits", 4, 32, level)
+            else:
+                assert gene.weight_bits == "fp"
