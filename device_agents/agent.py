@@ -75,10 +75,11 @@ import time
 import traceback
 from typing import Any
 
-AGENT_VERSION = "1.6.0"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run); 1.5.1: load average
+AGENT_VERSION = "1.6.1"  # 1.5: per-op profiles (``op_profile``: op type, provider, median per run); 1.5.1: load average
 # 1.6: LiteRT: the handshake names the runtime .tflite models run on (``runtimes.litert``), measurements record the
 # XNNPACK delegate and threads, host shapes match signature input names, and each timed run sets the inputs and
-# reads the outputs (as onnxruntime's run does)
+# reads the outputs (as onnxruntime's run does); 1.6.1: ``cpu_model`` carries the CPU's generation ids (x86
+# family / model / stepping, ARM implementer / part)
 PROTOCOL_VERSION = 2  # 2: the greeting adds "pgid"; each child leads its own process group
 MAX_FRAME = 8 * 1024 * 1024
 RESULT_MARK = "QAE-RESULT "
@@ -341,16 +342,30 @@ class EnergyMeter:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model():
+#: /proc/cpuinfo fields that tell CPU generations apart where the name does not: x86 family / model /
+#: stepping, an ARM core's implementer and part
+_CPU_IDS = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+            ("CPU implementer", "implementer"), ("CPU part", "part"))
+
+
+def cpu_model(root="/"):
+    """The CPU's name, with its generation's ids where /proc/cpuinfo gives them ("AMD EPYC (family 26
+    model 2 stepping 1)"): a cloud host names Zen 4 and Zen 5 "AMD EPYC" alike, and a calibration must
+    be able to tell which one its measurements were taken on."""
+    name, ids = None, {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(os.path.join(root, "proc/cpuinfo")) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
-                    return value.strip()
+                key, value = key.strip(), value.strip()
+                if key in ("model name", "Hardware", "Processor", "cpu model") and name is None and value:
+                    name = value
+                ids.setdefault(key, value)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    found = [f"{label} {ids[key]}" for key, label in _CPU_IDS if ids.get(key)]
+    return f"{name} ({' '.join(found)})" if found else name
 
 
 def governor(root="/"):
@@ -416,7 +431,7 @@ def handshake(root):
         "python": platform.python_version(),
         "os": platform.platform(),
         "machine": platform.machine(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model(root),
         "cpu_count": os.cpu_count(),
         "runtimes": runtimes(),
         "sensors": discover_sensors(root),

@@ -162,3 +162,18 @@ def test_measurement_with_rapl_wrapping(tmp_path: Path) -> None:
     assert rec.energy["joules"] == pytest.approx(5.0 * window, rel=0.05, abs=5.0 * 2 * stale)
     assert rec.idle_power_w == pytest.approx(5.0, rel=0.05, abs=5.0 * 2 * stale / 0.5)
     assert rec.energy_method and rec.energy_method.startswith("RAPL")
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+     "stepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n",
+     "AMD EPYC (family 26 model 2 stepping 1)"),
+    ("processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\nHardware\t: BCM2712\n",
+     "BCM2712 (implementer 0x41 part 0xd0b)"),
+])
+def test_the_agent_names_the_cpu_generation_not_only_its_brand(tmp_path: Path, cpuinfo: str, expected: str) -> None:
+    # a cloud host calls Zen 4 and Zen 5 "AMD EPYC" alike; measurements must say which one they ran on
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text(cpuinfo)
+    assert agent.cpu_model(str(tmp_path)) == expected
+    assert agent.cpu_model(str(tmp_path / "absent")) == (agent.platform.processor() or agent.platform.machine())
