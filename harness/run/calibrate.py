@@ -74,15 +74,12 @@ MICRO_GENES = {
     "w16a16t": {"weight_bits": 16, "activation_bits": 16, "granularity": "per_tensor"},
     "w8a8asym": {"weight_bits": 8, "activation_bits": 8, "scheme": "asymmetric"},
 }
-#: more fitted uniform candidates of a suite model, for paths its random mixes may miss: digits-cnn's
-#: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``), and
-#: its small Convs on the dequantizing (int4, int16) and 4-bit weight-only paths, which dequantize
-#: far faster per element than MiniLM's large MatMuls (``memory.dequantize_spill_bytes``)
-#: the last of a model's fit candidates (``default_suite(models=...)``, where there are room for them
+#: the last of a model's fit candidates (``default_suite(models=...)``, where there is room for them
 #: and one mix): every MatMul on ONNX Runtime's MatMulNBits, 4-bit block 32, at accuracy level 0 and 4,
 #: the rest float. A search's block-quantized genes run these kernels, and no mix draws them: fitted
 #: from single-kernel models alone (weights held in L2), MiniLM's MatMulNBits layers came out 13.5 %
-#: too fast in context on a Zen 5 host (2026-12-04)
+#: too fast in context on a Zen 5 host (2026-12-04). A model without a MatMul gets a random mix instead
+#: (``fallback_mix``), never a second float build
 MODEL_KERNEL_CANDIDATES = {
     "w4nb32": {"default": {"weight_bits": "fp", "activation_bits": "fp"},
                "op_genes": {"MatMul": {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block",
@@ -91,6 +88,10 @@ MODEL_KERNEL_CANDIDATES = {
                  "op_genes": {"MatMul": {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block",
                                          "block_size": 32, "kernel": "matmulnbits", "accuracy_level": 4}}},
 }
+#: more fitted uniform candidates of a suite model, for paths its random mixes may miss: digits-cnn's
+#: depthwise Convs with per-channel zero points and with dequantized weights (``grouped_conv``), and
+#: its small Convs on the dequantizing (int4, int16) and 4-bit weight-only paths, which dequantize
+#: far faster per element than MiniLM's large MatMuls (``memory.dequantize_spill_bytes``)
 EXTRA_UNIFORMS = {"builtin:digits-cnn": ("w8a8asym", "w8fp", "w4a8", "w16a16", "w4fp")}
 #: Embedding-Gather genes: fp32, int8 per-tensor (qae's per-row int8 Gather build fails in ORT
 #: 1.32: a QuantizeLinear on the Gather's output gets the table's per-row scales), and int4
@@ -247,13 +248,17 @@ def default_suite(quick: bool = False, seed: int = 0, models: tuple[str, ...] | 
                       for g in EXTRA_UNIFORMS.get(name, ())]
     for name in models:
         short = "model-" + (name.split(":", 1)[1] if name.startswith("builtin:") else Path(name).stem)
-        kernels = list(MODEL_KERNEL_CANDIDATES) if model_candidates > len(uniforms) + len(MODEL_KERNEL_CANDIDATES) else []
+        room = model_candidates > len(uniforms) + len(MODEL_KERNEL_CANDIDATES)
+        kernels = list(MODEL_KERNEL_CANDIDATES) if room else []
         for i in range(model_candidates):
             if i < len(uniforms):
                 items.append(Item(f"{short}-{uniforms[i]}", name, {"default": MICRO_GENES[uniforms[i]]}, "fit"))
             elif i >= model_candidates - len(kernels):  # the last ones: the mixes before keep their seeds
                 k = kernels[i - (model_candidates - len(kernels))]
-                items.append(Item(f"{short}-{k}", name, MODEL_KERNEL_CANDIDATES[k], "fit"))
+                # drawn apart, so that the next model's mixes keep their seeds
+                fallback = int(np.random.default_rng((seed, len(items))).integers(1 << 30))
+                items.append(Item(f"{short}-{k}", name, {**MODEL_KERNEL_CANDIDATES[k], "fallback_mix": fallback},
+                                  "fit"))
             else:
                 items.append(Item(f"{short}-mix{i:02d}", name, {"mix_seed": int(rng.integers(1 << 30))}, "fit"))
     if len({it.id for it in items}) != len(items):
@@ -385,8 +390,9 @@ class Builder:
             data = mixed_genome(work.model.layer_names, int(data["mix_seed"]))
         elif "op_genes" in data:  # a gene per op type (MODEL_KERNEL_CANDIDATES), the default elsewhere
             ops = data["op_genes"]
-            data = {"default": data["default"],
-                    "layers": {lay.name: ops[lay.op_type] for lay in work.model.layers if lay.op_type in ops}}
+            layers = {lay.name: ops[lay.op_type] for lay in work.model.layers if lay.op_type in ops}
+            data = ({"default": data["default"], "layers": layers} if layers
+                    else mixed_genome(work.model.layer_names, int(data["fallback_mix"])))
         return work.genome(data)
 
     def build(self, item: Item) -> tuple[Path, Any]:

@@ -419,3 +419,19 @@ def test_a_models_last_fit_candidates_run_its_matmuls_on_matmulnbits(tmp_path: P
                     "matmulnbits", 4, 32, level)
             else:
                 assert gene.weight_bits == "fp"
+
+
+def test_a_model_without_a_matmul_gets_random_mixes_in_place_of_the_matmulnbits_candidates(tmp_path: Path) -> None:
+    # digits-cnn (Convs and a Gemm head): two more float builds would teach the fit nothing
+    from harness.run.calibrate import MODEL_KERNEL_CANDIDATES, Builder, default_suite
+
+    suite = default_suite(models=["builtin:digits-cnn"])
+    last = [it for it in suite.items if it.id.startswith("model-")][-2:]
+    assert [it.id.split("-")[-1] for it in last] == list(MODEL_KERNEL_CANDIDATES)
+    builder = Builder(suite, tmp_path)
+    layers = builder.workload("builtin:digits-cnn").model.layers
+    assert not any(lay.op_type == "MatMul" for lay in layers)
+    genomes = [builder.genome(it) for it in last]
+    for genome in genomes:
+        assert {str(genome[lay.name].weight_bits) for lay in layers} != {"fp"}
+    assert genomes[0].hash != genomes[1].hash
