@@ -229,9 +229,9 @@ def rest_op_us(profile: Profile, elements: float) -> float:
     the profile has one."""
     us = other_op_us(profile, elements)
     over, mem = profile.data["overhead"], profile.data["memory"]
-    if "other_ns_per_element_beyond_l1" in over and "l1_bytes" in mem:
-        if elements > float(mem["l1_bytes"]["value"]) / _BYTES[profile.data["float_type"]]:
-            us += elements * float(over["other_ns_per_element_beyond_l1"]["value"]) / 1e3
+    if ("other_ns_per_element_beyond_l1" in over and "l1_bytes" in mem
+            and elements > float(mem["l1_bytes"]["value"]) / _BYTES[profile.data["float_type"]]):
+        us += elements * float(over["other_ns_per_element_beyond_l1"]["value"]) / 1e3
     return us
 
 
