@@ -32,7 +32,9 @@ two activations (attention), costed at the float rate from ``GraphStats.other_ma
 MatMul layer's bias Add, which ONNX Runtime folds into the kernels that take a bias
 (DynamicQuantizeMatMul, MatMulNBits) and runs after any other: it is costed with its layer where it
 runs (``ExecClass.bias_add``), as one of the rest's ops, so a genome of bias-taking kernels does not
-pay for 36 Adds MiniLM's fast int8-dynamic candidates never ran; an embedding
+pay for 36 Adds MiniLM's fast int8-dynamic candidates never ran; an input read by several dynamic
+layers (attention's query, key and value) is quantized once where the runtime merges the identical
+DynamicQuantizeLinear nodes (``shared_dynamic_quantize``), each layer paying its share; an embedding
 table of a type the runtime cannot index (``gather_table_ns_per_element``: int4 on ONNX Runtime) is
 dequantized whole on every run where qae cannot write it as an indexed kernel (a 4-bit QDQ table of
 even width becomes GatherBlockQuantized, costed as that kernel: ``indexed_int4_table``);
@@ -118,6 +120,10 @@ class GraphStats:
     #: the layer's kernel leaves them out)
     bias_layers: tuple[str, ...] = ()
     bias_outputs: tuple[int, ...] = ()
+    #: the layers that read one activation tensor, per tensor read by two or more (attention's query,
+    #: key and value): a runtime that merges identical nodes quantizes such an input once for all its
+    #: dynamic readers (``shared_dynamic_quantize``; ``genome_classes`` marks them)
+    input_groups: tuple[tuple[str, ...], ...] = ()
 
     @functools.cached_property
     def conv_output_map(self) -> dict[str, ConvOutput]:
@@ -165,7 +171,14 @@ class GraphStats:
             out_shape = shapes.get(node.output[0]) if node.output else None
             if node.op_type == "MatMul" and a and out_shape:
                 macs += int(np.prod(out_shape)) * int(a[-1])  # every output element sums K products
-        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs), bias_layers, tuple(bias_outputs))
+        groups: dict[str, list[str]] = {}
+        for layer in model.layers:
+            tensor = getattr(layer, "activation", None)
+            if tensor:
+                groups.setdefault(tensor, []).append(layer.name)
+        shared = tuple(tuple(g) for g in groups.values() if len(g) > 1)
+        return cls(ops, elements, macs, _conv_outputs(model), tuple(outputs), bias_layers, tuple(bias_outputs),
+                   shared)
 
     def fixed_us(self, profile: Profile) -> float:
         """The rest of the graph's time per inference: op overheads, elements written (those of outputs
@@ -325,6 +338,11 @@ class ExecClass(NamedTuple):
     #: as one of the rest of the graph's ops over the output, where the layer's kernel does not take
     #: the bias itself (ONNX Runtime's ``DynamicQuantizeMatMul`` and ``MatMulNBits`` do)
     bias_add: int = 0
+    #: how many dynamic layers share this layer's input quantization (``GraphStats.input_groups`` on a
+    #: profile with ``shared_dynamic_quantize``: ONNX Runtime merges their identical
+    #: DynamicQuantizeLinear nodes into one, read by a MatMulIntegerToFloat each); each pays its share.
+    #: 0: its own
+    shared_input: int = 0
 
 
 def precision_tokens(gene: GeneLike) -> ExecClass:
@@ -363,6 +381,14 @@ def genome_classes(layers: Sequence[LayerLike], genome: GenomeLike, profile: Pro
     if graph is not None and graph.bias_layers and bias_with_layer(profile):
         biased = set(graph.bias_layers)
         classes = [c._replace(bias_add=1) if lay.name in biased else c for lay, c in zip(layers, classes)]
+    if graph is not None and graph.input_groups and "shared_dynamic_quantize" in profile.data:
+        index = {lay.name: i for i, lay in enumerate(layers)}
+        for group in graph.input_groups:
+            dynamic = [index[n] for n in group if n in index and classes[index[n]].activation == "dynamic"
+                       and classes[index[n]].kernel == "qdq"]
+            if len(dynamic) > 1:
+                for i in dynamic:
+                    classes[i] = classes[i]._replace(shared_input=len(dynamic))
     rule = profile.data.get("conv_output")
     outs = graph.conv_output_map if graph is not None else {}
     if rule is None or not outs:
@@ -783,7 +809,7 @@ def _cost_of(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost:
             lc.weight_bytes = _block_bytes(layer.params, int(c.weight[3:]), c.block, c.zero_points, scale_bytes)
         return lc
     return layer_cost(layer, c.weight, c.activation, profile, c.granularity, c.zero_points, c.unfused,
-                      c.activations, c.reorders_in, c.reorders_out)
+                      c.activations, c.reorders_in, c.reorders_out, c.shared_input)
 
 
 def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str, asymmetric: bool) -> str | None:
@@ -861,10 +887,11 @@ def asymmetric_factor(profile: Profile, op_type: str, path: str) -> Any:
 
 def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str = "channel",
                asymmetric: bool = False, unfused: bool = False, activations: int = 0, reorders_in: int = 0,
-               reorders_out: int = 0) -> LayerCost:
+               reorders_out: int = 0, shared_input: int = 0) -> LayerCost:
     """The cost of one layer on one QDQ execution path (see the module docstring for the formula);
     ``unfused``: a native Conv that runs as a float Conv of dequantized tensors (``genome_classes``),
-    costed as the dequantizing fallback of its types."""
+    costed as the dequantizing fallback of its types; ``shared_input``: the input's quantization is
+    shared by that many layers (``ExecClass.shared_input``), each paying its share."""
     p = path_of(wt, at, profile)
     unfused = unfused and p.kind == "native"
     if unfused:
@@ -901,7 +928,8 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
     if p.kind in ("native", "dequantize") and at != "fp32":
         # Quantize the float input on entry; dynamic activations also find their range at run time.
         per_el = conv["dynamic_ns_per_element"] if at == "dynamic" else conv["ns_per_element"]
-        us += float(conv["per_op_us"]["value"]) + in_el * float(per_el["value"]) / 1e3
+        entry = float(conv["per_op_us"]["value"]) + in_el * float(per_el["value"]) / 1e3
+        us += entry / shared_input if shared_input > 1 else entry
     if p.kind == "dequantize":
         # The fallback: weights (and activations) are dequantized every run, then float compute.
         dq = profile.table("dequantize_ns_per_element")

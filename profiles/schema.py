@@ -306,6 +306,15 @@ SCHEMA: dict[str, Any] = {
                                            "items": {"enum": [*OP_PATHS, "matmulnbits"]}},
                            "source": _SOURCE},
         },
+        # The runtime quantizes an activation read by several dynamic layers once (ONNX Runtime merges
+        # their identical DynamicQuantizeLinear nodes): each pays a share (``ExecClass.shared_input``).
+        # Without it every dynamic layer quantizes its input itself
+        "shared_dynamic_quantize": {
+            "type": "object",
+            "required": ["source"],
+            "additionalProperties": False,
+            "properties": {"source": _SOURCE},
+        },
         "fallback": _table(FALLBACK, ACT_PRECISIONS),
         "energy": {
             "type": "object",

@@ -187,14 +187,23 @@ class LayerTimes:
                           unattributed={k: v * f for k, v in self.unattributed.items()},
                           nodes=[{**n, "ms": n["ms"] * f} for n in self.nodes], run_ms=self.run_ms)
 
-    def add(self, node: dict[str, Any], ms: float, layer: str | None) -> None:
-        """Count one profiled node: to its layer, or unattributed under its op type."""
-        if layer is None:
+    def add(self, node: dict[str, Any], ms: float, layer: str | None, shares: dict[str, float] | None = None) -> None:
+        """Count one profiled node: to its layer, or unattributed under its op type; a node the
+        runtime ran for several layers at once (``shares``: {layer: fraction}, a merged quantization
+        of a shared input) to each in its share."""
+        shares = shares if shares is not None else node.get("shares")
+        if shares:
+            for name, f in shares.items():
+                self.layers[name] = self.layers.get(name, 0.0) + ms * f
+        elif layer is None:
             op = str(node.get("op_type") or "?")
             self.unattributed[op] = self.unattributed.get(op, 0.0) + ms
         else:
             self.layers[layer] = self.layers.get(layer, 0.0) + ms
-        self.nodes.append({"name": str(node["name"]), "op_type": node.get("op_type"), "ms": ms, "layer": layer})
+        entry = {"name": str(node["name"]), "op_type": node.get("op_type"), "ms": ms, "layer": layer}
+        if shares:
+            entry["shares"] = dict(shares)
+        self.nodes.append(entry)
 
     def corrected_to(self, latency_ms: float, floor: float = 0.1, cap_by_cheapest: bool = True) -> LayerTimes:
         """The split less the profiler's cost per node, then scaled to ``latency_ms``: the profiler adds
@@ -256,9 +265,13 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any], s
                 return before
         return made_by[tensor]
 
+    merged = _merged_quantizers(proto, owner, {str(n["name"]) for n in op_profile["nodes"]})
     out = LayerTimes(layers={layer.name: 0.0 for layer in layers}, run_ms=op_profile.get("run_ms"))
     for node in op_profile["nodes"]:
         name, ms = str(node["name"]), float(node.get(statistic, node["ms"]))
+        if name in merged:
+            out.add(node, ms, owner.get(name), merged[name])
+            continue
         layer = owner.get(name)
         if layer is None and name not in known:
             # a fusion's kernel: "<node>/...", or "<node>_token_<k>" (ORT's unique-name suffix)
@@ -268,4 +281,34 @@ def layer_times(proto: Any, layers: Sequence[Any], op_profile: dict[str, Any], s
                 base = made(tensor) if tensor else None
             layer = owner.get(base) if base else None
         out.add(node, ms, layer)
+    return out
+
+
+def _merged_quantizers(proto: Any, owner: dict[str, str], profiled: set[str]) -> dict[str, dict[str, float]]:
+    """The DynamicQuantizeLinear nodes the runtime ran for several layers: qae writes one per dynamic
+    layer, each on its own Identity of the input, and ONNX Runtime merges those of one input into one
+    (common subexpression elimination), which the profile names after one of them. Where exactly one
+    of a group of such nodes on the same input was profiled, its time is shared equally by the layers
+    of the group, as the cost model charges it (``ExecClass.shared_input``): {profiled name: {layer:
+    fraction}}. A runtime that ran each of them keeps them apart."""
+    made_by = {t: n for n in proto.graph.node for t in n.output if t}
+
+    def source(tensor: str) -> str:
+        seen = set()
+        while tensor in made_by and made_by[tensor].op_type == "Identity" and tensor not in seen:
+            seen.add(tensor)
+            tensor = made_by[tensor].input[0]
+        return tensor
+
+    groups: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.op_type == "DynamicQuantizeLinear" and node.input and node.name in owner:
+            groups.setdefault(source(node.input[0]), []).append(node.name)
+    out: dict[str, dict[str, float]] = {}
+    for names in groups.values():
+        ran = [n for n in names if n in profiled]
+        if len(names) < 2 or len(ran) != 1:
+            continue
+        layers = [owner[n] for n in names]
+        out[ran[0]] = {layer: layers.count(layer) / len(layers) for layer in dict.fromkeys(layers)}
     return out

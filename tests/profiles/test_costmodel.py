@@ -456,3 +456,57 @@ def test_a_profile_without_matmul_bias_keeps_the_bias_adds_in_the_rest_of_the_gr
     dynamic = CostTable(digits.layers, without, stats).predict(_uniform(digits, Gene(8, "dynamic")))
     fused = CostTable(digits.layers, profile, stats).predict(_uniform(digits, Gene(8, "dynamic")))
     assert fused.latency_ms < dynamic.latency_ms  # DynamicQuantizeMatMul took the Adds in
+
+
+def test_dynamic_layers_reading_one_input_share_its_quantization(digits: ModelInfo, tmp_path: Path) -> None:
+    # ONNX Runtime merges the identical DynamicQuantizeLinear nodes qae writes for query, key and value
+    # (one per layer, each on its own Identity): the input is quantized once, read by a
+    # MatMulIntegerToFloat each, while a layer that reads its input alone runs DynamicQuantizeMatMul
+    import onnx
+    import onnxruntime as ort
+
+    from harness.quant.quantize import save_model
+    from harness.quant.workload import Workload
+    from profiles.costmodel import genome_classes, layer_cost, layer_io
+
+    stats = GraphStats.of(digits)
+    assert [len(g) for g in stats.input_groups] == [3, 3]  # q, k, v of two blocks
+    work = Workload.open("builtin:digits-vit")
+    dynamic = work.uniform(weight_bits=8, activation_bits="dynamic")
+    save_model(work.build(dynamic), tmp_path / "d.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "d.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    matmuls = sum(lay.op_type in ("MatMul", "Gemm") for lay in digits.layers)  # a dynamic Gemm runs as MatMul
+    convs = sum(lay.op_type == "Conv" for lay in digits.layers)  # ConvInteger: a quantization of its own
+    assert ops.count("DynamicQuantizeLinear") == len(stats.input_groups) + convs
+    assert ops.count("MatMulIntegerToFloat") == 6 and ops.count("DynamicQuantizeMatMul") == matmuls - 6
+
+    profile = load_profile("host-cpu")
+    assert "shared_dynamic_quantize" in profile.data
+    q, k, v = stats.input_groups[0]
+    classes = dict(zip([lay.name for lay in digits.layers], genome_classes(digits.layers, dynamic, profile, stats)))
+    assert classes[q].shared_input == classes[k].shared_input == classes[v].shared_input == 3
+    assert all(c.shared_input == 0 for n, c in classes.items() if not any(n in g for g in stats.input_groups))
+    # a static reader keeps its own QuantizeLinear: the other two share theirs
+    mixed = work.genome({"default": {"weight_bits": 8, "activation_bits": "dynamic"},
+                         "layers": {q: {"weight_bits": 8, "activation_bits": 8}}})
+    classes = dict(zip(classes, genome_classes(digits.layers, mixed, profile, stats)))
+    assert (classes[q].shared_input, classes[k].shared_input, classes[v].shared_input) == (0, 2, 2)
+    # each of k sharing layers pays 1/k of the per-op overhead and the per-element pass
+    layer = next(lay for lay in digits.layers if lay.name == k)
+    conv = profile.data["conversion"]
+    per_element = float(conv["dynamic_ns_per_element"]["value"]) / 1e3
+    entry = float(conv["per_op_us"]["value"]) + layer_io(layer)[0] * per_element
+    plain = profile.copy()
+    plain.data.pop("op_factors", None)
+    alone = layer_cost(layer, "int8", "dynamic", plain).latency_us
+    shared = layer_cost(layer, "int8", "dynamic", plain, shared_input=3).latency_us
+    assert alone - shared == pytest.approx(entry * 2 / 3)
+    # a profile without the field (a runtime that quantizes per layer, a calibration fitted before it)
+    without = profile.copy()
+    del without.data["shared_dynamic_quantize"]
+    assert not any(c.shared_input for c in genome_classes(digits.layers, dynamic, without, stats))
+    assert (CostTable(digits.layers, profile, stats).predict(dynamic).latency_ms
+            < CostTable(digits.layers, without, stats).predict(dynamic).latency_ms)

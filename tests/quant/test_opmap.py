@@ -184,3 +184,38 @@ def test_a_profile_slower_as_a_whole_is_scaled_not_taken_off_its_small_nodes() -
     # the earlier rule: the same amount off every node until the sum is met
     old = raw.corrected_to(0.052, cap_by_cheapest=False)
     assert old.layers["a"] / old.layers["b"] > 1.5 * timed.layers["a"] / timed.layers["b"]
+
+
+def test_a_quantization_the_runtime_merged_is_shared_by_the_layers_it_served(tmp_path: Path,
+                                                                             digits_workload: Any) -> None:
+    """qae writes a DynamicQuantizeLinear per dynamic layer; ONNX Runtime merges those of query, key and
+    value (one input) and profiles the one it kept under one layer's node name: its time is split
+    equally, as the cost model charges it. A runtime that ran all three keeps them apart."""
+    import onnx
+
+    from device_agents.agent import OrtRunner
+    from harness.quant.quantize import save_model
+
+    work = digits_workload
+    path = tmp_path / "d.onnx"
+    save_model(work.build(work.uniform(weight_bits=8, activation_bits="dynamic")), path)
+    profile = OrtRunner(str(path), {"_tmp": str(tmp_path), "threads": 1}, profile=True).op_profile(3)
+    proto = onnx.load(str(path))
+    times = layer_times(proto, work.model.layers, profile)
+    shared = [n for n in times.nodes if n.get("shares")]
+    groups = {tuple(sorted(lay.name for lay in work.model.layers if lay.name.startswith(f"blocks.{b}.attn.")
+                           and lay.name.split(".")[-1] in ("q_proj", "k_proj", "v_proj"))) for b in (0, 1)}
+    assert {n["op_type"] for n in shared} == {"DynamicQuantizeLinear"}
+    assert {tuple(sorted(n["shares"])) for n in shared} == groups
+    assert all(f == pytest.approx(1 / 3) for n in shared for f in n["shares"].values())
+    assert times.total_ms == pytest.approx(sum(n["ms"] for n in profile["nodes"]))
+    corrected = times.corrected_to(times.total_ms / 2)  # the shares survive the profiler's correction
+    assert corrected.total_ms == pytest.approx(times.total_ms / 2)
+    assert sum(bool(n.get("shares")) for n in corrected.nodes) == len(shared)
+
+    # every DynamicQuantizeLinear profiled (no merging): each is its own layer's
+    dql = [n.name for n in proto.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    unmerged = {"nodes": [{"name": n, "op_type": "DynamicQuantizeLinear", "ms": 0.01} for n in dql]}
+    apart = layer_times(proto, work.model.layers, unmerged)
+    assert not any(n.get("shares") for n in apart.nodes)
+    assert sum(v > 0 for v in apart.layers.values()) == len(dql)
