@@ -45,9 +45,9 @@ from profiles.microbench import (
 )
 from profiles.schema import Profile, load_profile, parse
 
-#: a suite larger than this is a mistake (hours of measuring), not a calibration; the benchmark's,
-#: with its development and reported held-out sets, has 433 models
-MAX_MODELS = 500
+#: a suite larger than this is a mistake (many hours of measuring), not a calibration; the benchmark's,
+#: with its development and reported held-out sets, has 529 models (about 45 minutes fresh)
+MAX_MODELS = 800
 #: stored models measured again before others are measured beside them (one of each kind of
 #: workload, at most this many: ``drift_anchors``), and how far the latency of any one may move
 #: before every stored measurement is dropped (``run``)
@@ -597,20 +597,28 @@ def run(
                 if stored and missing:
                     anchors = drift_anchors(stored)
                     again: dict[str, list[float]] = {}
+                    cpus: set[str | None] = set()
                     for _ in range(DRIFT_REPEATS):  # interleaved, as the passes are
                         for item, path, _ in anchors:
                             settings.input_shapes = builder.input_shapes(item)
                             now_rec = measurer()(path)
                             if now_rec.get("ok") and now_rec.get("latency_ms"):
                                 again.setdefault(item.id, []).append(float(now_rec["latency_ms"][statistic]))
+                            cpus.add(cpu_of(now_rec))
                     ratios = {item.id: min(again[item.id]) / float(rec["latency_ms"][statistic])
                               for item, _, rec in anchors if item.id in again}
                     ratio = float(np.median(list(ratios.values()))) if ratios else None
                     worst = max(ratios, key=lambda k: abs(ratios[k] - 1.0)) if ratios else None
                     moved = worst is None or len(ratios) < len(anchors) or abs(ratios[worst] - 1.0) > drift
+                    # another CPU under the same device name (a cloud host moved to a newer machine): its
+                    # records are not this device's, however close the anchors came out
+                    other_cpu = other_cpus({cpu_of(rec) for _, _, rec in stored}, cpus)
+                    moved = moved or bool(other_cpu)
                     drift_report = {"checked": True, "bound": drift, "ratio": ratio, "moved": moved,
                                     "anchors": [it.id for it, _, _ in anchors], "ratios": ratios,
                                     "worst": worst, "stored": len(stored), "missing": missing}
+                    if other_cpu:
+                        drift_report["other_cpu"] = {"stored": other_cpu, "now": sorted(cpus)}
                     if moved:  # reuse nothing stored: the new records take the same keys
                         store.reset({"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                      "device": device, "drift_ratio": ratio, "bound": drift})
@@ -688,7 +696,8 @@ def run(
         plot_path = output.with_name(output.stem + ".layers.png")
         plot_layer_fit(lay["rows"], plot_path, f"{output.stem}: per-layer time, predicted vs measured on {device}")
     return {"output": str(output), "measurements": str(store.path), "models": len(suite.items),
-            "passes": passes, "max_passes": max_passes, "statistic": statistic, "measured": measured_now,
+            "passes": passes, "max_passes": max_passes, "statistic": statistic, "across": across,
+            "measured": measured_now,
             "reused": reused, "failed": failed, "fit": errs["fit"], "heldout": errs["heldout"],
             "reported": errs["reported"], "rows": errs["rows"],
             "layers": {"fit": lay["fit"], "heldout": lay["heldout"], "reported": lay["reported"],
@@ -715,6 +724,25 @@ def pick_pass(got: list[tuple[Item, Any, float, dict[str, Any], Path]],
     value = float(np.median([g[2] for g in got]))
     item, genome, _, rec, path = min(got, key=lambda g: abs(g[2] - value))
     return item, genome, value, rec, path
+
+
+def cpu_of(rec: dict[str, Any]) -> str | None:
+    """The CPU a measurement record names (the agent's ``environment.cpu_model``; from agent 1.6.1 with
+    its generation), or None."""
+    env = rec.get("environment")
+    model = env.get("cpu_model") if isinstance(env, dict) else None
+    return str(model) if model else None
+
+
+def other_cpus(stored: set[str | None], now: set[str | None]) -> list[str]:
+    """The CPUs named by stored records that are not the one measured now: where the device names its
+    CPU, a stored name that is neither it nor a less specific form of it (agent 1.6.1 added the
+    generation in parentheses: a record of "AMD EPYC" may be this "AMD EPYC (family 26 ...)" or a Zen 4,
+    and only the drift anchors can tell)."""
+    named = {c for c in now if c}
+    if not named or None in now:
+        return []
+    return sorted(c for c in stored if c and not any(n == c or n.startswith(c + " (") for n in named))
 
 
 def workload_kind(workload: str) -> str:

@@ -396,6 +396,43 @@ def test_stored_measurements_of_a_device_that_changed_are_measured_again(tmp_pat
     assert all(rec["latency_ms"]["min"] > 0 for rec in reloaded.records.values())
 
 
+@pytest.mark.slow
+def test_stored_measurements_of_another_cpu_of_the_same_name_are_measured_again(tmp_path: Path) -> None:
+    """The device now names another CPU than its stored records (a cloud host moved to a newer machine
+    under the same name): nothing stored is reused, however close the anchors came out."""
+    from dataclasses import replace as dc_replace
+
+    from harness.devices.transport import MeasureSettings
+    from harness.run.calibrate import default_suite, run, transport_measure
+
+    settings = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, threads=1, profile_ops=False)
+    gen = transport_measure("local", settings)
+    real = next(gen)
+    cpu = {"name": "AMD EPYC (family 25 model 17 stepping 1)"}
+    timed: dict[str, dict] = {}
+
+    def device(path: Path) -> dict:
+        # timed for real once, then replayed: the latencies are the same, only the CPU's name differs
+        if path.name not in timed:
+            timed[path.name] = real(path)
+        rec = copy.deepcopy(timed[path.name])
+        rec["environment"] = {**rec.get("environment", {}), "cpu_model": cpu["name"]}
+        return rec
+
+    suite = default_suite(quick=True)
+    out = tmp_path / "c.yaml"
+    kw = {"settings": settings, "measure": device, "progress": False, "plot": False, "max_passes": 2, "drift": 0.5}
+    try:
+        run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:5]), **kw)
+        cpu["name"] = "AMD EPYC (family 26 model 2 stepping 1)"
+        again = run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:6]), **kw)
+    finally:
+        gen.close()
+    assert again["drift"]["ratio"] == pytest.approx(1.0)
+    assert again["drift"]["moved"] and again["drift"]["other_cpu"] == {
+        "stored": ["AMD EPYC (family 25 model 17 stepping 1)"], "now": [cpu["name"]]}
+    assert again["reused"] == 0 and again["measured"] == 2 * 6
+
 def test_a_models_last_fit_candidates_run_its_matmuls_on_matmulnbits(tmp_path: Path) -> None:
     """A search's block-quantized genes run MatMulNBits and no random mix draws one: the last two of a
     model's fit candidates put every MatMul on it (accuracy level 0 and 4), the rest float, and the mixes
@@ -456,3 +493,27 @@ def test_a_model_measured_more_often_does_not_look_faster() -> None:
     assert pick_pass(noisy, "min")[2] == 3.07 and pick_pass(noisy, "min")[3] == {"pass": 2}
     with pytest.raises(ValueError, match="median"):
         pick_pass(noisy, "mean")
+
+
+def test_a_suite_too_large_to_be_a_calibration_is_refused_before_anything_is_measured(tmp_path: Path) -> None:
+    from harness.core.errors import InputError
+    from harness.run.calibrate import MAX_MODELS, Item, Suite, run
+
+    measured: list[Path] = []
+    items = [Item(f"m{i}", "micro:x", {}, "fit") for i in range(MAX_MODELS + 1)]
+    with pytest.raises(InputError, match=f"at most {MAX_MODELS} models"):
+        run("local", "host-cpu", tmp_path / "c.yaml", suite=Suite(items), measure=measured.append, progress=False)
+    assert not measured and not list(tmp_path.iterdir())
+
+
+def test_stored_measurements_of_another_cpu_are_not_reused() -> None:
+    # a cloud host keeps its name while the machine under it changes generation (Zen 4 -> Zen 5 here)
+    from harness.run.calibrate import cpu_of, other_cpus
+
+    zen5 = "AMD EPYC (family 26 model 2 stepping 1)"
+    zen4 = "AMD EPYC (family 25 model 17 stepping 1)"
+    assert other_cpus({zen4, zen5}, {zen5}) == [zen4]
+    assert other_cpus({zen5}, {zen5}) == []
+    assert other_cpus({"AMD EPYC", None}, {zen5}) == []  # before agent 1.6.1: the anchors decide
+    assert other_cpus({"Cortex-A76"}, {None}) == []  # a device that names no CPU: nothing to compare
+    assert cpu_of({"environment": {"cpu_model": zen5}}) == zen5 and cpu_of({"ok": False}) is None
