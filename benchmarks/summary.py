@@ -450,7 +450,8 @@ def costmodel_section(d: dict[str, Any], headline: dict[str, Any] | None) -> lis
     noise = d.get("noise") or {}
     out = ["## Cost model fidelity (`python -m benchmarks.bench_costmodel`)", "", _env(d), "",
            f"Calibrated `host-cpu` on this machine ({d.get('models')} models, {d.get('passes')} to "
-           f"{d.get('max_passes', d.get('passes'))} interleaved passes, statistic {d.get('statistic')}; "
+           f"{d.get('max_passes', d.get('passes'))} interleaved passes, statistic {d.get('statistic')} per pass, "
+           f"{d.get('across', 'min')} over a model's passes; "
            f"{d.get('measured')} measured in this run, {d.get('reused')} reused from results/bench/calibration/), "
            "per-op profiles on: each measured layer's time enters the fit beside the whole-model latencies. "
            f"Noise: {noise.get('verdict', 'not recorded')}; median spread between a model's passes "
