@@ -114,7 +114,7 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
                                        lo=1e-6 if inverse else 0.0, hi=10.0 if inverse else math.inf))
     params = [Param(("throughput_gmacs", p), inverse=True, lo=1e-6, hi=10.0) for p in d["throughput_gmacs"]]
     params.append(Param(("memory", "dram_bandwidth_gbs"), inverse=True, lo=1e-3, hi=1.0))
-    if "beyond_cache_ns_per_byte" in d["memory"]:
+    if "beyond_cache_ns_per_byte" in d["memory"] and streams_beyond_cache(profile, samples):
         params.append(Param(("memory", "beyond_cache_ns_per_byte")))
     params += [Param(("overhead", k)) for k in ("per_layer_us", "per_inference_us", "other_op_us",
                                                 "other_ns_per_element")]
@@ -130,6 +130,28 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     params += spatial_params(profile, samples)
     params += asymmetric_params(profile, samples)
     return params + kernel_params + op_factor_params(profile, [s for s in samples if isinstance(s, LayerSample)])
+
+
+def streams_beyond_cache(profile: Profile, samples: Sequence[Sample | LayerSample]) -> bool:
+    """Whether some sample's model reads more weights per run than the profile's last-level cache
+    (``beyond_cache_us``): only then can the data say what streaming them costs. Without one the
+    profile's value stands; fitted freely it went where nothing held it (a calibration without
+    MiniLM's own candidates: 3.5 ns a byte, MiniLM predicted 18x too slow)."""
+    mem = profile.data["memory"]
+    if "cache_bytes" not in mem:
+        return False
+    cache = float(mem["cache_bytes"]["value"])
+    for s in samples:
+        if isinstance(s, LayerSample):
+            if s.model_read_bytes > cache:
+                return True
+            continue
+        read = 0.0
+        for layer, c in zip(s.layers, s.classes):
+            read += cost_of(layer, ExecClass(*c), profile).read_bytes  # shapes and classes only
+            if read > cache:
+                return True
+    return False
 
 
 def _layer_classes(samples: Sequence[Sample | LayerSample]) -> Iterator[tuple[LayerLike, ExecClass]]:

@@ -517,3 +517,24 @@ def test_stored_measurements_of_another_cpu_are_not_reused() -> None:
     assert other_cpus({"AMD EPYC", None}, {zen5}) == []  # before agent 1.6.1: the anchors decide
     assert other_cpus({"Cortex-A76"}, {None}) == []  # a device that names no CPU: nothing to compare
     assert cpu_of({"environment": {"cpu_model": zen5}}) == zen5 and cpu_of({"ok": False}) is None
+
+
+def test_the_cost_of_streaming_beyond_the_cache_is_fitted_only_from_models_that_do() -> None:
+    # none of these models reads more weights than the 32 MiB cache: the data cannot say what
+    # streaming costs, so the profile's value stands (fitted freely it once ran to 3.5 ns a byte and
+    # predicted MiniLM 18x too slow); one model that does makes it a fitted coefficient again
+    from profiles.fit import fit_params, streams_beyond_cache
+
+    base = load_profile("host-cpu")
+    samples = _samples()
+    key = ("memory", "beyond_cache_ns_per_byte")
+    assert not streams_beyond_cache(base, samples)
+    assert key not in {p.keys for p in fit_params(base, samples)}
+    fitted, report = fit(samples, base)
+    assert "memory.beyond_cache_ns_per_byte" not in report["fitted"]
+    assert fitted.num(*key) == base.num(*key)
+    big = Sample("big", "big", "fit", [_layer(4096, 4096, 1)], [("fp32", "fp32", "channel")], GraphStats(), 10.0)
+    assert streams_beyond_cache(base, [*samples, big])  # 64 MiB of fp32 weights
+    assert key in {p.keys for p in fit_params(base, [*samples, big])}
+    layer_time = LayerSample("big", "big", "fit", big.layers[0], big.classes[0], 10.0, model_read_bytes=64 << 20)
+    assert streams_beyond_cache(base, [layer_time])
