@@ -165,23 +165,14 @@ def _refuse(path: Path) -> dict[str, Any]:
 
 
 def measured_at(store: Path) -> dict[str, Any]:
-    """When the stored measurements were taken (first and last record since the last reset, as
-    ``calibrate.Store`` reads them), and the machine's load then."""
-    stamps: list[str] = []
-    loads: list[float] = []
-    if store.exists():
-        for line in store.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("reset") is True:  # what came before is not in the fit
-                stamps, loads = [], []
-            elif isinstance(rec, dict) and isinstance(rec.get("at"), str) and rec.get("latency_ms"):
-                stamps.append(rec["at"])
-                load = (rec.get("environment") or {}).get("loadavg_1m_before")
-                if isinstance(load, (int, float)):
-                    loads.append(float(load))
+    """When the stored measurements a fit reads were taken (``calibrate.Store``: the records since the
+    last reset, the last one per key), and the machine's load then."""
+    from harness.run.calibrate import Store
+
+    recs = [r for r in Store(store).records.values() if isinstance(r.get("at"), str) and r.get("latency_ms")]
+    stamps = [r["at"] for r in recs]
+    loads = [float(load) for r in recs
+             if isinstance(load := (r.get("environment") or {}).get("loadavg_1m_before"), (int, float))]
     return {"first": min(stamps, default=None), "last": max(stamps, default=None), "records": len(stamps),
             "loadavg_1m_median": float(np.median(loads)) if loads else None}
 

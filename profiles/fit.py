@@ -141,10 +141,11 @@ def streams_beyond_cache(profile: Profile, samples: Sequence[Sample | LayerSampl
     if "cache_bytes" not in mem:
         return False
     cache = float(mem["cache_bytes"]["value"])
+    # a layer time carries its model's read bytes: look there before costing whole models' layers
+    if any(isinstance(s, LayerSample) and s.model_read_bytes > cache for s in samples):
+        return True
     for s in samples:
         if isinstance(s, LayerSample):
-            if s.model_read_bytes > cache:
-                return True
             continue
         read = 0.0
         for layer, c in zip(s.layers, s.classes):

@@ -565,10 +565,12 @@ def run(
                               sort_keys=True)
     gen = None
     reused = measured_now = 0
-    values: dict[str, list[float]] = {}  # item id -> statistic per pass
     best: dict[str, tuple[Item, Any, float, dict[str, Any], Path]] = {}
     last: dict[str, dict[str, Any]] = {}
-    every: dict[str, list[tuple[Item, Any, float, dict[str, Any], Path]]] = {}
+    every: dict[str, list[tuple[Item, Any, float, dict[str, Any], Path]]] = {}  # item id -> its passes
+
+    def values_of(item_id: str) -> list[float]:
+        return [g[2] for g in every.get(item_id, [])]
 
     def key_of(item: Item, path: Path, pass_no: int) -> tuple[str, str]:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -626,7 +628,7 @@ def run(
             pending = list(suite.items)
             for pass_no in range(max_passes):
                 if pass_no >= passes:
-                    pending = [it for it in suite.items if item_spread(values.get(it.id, [])) > spread]
+                    pending = [it for it in suite.items if item_spread(values_of(it.id)) > spread]
                     if not pending:
                         break
                     if bar and task is not None:
@@ -652,7 +654,6 @@ def run(
                     last[item.id] = rec
                     if rec.get("ok") and rec.get("latency_ms"):
                         value = float(rec["latency_ms"][statistic])
-                        values.setdefault(item.id, []).append(value)
                         every.setdefault(item.id, []).append((item, genome, value, rec, path))
                     if bar and task is not None:
                         bar.update(task, advance=1, description=f"calibrating {item.id} (pass {pass_no + 1})")
@@ -672,7 +673,7 @@ def run(
     fitted, fit_report = fit(samples, base_profile, layer_samples)
     errs = errors(samples, fitted)
     lay = layer_errors(layer_samples, fitted, base_profile)
-    noise = noise_summary(store, best, values, spread, passes, max_passes, settings)
+    noise = noise_summary(store, best, {k: values_of(k) for k in every}, spread, passes, max_passes, settings)
     memory = _memory_overhead(store, samples, builder, suite, fitted)
     env = next((r.get("environment") for r in store.records.values() if r.get("ok")), None) or {}
     when = (now or _dt.datetime.now(_dt.timezone.utc)).date().isoformat()
