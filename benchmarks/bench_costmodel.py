@@ -61,20 +61,25 @@ def minilm_front_items(path: Path = OUT / "headline.json") -> list[Item]:
 #: at aa8155b, then more of MiniLM's own candidates in the fit), seed 2035 (ids ``rep35-*``, reported at
 #: 5ad1642 and seen for three variants of the per-layer split and the bias-Add rule of f4d0e87), seed 2036
 #: (ids ``rep36-*``, reported at 49410a8, then MiniLM's MatMulNBits fit candidates), seed 2037 (ids
-#: ``rep37-*``, reported at c26cb96, then the shared dynamic quantization and the median over passes).
-#: Seed 2038 (ids ``rep38-*``) is reported.
-REPORTED_SEED = 2038
-REPORTED_PREFIX = "rep38"
+#: ``rep37-*``, reported at c26cb96, then the shared dynamic quantization and the median over passes),
+#: seed 2038 (ids ``rep38-*``, reported at 929a5e7, then the asymmetric dynamic depthwise path and the
+#: per-channel zero points of dequantized weights). Seed 2039 (ids ``rep39-*``) is reported.
+REPORTED_SEED = 2039
+REPORTED_PREFIX = "rep39"
 #: what happened to the reported set before these figures (said beside them in the summary)
-REPORTED_HISTORY = ("measured once, after the cost model's and the calibration protocol's last change (the shared "
-                    "dynamic quantization, the median over passes), beside the stored measurements of the same day "
-                    "and machine (nothing else running), and looked at only for these figures")
+REPORTED_HISTORY = ("measured after the cost model's last change (the asymmetric dynamic depthwise path, "
+                    "the per-channel zero points of dequantized weights). First beside the stored measurements "
+                    "of 21:13-21:50 the same day, whose MiniLM anchor then read 0.945x its stored latency (within "
+                    "the drift bound of 8 % of the time): 90.6 % of 32 within +-10 %, MiniLM 5 of 8, all 8 "
+                    "over-predicted (bias +9.4 %), the other workloads 100 %. The bound is 5 % since, and every "
+                    "model (this set included) was measured again in one quiet session (--fresh) for these "
+                    "figures; the cost model was not changed in between")
 REPORTED_PER_WORKLOAD = 8
 #: (seed, id prefix, candidates per workload) of the sets reported once and then looked at
 DEVELOPMENT_SETS = ((2026, "report", 5), (2027, "final", 5), (2028, "rep28", 8), (2029, "rep29", 8),
                     (2030, "rep30", 8), (2031, "rep31", 8), (2032, "rep32", 8),
                     (2033, "rep33", 8), (2034, "rep34", 8), (2035, "rep35", 8),
-                    (2036, "rep36", 8), (2037, "rep37", 8))
+                    (2036, "rep36", 8), (2037, "rep37", 8), (2038, "rep38", 8))
 WORKLOADS = ("builtin:digits-vit", "transformer", "builtin:digits-cnn", MINILM)
 
 

@@ -814,12 +814,34 @@ def _cost_of(layer: LayerLike, c: ExecClass, profile: Profile) -> LayerCost:
 
 def grouped_path(layer: LayerLike, kind: str, activation: str, granularity: str, asymmetric: bool) -> str | None:
     """The ``grouped_conv`` key of a grouped Conv (``groups`` > 1) on a QDQ path: ``op_path``'s, with
-    static native layers of per-channel asymmetric weights apart (ONNX Runtime's depthwise
-    QLinearConv kernel takes one weight zero point, or none). None for other layers."""
+    asymmetric weights apart where they change the kernel: static native layers of per-channel zero
+    points (ONNX Runtime's depthwise QLinearConv kernel takes one weight zero point, or none) and
+    dynamic ones of any (its ConvInteger runs per-group GEMMs of unsigned weights, u8u8, at other
+    costs than of signed ones). None for other layers."""
     if layer.op_type != "Conv" or int(getattr(layer, "groups", 1) or 1) <= 1:
         return None
     key = op_path(kind, activation)
-    return "native_asymmetric" if key == "native" and asymmetric and granularity == "channel" else key
+    if asymmetric and (key == "native_dynamic" or (key == "native" and granularity == "channel")):
+        return f"{key}_asymmetric"
+    return key
+
+
+#: where a profile lists no entry of its own for an asymmetric grouped path, the path it runs like
+#: (the same per-group GEMMs of other signedness); the static depthwise kernel has none: it is
+#: ``native``'s own kernel, which ``grouped_conv`` does not cost
+_GROUPED_FALLBACK = {"native_dynamic_asymmetric": "native_dynamic"}
+
+
+def grouped_entry(key: str | None, profile: Profile) -> str | None:
+    """The ``grouped_conv`` entry of ``profile`` that costs path ``key``: its own, or the one it runs
+    like (``_GROUPED_FALLBACK``); None where the profile has neither."""
+    node = profile.data.get("grouped_conv", {})
+    if key is None:
+        return None
+    if key in node:
+        return key
+    other = _GROUPED_FALLBACK.get(key)
+    return other if other in node else None
 
 
 def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> float:
@@ -828,10 +850,11 @@ def grouped_conv_us(layer: LayerLike, key: str | None, profile: Profile) -> floa
     x ns_per_output_element``
     (a GEMM per group over an unfolded input: ONNX Runtime's ConvInteger, QLinearConv with per-channel
     zero points, a float Conv whose weights are dequantized at run time). Zero where the profile lists
-    no ``grouped_conv`` entry for the path."""
-    node = profile.data.get("grouped_conv", {}).get(key) if key is not None else None
-    if node is None:
+    no ``grouped_conv`` entry for the path (``grouped_entry``)."""
+    entry = grouped_entry(key, profile)
+    if entry is None:
         return 0.0
+    node = profile.data["grouped_conv"][entry]
     _, out_el = layer_io(layer)
     return (float(node.get("us_per_layer", {}).get("value", 0.0))
             + int(getattr(layer, "groups", 1)) * float(node["us_per_group"]["value"])
@@ -936,6 +959,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         if gran == "tensor" and "dequantize_per_tensor_ns_per_element" in profile.data:
             dq = profile.table("dequantize_per_tensor_ns_per_element")  # one scale: a faster loop
         us += float(conv["per_op_us"]["value"]) + touched * dq.get(wt, 0.0) / 1e3
+        if asymmetric and gran == "channel":  # a zero point per channel: a slower loop for some types
+            us += touched * profile.table("dequantize_asymmetric_ns_per_element").get(wt, 0.0) / 1e3 \
+                if "dequantize_asymmetric_ns_per_element" in profile.data else 0.0
         spill = profile.data.get("dequantize_spill_ns_per_element", {})
         if wt in spill:  # dequantized weights that do not fit on chip cost more per element
             start = profile.data["memory"].get("dequantize_spill_bytes", {}).get("value", onchip)

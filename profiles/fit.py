@@ -30,6 +30,7 @@ from profiles.costmodel import (
     beyond_cache_us,
     cost_of,
     exec_kind,
+    grouped_entry,
     grouped_path,
     kernel_class,
     op_path,
@@ -124,7 +125,7 @@ def fit_params(profile: Profile, samples: Sequence[Sample | LayerSample] = ()) -
     params += [Param(("dequantize_ns_per_element", p)) for p in d["dequantize_ns_per_element"]]
     params += [Param(("weight_only_ns_per_element", p)) for p in d["weight_only_ns_per_element"]]
     for key in ("dequantize_spill_ns_per_element", "dequantize_per_tensor_ns_per_element",
-                "gather_table_ns_per_element"):
+                "dequantize_asymmetric_ns_per_element", "gather_table_ns_per_element"):
         params += [Param((key, p)) for p in d.get(key, {})]
     params += grouped_params(profile, samples)
     params += spatial_params(profile, samples)
@@ -167,7 +168,8 @@ def grouped_params(profile: Profile, samples: Sequence[Sample | LayerSample]) ->
     """The ``grouped_conv`` coefficients of the paths some sample's grouped Conv runs on; a path no
     sample runs keeps the profile's value (nothing in the data could move it but noise)."""
     node = profile.data.get("grouped_conv", {})
-    used = {grouped_path(layer, exec_kind(ec, profile), ec.activation, ec.granularity, ec.zero_points)
+    used = {grouped_entry(grouped_path(layer, exec_kind(ec, profile), ec.activation, ec.granularity,
+                                       ec.zero_points), profile)
             for layer, ec in _layer_classes(samples) if ec.kernel == "qdq"}
     keys = sorted(k for k in used if k is not None and k in node)
     return [Param(("grouped_conv", key, coef)) for key in keys for coef in node[key]]

@@ -27,8 +27,8 @@ PRECISIONS = ("fp32", "fp16", "int16", "int8", "int4")
 OP_PATHS = ("float", "weight_only", "native", "native_dynamic", "dequantize", "slower_unit")
 ACT_PRECISIONS = (*PRECISIONS, "dynamic")
 #: the paths ``grouped_conv`` may cost (``profiles.costmodel.grouped_path``): ``op_path``'s, and
-#: static native layers with asymmetric weights apart
-GROUPED_PATHS = (*OP_PATHS, "native_asymmetric")
+#: static native and dynamic layers with asymmetric weights apart
+GROUPED_PATHS = (*OP_PATHS, "native_asymmetric", "native_dynamic_asymmetric")
 
 #: the latency statistics a calibration may fit (keys of a measurement's ``latency_ms``)
 LATENCY_STATISTICS = ("min", "p50", "mean", "p90")
@@ -236,6 +236,7 @@ SCHEMA: dict[str, Any] = {
         "dequantize_spill_ns_per_element": _table(NONNEG, PRECISIONS),
         # Where a per-tensor scale dequantizes faster than per-channel scales (optional).
         "dequantize_per_tensor_ns_per_element": _table(NONNEG, PRECISIONS),
+        "dequantize_asymmetric_ns_per_element": _table(NONNEG, PRECISIONS),
         # Optional: embedding tables of these weight types cannot be indexed in their integer type
         # (ONNX Runtime's Gather takes no int4): the whole table is dequantized on every run, at this cost.
         "gather_table_ns_per_element": _table(NONNEG, PRECISIONS),

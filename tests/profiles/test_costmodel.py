@@ -286,6 +286,69 @@ def test_a_grouped_conv_pays_per_group_only_on_paths_without_a_depthwise_kernel(
     assert cost_of(dw, asym, profile).latency_us > 3 * cost_of(dw, sym, profile).latency_us
 
 
+def test_a_dynamic_depthwise_conv_of_asymmetric_weights_has_a_path_of_its_own() -> None:
+    """ONNX Runtime's ConvInteger runs a grouped Conv as per-group GEMMs of unsigned (asymmetric) or
+    signed weights, at other costs (digits-cnn's depthwise layers here: 7-14 us against 11-22 us).
+    host-cpu costs ``native_dynamic_asymmetric`` on its own; a profile without that entry costs the
+    layer as ``native_dynamic`` (the same GEMMs), and the fit frees whichever entry the data runs."""
+    from profiles.costmodel import ExecClass, cost_of, grouped_conv_us, grouped_entry, grouped_path
+    from profiles.fit import LayerSample, grouped_params
+
+    profile = load_profile("host-cpu")
+    dw, pw = _conv(64), _conv(1, name="pw")
+    assert grouped_path(dw, "native", "dynamic", "tensor", True) == "native_dynamic_asymmetric"
+    assert grouped_path(dw, "native", "dynamic", "channel", True) == "native_dynamic_asymmetric"
+    assert grouped_path(dw, "native", "dynamic", "tensor", False) == "native_dynamic"
+    assert grouped_path(pw, "native", "dynamic", "tensor", True) is None
+    sym = ExecClass("int8", "dynamic", "tensor")
+    asym = ExecClass("int8", "dynamic", "tensor", zero_points=True)
+    assert grouped_entry("native_dynamic_asymmetric", profile) == "native_dynamic_asymmetric"
+    own = grouped_conv_us(dw, "native_dynamic_asymmetric", profile)
+    assert own != pytest.approx(grouped_conv_us(dw, "native_dynamic", profile))
+    older = profile.copy()
+    older.data["grouped_conv"].pop("native_dynamic_asymmetric")
+    assert grouped_entry("native_dynamic_asymmetric", older) == "native_dynamic"
+    assert grouped_entry("native_asymmetric", older) == "native_asymmetric"  # static: no fallback
+    assert grouped_conv_us(dw, "native_dynamic_asymmetric", older) == pytest.approx(
+        grouped_conv_us(dw, "native_dynamic", older))
+    # the whole layer: the same cost but for the grouped term (and the pointwise asymmetric factor
+    # does not apply to a grouped layer)
+    assert cost_of(dw, asym, profile).latency_us - own == pytest.approx(
+        cost_of(dw, sym, profile).latency_us - grouped_conv_us(dw, "native_dynamic", profile))
+    assert cost_of(dw, asym, older).latency_us == pytest.approx(cost_of(dw, sym, older).latency_us)
+
+    def sample(c: ExecClass) -> LayerSample:
+        return LayerSample("m", "w", "fit", dw, tuple(c), 0.01)
+
+    assert {p.keys[1] for p in grouped_params(profile, [sample(asym)])} == {"native_dynamic_asymmetric"}
+    assert {p.keys[1] for p in grouped_params(older, [sample(asym)])} == {"native_dynamic"}
+
+
+def test_per_channel_zero_points_slow_a_dequantized_layer_by_the_profile_s_rate() -> None:
+    """A layer whose int4 / int16 weights are dequantized every run pays
+    ``dequantize_asymmetric_ns_per_element`` per weight when they have a zero point per channel (MiniLM
+    and the transformer here: +0.3 ns a weight at int4); per-tensor zero points, symmetric weights,
+    other paths and a profile without the table cost as before."""
+    from profiles.costmodel import ExecClass, cost_of
+
+    profile = load_profile("host-cpu")
+    plain = profile.copy()
+    plain.data.pop("dequantize_asymmetric_ns_per_element")
+    mm = _conv(1, channels=384, side=8, name="mm", kernel=1)
+    rate = profile.table("dequantize_asymmetric_ns_per_element")
+    for wt, at in (("int4", "int8"), ("int16", "int16")):
+        sym, asym = ExecClass(wt, at, "channel"), ExecClass(wt, at, "channel", zero_points=True)
+        assert cost_of(mm, sym, profile).path == "dequantize"
+        assert cost_of(mm, asym, profile).latency_us == pytest.approx(
+            cost_of(mm, sym, profile).latency_us + 384 * 384 * rate[wt] / 1e3)
+        assert cost_of(mm, asym, plain).latency_us == pytest.approx(cost_of(mm, sym, plain).latency_us)
+        tensor = ExecClass(wt, at, "tensor", zero_points=True)
+        assert cost_of(mm, tensor, profile).latency_us == pytest.approx(
+            cost_of(mm, ExecClass(wt, at, "tensor"), profile).latency_us)
+    wo = ExecClass("int4", "fp32", "channel", zero_points=True)
+    assert cost_of(mm, wo, profile).latency_us == pytest.approx(cost_of(mm, wo, plain).latency_us)
+
+
 def test_model_layers_carry_their_conv_groups() -> None:
     """digits-cnn's depthwise Convs have a group per channel; its stem and pointwise Convs one."""
     model = resolve_shapes("builtin:digits-cnn").model
