@@ -56,7 +56,7 @@ MAX_MODELS = 800
 #: over-predicted by 9.4 % on average; the other six anchors of that run read within 1.3 %.
 DRIFT_ANCHORS = 8
 DRIFT_BOUND = 0.05
-#: times each anchor is measured again (the fastest counts, as a model's latency does)
+#: times each anchor is measured again (taken together as a model's passes are: ``over_passes``)
 DRIFT_REPEATS = 2
 
 #: (weight_bits, activation_bits, weight) of a candidate layer: what a search proposes, int4 included.
@@ -525,9 +525,10 @@ def run(
 
     Stored measurements are reused only while the device runs as it did when they were taken: where
     some models are stored and others must be measured, one stored model of each kind of workload
-    (``drift_anchors``) is measured again first (``DRIFT_REPEATS`` interleaved times, the fastest
-    counting), and if any one's latency moved by more than ``drift`` (a busier or slower machine,
-    memory bandwidth shared with a neighbour, another board of the same name, a new firmware) every
+    (``drift_anchors``) is measured again first (``DRIFT_REPEATS`` interleaved times, taken together
+    as its stored passes are: ``over_passes``), and if any one's latency moved by more than ``drift``
+    (a busier or slower machine, memory bandwidth shared with a neighbour, another board of the same
+    name, a new firmware) every
     model is measured again, so that one fit never mixes two states of the device; the report's
     ``drift`` says which, with each anchor's ratio. One anchor per kind, because they drift apart: on
     a shared cloud host the memory-bound MiniLM candidates ran 1.09-1.14x their stored latency while
@@ -579,6 +580,15 @@ def run(
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         return hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24], sha
 
+    def stored_values(item: Item, path: Path, first: dict[str, Any]) -> list[float]:
+        """The stored passes' values of a model (the first pass's record given)."""
+        values = [float(first["latency_ms"][statistic])]
+        for pass_no in range(1, max_passes):
+            rec = store.get(key_of(item, path, pass_no)[0])
+            if rec is not None and rec.get("ok") and rec.get("latency_ms"):
+                values.append(float(rec["latency_ms"][statistic]))
+        return values
+
     def measurer() -> Measure:
         nonlocal measure, gen
         if measure is None:
@@ -610,8 +620,12 @@ def run(
                             if now_rec.get("ok") and now_rec.get("latency_ms"):
                                 again.setdefault(item.id, []).append(float(now_rec["latency_ms"][statistic]))
                             cpus.add(cpu_of(now_rec))
-                    ratios = {item.id: min(again[item.id]) / float(rec["latency_ms"][statistic])
-                              for item, _, rec in anchors if item.id in again}
+                    # the anchor's latency now against its stored latency, each taken over its
+                    # measurements as a model's is over its passes (``across``: one noisy stored pass
+                    # must not reset a whole store, nor the fastest of the repeats hide a drift)
+                    ratios = {item.id: over_passes(again[item.id], across)
+                              / over_passes(stored_values(item, path, rec), across)
+                              for item, path, rec in anchors if item.id in again}
                     ratio = float(np.median(list(ratios.values()))) if ratios else None
                     worst = max(ratios, key=lambda k: abs(ratios[k] - 1.0)) if ratios else None
                     moved = worst is None or len(ratios) < len(anchors) or abs(ratios[worst] - 1.0) > drift
@@ -725,9 +739,14 @@ def pick_pass(got: list[tuple[Item, Any, float, dict[str, Any], Path]],
         return min(got, key=lambda g: g[2])
     if across != "median":
         raise ValueError(f"across must be 'median' or 'min', not {across!r}")
-    value = float(np.median([g[2] for g in got]))
+    value = over_passes([g[2] for g in got], across)
     item, genome, _, rec, path = min(got, key=lambda g: abs(g[2] - value))
     return item, genome, value, rec, path
+
+
+def over_passes(values: list[float], across: str = "median") -> float:
+    """A model's latency from its passes' values, by ``pick_pass``'s rule (``across``)."""
+    return float(np.median(values)) if across == "median" else float(min(values))
 
 
 def cpu_of(rec: dict[str, Any]) -> str | None:

@@ -397,6 +397,48 @@ def test_stored_measurements_of_a_device_that_changed_are_measured_again(tmp_pat
 
 
 @pytest.mark.slow
+def test_the_drift_check_compares_an_anchor_with_its_stored_latency_over_all_its_passes(tmp_path: Path) -> None:
+    """An anchor's stored latency is taken over its stored passes as a model's is (the median), and its
+    repeats now likewise: stored passes at 1.0x and 1.2x, repeats at 1.1x, is a device that runs as it
+    did (ratio 1.0), though the first pass alone would say 10 % slower (a reset at a 5 % bound)."""
+    from dataclasses import replace as dc_replace
+
+    from harness.devices.transport import MeasureSettings
+    from harness.run.calibrate import default_suite, run, transport_measure
+
+    settings = MeasureSettings(runs=5, min_seconds=0.05, warmup_seconds=0.0, threads=1, profile_ops=False)
+    gen = transport_measure("local", settings)
+    real = next(gen)
+    factor = {"now": 1.0}
+    timed: dict[str, dict] = {}
+    seen: dict[str, int] = {}
+
+    def device(path: Path) -> dict:  # each model timed once for real, then replayed at a factor
+        if path.name not in timed:
+            timed[path.name] = real(path)
+        seen[path.name] = seen.get(path.name, 0) + 1
+        rec = copy.deepcopy(timed[path.name])
+        scale = factor["now"] if factor["now"] != 1.0 else (1.0 if seen[path.name] == 1 else 1.2)
+        rec["latency_ms"] = {k: v * scale if isinstance(v, float) else v for k, v in rec["latency_ms"].items()}
+        return rec
+
+    suite = default_suite(quick=True)
+    out = tmp_path / "d.yaml"
+    kw = {"settings": settings, "measure": device, "progress": False, "plot": False, "max_passes": 2,
+          "drift": 0.05}
+    try:
+        first = run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:5]), **kw)
+        assert first["measured"] == 10  # two passes each: 1.0x, then 1.2x
+        factor["now"] = 1.1
+        held = run("local", "host-cpu", out, suite=dc_replace(suite, items=suite.items[:6]), **kw)
+    finally:
+        gen.close()
+    assert held["drift"]["checked"] and not held["drift"]["moved"], held["drift"]
+    assert all(r == pytest.approx(1.0) for r in held["drift"]["ratios"].values())
+    assert held["reused"] == 10
+
+
+@pytest.mark.slow
 def test_stored_measurements_of_another_cpu_of_the_same_name_are_measured_again(tmp_path: Path) -> None:
     """The device now names another CPU than its stored records (a cloud host moved to a newer machine
     under the same name): nothing stored is reused, however close the anchors came out."""
