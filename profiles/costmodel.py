@@ -44,7 +44,10 @@ fitted from per-layer times only; an integer layer of asymmetric weights is slow
 VNNI path: MiniLM's 384x1536 MatMul 2.0-2.3x measured); a grouped (depthwise) Conv on a path the
 runtime has no grouped kernel for pays per group and per output element (``grouped_conv``: ONNX
 Runtime runs ConvInteger, QLinearConv with per-channel zero points and a float Conv of dequantized
-weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers); a
+weights as a GEMM per group, up to 9x the time of its depthwise kernels on digits-cnn's layers; a
+dynamic one of asymmetric weights has its own entry, ``native_dynamic_asymmetric``: ConvInteger's
+u8u8 GEMMs cost less per output than its u8s8 ones); weights dequantized every run with a zero point
+per channel pay ``dequantize_asymmetric_ns_per_element`` more (int4 and int16 on ONNX Runtime); a
 Conv's kernel depends on who reads it (``genome_classes``): ONNX Runtime has no integer Conv with a
 float output, so a static int8 Conv read by a 16-bit, 4-bit, emulated-width or float layer runs as a
 float Conv of dequantized tensors (``unfused``, costed as the dequantizing fallback), and the ops a
@@ -959,9 +962,9 @@ def layer_cost(layer: LayerLike, wt: str, at: str, profile: Profile, gran: str =
         if gran == "tensor" and "dequantize_per_tensor_ns_per_element" in profile.data:
             dq = profile.table("dequantize_per_tensor_ns_per_element")  # one scale: a faster loop
         us += float(conv["per_op_us"]["value"]) + touched * dq.get(wt, 0.0) / 1e3
-        if asymmetric and gran == "channel":  # a zero point per channel: a slower loop for some types
-            us += touched * profile.table("dequantize_asymmetric_ns_per_element").get(wt, 0.0) / 1e3 \
-                if "dequantize_asymmetric_ns_per_element" in profile.data else 0.0
+        if asymmetric and gran == "channel" and "dequantize_asymmetric_ns_per_element" in profile.data:
+            # a zero point per channel: a slower dequantizing loop for some types
+            us += touched * profile.table("dequantize_asymmetric_ns_per_element").get(wt, 0.0) / 1e3
         spill = profile.data.get("dequantize_spill_ns_per_element", {})
         if wt in spill:  # dequantized weights that do not fit on chip cost more per element
             start = profile.data["memory"].get("dequantize_spill_bytes", {}).get("value", onchip)
