@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
                         "--spread (default: --passes + 2)")
     p.add_argument("--spread", type=float, default=0.05,
                    help="largest accepted difference between a model's passes, as a fraction (default 0.05)")
+    p.add_argument("--drift", type=float, default=None, metavar="FRACTION",
+                   help="how far a stored model measured again may move before every stored measurement is "
+                        "taken again, so that one fit never mixes two states of the device (default 0.05)")
     p.add_argument("--model", action="append", default=[], metavar="builtin:NAME|FILE.onnx",
                    help="also fit --model-candidates candidates of this model (its float, w8a8 and dynamic int8 "
                         "builds and random mixes): the fit sees the shapes and ops your search will run; repeatable")
@@ -177,7 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.devices.transport import MeasureSettings
-    from harness.run.calibrate import DEFAULT_MODEL_CANDIDATES, default_suite, run
+    from harness.run.calibrate import DEFAULT_MODEL_CANDIDATES, DRIFT_BOUND, default_suite, run
 
     if args.model_candidates is None:
         args.model_candidates = DEFAULT_MODEL_CANDIDATES
@@ -187,6 +190,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"--max-passes {args.max_passes} is below --passes {args.passes}: give at least --passes")
     if not 0 < args.spread < 1:
         raise InputError(f"--spread {args.spread}: give a fraction between 0 and 1, such as 0.05")
+    if args.drift is None:
+        args.drift = DRIFT_BOUND
+    if not 0 < args.drift < 1:
+        raise InputError(f"--drift {args.drift}: give a fraction between 0 and 1, such as {DRIFT_BOUND}")
     if not 3 <= args.model_candidates <= MAX_MODEL_CANDIDATES:
         raise InputError(f"--model-candidates {args.model_candidates}: give 3 (the float, w8a8 and dynamic int8 "
                          f"builds) to {MAX_MODEL_CANDIDATES}")
@@ -205,7 +212,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise InputError("--model and --calib add ONNX candidates: a LiteRT calibration measures its own suite")
         report = run(args.device, args.profile, output, suite=litert_suite(quick=args.quick), settings=settings,
                      progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic,
-                     max_passes=args.max_passes, spread=args.spread)
+                     max_passes=args.max_passes, spread=args.spread, drift=args.drift)
         return _calibrated(args, output, report)
     files = [m for m in args.model if not m.startswith("builtin:")]
     if any(not m.endswith(".onnx") for m in files):
@@ -220,7 +227,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         suite.model_calib[files[0]] = args.calib
     report = run(args.device, args.profile, output, suite=suite, settings=settings,
                  progress=sys.stderr.isatty() and not args.json, passes=args.passes, statistic=args.statistic,
-                 max_passes=args.max_passes, spread=args.spread)
+                 max_passes=args.max_passes, spread=args.spread, drift=args.drift)
     return _calibrated(args, output, report)
 
 

@@ -145,10 +145,11 @@ def test_fit_needs_measurements() -> None:
 def test_calibrate_local_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cal" / "host-cpu-test.yaml"
     argv = ["calibrate", "--device", "local", "--profile", "host-cpu", "-o", str(out), "--quick",
-            "--runs", "5", "--min-seconds", "0.05", "--json"]
+            "--runs", "5", "--min-seconds", "0.05", "--drift", "0.2", "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["models"] == 7 and first["passes"] == 2 and first["max_passes"] == 4
+    assert first["drift"] == {"checked": False, "bound": 0.2}  # nothing stored yet: nothing to check
     store = out.with_name("host-cpu-test.measurements.jsonl")
     lines = [json.loads(line) for line in store.read_text().splitlines()]
     # every model twice, and a third or fourth pass only for the models whose passes still disagree
@@ -265,6 +266,8 @@ def test_calibrate_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> No
     assert "--max-passes" in capsys.readouterr().err
     assert main(["calibrate", "--spread", "5", "-o", "x.yaml"]) == 2
     assert "--spread 5.0: give a fraction" in capsys.readouterr().err
+    assert main(["calibrate", "--drift", "0", "-o", "x.yaml"]) == 2
+    assert "--drift 0.0: give a fraction" in capsys.readouterr().err
     assert main(["calibrate", "--model", "net.tflite", "-o", "x.yaml"]) == 2
     assert "give builtin:NAME or an .onnx file" in capsys.readouterr().err
     assert main(["calibrate", "--model", "net.onnx", "-o", "x.yaml"]) == 2
