@@ -528,8 +528,8 @@ def run(
     (``drift_anchors``) is measured again first (``DRIFT_REPEATS`` interleaved times, taken together
     as its stored passes are: ``over_passes``), and if any one's latency moved by more than ``drift``
     (a busier or slower machine, memory bandwidth shared with a neighbour, another board of the same
-    name, a new firmware) every
-    model is measured again, so that one fit never mixes two states of the device; the report's
+    name, a new firmware) every model is measured again, so that one fit never mixes two states of
+    the device; the report's
     ``drift`` says which, with each anchor's ratio. One anchor per kind, because they drift apart: on
     a shared cloud host the memory-bound MiniLM candidates ran 1.09-1.14x their stored latency while
     the small MatMuls that were the only anchors read 1.02x.
@@ -557,6 +557,8 @@ def run(
     suite = suite or default_suite()
     if len(suite.items) > MAX_MODELS:
         raise InputError(f"a calibration suite measures at most {MAX_MODELS} models, this one has {len(suite.items)}")
+    if across not in ACROSS:  # before hours of measuring, not after
+        raise ValueError(f"across must be one of {ACROSS}, not {across!r}")
     max_passes = max(passes, max_passes if max_passes is not None else passes + 2)
     settings = settings or MeasureSettings(runs=50, min_seconds=1.0, warmup_runs=1, warmup_seconds=0.5,
                                            timeout_s=120, threads=1, profile_ops=True)
@@ -581,13 +583,10 @@ def run(
         return hashlib.sha256(f"{item.id}|{sha}|{settings_key}|{device}|{pass_no}".encode()).hexdigest()[:24], sha
 
     def stored_values(item: Item, path: Path, first: dict[str, Any]) -> list[float]:
-        """The stored passes' values of a model (the first pass's record given)."""
-        values = [float(first["latency_ms"][statistic])]
-        for pass_no in range(1, max_passes):
-            rec = store.get(key_of(item, path, pass_no)[0])
-            if rec is not None and rec.get("ok") and rec.get("latency_ms"):
-                values.append(float(rec["latency_ms"][statistic]))
-        return values
+        """The stored passes' values of a model (the first pass's record given; ``Store.get`` returns
+        only usable records)."""
+        recs = [first] + [store.get(key_of(item, path, pass_no)[0]) for pass_no in range(1, max_passes)]
+        return [float(rec["latency_ms"][statistic]) for rec in recs if rec is not None]
 
     def measurer() -> Measure:
         nonlocal measure, gen
@@ -735,17 +734,19 @@ def pick_pass(got: list[tuple[Item, Any, float, dict[str, Any], Path]],
     gives the models that spread most more passes, and the fastest of more passes is faster (on a
     shared host with phases of some 20 %: MiniLM's all-dynamic front point at 3.79, 3.53, 3.07 and
     3.34 ms in four passes, the near-identical uniform dynamic model at 3.86 and 3.86 in two)."""
-    if across == "min":
-        return min(got, key=lambda g: g[2])
-    if across != "median":
-        raise ValueError(f"across must be 'median' or 'min', not {across!r}")
     value = over_passes([g[2] for g in got], across)
-    item, genome, _, rec, path = min(got, key=lambda g: abs(g[2] - value))
+    item, genome, _, rec, path = min(got, key=lambda g: abs(g[2] - value))  # with min: the fastest itself
     return item, genome, value, rec, path
 
 
+#: how a model's latency is taken from its passes' values (``over_passes``)
+ACROSS = ("median", "min")
+
+
 def over_passes(values: list[float], across: str = "median") -> float:
-    """A model's latency from its passes' values, by ``pick_pass``'s rule (``across``)."""
+    """A model's latency from its passes' values: their median, or with ``min`` the fastest."""
+    if across not in ACROSS:
+        raise ValueError(f"across must be one of {ACROSS}, not {across!r}")
     return float(np.median(values)) if across == "median" else float(min(values))
 
 

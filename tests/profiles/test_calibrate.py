@@ -549,6 +549,11 @@ def test_a_suite_too_large_to_be_a_calibration_is_refused_before_anything_is_mea
     with pytest.raises(InputError, match=f"at most {MAX_MODELS} models"):
         run("local", "host-cpu", tmp_path / "c.yaml", suite=Suite(items), measure=measured.append, progress=False)
     assert not measured and not list(tmp_path.iterdir())
+    # a rule for taking a model's latency over its passes that does not exist: refused as early
+    with pytest.raises(ValueError, match="across must be one of"):
+        run("local", "host-cpu", tmp_path / "c.yaml", suite=Suite(items[:3]), measure=measured.append,
+            progress=False, across="mean")
+    assert not measured and not list(tmp_path.iterdir())
 
 
 def test_stored_measurements_of_another_cpu_are_not_reused() -> None:
