@@ -236,6 +236,7 @@ SCHEMA: dict[str, Any] = {
         "dequantize_spill_ns_per_element": _table(NONNEG, PRECISIONS),
         # Where a per-tensor scale dequantizes faster than per-channel scales (optional).
         "dequantize_per_tensor_ns_per_element": _table(NONNEG, PRECISIONS),
+        # Optional: the extra cost per dequantized weight with a zero point per channel (a slower loop).
         "dequantize_asymmetric_ns_per_element": _table(NONNEG, PRECISIONS),
         # Optional: embedding tables of these weight types cannot be indexed in their integer type
         # (ONNX Runtime's Gather takes no int4): the whole table is dequantized on every run, at this cost.
