@@ -29,7 +29,11 @@ Seeds: ``DEV_SEEDS`` (0-9; ``--dev-seeds N`` runs the first N, 5 by default) are
 were developed on; ``SEEN_SEEDS`` (100-109) were reported once and then looked at when the
 sensitivity probes were turned off by default, so they are development seeds too;
 ``REPORTED_SEEDS`` (200-209; ``--seeds N``) were run only once the defaults were fixed. The JSON
-and summary keep them apart.
+and summary keep them apart. On the enumerated space every uncapped method also runs on ``--odds-seeds``
+development seeds from ``ODDS_SEEDS_FROM`` (500; 60 by default): how often one run evaluates a genome of
+the true front's most-accurate corner and reaches each bar of ``TRUE_FRONT_BARS`` by each budget, with
+exact intervals, and the chance that this makes of a median over the reported seeds (``corner_odds``):
+whether a bar is missed by a method or by a lottery every method plays.
 
 Methods: ``qae`` (search.Engine as ``qae search`` configures it by default: its seeded genomes and
 its default Gaussian-process screening), ``pymoo_nsga2`` (NSGA2, integer variables,
@@ -58,7 +62,7 @@ repository, results/bench/search_store/<space>.json.gz (``benchmarks.search_stor
 loads into the caches first: a benchmark longer than one sitting adds up across machines.
 
     python -m benchmarks.bench_search [--spaces ...] [--budgets 100,200,400] [--seeds 10] [--dev-seeds 5]
-        [--methods ...] [--quick] [--fresh-table] [--fresh-runs] [--workers 2]
+        [--odds-seeds 60] [--methods ...] [--quick] [--fresh-table] [--fresh-runs] [--workers 2]
 
 One module because it is one benchmark script: the enumerated true front, the competitors and the
 report are read together.
@@ -791,6 +795,50 @@ def summarise(table: Any, runs: Sequence[dict[str, Any]], budgets: Sequence[int]
             "runs": out}
 
 
+def corner_odds(table: Any, runs: Sequence[dict[str, Any]], budgets: Sequence[int], reference: Reference,
+                methods: Sequence[str], reported: int) -> dict[str, Any]:
+    """How often one run of each method evaluates a genome of the most-accurate corner of the reference
+    front, and reaches each true-front bar, by each budget: the share of ``runs`` (one per seed) with its
+    exact 95 % (Clopper-Pearson) interval, and what that share makes of a ``reported``-seed median: the
+    chance that more than half of ``reported`` runs reach the bar (the median then does; binomial).
+    Beside them the chance that a uniform sample of B distinct genomes holds a corner genome
+    (hypergeometric), which is what a method without any signal towards the corner gets."""
+    from scipy.stats import binom, binomtest, hypergeom
+
+    got = summarise(table, runs, budgets, reference, methods)
+    corner = got["most_accurate_corner"]
+    size = len(reference.genomes)
+    k_corner = len(corner["genomes"])
+    need = reported // 2 + 1
+
+    def share(k: int, n: int) -> dict[str, Any]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        return {"k": k, "n": n, "share": k / n, "ci95": [float(ci.low), float(ci.high)]}
+
+    out: dict[str, Any] = {}
+    for m, r in got["runs"].items():
+        n = len(r["seeds"])
+        row: dict[str, Any] = {"seeds": [min(r["seeds"]), max(r["seeds"])], "median": r["median"],
+                               "corner_by": {}, "bars": {}}
+        for b in r["hv_ratio"]:
+            k = sum(1 for f in r["most_accurate_corner_first"] if f is not None and f <= int(b))
+            row["corner_by"][b] = share(k, n)
+            if b in TRUE_FRONT_BARS:
+                bar = TRUE_FRONT_BARS[b]
+                entry = share(sum(1 for v in r["hv_ratio"][b] if v >= bar), n)
+                entry["bar"] = bar
+                # P(at least `need` of `reported` runs reach it) at the share and at its interval's ends
+                entry["median_of_reported_reaches"] = float(binom.sf(need - 1, reported, entry["share"]))
+                entry["median_of_reported_reaches_ci95"] = [float(binom.sf(need - 1, reported, p))
+                                                            for p in entry["ci95"]]
+                row["bars"][b] = entry
+        out[m] = row
+    return {"corner_genomes": k_corner, "space_size": size, "corner_share_of_hv": corner["share"],
+            "reported_seeds": reported, "runs_needed": need,
+            "uniform_sample_holds_corner": {str(b): float(hypergeom.sf(0, size, k_corner, b)) for b in budgets},
+            "methods": out}
+
+
 def compare(table: Table, budgets: Sequence[int], seeds: Sequence[int],
             methods: Sequence[str] = METHODS) -> dict[str, Any]:
     """Every method per seed up to max(budgets), in this process, on an enumerated table."""
@@ -807,6 +855,11 @@ DEV_SEEDS = tuple(range(10))
 SEEN_SEEDS = tuple(range(100, 110))
 #: ... and the seeds reported (never looked at before the defaults were fixed)
 REPORTED_SEEDS = tuple(range(200, 210))
+#: development seeds for the odds of the enumerated space's most-accurate corner (``corner_odds``): many
+#: runs of each method that nothing is tuned on, so a bar's chance per seed gets an interval
+ODDS_SEEDS_FROM = 500
+#: the issue-17 bars on the enumerated space: hypervolume ratio to the true front at these budgets
+TRUE_FRONT_BARS = {"200": 0.98, "400": 0.99}
 #: the per-layer spaces' reference front adds one run per method at this multiple of the largest budget
 REFERENCE_FACTOR = 4
 REFERENCE_SEED = 1000
@@ -1045,10 +1098,11 @@ def not_run(enumerable: bool, methods: Sequence[str], slow_peers: bool) -> dict[
 
 def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported: Sequence[int],
                 methods: Sequence[str], workers: int, store: RunStore | None,
-                slow_peers: bool = False) -> dict[str, Any]:
+                slow_peers: bool = False, odds: Sequence[int] = ()) -> dict[str, Any]:
     """One space: every method on the development and the reported seeds (and, on a per-layer space,
     the reference runs), scored against the reference front, with labelled accuracy and, where the
-    space has it, 1 - mean cosine in its place."""
+    space has it, 1 - mean cosine in its place. On an enumerated space, also the uncapped methods on
+    the ``odds`` seeds: how often one run reaches the most-accurate corner and the bars (``corner_odds``)."""
     table = open_space(name)
     top = max(budgets)
     from benchmarks import search_store
@@ -1065,6 +1119,8 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
         out += [(name, m, seed, top) for seed in dev for m in ms if m not in BUDGET_CAP]
         if not table.enumerable:
             out += [(name, m, REFERENCE_SEED, REFERENCE_FACTOR * top) for m in ms if m in REFERENCE_METHODS]
+        else:
+            out += [(name, m, seed, top) for seed in odds for m in ms if m not in BUDGET_CAP]
         return out
 
     skipped = not_run(table.enumerable, methods, slow_peers)
@@ -1095,6 +1151,10 @@ def bench_space(name: str, budgets: Sequence[int], dev: Sequence[int], reported:
     for label, seeds in (("dev", dev), ("reported", reported)):
         mine = [r for r in mains if r["seed"] in seeds]
         out[label] = summarise(table, mine, budgets, reference, methods)
+    odds_runs = [r for r in mains if r["seed"] in odds]
+    if table.enumerable and odds_runs:
+        out["corner_odds"] = corner_odds(table, odds_runs, budgets, reference,
+                                         [m for m in methods if m not in BUDGET_CAP], len(reported))
     if not table.enumerable:
         ref_runs = [r for r in runs if r["seed"] == REFERENCE_SEED]
         out["reference_runs"] = {r["method"]: {"evaluations": len(r["order"]), "seconds": r["seconds"]}
@@ -1206,6 +1266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev-seeds", type=int, default=5,
                     help=f"development seeds, from 0 (default %(default)s of the {len(DEV_SEEDS)}; the engine's "
                     "defaults were tuned on them)")
+    ap.add_argument("--odds-seeds", type=int, default=60,
+                    help=f"development seeds from {ODDS_SEEDS_FROM} on the enumerated space for the odds of its "
+                    "most-accurate corner and bars per run (default %(default)s; 0: none)")
     ap.add_argument("--layer-dev-seeds", type=int, default=None,
                     help="development seeds on the per-layer spaces (default: --dev-seeds)")
     ap.add_argument("--methods", default=",".join(METHODS + ABLATIONS))
@@ -1231,8 +1294,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = list(DEV_SEEDS[: args.dev_seeds])
     reported = list(range(REPORTED_SEEDS[0], REPORTED_SEEDS[0] + args.seeds))
     workers, store = args.workers, None
+    odds = list(range(ODDS_SEEDS_FROM, ODDS_SEEDS_FROM + max(args.odds_seeds, 0)))
     if args.quick:
         budgets, dev, reported, spaces = [40, 80], dev[:2], reported[:2], ["digits-vit-groups"]
+        odds = odds[:4]
     if args.synthetic:
         spaces, workers = ["synthetic"], 1
         size = len(open_space("synthetic").rows)
@@ -1244,7 +1309,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     layer_dev = dev if args.layer_dev_seeds is None else list(DEV_SEEDS[: args.layer_dev_seeds])
     results = {name: bench_space(name, budgets, dev if name in ("digits-vit-groups", "synthetic") else layer_dev,
-                                 reported, methods, workers, store, args.slow_peers) for name in spaces}
+                                 reported, methods, workers, store, args.slow_peers, odds) for name in spaces}
     first = results[spaces[0]]
     table = open_space(spaces[0])
     shown = [m for m in METHODS if m in methods]
@@ -1258,6 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
         "dev_seeds_per_layer_spaces": layer_dev,
         "reported_seeds": reported,
         "seen_seeds": list(SEEN_SEEDS),
+        "odds_seeds": odds,
         "pop_size": POP_SIZE,
         "spaces": results,
         # the first space's reported seeds, in the layout of the one-space benchmark (issue 10)

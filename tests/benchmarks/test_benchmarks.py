@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_search, common, summary
@@ -28,7 +29,7 @@ FAST = [m for m in (*bench_search.METHODS, *bench_search.ABLATIONS) if m not in 
 
 def test_search_quality_json_shape(results: Path) -> None:
     assert bench_search.main(["--synthetic", "--budgets", "20,40", "--seeds", "2", "--dev-seeds", "1",
-                              "--methods", ",".join(FAST)]) == 0
+                              "--odds-seeds", "0", "--methods", ",".join(FAST)]) == 0
     data = json.loads((results / "search_quality.json").read_text())
     assert set(data["median_hv_ratio"]) == {"20", "40"}
     for row in data["median_hv_ratio"].values():
@@ -41,6 +42,7 @@ def test_search_quality_json_shape(results: Path) -> None:
     assert data["seeds"] == data["reported_seeds"] == [200, 201] and data["dev_seeds"] == [0]
     assert not set(data["seen_seeds"]) & set(data["reported_seeds"])  # seeds once looked at are never reported
     space = data["spaces"]["synthetic"]
+    assert data["odds_seeds"] == [] and "corner_odds" not in space
     assert space["dev"]["runs"]["qae"]["seeds"] == [0] and space["reported"]["runs"]["qae"]["seeds"] == [200, 201]
     assert all(run["method_seconds_per_run"] >= 0 for run in space["reported"]["runs"].values())
     key = data["most_accurate_corner"]
@@ -60,6 +62,49 @@ def test_search_quality_json_shape(results: Path) -> None:
         qae = data["runs"]["qae"]["most_accurate_corner_first"]
         counts = "/".join(str(sum(1 for f in qae if f is not None and f <= b)) for b in (20, 40))
         assert "by 20/40 evaluations: " in text and f"qae {counts} of 2" in text
+
+
+def test_the_odds_of_the_corner_count_runs_per_seed_with_exact_intervals(
+        results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    monkeypatch.setattr(bench_search, "TRUE_FRONT_BARS", {"40": 0.9})  # the synthetic budgets' own bar
+    assert bench_search.main(["--synthetic", "--budgets", "20,40", "--seeds", "3", "--dev-seeds", "1",
+                              "--odds-seeds", "8", "--methods", "qae,random"]) == 0
+    data = json.loads((results / "search_quality.json").read_text())
+    assert data["odds_seeds"] == list(range(500, 508))
+    assert not set(data["odds_seeds"]) & set(data["reported_seeds"])
+    odds = data["spaces"]["synthetic"]["corner_odds"]
+    table = bench_search.synthetic_table()
+    n_all, k_corner = len(table.rows), odds["corner_genomes"]
+    assert odds["space_size"] == n_all and k_corner >= 1 and odds["runs_needed"] == 2  # more than half of 3
+    for b, p in odds["uniform_sample_holds_corner"].items():  # 1 - P(no corner genome in B draws without replacement)
+        none = math.prod((n_all - k_corner - i) / (n_all - i) for i in range(int(b)))
+        assert p == pytest.approx(1.0 - none)
+    runs = [bench_search.run_method(table, m, seed, 40) for m in ("qae", "random") for seed in range(500, 508)]
+    reference = bench_search.Reference.of(table, runs)
+    for m, row in odds["methods"].items():
+        assert row["seeds"] == [500, 507]
+        mine = [r for r in runs if r["method"] == m]
+        corner = {tuple(g) for g in reference.genomes if tuple(reference.genomes[g].tolist()) in
+                  {tuple(p) for p in reference.front[reference.front[:, 0] <= reference.front[:, 0].min()].tolist()}}
+        for b in ("20", "40"):
+            e = row["corner_by"][b]
+            assert e["n"] == 8 and e["k"] == sum(any(tuple(g) in corner for g in r["order"][:int(b)]) for r in mine)
+            assert e["ci95"][0] <= e["k"] / 8 <= e["ci95"][1]
+        assert row["corner_by"]["20"]["k"] <= row["corner_by"]["40"]["k"]
+        bar = row["bars"]["40"]
+        ratios = [reference.hv(np.array([table.rows[tuple(g)] for g in r["order"]])) / reference.hv(reference.front)
+                  for r in mine]
+        assert bar["k"] == sum(v >= 0.9 for v in ratios) and set(row["bars"]) == {"40"}
+        q = bar["share"]  # at least 2 of 3 reported runs at the bar: what puts their median there
+        assert bar["median_of_reported_reaches"] == pytest.approx(sum(
+            math.comb(3, j) * q ** j * (1 - q) ** (3 - j) for j in (2, 3)))
+        lo, hi = bar["median_of_reported_reaches_ci95"]
+        assert lo <= bar["median_of_reported_reaches"] <= hi
+    text = summary.write_summary(results).read_text()
+    assert "How often one run gets there (development seeds 500-507, 8 runs per method" in text
+    assert "| >= 0.90 at 40 | median of 3 reaches it |" in text
 
 
 def test_oracle_counts_distinct_genomes_once() -> None:
