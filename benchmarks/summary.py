@@ -86,7 +86,9 @@ def _odds_lines(odds: dict[str, Any], budgets: list[str]) -> list[str]:
            "| method | " + " | ".join(f"corner by {b}" for b in budgets) + " | "
            + " | ".join(f">= {level[b]:.2f} at {b} | median of {rep} reaches it" for b in bars) + " |",
            "|---|" + "---|" * (len(budgets) + 2 * len(bars))]
-    for m, r in rows.items():
+    order = [m for m in METHODS + ABLATIONS if m in rows] + [m for m in rows if m not in METHODS + ABLATIONS]
+    for m in order:
+        r = rows[m]
         cells = [pct(r["corner_by"][b]) if b in r["corner_by"] else "-" for b in budgets]
         for b in bars:
             e = r["bars"].get(b)
@@ -96,6 +98,20 @@ def _odds_lines(odds: dict[str, Any], budgets: list[str]) -> list[str]:
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     out.append("")
     return out
+
+
+def _odds_of_bar(odds: dict[str, Any] | None, b: str) -> str:
+    """What the odds seeds say of a missed true-front bar: qae's rate per run, the chance of a median at the
+    bar, and the best chance any method has."""
+    rows = (odds or {}).get("methods", {})
+    if "qae" not in rows or b not in rows["qae"]["bars"]:
+        return ""
+    e = rows["qae"]["bars"][b]
+    best = max(rows, key=lambda m: rows[m]["bars"].get(b, {}).get("median_of_reported_reaches", -1.0))
+    chance = rows[best]["bars"][b]["median_of_reported_reaches"]
+    return (f" (on {e['n']} development seeds {e['k']} runs reach it, so a median of {odds['reported_seeds']} "
+            f"seeds does with {e['median_of_reported_reaches'] * 100:.0f} % chance; the best of any method: {best}, "
+            f"{chance * 100:.0f} %)")
 
 
 def _mwu(runs: dict[str, Any], m: str, b: str) -> str:
@@ -187,7 +203,7 @@ def spaces_section(d: dict[str, Any]) -> list[str]:
             for b, need in sorted(TRUE_FRONT_BARS.items(), key=lambda kv: -int(kv[0])):
                 if b in med and med[b]["qae"] < need:
                     bars.append(f"{name}, {b} evaluations: qae {med[b]['qae']:.4f} of the true front, below the "
-                                f"{need:.2f} bar")
+                                f"{need:.2f} bar" + _odds_of_bar(sp.get("corner_odds"), b))
         key = rep.get("most_accurate_corner")
         if key and key["share"] >= 0.01:
             out += [f"The {key['points']} reference-front point(s) at the lowest accuracy loss "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,6 +106,17 @@ def test_the_odds_of_the_corner_count_runs_per_seed_with_exact_intervals(
     text = summary.write_summary(results).read_text()
     assert "How often one run gets there (development seeds 500-507, 8 runs per method" in text
     assert "| >= 0.90 at 40 | median of 3 reaches it |" in text
+
+
+def test_a_missed_bar_says_how_often_a_median_would_reach_it() -> None:
+    def bar(k: int, chance: float) -> dict[str, Any]:
+        return {"bars": {"200": {"k": k, "n": 60, "median_of_reported_reaches": chance}}}
+
+    odds = {"reported_seeds": 10, "methods": {"qae": bar(20, 0.08), "random": bar(0, 0.0), "other": bar(23, 0.14)}}
+    said = summary._odds_of_bar(odds, "200")
+    assert said == (" (on 60 development seeds 20 runs reach it, so a median of 10 seeds does with 8 % chance; the "
+                    "best of any method: other, 14 %)")
+    assert summary._odds_of_bar(None, "200") == summary._odds_of_bar(odds, "400") == ""
 
 
 def test_oracle_counts_distinct_genomes_once() -> None:
