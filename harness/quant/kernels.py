@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 from harness.core.errors import ModelError
 from harness.core.genome import Gene
 from harness.core.model import LayerSpec
-from harness.quant.rounding import INT_TYPES, grid
+from harness.quant.rounding import INT_TYPES, grid, integer_tensor
 
 MS_DOMAIN = "com.microsoft"
 
@@ -296,12 +296,12 @@ def block_dequantize(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, x: np
     qname, sname, zname = f"{layer.weight}_quantized", f"{layer.weight}_scale", f"{layer.weight}_zero_point"
     dtype = w.dtype if w.dtype in (np.float16, np.float32) else np.float32
     inits = [
-        helper.make_tensor(qname, elem, list(q.shape), q.ravel().tolist()),
+        integer_tensor(qname, elem, q),
         numpy_helper.from_array(np.ascontiguousarray(scale).astype(dtype), sname),
     ]
     if rq.zero_point is not None:  # a symmetric grid's zero point is 0, DequantizeLinear's default
         zero = rq.zero_point if axis == 0 else rq.zero_point.T
-        inits.append(helper.make_tensor(zname, elem, list(zero.shape), np.ascontiguousarray(zero).ravel().tolist()))
+        inits.append(integer_tensor(zname, elem, zero))
     index, node = _node(proto, layer.node_name)
     dq = helper.make_node("DequantizeLinear", [qname, sname] + ([zname] if len(inits) == 3 else []),
                           [f"{layer.weight}_dequantized"], name=f"qae_dq/{layer.name}", axis=k_axis, block_size=block)

@@ -50,7 +50,7 @@ from harness.core.genome import NATIVE_BITS, WEIGHT_ONLY_OPS, Gene, Genome
 from harness.core.model import LayerSpec, ModelInfo
 from harness.quant import kernels
 from harness.quant.calibration import Ranges
-from harness.quant.rounding import INT_TYPES, grid
+from harness.quant.rounding import INT_TYPES, grid, integer_tensor
 
 OPSET = 21
 # Bump whenever a genome builds a different model than before (a new grid, a new graph edit): the
@@ -940,9 +940,9 @@ def _dequantized_weights(proto: onnx.ModelProto, layer: LayerSpec, gene: Gene, r
         qname, sname, zname = f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"
         proto.graph.initializer.extend(
             [
-                helper.make_tensor(qname, elem, list(w.shape), q.ravel().tolist()),
+                integer_tensor(qname, elem, q),
                 numpy_helper.from_array(scale, sname),
-                helper.make_tensor(zname, elem, list(zero.shape), zero.ravel().tolist()),
+                integer_tensor(zname, elem, zero),
             ]
         )
         dq = helper.make_node(

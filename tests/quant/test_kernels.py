@@ -190,8 +190,11 @@ def test_digits_vit_mixed_kernels_build_run_and_match(digits_workload: Any, tmp_
         symmetric = name != "blocks.1.ffn.fc1"
         assert len(dq.input) == (2 if symmetric else 3)  # a symmetric grid's zero point is left at 0
         zero = np.zeros(scale.shape, np.int64) if symmetric else written[dq.input[2]].astype(np.int64)
-        stored = next(t for t in proto.graph.initializer if t.name == dq.input[0]).data_type
+        tensor = next(t for t in proto.graph.initializer if t.name == dq.input[0])
+        stored = tensor.data_type
         assert stored == (TensorProto.INT4 if symmetric else TensorProto.UINT8)  # 3 bits: emulated in uint8
+        # raw bytes, 4-bit packed two to a byte: never one varint per value in int32_data
+        assert not tensor.int32_data and len(tensor.raw_data) == -(-q.size // 2 if symmetric else -q.size)
         w = float_inits[layer.weight]
         assert scale.shape[k_axis] == -(-w.shape[k_axis] // block) and scale.shape[1 - k_axis] == w.shape[1 - k_axis]
         spread = np.repeat(scale, block, axis=k_axis).take(range(w.shape[k_axis]), axis=k_axis)
