@@ -92,7 +92,7 @@ class LayerSpace:
     def __init__(self, name: str, cache_dir: Path) -> None:
         import onnxruntime
 
-        from harness.quant.quantize import build_version
+        from harness.quant.quantize import build_kinds, build_version
         from profiles import load_profile
 
         self.name = name
@@ -110,7 +110,7 @@ class LayerSpace:
             "model_sha256": self.work.model.sha256, "calib": self.work.calib.sha256,
             "eval": self.work.eval_data.sha256, "onnxruntime": onnxruntime.__version__,
             "int8": "exact",  # exact integer products on every host (harness.quant.exact)
-            "build": build_version(lay.op_type for lay in self.work.model.layers),
+            "build": build_version(build_kinds(self.work.model)),
             "choices": json.dumps(self.choices, default=str),
         }
         self.score_key = hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()[:16]

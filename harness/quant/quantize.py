@@ -65,15 +65,35 @@ BUILD_VERSION = 6
 #: 8: a static Conv whose output reaches a float, weight-only or dynamic layer through an Identity, or
 #: whose activations are emulated (5-7 bits), gets its output Q/DQ, so ORT runs it as QLinearConv.
 #: 9: ... but not where a float or weight-only layer reads it: ORT ran that layer as an int8 QLinearConv.
+#: 10: LSTM and GRU integer weights stored as raw bytes (the file was larger than the float model's).
+#: 11: a static or weight-only Gemm with a constant bias and beta != 1 gets beta * C (``GEMM_BETA``).
+GEMM_BETA = "Gemm(beta)"
 SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = (
-    (7, frozenset({"Gather"})), (8, frozenset({"Conv"})), (9, frozenset({"Conv"})))
+    (7, frozenset({"Gather"})), (8, frozenset({"Conv"})), (9, frozenset({"Conv"})), (10, frozenset({"LSTM", "GRU"})),
+    (11, frozenset({GEMM_BETA})))
 
 
 def build_version(op_types: Iterable[str] | None = None) -> int:
     """The build version of a model whose layers have these op types (what a cache of its scores keys
-    on): ``BUILD_VERSION`` or the latest scoped change that touched one of them; None: the latest of all."""
+    on; ``build_kinds`` gives them): ``BUILD_VERSION`` or the latest scoped change that touched one of
+    them; None: the latest of all."""
     ops = None if op_types is None else set(op_types)
     return max([BUILD_VERSION] + [v for v, scope in SCOPED_BUILD_CHANGES if ops is None or scope & ops])
+
+
+def build_kinds(model: ModelInfo) -> list[str]:
+    """What ``build_version`` is asked about a model: its layers' op types, plus ``GEMM_BETA`` when a
+    Gemm layer adds a constant bias with beta != 1 (a build change that only such a Gemm sees)."""
+    kinds = [layer.op_type for layer in model.layers]
+    nodes = {n.name: n for n in model.proto.graph.node if n.op_type == "Gemm"}
+    inits = {t.name for t in model.proto.graph.initializer}
+    for layer in model.layers:
+        node = nodes.get(layer.node_name)
+        if node is None or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        if any(a.name == "beta" and a.f != 1.0 for a in node.attribute):
+            kinds.append(GEMM_BETA)
+    return kinds
 
 
 _HOLD_DOMAIN = "ai.qae.hold"
@@ -310,6 +330,7 @@ def quantize(
     if static:
         overrides = {k: v for k, v in weight_overrides.items() if k in {lay.weight for lay in static}}
         overrides.update(act_overrides)
+        _fold_gemm_beta(proto, {lay.node_name for lay in static if lay.op_type == "Gemm"})
         proto = _static_pass(proto, static, overrides, ranges)
         weight_only = [lay for lay in static if not genome[lay.name].static_activation and lay.activation]
         # ORT's QDQ Gather also quantizes the output with the table's (per-row) parameters, which
@@ -576,6 +597,26 @@ def _restate_weight_shape(proto: onnx.ModelProto, name: str, shape: tuple[int, .
             vi.type.tensor_type.ClearField("shape")
             for d in shape:
                 vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+
+
+def _fold_gemm_beta(proto: onnx.ModelProto, gemms: set[str]) -> None:
+    """Give each of these Gemm nodes with a constant bias and ``beta`` != 1 the bias ``beta * C`` (a new
+    initializer: C may have other readers) and ``beta`` 1. ONNX Runtime's QDQ quantizer stores the bias as
+    int32 dequantizing to C and then sets ``beta`` to 1, so without this the built model adds C where the
+    float model adds ``beta * C`` (a Gemm exported with alpha and beta, e.g. by a hand-written graph)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "Gemm" or node.name not in gemms or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        beta = next((a for a in node.attribute if a.name == "beta"), None)
+        if beta is None or beta.f == 1.0:
+            continue
+        c = numpy_helper.to_array(inits[node.input[2]])
+        name = f"{node.input[2]}__qae_beta_{node.name}"
+        proto.graph.initializer.append(numpy_helper.from_array((c * np.asarray(beta.f, c.dtype)).astype(c.dtype), name))
+        node.input[2] = name
+        beta.f = 1.0
+    _drop_unused_initializers(proto)
 
 
 def _static_pass(

@@ -17,7 +17,7 @@ from harness.core.errors import QaeError
 from harness.core.genome import Genome
 from harness.quant.evalcache import EvalCache, settings_hash
 from harness.quant.exact import u8s8_saturates
-from harness.quant.quantize import build_version
+from harness.quant.quantize import build_kinds, build_version
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Value
 from harness.run.config import BUDGET_KEYS, OBJECTIVES, SearchConfig, metric_unit
@@ -120,7 +120,7 @@ def eval_settings(work: Workload, cfg: SearchConfig, split: str) -> str:
         # what the data options and shapes change is what is scored: a different cache entry
         "options": cfg.data_options,
         "shapes": work.model.shapes_used,
-        "build": build_version(layer.op_type for layer in work.model.layers),
+        "build": build_version(build_kinds(work.model)),
     }
     if u8s8_saturates():  # scores here were u8s8-saturated before the exact rewrite: other entries
         settings["int8"] = "exact-u8u8"

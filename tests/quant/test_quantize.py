@@ -419,10 +419,76 @@ def test_a_build_change_scoped_to_one_layer_kind_leaves_other_models_cached_scor
     from harness.quant.quantize import BUILD_VERSION, SCOPED_BUILD_CHANGES, build_version
 
     latest = max(v for v, _ in SCOPED_BUILD_CHANGES)
-    assert latest > BUILD_VERSION and build_version() == latest == 9
+    assert latest > BUILD_VERSION and build_version() == latest == 11
     assert build_version(["MatMul", "Gemm"]) == BUILD_VERSION
     assert build_version(["MatMul", "Gather"]) == 7
     assert build_version(["MatMul", "Conv"]) == 9 and build_version(["Gather", "Conv"]) == 9
+    assert build_version(["MatMul", "LSTM"]) == build_version(["GRU"]) == 10
+    assert build_version(["Gemm", "Gemm(beta)"]) == 11
+
+
+def _gemm_model(path: Path, beta: float, shared_bias: bool = False) -> Path:
+    """x [N, 32] -> Gemm(alpha 0.5, beta, transB 0) -> y [N, 6]; with ``shared_bias`` an Add reads C too."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((32, 6)) / 4).astype(np.float32)
+    c = (2.0 * rng.standard_normal(6)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["g"], name="gemm0", alpha=0.5, beta=beta, transB=0)]
+    nodes.append(helper.make_node("Add", ["g", "C"], ["y"], name="plus_c") if shared_bias
+                 else helper.make_node("Identity", ["g"], ["y"], name="out"))
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 6])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(c, "C")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shared_bias", [False, True])
+@pytest.mark.parametrize("gene", [{"weight_bits": 8, "activation_bits": "fp"}, {"weight_bits": 8, "activation_bits": 8},
+                                  {"weight_bits": 4, "activation_bits": "fp", "granularity": "per_block",
+                                   "block_size": 16}])
+def test_a_gemm_with_beta_keeps_beta_times_its_bias(tmp_path: Path, gene: dict, shared_bias: bool) -> None:
+    """ONNX Runtime's QDQ quantizer stores a Gemm's bias dequantizing to C and sets beta to 1: qae hands
+    it beta * C first, so the quantized model still adds what the float model adds."""
+    from harness.quant.quantize import GEMM_BETA, build_kinds, build_version
+    from harness.quant.workload import Workload
+
+    path = _gemm_model(tmp_path / "g.onnx", beta=2.0, shared_bias=shared_bias)
+    x = np.random.default_rng(4).standard_normal((64, 32)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    work = Workload.open(path, calib=tmp_path / "d.npz", eval_data=tmp_path / "d.npz")
+    assert GEMM_BETA in build_kinds(work.model) and build_version(build_kinds(work.model)) == 11
+    result = work.build(work.genome({"default": gene}))
+    proto = onnx.load(str(save_model(result, tmp_path / "q.onnx")))
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    # beta folded into the bias where ORT's quantizer handles the Gemm; a block-wise weight leaves both as they were
+    assert attrs["alpha"] == 0.5 and attrs.get("beta", 1.0) == (2.0 if gene.get("granularity") else 1.0)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((got - ref) ** 2).sum())
+    assert sqnr > (25.0 if gene["weight_bits"] == 4 or gene["activation_bits"] == 8 else 40.0)
+    # the float model is untouched, and a bias another node reads keeps its own values there
+    assert next(n for n in work.model.proto.graph.node if n.op_type == "Gemm").attribute[1].f == 2.0
+    if shared_bias:
+        plus = next(n for n in proto.graph.node if n.name == "plus_c")
+        readers = {n.output[0]: n for n in proto.graph.node}
+        c = numpy_helper.to_array(next(t for t in work.model.proto.graph.initializer if t.name == "C"))
+        source = plus.input[1]
+        value = (numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == source))
+                 if source not in readers else None)
+        assert value is None or np.allclose(value, c)
+
+
+def test_a_gemm_with_beta_one_keeps_its_build_version(tmp_path: Path) -> None:
+    from harness.quant.quantize import BUILD_VERSION, build_kinds, build_version
+    from harness.quant.workload import Workload
+
+    path = _gemm_model(tmp_path / "g.onnx", beta=1.0)
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 32), np.float32))
+    work = Workload.open(path, calib=tmp_path / "d.npz", eval_data=tmp_path / "d.npz")
+    assert build_kinds(work.model) == ["Gemm"] and build_version(build_kinds(work.model)) == BUILD_VERSION
 
 
 def _conv_kernels(work: Any, genome: Any, tmp_path: Path) -> dict[str, list[str]]:
