@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,12 @@ BUILD_VERSION = 6
 #: 9: ... but not where a float or weight-only layer reads it: ORT ran that layer as an int8 QLinearConv.
 #: 10: LSTM and GRU integer weights stored as raw bytes (the file was larger than the float model's).
 #: 11: a static or weight-only Gemm with a constant bias and beta != 1 gets beta * C (``GEMM_BETA``).
+#: 12: layers that share a weight and get different genes each get their own copy (``SHARED_WEIGHT``).
 GEMM_BETA = "Gemm(beta)"
+SHARED_WEIGHT = "shared weight"
 SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = (
     (7, frozenset({"Gather"})), (8, frozenset({"Conv"})), (9, frozenset({"Conv"})), (10, frozenset({"LSTM", "GRU"})),
-    (11, frozenset({GEMM_BETA})))
+    (11, frozenset({GEMM_BETA})), (12, frozenset({SHARED_WEIGHT})))
 
 
 def build_version(op_types: Iterable[str] | None = None) -> int:
@@ -83,8 +85,12 @@ def build_version(op_types: Iterable[str] | None = None) -> int:
 
 def build_kinds(model: ModelInfo) -> list[str]:
     """What ``build_version`` is asked about a model: its layers' op types, plus ``GEMM_BETA`` when a
-    Gemm layer adds a constant bias with beta != 1 (a build change that only such a Gemm sees)."""
+    Gemm layer adds a constant bias with beta != 1 and ``SHARED_WEIGHT`` when two layers read one weight
+    (build changes that only such models see)."""
     kinds = [layer.op_type for layer in model.layers]
+    weights = [layer.weight for layer in model.layers if layer.weight]
+    if len(set(weights)) < len(weights):
+        kinds.append(SHARED_WEIGHT)
     nodes = {n.name: n for n in model.proto.graph.node if n.op_type == "Gemm"}
     inits = {t.name for t in model.proto.graph.initializer}
     for layer in model.layers:
@@ -252,11 +258,12 @@ def quantize(
     name_nodes(proto)
     samples = samples or {}
     learned = learned or {}
-    quantized = [layer for layer in model.layers if genome[layer.name].quantized]
+    all_layers = _untie_shared_weights(proto, model.layers, genome)
+    quantized = [layer for layer in all_layers if genome[layer.name].quantized]
     recurrent = [layer for layer in quantized if layer.op_type in WEIGHT_ONLY_OPS]
     own = [lay for lay in quantized if lay.op_type not in WEIGHT_ONLY_OPS and _own_kernel(genome[lay.name])]
     layers = [lay for lay in quantized if lay.op_type not in WEIGHT_ONLY_OPS and not _own_kernel(genome[lay.name])]
-    node_names = {layer.name: layer.node_name for layer in model.layers}
+    node_names = {layer.name: layer.node_name for layer in all_layers}
     ranges = dict(ranges)
     act_tensor = _split_activations(proto, [lay for lay in layers if lay.activation], node_names, ranges)
     inits = {t.name: t for t in proto.graph.initializer}
@@ -339,7 +346,7 @@ def quantize(
         _strip_activation_qdq(proto, [act_tensor[lay.name] for lay in weight_only] + gathers)
         _gather_then_dequantize(proto, {lay.node_name for lay in static if lay.op_type == "Gather"})
         _insert_clips(proto, clips)
-        float_readers = {lay.node_name for lay in model.layers
+        float_readers = {lay.node_name for lay in all_layers
                          if not genome[lay.name].static_activation and not genome[lay.name].dynamic}
         _quantize_conv_outputs(proto, [lay for lay in static if lay.op_type == "Conv"], genome, ranges, float_readers)
         _drop_zero_points(proto, {lay.node_name for lay in static if lay.op_type == "Conv"})
@@ -597,6 +604,41 @@ def _restate_weight_shape(proto: onnx.ModelProto, name: str, shape: tuple[int, .
             vi.type.tensor_type.ClearField("shape")
             for d in shape:
                 vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+
+
+def _untie_shared_weights(proto: onnx.ModelProto, layers: Sequence[LayerSpec], genome: Genome) -> list[LayerSpec]:
+    """``layers`` with their own copy of a weight that several layers read (a tied or siamese weight)
+    wherever the genome gives those layers different genes: each such layer's node reads
+    ``<weight>__qae_<layer>``, so every layer is built as its gene says (else the one quantized weight
+    served them all, and the float layer ran at another's width). Layers of one gene keep sharing one
+    weight, stored once."""
+    by_weight: dict[str, list[LayerSpec]] = {}
+    for layer in layers:
+        if layer.weight:
+            by_weight.setdefault(layer.weight, []).append(layer)
+    split = {lay.name for group in by_weight.values() if len({genome[lay.name] for lay in group}) > 1
+             for lay in group}
+    if not split:
+        return list(layers)
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    out = []
+    for layer in layers:
+        if layer.name not in split:
+            out.append(layer)
+            continue
+        own = f"{layer.weight}__qae_{layer.name}"
+        copy_ = onnx.TensorProto()
+        copy_.CopyFrom(inits[layer.weight])
+        copy_.name = own
+        proto.graph.initializer.append(copy_)
+        node = nodes[layer.node_name]
+        for i, name in enumerate(node.input):
+            if name == layer.weight:
+                node.input[i] = own
+        out.append(replace(layer, weight=own))
+    _drop_unused_initializers(proto)
+    return out
 
 
 def _fold_gemm_beta(proto: onnx.ModelProto, gemms: set[str]) -> None:

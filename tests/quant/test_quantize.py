@@ -419,7 +419,7 @@ def test_a_build_change_scoped_to_one_layer_kind_leaves_other_models_cached_scor
     from harness.quant.quantize import BUILD_VERSION, SCOPED_BUILD_CHANGES, build_version
 
     latest = max(v for v, _ in SCOPED_BUILD_CHANGES)
-    assert latest > BUILD_VERSION and build_version() == latest == 11
+    assert latest > BUILD_VERSION and build_version() == latest == 12
     assert build_version(["MatMul", "Gemm"]) == BUILD_VERSION
     assert build_version(["MatMul", "Gather"]) == 7
     assert build_version(["MatMul", "Conv"]) == 9 and build_version(["Gather", "Conv"]) == 9
@@ -628,3 +628,49 @@ def test_a_weight_only_matmul_is_costed_as_the_matmulnbits_ort_makes_of_it(tmp_p
         assert {helper.get_attribute_value(a) for n in fused for a in n.attribute if a.name == "block_size"} == {block}
         paths = {row["layer"]: row["path"] for row in predict_model(work.model, work.genome(spec), profile).layers}
         assert {paths[name] for name in matmuls} == {"qdq->matmulnbits"}
+
+
+def _siamese_model(path: Path) -> Path:
+    """Two images through one Conv weight (``enc``, read by two Conv nodes), outputs added."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((4, 1, 3, 3)) / 3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["a", "enc.weight"], ["fa"], name="enc", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "enc.weight"], ["fb"], name="enc_1", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "siam", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 1, 6, 6])
+                                              for n in ("a", "b")],
+                              [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 4, 6, 6])
+                               for n in ("fa", "fb")], [numpy_helper.from_array(w, "enc.weight")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_layers_sharing_a_weight_are_built_as_each_gene_says(tmp_path: Path) -> None:
+    """A tied weight whose layers get different genes: each layer gets its own copy, so the float layer
+    stays float and the bytes count both; with one gene the weight stays shared and is stored once."""
+    import onnxruntime as ort
+
+    from harness.quant.quantize import SHARED_WEIGHT, build_kinds, build_version
+    from harness.quant.workload import Workload
+
+    path = _siamese_model(tmp_path / "s.onnx")
+    rng = np.random.default_rng(6)
+    feed = {n: rng.standard_normal((8, 1, 6, 6)).astype(np.float32) for n in ("a", "b")}
+    np.savez(tmp_path / "d.npz", **feed)
+    work = Workload.open(path, calib=tmp_path / "d.npz", eval_data=tmp_path / "d.npz")
+    assert [lay.name for lay in work.model.layers] == ["enc", "enc_1"]
+    assert SHARED_WEIGHT in build_kinds(work.model) and build_version(build_kinds(work.model)) == 12
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    mixed = work.build(work.genome({"default": {"weight_bits": 8, "activation_bits": 8},
+                                    "layers": {"enc": {"weight_bits": 4}, "enc_1": {"weight_bits": "fp"}}}))
+    proto = onnx.load(str(save_model(mixed, tmp_path / "mixed.onnx")))
+    got = ort.InferenceSession(str(tmp_path / "mixed.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert np.array_equal(got[1], ref[1])  # the float layer computes what the float model computes
+    assert not np.array_equal(got[0], ref[0])  # the 4-bit one does not
+    float_copy = next(t for t in proto.graph.initializer if t.name == "enc.weight__qae_enc_1")
+    assert numpy_helper.to_array(float_copy).dtype == np.float32
+    report = work.evaluate(mixed)
+    assert report.weight_bytes >= 4 * 9 * 4 + 4 * 9 // 2  # the float copy and the 4-bit one
+    uniform = work.build(work.genome({"default": {"weight_bits": 8, "activation_bits": 8}}))
+    one = onnx.load(str(save_model(uniform, tmp_path / "uniform.onnx")))
+    assert not any(t.name.startswith("enc.weight__qae_") for t in one.graph.initializer)  # one weight, stored once
+    assert work.evaluate(uniform).weight_bytes < 4 * 9 * 2
