@@ -191,6 +191,77 @@ def control_flow_note(proto: onnx.ModelProto, path: Path, has_layers: bool, requ
     return f"{total} weighted ops inside control flow ({where}) stay float (not quantized): to quantize them, {fix}"
 
 
+#: ops that compute with a weight: one reading a constant of >= 2 dims that qae did not make a layer stays float
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "Gather", "LSTM", "GRU", "RNN",
+                          "Attention", "MultiHeadAttention", "QAttention", "EmbedLayerNormalization"})
+#: ops a weight may pass through on its way to the op that uses it (an exporter's unfolded Transpose)
+_WEIGHT_PATH_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def float_weighted_ops(proto: onnx.ModelProto, layer_nodes: set[str]) -> list[tuple[str, str, int, str]]:
+    """Weighted ops that are not among ``layer_nodes`` (qae's layers' node names): (op type, node name,
+    weight parameters, why) for each node of ``WEIGHTED_OPS`` reading a float constant of >= 2 dims,
+    directly or through ``_WEIGHT_PATH_OPS`` nodes. They run float in every quantized model."""
+    consts = {t.name: t for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT,
+                                                                             onnx.TensorProto.FLOAT16,
+                                                                             onnx.TensorProto.DOUBLE,
+                                                                             onnx.TensorProto.BFLOAT16)}
+    producers = {out: n for n in proto.graph.node for out in n.output}
+
+    def source(name: str) -> tuple[str | None, bool]:
+        """The constant a tensor comes from (None if it does not) and whether a path op was on the way."""
+        via = False
+        for _ in range(8):
+            if name in consts:
+                return name, via
+            node = producers.get(name)
+            if node is None or node.op_type not in _WEIGHT_PATH_OPS or not node.input:
+                return None, via
+            name, via = node.input[0], True
+        return None, via
+
+    out = []
+    for index, node in enumerate(proto.graph.node):
+        name = node.name or f"qae_{node.op_type}_{index}"
+        if node.op_type not in WEIGHTED_OPS or name in layer_nodes:
+            continue
+        weights = []
+        for slot, tensor in enumerate(node.input):
+            const, via = source(tensor)
+            if const is None or len(consts[const].dims) < 2:
+                continue
+            if node.op_type == "Gather" and slot != 0:
+                continue
+            weights.append((slot, const, via))
+        if not weights:
+            continue
+        n = sum(int(np.prod(consts[c].dims)) for _, c, _ in {(0, c, False) for _, c, _ in weights})
+        slot, _, via = weights[0]
+        if via:
+            why = "its weight passes through a Transpose/Reshape qae does not fold (export with constant folding)"
+        elif node.op_type in ("MatMul", "Gemm") and slot == 0:
+            why = "its constant is the first input (qae quantizes x @ W, not W @ x)"
+        elif node.op_type in ("ConvTranspose", "Einsum", "RNN") or node.op_type not in ("Conv", "MatMul", "Gemm",
+                                                                                         "Gather", "LSTM", "GRU"):
+            why = f"qae has no quantizer for {node.op_type}"
+        else:
+            why = "its form is not one qae quantizes"
+        out.append((node.op_type, name, n, why))
+    return out
+
+
+def float_weighted_note(ops: list[tuple[str, str, int, str]], total_params: int) -> str | None:
+    """One note for ``float_weighted_ops``'s list, with the share of the model's weights they hold."""
+    if not ops:
+        return None
+    held = sum(n for _, _, n, _ in ops)
+    share = f", {held / total_params * 100:.0f} % of the model's weights" if total_params else ""
+    shown = "; ".join(f"{op} {name!r} ({n:,} weights: {why})" for op, name, n, why in ops[:6])
+    more = f"; and {len(ops) - 6} more" if len(ops) > 6 else ""
+    return (f"{len(ops)} weighted op(s) stay float in every quantized model ({held:,} weights{share}), counted at "
+            f"their float size: {shown}{more}")
+
+
 # -- what qae changes --------------------------------------------------------------------------
 def prepare(proto: onnx.ModelProto, path: Path, convert_low_floats: bool = True) -> tuple[onnx.ModelProto, list[str]]:
     """Name unnamed nodes, fold constants into initializers and (if asked) float16 into float32.

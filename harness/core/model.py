@@ -276,11 +276,18 @@ def load_model(
     flow = forms.control_flow_note(proto, path, bool(layers), require_layers)
     if flow:
         notes.append(flow)
+    left = forms.float_weighted_ops(proto, {layer.node_name for layer in layers})
     if not layers and require_layers:
+        found = "; ".join(f"{op} {name!r}: {why}" for op, name, _, why in left[:3])
         raise ModelError(
             f"{path} has no quantizable layer (MatMul, Gemm or Conv with a constant weight, an "
             "embedding Gather, LSTM or GRU): there is nothing for qae to quantize"
+            + (f" (weighted ops found: {found})" if found else "")
         )
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) >= 2)
+    left_note = forms.float_weighted_note(left, params) if require_layers else None
+    if left_note:
+        notes.append(left_note)
     file_bytes = sum(p.stat().st_size for p in (path, *data_files))
     info = ModelInfo(
         path, proto, file_sha256(path, data_files), layers, inputs, outputs, builtin, shapes, file_bytes, notes, known

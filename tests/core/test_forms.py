@@ -409,3 +409,49 @@ def test_lstm_and_gru_are_layers(tmp_path: Path, op: str, gates: int, layout: in
     (layer,) = model.at_shapes({"x": x_shape}).layers
     assert layer.macs == t * gates * h * (i + h) * dirs * b
     assert layer.input_elements == t * b * i and layer.output_elements == t * dirs * b * h
+
+
+def _left_float(path: Path, kind: str) -> Path:
+    """x [N, 8] -> MatMul(x, W) -> then one op with a weight qae does not make a layer of (``kind``)."""
+    w, v = _w(8, 8), _w(8, 4)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc")]
+    inits = [numpy_helper.from_array(w, "W")]
+    if kind == "transposed":  # an exporter without constant folding: the weight behind a Transpose
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(v.T), "Vt"))
+        nodes += [helper.make_node("Transpose", ["Vt"], ["V"], name="t", perm=[1, 0]),
+                  helper.make_node("MatMul", ["h", "V"], ["y"], name="tied_head")]
+    elif kind == "einsum":
+        inits.append(numpy_helper.from_array(v, "V"))
+        nodes.append(helper.make_node("Einsum", ["h", "V"], ["y"], name="mix", equation="nk,kj->nj"))
+    else:  # the weight on the left: W @ x^T
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(v.T), "Vt"))
+        nodes += [helper.make_node("Transpose", ["h"], ["hT"], name="t", perm=[1, 0]),
+                  helper.make_node("MatMul", ["Vt", "hT"], ["yT"], name="left"),
+                  helper.make_node("Transpose", ["yT"], ["y"], name="back", perm=[1, 0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    return _save(graph, path)
+
+
+@pytest.mark.parametrize(("kind", "op", "why"), [
+    ("transposed", "MatMul 'tied_head'", "passes through a Transpose/Reshape qae does not fold"),
+    ("einsum", "Einsum 'mix'", "qae has no quantizer for Einsum"),
+    ("left", "MatMul 'left'", "its constant is the first input"),
+])
+def test_a_weighted_op_left_float_gets_a_note_with_why(tmp_path: Path, kind: str, op: str, why: str) -> None:
+    model = load_model(_left_float(tmp_path / "m.onnx", kind))
+    assert [layer.name for layer in model.layers] == ["fc"]
+    (note,) = model.notes
+    assert note.startswith("1 weighted op(s) stay float in every quantized model (32 weights, 33 % of the model's")
+    assert f"{op} (32 weights: " in note and why in note
+
+
+def test_a_model_whose_only_weights_are_left_float_names_them(tmp_path: Path) -> None:
+    v = _w(4, 8)
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["xT"], name="t", perm=[1, 0]),
+                               helper.make_node("MatMul", ["V", "xT"], ["y"], name="left")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
+                              [numpy_helper.from_array(v, "V")])
+    with pytest.raises(ModelError, match=r"weighted ops found: MatMul 'left': its constant is the first input"):
+        load_model(_save(graph, tmp_path / "m.onnx"))
