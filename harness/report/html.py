@@ -82,14 +82,22 @@ def _matrix(cands: list[Candidate], objectives: list[str]) -> np.ndarray:
     return np.array(rows, dtype=float)
 
 
+#: A cost (size, latency, energy, memory) spread less than this share of its value over the front weighs
+#: as that share, not as the whole [0, 1]: 0.5 % of predicted latency must not outweigh 3x of size.
+RECOMMEND_COST_FLOOR = 0.05
+
+
 def recommend(front: list[Candidate], objectives: list[str], weights: dict[str, float] | None) -> str | None:
-    """Weighted scalar fitness over the front, each objective normalised to [0, 1] on the front."""
+    """Weighted scalar fitness over the front, each objective normalised by its range on the front; a cost's
+    range counts as at least ``RECOMMEND_COST_FLOOR`` of its largest value (accuracy by its range alone)."""
     if not front:
         return None
     weights = weights or {o: 1.0 for o in objectives}
     mat = _matrix(front, objectives)
     lo, hi = mat.min(axis=0), mat.max(axis=0)
-    norm = (mat - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
+    floor = np.array([0.0 if o == "accuracy" else RECOMMEND_COST_FLOOR for o in objectives])
+    span = np.maximum(hi - lo, floor * np.maximum(np.abs(lo), np.abs(hi)))
+    norm = (mat - lo) / np.where(span > 0, span, 1.0)
     w = np.array([weights.get(o, 0.0) for o in objectives])
     return front[int(np.argmin(norm @ w))].hash
 

@@ -60,3 +60,26 @@ def test_sqnr_is_shown_in_db_not_percent(tmp_path: Path) -> None:
     assert Accuracy("sqnr_db").short(31.5) == Accuracy("sqnr").short(31.5) == "31.5 dB"
     assert Accuracy("top1").short(0.5) == "50.0 %"
     assert Accuracy("mymod:score").label == "mymod:score (score)"
+
+
+def test_the_recommended_point_does_not_trade_3x_of_size_for_half_a_percent_of_latency() -> None:
+    """A cost whose spread over the front is a sliver of its value weighs as that sliver (the report's
+    recommend): FP32 0.5 % faster (predicted) must not beat a point 3.3x smaller of the same accuracy."""
+    from harness.report.html import RECOMMEND_COST_FLOOR, recommend
+    from harness.run.archive import Candidate, Value
+
+    def cand(h: str, size: float, latency: float, acc: float = 100.0) -> Candidate:
+        values = {"accuracy": Value(acc, "computed", {}), "size": Value(size, "computed", {}),
+                  "latency": Value(latency, "predicted", {})}
+        return Candidate("t", h, 0, {}, 1, False, True, 0.0, values)
+
+    objectives = ["accuracy", "size", "latency"]
+    sliver = [cand("fp32", 3.48, 0.03012), cand("mid", 1.64, 0.03024), cand("small", 1.043, 0.03028)]
+    assert recommend(sliver, objectives, None) == "small"
+    # a real trade-off (latency 2x apart) is still weighed over its whole range
+    wide = [cand("fast", 3.48, 0.015), cand("small", 1.043, 0.030)]
+    assert recommend(wide, objectives, {"size": 1.0, "latency": 2.0}) == "fast"
+    assert recommend(wide, objectives, {"size": 2.0, "latency": 1.0}) == "small"
+    # accuracy keeps its own range: one point of accuracy on an even front still counts fully
+    acc = [cand("accurate", 2.0, 0.02, acc=99.0), cand("cheap", 1.98, 0.0199, acc=98.0)]
+    assert recommend(acc, objectives, None) == "accurate" and RECOMMEND_COST_FLOOR == 0.05
