@@ -19,6 +19,9 @@ from harness.run.archive import Candidate
 #: Budget key -> (objective, factor from qae's unit to the value as stored for the objective)
 BUDGET_OBJECTIVES = {"latency_ms": ("latency", 1.0), "energy_j": ("energy", 1e3), "memory_bytes": ("memory", 1.0),
                      "size_bytes": ("size", 1.0)}
+#: The IoT preset on an SQNR metric: the smallest point at or above this many dB (1 % RMS error against FP32's
+#: output). FP32 scores the metric's cap against itself, so "within 1 dB of FP32" would only ever pick FP32.
+SQNR_PRESET_DB = 40.0
 #: The uniform baselines a decision point is compared with (FP32 apart)
 UNIFORM = ("w8a8", "w8-dynamic", "w4a8")
 #: How a budget reads on the page: key -> (objective, factor to the shown unit, unit)
@@ -54,6 +57,12 @@ def presets(profile: str | None, profile_budgets: dict[str, float], user_budgets
         merged = {**profile_budgets, **user_budgets}
         out.append(Preset("Within your --budget", merged, "accuracy",
                           f"the most accurate point within {budget_text(merged, acc)}"))
+    if acc.unit == "dB":  # FP32 against itself is the cap (100 dB): a loss against it means nothing
+        out.append(Preset(f"Smallest at >= {SQNR_PRESET_DB:g} dB (IoT: smallest weights)",
+                          {"accuracy_floor": SQNR_PRESET_DB}, "size",
+                          f"the smallest point whose output is within {SQNR_PRESET_DB:g} dB of FP32's (about "
+                          f"{100 * 10 ** (-SQNR_PRESET_DB / 20):g} % RMS error; validation)"))
+        return out
     loss = 1.0 / acc.scale
     unit = "point" if acc.unit == "fraction" else acc.unit
     out.append(Preset(f"Smallest within 1 {unit} of FP32 (IoT: smallest weights)", {"accuracy_loss": loss}, "size",
@@ -70,6 +79,8 @@ def budget_text(budgets: dict[str, float], acc: Accuracy) -> str:
         elif key == "accuracy_loss":
             unit = " points" if acc.unit == "fraction" else f" {acc.unit}"
             parts.append(f"accuracy loss ≤ {value * acc.scale:g}{unit}")
+        elif key == "accuracy_floor":
+            parts.append(f"accuracy ≥ {value * acc.scale:g} {acc.unit}")
     return ", ".join(parts) or "no budget"
 
 
@@ -77,6 +88,10 @@ def fits(c: Candidate, budgets: dict[str, float], fp32_accuracy: float | None) -
     for key, limit in budgets.items():
         if key == "accuracy_loss":
             if fp32_accuracy is not None and fp32_accuracy - c.values["accuracy"].value > limit + 1e-12:
+                return False
+            continue
+        if key == "accuracy_floor":
+            if c.values["accuracy"].value < limit - 1e-12:
                 return False
             continue
         obj, factor = BUDGET_OBJECTIVES.get(key, (None, 1.0))
@@ -151,7 +166,10 @@ def compare(point: Candidate, ref: Candidate, name: str, scores: SplitScores, ac
     unit = "points" if acc.unit == "fraction" else acc.unit
     row = scores.row(point.hash) if key else None
     verdict = ((row or {}).get("vs") or {}).get(key or "", {}).get("verdict")
-    parts.append(f"{(a - b) * acc.scale:+.1f} {unit} ({split}{', ' + verdict if verdict else ''})")
+    if acc.unit == "dB" and key == "fp32":  # FP32 scores the cap against itself: the point's own dB is the comparison
+        parts.append(f"{a * acc.scale:.1f} dB against FP32's output ({split})")
+    else:
+        parts.append(f"{(a - b) * acc.scale:+.1f} {unit} ({split}{', ' + verdict if verdict else ''})")
     return ", ".join(parts)
 
 

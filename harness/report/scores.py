@@ -230,8 +230,14 @@ def recommended_line(target: str, front: dict[str, Any], run: Path | str, splits
     val = test.get("validation_accuracy")
     val_text = val_text if val is None else f"{acc.fmt(val)}{_unit_suffix(acc)}"
     fp32 = (test.get("vs") or {}).get("fp32")
-    verdict = ("is FP32" if fp32 is None or point.get("baseline") == "fp32"
-               else f"{verdict_words(fp32, 'fp32')} ({difference_text(fp32, acc)})")
+    if point.get("baseline") == "fp32":
+        verdict = "is FP32"
+    elif acc.unit == "dB":  # FP32 scores the metric's cap against itself: the dB above already compare with it
+        verdict = "SQNR against FP32's output"
+    elif fp32 is None:
+        verdict = "is FP32"
+    else:
+        verdict = f"{verdict_words(fp32, 'fp32')} ({difference_text(fp32, acc)})"
     return (f"{target}: recommended {point['id']}: test {interval_text(a['value'], a.get('ci95'), acc)}{n}, "
             f"validation {val_text}; {verdict}")
 

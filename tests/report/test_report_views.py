@@ -63,6 +63,35 @@ def test_decision_points_compare_with_fp32_and_the_best_uniform_baseline() -> No
     assert compare(small, fp32, "FP32", scored, TOP1, "fp32").endswith("-0.5 points (test, within noise)")
 
 
+def test_on_an_sqnr_metric_the_iot_preset_is_a_floor_in_db_not_a_loss_against_fp32s_cap() -> None:
+    """FP32 scores SQNR's cap (100 dB) against itself: "within 1 dB of FP32" would only ever pick FP32, and a
+    difference from it means nothing. The IoT preset is the smallest point at >= 40 dB, and a comparison
+    with FP32 states the point's own dB (which already compare with FP32's output)."""
+    from harness.report.decisions import SQNR_PRESET_DB
+    from harness.report.scores import recommended_line
+
+    sqnr = Accuracy("sqnr")
+    fp32 = _cand("fp", 1, 100.0, 4000, 1.0)
+    w8 = _cand("w8", 1, 43.5, 1000, 0.5)
+    w4 = _cand("w4", 1, 31.0, 600, 0.5)
+    mix = _cand("mix", 2, 45.0, 800, 0.5)
+    front = [fp32, w8, w4, mix]
+    *_, iot = presets("p", {}, {}, sqnr)
+    assert iot.name == "Smallest at >= 40 dB (IoT: smallest weights)" and iot.budgets == {"accuracy_floor": 40.0}
+    assert SQNR_PRESET_DB == 40.0 and "1 % RMS error" in iot.why
+    (_, decided) = decide(front, front, presets("p", {}, {}, sqnr), {"fp32": "fp", "w8a8": "w8"}, SplitScores(), sqnr)
+    assert decided.point is mix  # w4 is smaller but under the floor
+    assert decided.words[0] == ("5.0x smaller than FP32, 2.0x faster (predicted latency), 45.0 dB against FP32's "
+                                "output (validation)")
+    assert decided.words[1].endswith("+1.5 dB (validation)")  # against a baseline the difference means something
+    front_json = {"accuracy_metric": "sqnr", "recommended": "mix", "points": [
+        {"id": "mix", "objectives": {"accuracy": {"value": 45.0}},
+         "test": {"accuracy": {"value": 44.8, "ci95": [44.5, 45.1], "n": 20}, "validation_accuracy": 45.0,
+                  "vs": {"fp32": {"verdict": "worse", "difference": -55.2}}}}]}
+    line = recommended_line("t", front_json, Path("."))
+    assert line.endswith("validation 45.00 dB; SQNR against FP32's output") and "worse" not in line
+
+
 def test_format_md_prints_and_writes_a_summary_with_provenance(finished_run: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(finished_run), "--format", "md"]) == 0
