@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("layers", help="list the quantizable layers of a model")
     add_model(p, optional=True)
     add_runtime(p)
-    add_calib(p, "with --torch: the data whose first sample traces the module")
+    add_calib(p, "data whose first inference sets the shapes of symbolic inputs (the MACs); with --torch: the data "
+                 "whose first sample traces the module")
     add_input_shape(p)
     add_json(p, "print one JSON list on stdout")
     p.set_defaults(func=cmd_layers)
@@ -70,6 +71,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if wants_litert(spec, args.runtime):
         model: ModelInfo = load_lite_model(spec, parse_shapes(args.input_shape), args.calib)
+    elif args.calib:  # its first inference sets the shapes --input-shape leaves open, as predict and search do
+        from harness.run.shapes import resolve_shapes
+
+        model = resolve_shapes(spec, parse_shapes(args.input_shape), args.calib, require=False).model
     else:
         model = load_model(spec, parse_shapes(args.input_shape))
     print_notes(model)

@@ -110,3 +110,20 @@ def test_layers_json_lists_the_builtin() -> None:
     proc = qae("layers", "builtin:digits-vit", "--input-shape", "pixels=1x1x8x8", "--json")
     rows = json.loads(proc.stdout)
     assert len(rows) == 14 and rows[-1]["name"] == "head" and rows[1]["macs"] == 16 * 32 * 32
+
+
+def test_layers_takes_the_shapes_of_symbolic_inputs_from_calib(tmp_path: Path) -> None:
+    """Without --input-shape, a symbolic input's MACs are '?'; --calib's first inference sets them, as in
+    predict and search."""
+    from tests.core.test_forms import _cnn
+
+    model = _cnn(tmp_path / "m.onnx", ["N", 3, "H", "W"])
+    np.savez(tmp_path / "calib.npz", x=np.zeros((4, 3, 12, 12), np.float32))
+    unknown = qae("layers", str(model), "--json")
+    assert unknown.returncode == 0 and "MACs marked ? need the shape" in unknown.stderr
+    assert any(row["macs"] is None for row in json.loads(unknown.stdout))
+    given = qae("layers", str(model), "--calib", str(tmp_path / "calib.npz"), "--json")
+    assert given.returncode == 0, given.stderr
+    flagged = qae("layers", str(model), "--input-shape", "x=1x3x12x12", "--json")
+    assert json.loads(given.stdout) == json.loads(flagged.stdout)
+    assert all(row["macs"] for row in json.loads(given.stdout))
