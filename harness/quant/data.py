@@ -275,6 +275,7 @@ def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None
             f"got {labels.dtype} with shape {list(labels.shape)}"
         )
     _check_finite(path, inputs, constant, axes, n)
+    _check_indices(path, model, inputs)
     return Dataset(
         path,
         inputs,
@@ -284,6 +285,28 @@ def load_dataset(path: str | Path, model: ModelInfo, options: DataOptions | None
         {k: v for k, v in axes.items() if k not in constant and v != 0},
         batch[1] if batch else None,
     )
+
+
+def _check_indices(path: Path, model: ModelInfo, inputs: dict[str, np.ndarray]) -> None:
+    """An integer input that indexes a constant table (a Gather's indices: token ids into an embedding)
+    must stay within the table's rows: ONNX Runtime fails on the first id out of range with an error that
+    names neither the input nor the range."""
+    tables = {t.name: int(t.dims[0]) for t in model.proto.graph.initializer if len(t.dims) >= 1}
+    for node in model.proto.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in inputs:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        rows = tables.get(node.input[0]) if axis == 0 else None
+        ids = inputs[node.input[1]]
+        if rows is None or ids.dtype.kind not in "iu" or not ids.size:
+            continue
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < -rows or hi >= rows:
+            bad = hi if hi >= rows else lo
+            raise DataError(
+                f"{path}: input {node.input[1]!r} holds index {bad}, outside the {rows:,} rows of the table "
+                f"{node.input[0]!r} it looks up (valid: 0 to {rows - 1}): re-tokenize with the model's own vocabulary"
+            )
 
 
 def _check_finite(path: Path, inputs: dict[str, np.ndarray], constant: set[str], axes: dict[str, int], n: int) -> None:

@@ -83,3 +83,31 @@ def test_pickled_and_object_arrays_are_refused(tmp_path: Path) -> None:
     np.savez(labels_obj, pixels=arrays["pixels"], labels=np.array(list(arrays["labels"]), dtype=object))
     with pytest.raises(DataError, match=r"not a readable \.npz"):
         load_dataset(labels_obj, model)
+
+
+def test_token_ids_outside_the_embedding_table_are_a_data_error(tmp_path: Path) -> None:
+    """An integer input a Gather looks up in a constant table must index its rows: ONNX Runtime's own error
+    names neither the input nor the range."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+         helper.make_node("ReduceMean", ["e"], ["y"], name="pool", axes=[1], keepdims=0)], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [numpy_helper.from_array(table, "emb")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load_model(path)
+    ids = np.random.default_rng(1).integers(0, 50, (6, 5))
+    assert load_dataset(_save(tmp_path / "ok.npz", ids=ids), model).inputs["ids"].max() < 50
+    negative = ids.copy()
+    negative[2, 1] = -50  # numpy-style from the end: still inside
+    load_dataset(_save(tmp_path / "neg.npz", ids=negative), model)
+    for bad in (50, 30522, -51):
+        wrong = ids.copy()
+        wrong[3, 4] = bad
+        with pytest.raises(DataError, match=rf"input 'ids' holds index {bad}, outside the 50 rows of the table "
+                                            r"'emb' it looks up \(valid: 0 to 49\)"):
+            load_dataset(_save(tmp_path / f"bad{bad}.npz", ids=wrong), model)
