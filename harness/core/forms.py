@@ -241,6 +241,8 @@ def float_weighted_ops(proto: onnx.ModelProto, layer_nodes: set[str]) -> list[tu
             why = "its weight passes through a Transpose/Reshape qae does not fold (export with constant folding)"
         elif node.op_type in ("MatMul", "Gemm") and slot == 0:
             why = "its constant is the first input (qae quantizes x @ W, not W @ x)"
+        elif node.op_type == "MatMul" and len(consts[weights[0][1]].dims) > 2:
+            why = f"its weight is {len(consts[weights[0][1]].dims)}-D (a batched MatMul; qae quantizes 2-D weights)"
         elif node.op_type in ("ConvTranspose", "Einsum", "RNN") or node.op_type not in ("Conv", "MatMul", "Gemm",
                                                                                          "Gather", "LSTM", "GRU"):
             why = f"qae has no quantizer for {node.op_type}"
@@ -270,6 +272,7 @@ def prepare(proto: onnx.ModelProto, path: Path, convert_low_floats: bool = True)
     """
     notes: list[str] = []
     name_nodes(proto)
+    reject_training_mode(proto, path)
     notes += inline_constant_ifs(proto)
     fold_constants(proto)
     if convert_low_floats:
@@ -281,6 +284,25 @@ def prepare(proto: onnx.ModelProto, path: Path, convert_low_floats: bool = True)
                 "float32 and keeps the file's input and output types (Casts at the boundary)"
             )
     return proto, notes
+
+
+def reject_training_mode(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model exported in training mode: a BatchNormalization with ``training_mode=1`` normalises
+    each batch by its own statistics (so every score would depend on how many samples run together), and a
+    Dropout with a true ``training_mode`` input drops at random."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        training = False
+        if node.op_type == "BatchNormalization":
+            training = any(a.name == "training_mode" and a.i for a in node.attribute)
+        elif node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            flag = inits.get(node.input[2])
+            training = flag is None or bool(numpy_helper.to_array(flag).any())  # a computed flag may be true
+        if training:
+            raise ModelError(
+                f"{path}: {node.op_type} {node.name!r} runs in training mode (the model was exported from a module in "
+                "train()), so its outputs depend on the batch or are random: export it after model.eval()"
+            )
 
 
 def _constant_condition(graph: onnx.GraphProto, name: str) -> bool | None:

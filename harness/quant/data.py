@@ -413,6 +413,14 @@ def _cast(path: Path, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
             f"{path}: array {spec.name!r} is {arr.dtype} but the model input is {want}: "
             f"convert it with .astype(numpy.{want})"
         )
+    if want.kind in "iu" and arr.size:  # an integer cast wraps silently: 256 would read as 0
+        info = np.iinfo(want)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise DataError(
+                f"{path}: array {spec.name!r} holds {hi if hi > info.max else lo}, outside the model input's {want} "
+                f"range ({info.min} to {info.max}): give values the input can hold, as numpy.{want}"
+            )
     return arr.astype(want)
 
 

@@ -455,3 +455,47 @@ def test_a_model_whose_only_weights_are_left_float_names_them(tmp_path: Path) ->
                               [numpy_helper.from_array(v, "V")])
     with pytest.raises(ModelError, match=r"weighted ops found: MatMul 'left': its constant is the first input"):
         load_model(_save(graph, tmp_path / "m.onnx"))
+
+
+def _bn_model(path: Path, training: int, dropout_flag: bool | None = None) -> Path:
+    """Conv -> BatchNormalization(training_mode) [-> Dropout(ratio, training_mode flag)] -> Flatten."""
+    c = 4
+    inits = [numpy_helper.from_array(_w(c, 1, 3, 3), "conv.w")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+              (("g", np.ones(c)), ("b", np.zeros(c)), ("m", np.zeros(c)), ("v", np.ones(c)))]
+    outs = ["bn_y"] + (["rm", "rv"] if training else [])
+    nodes = [helper.make_node("Conv", ["x", "conv.w"], ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], outs, name="bn",
+                              training_mode=training)]
+    last = "bn_y"
+    if dropout_flag is not None:
+        inits += [numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+                  numpy_helper.from_array(np.array(dropout_flag), "train")]
+        nodes.append(helper.make_node("Dropout", ["bn_y", "ratio", "train"], ["d"], name="drop"))
+        last = "d"
+    nodes.append(helper.make_node("Flatten", [last], ["y"], name="flat"))
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits)
+    return _save(graph, path, opset=15)
+
+
+def test_a_model_exported_in_training_mode_is_refused(tmp_path: Path) -> None:
+    """Training-mode BatchNormalization normalises each batch by its own statistics, so a score would depend
+    on how many samples ran together; a training-mode Dropout drops at random."""
+    with pytest.raises(ModelError, match=r"BatchNormalization 'bn' runs in training mode .*export it after "
+                                         r"model\.eval\(\)"):
+        load_model(_bn_model(tmp_path / "t.onnx", training=1))
+    with pytest.raises(ModelError, match=r"Dropout 'drop' runs in training mode"):
+        load_model(_bn_model(tmp_path / "d.onnx", training=0, dropout_flag=True))
+    assert [layer.name for layer in load_model(_bn_model(tmp_path / "e.onnx", training=0)).layers] == ["conv"]
+    assert load_model(_bn_model(tmp_path / "f.onnx", training=0, dropout_flag=False)).layers
+
+
+def test_a_batched_matmul_weight_is_named_as_the_reason(tmp_path: Path) -> None:
+    w = np.stack([_w(8, 4)] * 3)  # [3, 8, 4]: one weight per batch entry
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="bmm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2, 4])],
+                              [numpy_helper.from_array(w, "W")])
+    with pytest.raises(ModelError, match=r"MatMul 'bmm': its weight is 3-D \(a batched MatMul; qae quantizes 2-D"):
+        load_model(_save(graph, tmp_path / "m.onnx"))

@@ -111,3 +111,25 @@ def test_token_ids_outside_the_embedding_table_are_a_data_error(tmp_path: Path) 
         with pytest.raises(DataError, match=rf"input 'ids' holds index {bad}, outside the 50 rows of the table "
                                             r"'emb' it looks up \(valid: 0 to 49\)"):
             load_dataset(_save(tmp_path / f"bad{bad}.npz", ids=wrong), model)
+
+
+def test_integer_data_outside_the_input_type_is_refused_not_wrapped(tmp_path: Path) -> None:
+    """int64 pixels fed to a uint8 input: 300 would wrap to 44 in a cast; a one-line error instead."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["img"], ["f"], name="to_float", to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["f", "W"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("img", TensorProto.UINT8, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float32), "W")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load_model(path)
+    fine = load_dataset(_save(tmp_path / "ok.npz", img=np.array([[0, 255, 7, 1]], np.int64)), model)
+    assert fine.inputs["img"].dtype == np.uint8 and fine.inputs["img"].tolist() == [[0, 255, 7, 1]]
+    for bad in (300, -1):
+        with pytest.raises(DataError, match=rf"array 'img' holds {bad}, outside the model input's uint8 range "
+                                            r"\(0 to 255\)"):
+            load_dataset(_save(tmp_path / "bad.npz", img=np.array([[0, bad, 7, 1]], np.int64)), model)
