@@ -68,11 +68,13 @@ BUILD_VERSION = 6
 #: 10: LSTM and GRU integer weights stored as raw bytes (the file was larger than the float model's).
 #: 11: a static or weight-only Gemm with a constant bias and beta != 1 gets beta * C (``GEMM_BETA``).
 #: 12: layers that share a weight and get different genes each get their own copy (``SHARED_WEIGHT``).
+#: 13: a static MatMul on a fixed N-D input followed by a bias Add runs on rows (``static_nd_matmuls``).
 GEMM_BETA = "Gemm(beta)"
 SHARED_WEIGHT = "shared weight"
+MATMUL_ROWS = "MatMul(fixed N-D)"
 SCOPED_BUILD_CHANGES: tuple[tuple[int, frozenset[str]], ...] = (
     (7, frozenset({"Gather"})), (8, frozenset({"Conv"})), (9, frozenset({"Conv"})), (10, frozenset({"LSTM", "GRU"})),
-    (11, frozenset({GEMM_BETA})), (12, frozenset({SHARED_WEIGHT})))
+    (11, frozenset({GEMM_BETA})), (12, frozenset({SHARED_WEIGHT})), (13, frozenset({MATMUL_ROWS})))
 
 
 def build_version(op_types: Iterable[str] | None = None) -> int:
@@ -91,6 +93,8 @@ def build_kinds(model: ModelInfo) -> list[str]:
     weights = [layer.weight for layer in model.layers if layer.weight]
     if len(set(weights)) < len(weights):
         kinds.append(SHARED_WEIGHT)
+    if static_nd_matmuls(model):
+        kinds.append(MATMUL_ROWS)
     nodes = {n.name: n for n in model.proto.graph.node if n.op_type == "Gemm"}
     inits = {t.name for t in model.proto.graph.initializer}
     for layer in model.layers:
@@ -266,6 +270,8 @@ def quantize(
     node_names = {layer.name: layer.node_name for layer in all_layers}
     ranges = dict(ranges)
     act_tensor = _split_activations(proto, [lay for lay in layers if lay.activation], node_names, ranges)
+    flat = [lay for lay in layers if genome[lay.name].static_activation and lay.name in act_tensor]
+    act_tensor.update(_matmuls_on_rows(proto, model, flat, act_tensor, ranges))
     inits = {t.name: t for t in proto.graph.initializer}
 
     result = QuantResult(proto, genome)
@@ -468,6 +474,95 @@ def _ensure_opset(proto: onnx.ModelProto) -> None:
                     ) from None
                 proto.CopyFrom(converted)
             return
+
+
+def static_nd_matmuls(model: ModelInfo) -> set[str]:
+    """Names of the MatMul layers whose input has rank >= 3 in a graph whose inputs are all fixed, and whose
+    output only feeds an Add of a constant: ONNX Runtime's MatMulAddFusion turns such a
+    pair into Reshape + Gemm + Reshape at load time and, with a QDQ uint8 input, writes a QuantizeLinear it
+    then rejects (``output_dtype INT8 does not match y_zero_point type UINT8``): the model does not load."""
+    cached = getattr(model, "_static_nd_matmuls", None)
+    if cached is None:
+        cached = _static_nd_matmuls(model)
+        model._static_nd_matmuls = cached  # type: ignore[attr-defined]  # once per model: shape inference
+    return set(cached)
+
+
+def _static_nd_matmuls(model: ModelInfo) -> frozenset[str]:
+    # ONNX Runtime resolves every shape of a graph whose inputs are all fixed (its own inference folds the
+    # computed Reshape shapes ONNX's leaves symbolic): that is when it fuses an N-D MatMul with its Add
+    if not any(layer.op_type == "MatMul" for layer in model.layers):
+        return frozenset()
+    inits = {t.name for t in model.proto.graph.initializer}
+    for vi in model.proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if not vi.type.tensor_type.HasField("shape") or not all(d.HasField("dim_value") and d.dim_value > 0
+                                                                 for d in dims):
+            return frozenset()
+    consts = inits
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    nodes = {n.name: n for n in model.proto.graph.node}
+    out: set[str] = set()
+    for layer in model.layers:
+        node = nodes.get(layer.node_name)
+        shape = model.known_shapes.get(layer.activation or "")  # unknown here (a computed Reshape): ORT may know it
+        if layer.op_type != "MatMul" or node is None or (shape is not None and len(shape) < 3):
+            continue
+        after = readers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type == "Add" and any(i in consts for i in after[0].input):
+            out.add(layer.name)
+    return frozenset(out)
+
+
+def _matmuls_on_rows(proto: onnx.ModelProto, model: ModelInfo, layers: list[LayerSpec], act_tensor: dict[str, str],
+                     ranges: Ranges) -> dict[str, str]:
+    """For the static-activation MatMul layers of ``static_nd_matmuls``: feed the MatMul its input as rows
+    ``[-1, K]`` and give the bias Add's result its shape back (Shape, Slice, Concat, Reshape), so ONNX
+    Runtime's MatMulAddFusion has a 2-D MatMul and writes a plain Gemm. The same numbers, computed on the
+    same rows. Returns layer -> its new (2-D) activation tensor, whose range is the 3-D tensor's."""
+    chosen = static_nd_matmuls(model) & {lay.name for lay in layers}
+    if not chosen:
+        return {}
+    nodes = {n.name: n for n in proto.graph.node}
+    inits = {t.name: t for t in proto.graph.initializer}
+    out: dict[str, str] = {}
+    for layer in [lay for lay in layers if lay.name in chosen]:
+        mm = nodes[layer.node_name]
+        add = next(n for n in proto.graph.node if n.op_type == "Add" and mm.output[0] in n.input)
+        k, n_out = (int(d) for d in inits[layer.weight].dims) if layer.weight in inits else (None, None)
+        if k is None:
+            continue
+        src, prefix = act_tensor[layer.name], f"qae_rows/{layer.name}"
+        rows, shape, lead, back = f"{src}__rows", f"{prefix}/shape", f"{prefix}/lead", f"{prefix}/back"
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(np.array([-1, k], np.int64), f"{prefix}/rows_shape"),
+            numpy_helper.from_array(np.array([n_out], np.int64), f"{prefix}/n"),
+            numpy_helper.from_array(np.array([0], np.int64), f"{prefix}/start"),
+            numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/end"),
+        ])
+        mm.input[list(mm.input).index(src)] = rows
+        result = add.output[0]
+        add.output[0] = f"{result}__rows"
+        at = list(proto.graph.node).index(mm)
+        proto.graph.node.insert(at, helper.make_node("Reshape", [src, f"{prefix}/rows_shape"], [rows],
+                                                     name=f"{prefix}/to_rows"))
+        at = list(proto.graph.node).index(add) + 1
+        for node in (helper.make_node("Shape", [src], [shape], name=f"{prefix}/shape"),
+                     helper.make_node("Slice", [shape, f"{prefix}/start", f"{prefix}/end"], [lead],
+                                      name=f"{prefix}/lead"),
+                     helper.make_node("Concat", [lead, f"{prefix}/n"], [back], name=f"{prefix}/back_shape", axis=0),
+                     helper.make_node("Reshape", [add.output[0], back], [result], name=f"{prefix}/back")):
+            proto.graph.node.insert(at, node)
+            at += 1
+        if src in ranges:
+            ranges[rows] = ranges[src]
+        out[layer.name] = rows
+    return out
 
 
 def _split_activations(

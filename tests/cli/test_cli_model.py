@@ -127,3 +127,30 @@ def test_layers_takes_the_shapes_of_symbolic_inputs_from_calib(tmp_path: Path) -
     flagged = qae("layers", str(model), "--input-shape", "x=1x3x12x12", "--json")
     assert json.loads(given.stdout) == json.loads(flagged.stdout)
     assert all(row["macs"] for row in json.loads(given.stdout))
+
+
+def test_a_written_model_onnx_runtime_cannot_load_is_removed_with_a_one_line_error(tmp_path: Path) -> None:
+    """qae quantize checks that ONNX Runtime (all graph optimizations, as a user's session) loads what it
+    wrote; a model it cannot load is removed, never reported as written."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from harness.cli.model import _loads_or_removed
+    from harness.core.errors import ModelError
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="odd", domain="ai.qae.test")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    bad = tmp_path / "q.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.qae.test", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(bad))
+    with pytest.raises(ModelError, match=r"ONNX Runtime cannot load the quantized model built for this genome"):
+        _loads_or_removed(bad)
+    assert not bad.exists()
+    good = tmp_path / "good.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(good))
+    _loads_or_removed(good)
+    assert good.exists()

@@ -419,7 +419,7 @@ def test_a_build_change_scoped_to_one_layer_kind_leaves_other_models_cached_scor
     from harness.quant.quantize import BUILD_VERSION, SCOPED_BUILD_CHANGES, build_version
 
     latest = max(v for v, _ in SCOPED_BUILD_CHANGES)
-    assert latest > BUILD_VERSION and build_version() == latest == 12
+    assert latest > BUILD_VERSION and build_version() == latest == 13
     assert build_version(["MatMul", "Gemm"]) == BUILD_VERSION
     assert build_version(["MatMul", "Gather"]) == 7
     assert build_version(["MatMul", "Conv"]) == 9 and build_version(["Gather", "Conv"]) == 9
@@ -674,3 +674,52 @@ def test_layers_sharing_a_weight_are_built_as_each_gene_says(tmp_path: Path) -> 
     one = onnx.load(str(save_model(uniform, tmp_path / "uniform.onnx")))
     assert not any(t.name.startswith("enc.weight__qae_") for t in one.graph.initializer)  # one weight, stored once
     assert work.evaluate(uniform).weight_bytes < 4 * 9 * 2
+
+
+def _token_mlp(path: Path, batch: object) -> Path:
+    """x [batch, 6, 8] -> MatMul + Add(bias) -> Relu -> MatMul + Add(bias) -> y [batch, 6, 4] (torch's Linear
+    over tokens, exported without dynamic axes when ``batch`` is a number)."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 16)) / 3).astype(np.float32), "fc1.weight"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "fc1.bias"),
+             numpy_helper.from_array((rng.standard_normal((16, 4)) / 4).astype(np.float32), "fc2.weight"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "fc2.bias")]
+    nodes = [helper.make_node("MatMul", ["x", "fc1.weight"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["fc1.bias", "m1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+             helper.make_node("MatMul", ["r1", "fc2.weight"], ["m2"], name="fc2"),
+             helper.make_node("Add", ["fc2.bias", "m2"], ["y"], name="fc2_bias")]
+    graph = helper.make_graph(nodes, "tok", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 6, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 6, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_a_static_matmul_over_fixed_tokens_builds_a_model_onnx_runtime_loads(tmp_path: Path, batch: object) -> None:
+    """With every input dimension fixed, ONNX Runtime's MatMulAddFusion rewrites an N-D QDQ MatMul + bias Add
+    into Reshape + Gemm and writes a QuantizeLinear it then rejects: the model did not load. qae feeds such a
+    MatMul its rows ([-1, K]) and reshapes the sum back, so the fusion sees a 2-D MatMul."""
+    import onnxruntime as ort
+
+    from harness.quant.quantize import MATMUL_ROWS, build_kinds, static_nd_matmuls
+    from harness.quant.workload import Workload
+
+    path = _token_mlp(tmp_path / "m.onnx", batch)
+    x = np.random.default_rng(8).standard_normal((16, 6, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    work = Workload.open(path, calib=tmp_path / "d.npz", eval_data=tmp_path / "d.npz")
+    fixed = batch == 1
+    assert static_nd_matmuls(work.model) == ({"fc1", "fc2"} if fixed else set())
+    assert (MATMUL_ROWS in build_kinds(work.model)) == fixed
+    result = work.build(work.genome({"default": {"weight_bits": 8, "activation_bits": 8}}))
+    out = save_model(result, tmp_path / "q.onnx")
+    rows = [n.name for n in onnx.load(str(out)).graph.node if n.name.startswith("qae_rows/")]
+    assert bool(rows) == fixed
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # all graph optimizations
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for sample in x[:3]:
+        got, want = sess.run(None, {"x": sample[None]})[0], ref.run(None, {"x": sample[None]})[0]
+        assert got.shape == want.shape == (1, 6, 4)
+        assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    assert work.evaluate(result).mean_cosine > 0.99
