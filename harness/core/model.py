@@ -364,6 +364,23 @@ def _module_path(node: onnx.NodeProto, weight: str | None = None) -> str | None:
     return None
 
 
+def _dynamo_param_path(proto: onnx.ModelProto, node: onnx.NodeProto, weight: str | None) -> str | None:
+    """The module path of a dynamo-exported node (named ``node_<op>_<n>``) that lost its scope metadata: from
+    its weight's parameter name (``q.weight``), else, when the exporter renamed a transposed weight
+    (``val_0``), from the bias the next Add reads (``q.bias``)."""
+    if not node.name.startswith("node_"):
+        return None
+    if weight and weight.endswith(".weight"):
+        return weight[: -len(".weight")]
+    inits = {t.name for t in proto.graph.initializer}
+    readers = [n for n in proto.graph.node if node.output and node.output[0] in n.input]
+    if len(readers) == 1 and readers[0].op_type == "Add":
+        bias = next((i for i in readers[0].input if i in inits and i.endswith(".bias")), None)
+        if bias:
+            return bias[: -len(".bias")]
+    return None
+
+
 def _fallback_base(node: onnx.NodeProto, index: int) -> str:
     """A name for a node without module path: its own name, or op + index for an unnamed one.
 
@@ -400,7 +417,8 @@ def _inventory(
             continue
         # The same fallback name harness.quant.quantize gives unnamed nodes, so the two always agree.
         info["node_name"] = node.name or f"qae_{node.op_type}_{index}"
-        found.append((_module_path(node, info["weight"]) or _fallback_base(node, index), info, node))
+        found.append((_module_path(node, info["weight"]) or _dynamo_param_path(proto, node, info["weight"])
+                      or _fallback_base(node, index), info, node))
     def needed(known: dict[str, list[int]]) -> list[str]:
         return [t for _, info, node in found for t in _cost_tensors(node, info, known)]
 

@@ -499,3 +499,19 @@ def test_a_batched_matmul_weight_is_named_as_the_reason(tmp_path: Path) -> None:
                               [numpy_helper.from_array(w, "W")])
     with pytest.raises(ModelError, match=r"MatMul 'bmm': its weight is 3-D \(a batched MatMul; qae quantizes 2-D"):
         load_model(_save(graph, tmp_path / "m.onnx"))
+
+
+def test_dynamo_nodes_without_scope_metadata_take_their_parameters_module_path(tmp_path: Path) -> None:
+    """The dynamo exporter names nodes ``node_<op>_<n>``; without its scope metadata (an optimizer dropped it)
+    a layer is named from its parameter (``emb.weight`` -> ``emb``), or, when the exporter renamed a transposed
+    weight (``val_0``), from the bias the next Add reads (``q.bias`` -> ``q``). Other node names stay."""
+    inits = [numpy_helper.from_array(_w(50, 8), "emb.weight"), numpy_helper.from_array(_w(8, 8), "val_0"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "q.bias"), numpy_helper.from_array(_w(8, 4), "val_9")]
+    nodes = [helper.make_node("Gather", ["emb.weight", "ids"], ["e"], name="node_embedding"),
+             helper.make_node("MatMul", ["e", "val_0"], ["m"], name="node_MatMul_1"),
+             helper.make_node("Add", ["m", "q.bias"], ["a"], name="node_Add_2"),
+             helper.make_node("MatMul", ["a", "val_9"], ["y"], name="node_linear_4")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], inits)
+    model = load_model(_save(graph, tmp_path / "m.onnx"))
+    assert [layer.name for layer in model.layers] == ["emb", "q", "node_linear_4"]
