@@ -25,7 +25,7 @@ from harness.quant.evalcache import EvalCache
 from harness.quant.evaluate import EvalReport
 from harness.quant.workload import Workload
 from harness.run.archive import Archive, Candidate
-from harness.run.config import BASELINES, SearchConfig, metric_unit
+from harness.run.config import BASELINE_TABLES, BASELINES, SearchConfig, metric_unit
 from harness.run.evaluation import eval_settings
 
 FP32 = "fp32"
@@ -59,18 +59,36 @@ def candidate_gene(c: Candidate, layer: str) -> dict[str, Any]:
 
 
 def baseline_hashes(archive: Archive, layers: list[str]) -> dict[str, str]:
-    """Uniform baselines (``BASELINES``) present in the archive, found by their genome contents."""
+    """Uniform baselines (``BASELINES``) present in the archive, found by their genome contents: every layer
+    at the baseline's bits with the run's scheme and granularity (an embedding table may have its
+    ``BASELINE_TABLES`` grid), the plain QDQ kernel, no block and round-to-nearest, as ``seeds.baseline_values``
+    seeds them; the first such candidate. A per-tensor or block-kernel variant of the same bits is not it."""
+    cfg = archive.config()
+    run_grid = (cfg.get("scheme", "symmetric"), cfg.get("granularity", "per_channel"))
     out: dict[str, str] = {}
     for target in archive.targets():
         for c in archive.candidates(target):
             genes = [candidate_gene(c, name) for name in layers]
             for name, (w, a) in BASELINES.items():
+                if name in out or not genes:
+                    continue
+                grids = {run_grid, BASELINE_TABLES.get(name, run_grid)}
                 # an embedding Gather has no activation: its gene reads "fp" there (genome normalisation)
-                if genes and all(g.get("weight_bits") == w and g.get("activation_bits") in (a, "fp") for g in genes) \
-                        and any(g.get("activation_bits") == a for g in genes):
+                if all(g.get("weight_bits") == w and g.get("activation_bits") in (a, "fp") and _plain(g, grids)
+                       for g in genes) and any(g.get("activation_bits") == a for g in genes):
                     out[name] = c.hash
         break
     return out
+
+
+def _plain(gene: dict[str, Any], grids: set[tuple[str, str]]) -> bool:
+    """A gene as a uniform baseline has it: one of ``grids`` (scheme, granularity), the default kernel,
+    no block, round-to-nearest (a float gene has no grid to compare)."""
+    if gene.get("kernel", "qdq") != "qdq" or gene.get("block_size") is not None:
+        return False
+    if gene.get("rounding", "rtn") != "rtn" or gene.get("accuracy_level") is not None:
+        return False
+    return gene.get("weight_bits") == "fp" or (gene.get("scheme"), gene.get("granularity")) in grids
 
 
 def score_test(

@@ -83,3 +83,29 @@ def test_the_recommended_point_does_not_trade_3x_of_size_for_half_a_percent_of_l
     # accuracy keeps its own range: one point of accuracy on an even front still counts fully
     acc = [cand("accurate", 2.0, 0.02, acc=99.0), cand("cheap", 1.98, 0.0199, acc=98.0)]
     assert recommend(acc, objectives, None) == "accurate" and RECOMMEND_COST_FLOOR == 0.05
+
+
+def test_a_uniform_baseline_label_goes_to_the_seeded_genome_not_a_variant_of_its_bits(tmp_path: Path) -> None:
+    """w4a8 is the uniform genome the run seeds (its scheme and granularity, the QDQ kernel), not a later
+    mutant with a MatMulNBits layer at the same bits; w8a8 is not the per-tensor seed of the same bits."""
+    from harness.run.testsplit import baseline_hashes
+
+    archive = Archive(tmp_path / "archive.sqlite")
+    archive.start({"model": "m.onnx", "objectives": ["accuracy", "size"], "seed": 0, "population": 4,
+                   "generations": 2, "layers": ["a", "b"], "scheme": "symmetric", "granularity": "per_channel"})
+    grid = {"scheme": "symmetric", "granularity": "per_channel"}
+    values = {"accuracy": Value(0.9, "computed", {}), "size": Value(100.0, "computed", {"unit": "bytes"})}
+    genomes = [
+        ("per_tensor_w8a8", 1, {"default": {**grid, "weight_bits": 8, "activation_bits": 8,
+                                            "granularity": "per_tensor"}, "layers": {}}),
+        ("w8a8", 1, {"default": {**grid, "weight_bits": 8, "activation_bits": 8}, "layers": {}}),
+        ("w4a8", 1, {"default": {**grid, "weight_bits": 4, "activation_bits": 8}, "layers": {}}),
+        ("nbits_mutant", 2, {"default": {**grid, "weight_bits": 4, "activation_bits": 8}, "layers": {
+            "b": {"kernel": "matmulnbits", "granularity": "per_block", "block_size": 32, "activation_bits": "fp"}}}),
+        ("w4a8_mse", 2, {"default": {**grid, "weight_bits": 4, "activation_bits": 8, "rounding": "mse"}, "layers": {}}),
+    ]
+    for h, gen, genome in genomes:
+        archive.record("t", h, genome, gen, False, True, 0.0, values, [], {}, gen)
+    found = baseline_hashes(archive, ["a", "b"])
+    archive.close()
+    assert found["w8a8"] == "w8a8" and found["w4a8"] == "w4a8"
