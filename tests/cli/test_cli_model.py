@@ -154,3 +154,16 @@ def test_a_written_model_onnx_runtime_cannot_load_is_removed_with_a_one_line_err
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(good))
     _loads_or_removed(good)
     assert good.exists()
+
+
+def test_a_calibrated_profiles_energy_keeps_its_base_profiles_error() -> None:
+    """A calibration fits latency only (no energy sensor): `qae predict` must not print the fitted latency's
+    few percent as the energy's error."""
+    from harness.cli.profiles import _energy_error
+    from profiles import load_profile
+
+    calibrated = load_profile("host-cpu-local")
+    assert "not calibrated" in calibrated.calibration["energy"]
+    base = load_profile(calibrated.calibration["base_profile"]).num("uncertainty") * 100
+    assert _energy_error(calibrated, 3.0) == f"+- {base:.0f} % (energy not calibrated: the base profile's estimates)"
+    assert _energy_error(load_profile("arm-neon-a76"), 30.0) == "+- 30 %"
