@@ -47,10 +47,14 @@ class Accuracy:
         return f"{name} ({unit})"
 
     def fmt(self, value: float) -> str:
-        return f"{value * self.scale:.2f}"
+        if self.unit in ("fraction", "dB"):
+            return f"{value * self.scale:.2f}"
+        return f"{value:.4g}"  # a score of any scale (a user's metric: -1e-4 must not read -0.00)
 
     def short(self, value: float) -> str:
-        return f"{value * self.scale:.1f}{' %' if self.unit == 'fraction' else ' ' + self.unit}"
+        if self.unit in ("fraction", "dB"):
+            return f"{value * self.scale:.1f}{' %' if self.unit == 'fraction' else ' ' + self.unit}"
+        return f"{value:.4g} {self.unit}"
 
 
 def run_accuracy(cands: list[Candidate]) -> Accuracy:
