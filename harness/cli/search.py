@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -500,6 +501,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     # objectives as the search saw them (accuracy on validation), and the point's test score beside them
     atomic_write_text(dest / "objectives.json", json.dumps({**point["objectives"], "test": point.get("test")},
                                                            indent=1))
+    if not fronts[target].get("feasible", True):
+        print(f"qae: warning: no candidate of {target} met the run's budgets: {point['id'][:12]} is among the closest, "
+              "not within them", file=sys.stderr)
     print(dest)
     return 0
 

@@ -220,6 +220,8 @@ def recommended_line(target: str, front: dict[str, Any], run: Path | str, splits
     point = next((p for p in front.get("points", []) if p["id"] == front.get("recommended")), None)
     if point is None:
         return f"{target}: no recommended point"
+    if not front.get("feasible", True):  # the front is the least-violating candidates: say it on this line too
+        target = f"{target} (no candidate met the budgets: the closest)"
     validation = point["objectives"].get("accuracy", {}).get("value")
     val_text = "-" if validation is None else f"{acc.fmt(validation)}{_unit_suffix(acc)}"
     test = point.get("test")

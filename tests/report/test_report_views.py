@@ -120,3 +120,13 @@ def test_the_page_data_is_safe_inside_a_script_element() -> None:
     text = script_json({"name": "</script><script>alert(1)</script>", "v": [1.0, float("nan"), float("inf")]})
     assert "</script>" not in text and "<!--" not in script_json("<!--")
     assert json.loads(text) == {"name": "</script><script>alert(1)</script>", "v": [1.0, None, None]}
+
+
+def test_the_recommended_line_says_when_no_candidate_met_the_budgets() -> None:
+    from harness.report.scores import recommended_line
+
+    front = {"accuracy_metric": "top1", "recommended": "p", "feasible": False,
+             "points": [{"id": "p", "objectives": {"accuracy": {"value": 0.9}}}]}
+    assert recommended_line("t", front, Path(".")).startswith(
+        "t (no candidate met the budgets: the closest): recommended p: validation 90.00 %")
+    assert recommended_line("t", {**front, "feasible": True}, Path(".")).startswith("t: recommended p: validation")

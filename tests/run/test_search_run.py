@@ -198,8 +198,13 @@ def test_unmeetable_budget_finishes_and_keeps_the_closest(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert "no candidate met the budgets" in proc.stderr
+    # the recommended line says it too, and an export of it warns: it is among the closest, not within
+    assert "hexagon-htp (no candidate met the budgets: the closest): recommended " in proc.stdout + proc.stderr
     front = json.loads((out / "front.json").read_text())["targets"]["hexagon-htp"]
     assert front["feasible"] is False and len(front["points"]) > 0
+    exported = qae("export", str(out), "--best", "-o", str(tmp_path / "exp"))
+    assert exported.returncode == 0, exported.stderr
+    assert "warning: no candidate of hexagon-htp met the run's budgets" in exported.stderr
 
 
 @pytest.mark.parametrize(
