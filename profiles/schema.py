@@ -9,6 +9,7 @@ names the field, e.g. ``profiles/x.yaml: throughput_gmacs.int8 must be > 0 (got 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -388,6 +389,19 @@ class Profile:
     @property
     def calibration(self) -> dict[str, Any] | None:
         return self.data.get("calibration")
+
+    @functools.cached_property
+    def uncalibrated_uncertainty(self) -> float | None:
+        """The expected relative error of what a calibration does not fit: energy and memory (it fits latency
+        from timings; no energy sensor). A calibrated profile keeps its base profile's error for them (None
+        when that profile is not installed here); any other profile has one error, ``uncertainty``."""
+        cal = self.calibration or {}
+        if not str(cal.get("energy", "")).startswith("not calibrated"):
+            return self.num("uncertainty")
+        try:
+            return load_profile(str(cal.get("base_profile"))).num("uncertainty")
+        except ProfileError:
+            return None
 
     @property
     def calibration_id(self) -> str | None:

@@ -119,19 +119,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _energy_error(profile: Any, unc: float) -> str:
-    """The energy line's error: a calibration fits latency only (no energy sensor), so a calibrated
-    profile's energy keeps its base profile's expected error, not the fitted latency's."""
-    cal = profile.calibration or {}
-    if "not calibrated" not in str(cal.get("energy", "")):
-        return f"+- {unc:.0f} %"
-    try:
-        from profiles import load_profile
-
-        base = load_profile(str(cal.get("base_profile"))).num("uncertainty") * 100
-    except Exception:  # the base profile is not installed here: say what is known
-        return "(energy not calibrated: the base profile's estimates)"
-    return f"+- {base:.0f} % (energy not calibrated: the base profile's estimates)"
+def _error_text(pred: Any) -> str:
+    """The energy line's error: its own (a calibrated profile's energy keeps its base profile's error)."""
+    other = pred.other_uncertainty
+    if other is None:
+        return "(error not known: energy is not calibrated and the base profile is not installed)"
+    if other == pred.uncertainty:
+        return f"+- {other * 100:.0f} %"
+    return f"+- {other * 100:.0f} % (energy not calibrated: the base profile's estimates)"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -178,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     unc = pred.uncertainty * 100
     lines = [
         f"latency (predicted): {pred.latency_ms:.4g} ms +- {unc:.0f} %",
-        f"energy (predicted): {pred.energy_j * 1e3:.4g} mJ {_energy_error(profile, unc)}",
+        f"energy (predicted): {pred.energy_j * 1e3:.4g} mJ {_error_text(pred)}",
         f"peak memory (predicted): {pred.memory_bytes / 1e6:.4g} MB",
     ]
     for key, unit, scale, val in (("latency_ms", "ms", 1.0, pred.latency_ms), ("energy_j", "mJ", 1e3, pred.energy_j),

@@ -264,12 +264,14 @@ def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, V
         "emulated": genome.emulated,
         "fit_n": fit_n,
     }
+    other = pred.other_uncertainty
     statistic = latency_statistic_of(table)  # which latency the profile predicts, where its calibration says
     return {
         "latency": Value(pred.latency_ms, "predicted",
                          {**detail, "unit": "ms", **({"statistic": statistic} if statistic else {})}),
-        "energy": Value(pred.energy_j * 1e3, "predicted", {**detail, "unit": "mJ"}),
-        "memory": Value(pred.memory_bytes, "predicted", {**detail, "unit": "bytes"}),
+        # a calibration fits latency only: energy and memory keep the error of what was not calibrated
+        "energy": Value(pred.energy_j * 1e3, "predicted", {**detail, "unit": "mJ", "expected_error": other}),
+        "memory": Value(pred.memory_bytes, "predicted", {**detail, "unit": "bytes", "expected_error": other}),
     }
 
 

@@ -156,14 +156,26 @@ def test_a_written_model_onnx_runtime_cannot_load_is_removed_with_a_one_line_err
     assert good.exists()
 
 
-def test_a_calibrated_profiles_energy_keeps_its_base_profiles_error() -> None:
-    """A calibration fits latency only (no energy sensor): `qae predict` must not print the fitted latency's
-    few percent as the energy's error."""
-    from harness.cli.profiles import _energy_error
+def test_a_calibrated_profiles_energy_keeps_its_base_profiles_error(tmp_path: Path) -> None:
+    """A calibration fits latency only (no energy sensor): the energy and memory of a prediction keep the base
+    profile's error, in `qae predict` and in a search's values, not the fitted latency's few percent."""
+    from harness.cli.profiles import _error_text
+    from harness.core.genome import Gene, Genome
+    from harness.core.model import load_model
+    from harness.run.evaluation import prediction_values
     from profiles import load_profile
+    from profiles.costmodel import CostTable
 
     calibrated = load_profile("host-cpu-local")
-    assert "not calibrated" in calibrated.calibration["energy"]
-    base = load_profile(calibrated.calibration["base_profile"]).num("uncertainty") * 100
-    assert _energy_error(calibrated, 3.0) == f"+- {base:.0f} % (energy not calibrated: the base profile's estimates)"
-    assert _energy_error(load_profile("arm-neon-a76"), 30.0) == "+- 30 %"
+    base = load_profile(calibrated.calibration["base_profile"]).num("uncertainty")
+    assert calibrated.uncalibrated_uncertainty == base != calibrated.num("uncertainty")
+    plain = load_profile("arm-neon-a76")
+    assert plain.uncalibrated_uncertainty == plain.num("uncertainty")
+    model = load_model("builtin:digits-vit", {"pixels": [1, 1, 8, 8]})
+    genome = Genome.uniform(Gene(8, 8), {layer.name: layer.op_type for layer in model.layers})
+    values = prediction_values(genome, CostTable(model.layers, calibrated))
+    assert values["latency"].detail["expected_error"] == calibrated.num("uncertainty")
+    assert values["energy"].detail["expected_error"] == values["memory"].detail["expected_error"] == base
+    pred = CostTable(model.layers, calibrated).predict(genome)
+    assert _error_text(pred) == f"+- {base * 100:.0f} % (energy not calibrated: the base profile's estimates)"
+    assert _error_text(CostTable(model.layers, plain).predict(genome)) == f"+- {plain.num('uncertainty') * 100:.0f} %"
