@@ -235,7 +235,7 @@ def float_weighted_ops(proto: onnx.ModelProto, layer_nodes: set[str]) -> list[tu
             weights.append((slot, const, via))
         if not weights:
             continue
-        n = sum(int(np.prod(consts[c].dims)) for _, c, _ in {(0, c, False) for _, c, _ in weights})
+        n = sum(int(np.prod(consts[c].dims)) for c in {c for _, c, _ in weights})
         slot, _, via = weights[0]
         if via:
             why = "its weight passes through a Transpose/Reshape qae does not fold (export with constant folding)"
@@ -243,8 +243,7 @@ def float_weighted_ops(proto: onnx.ModelProto, layer_nodes: set[str]) -> list[tu
             why = "its constant is the first input (qae quantizes x @ W, not W @ x)"
         elif node.op_type == "MatMul" and len(consts[weights[0][1]].dims) > 2:
             why = f"its weight is {len(consts[weights[0][1]].dims)}-D (a batched MatMul; qae quantizes 2-D weights)"
-        elif node.op_type in ("ConvTranspose", "Einsum", "RNN") or node.op_type not in ("Conv", "MatMul", "Gemm",
-                                                                                         "Gather", "LSTM", "GRU"):
+        elif node.op_type not in ("Conv", "MatMul", "Gemm", "Gather", "LSTM", "GRU"):
             why = f"qae has no quantizer for {node.op_type}"
         else:
             why = "its form is not one qae quantizes"

@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -364,7 +365,8 @@ def _module_path(node: onnx.NodeProto, weight: str | None = None) -> str | None:
     return None
 
 
-def _dynamo_param_path(proto: onnx.ModelProto, node: onnx.NodeProto, weight: str | None) -> str | None:
+def _dynamo_param_path(node: onnx.NodeProto, weight: str | None, consts: Mapping[str, Any],
+                       readers: Callable[[str], list[onnx.NodeProto]]) -> str | None:
     """The module path of a dynamo-exported node (named ``node_<op>_<n>``) that lost its scope metadata: from
     its weight's parameter name (``q.weight``), else, when the exporter renamed a transposed weight
     (``val_0``), from the bias the next Add reads (``q.bias``)."""
@@ -372,10 +374,9 @@ def _dynamo_param_path(proto: onnx.ModelProto, node: onnx.NodeProto, weight: str
         return None
     if weight and weight.endswith(".weight"):
         return weight[: -len(".weight")]
-    inits = {t.name for t in proto.graph.initializer}
-    readers = [n for n in proto.graph.node if node.output and node.output[0] in n.input]
-    if len(readers) == 1 and readers[0].op_type == "Add":
-        bias = next((i for i in readers[0].input if i in inits and i.endswith(".bias")), None)
+    after = readers(node.output[0]) if node.output else []
+    if len(after) == 1 and after[0].op_type == "Add":
+        bias = next((i for i in after[0].input if i in consts and i.endswith(".bias")), None)
         if bias:
             return bias[: -len(".bias")]
     return None
@@ -409,6 +410,17 @@ def _inventory(
     # Only initializers: ONNX Runtime's quantizer quantizes initializers (forms folds Constants).
     consts = {t.name: t for t in proto.graph.initializer}
     found: list[tuple[str, dict[str, Any], onnx.NodeProto]] = []
+    by_input: dict[str, list[onnx.NodeProto]] | None = None
+
+    def readers(tensor: str) -> list[onnx.NodeProto]:  # built once, and only if a dynamo name needs it
+        nonlocal by_input
+        if by_input is None:
+            by_input = {}
+            for n in proto.graph.node:
+                for i in n.input:
+                    by_input.setdefault(i, []).append(n)
+        return by_input.get(tensor, [])
+
     for index, node in enumerate(proto.graph.node):
         if node.op_type not in QUANTIZABLE_OPS:
             continue
@@ -417,7 +429,7 @@ def _inventory(
             continue
         # The same fallback name harness.quant.quantize gives unnamed nodes, so the two always agree.
         info["node_name"] = node.name or f"qae_{node.op_type}_{index}"
-        found.append((_module_path(node, info["weight"]) or _dynamo_param_path(proto, node, info["weight"])
+        found.append((_module_path(node, info["weight"]) or _dynamo_param_path(node, info["weight"], consts, readers)
                       or _fallback_base(node, index), info, node))
     def needed(known: dict[str, list[int]]) -> list[str]:
         return [t for _, info, node in found for t in _cost_tensors(node, info, known)]

@@ -534,9 +534,7 @@ def _matmuls_on_rows(proto: onnx.ModelProto, model: ModelInfo, layers: list[Laye
     for layer in [lay for lay in layers if lay.name in chosen]:
         mm = nodes[layer.node_name]
         add = next(n for n in proto.graph.node if n.op_type == "Add" and mm.output[0] in n.input)
-        k, n_out = (int(d) for d in inits[layer.weight].dims) if layer.weight in inits else (None, None)
-        if k is None:
-            continue
+        k, n_out = (int(d) for d in inits[layer.weight].dims)  # a MatMul layer's weight is a 2-D initializer
         src, prefix = act_tensor[layer.name], f"qae_rows/{layer.name}"
         rows, shape, lead, back = f"{src}__rows", f"{prefix}/shape", f"{prefix}/lead", f"{prefix}/back"
         proto.graph.initializer.extend([
@@ -741,6 +739,7 @@ def _fold_gemm_beta(proto: onnx.ModelProto, gemms: set[str]) -> None:
     initializer: C may have other readers) and ``beta`` 1. ONNX Runtime's QDQ quantizer stores the bias as
     int32 dequantizing to C and then sets ``beta`` to 1, so without this the built model adds C where the
     float model adds ``beta * C`` (a Gemm exported with alpha and beta, e.g. by a hand-written graph)."""
+    folded = False
     inits = {t.name: t for t in proto.graph.initializer}
     for node in proto.graph.node:
         if node.op_type != "Gemm" or node.name not in gemms or len(node.input) < 3 or node.input[2] not in inits:
@@ -753,7 +752,9 @@ def _fold_gemm_beta(proto: onnx.ModelProto, gemms: set[str]) -> None:
         proto.graph.initializer.append(numpy_helper.from_array((c * np.asarray(beta.f, c.dtype)).astype(c.dtype), name))
         node.input[2] = name
         beta.f = 1.0
-    _drop_unused_initializers(proto)
+        folded = True
+    if folded:  # the plain C, if nothing else reads it (a graph walk: only when something changed)
+        _drop_unused_initializers(proto)
 
 
 def _static_pass(

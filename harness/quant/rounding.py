@@ -142,9 +142,8 @@ def integer_tensor(name: str, elem: int, values: np.ndarray) -> onnx.TensorProto
     """An integer initializer of ONNX type ``elem`` (one of ``INT_TYPES``) holding ``values``, stored as raw
     little-endian bytes (4-bit types packed two to a byte). ``helper.make_tensor`` with a list puts 8- and
     16-bit values in ``int32_data``, a varint each: a file then grows past the float model's it replaces."""
-    from onnx import helper, numpy_helper
-
-    return numpy_helper.from_array(np.ascontiguousarray(values).astype(helper.tensor_dtype_to_np_dtype(elem)), name)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    return onnx.numpy_helper.from_array(np.ascontiguousarray(values).astype(dtype), name)
 
 
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
