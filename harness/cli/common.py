@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.core.errors import InputError
@@ -170,3 +171,21 @@ def print_notes(model: ModelInfo) -> None:
     inside control flow...), one ``qae: note:`` line each on stderr."""
     for note in model.notes:
         print(f"qae: note: {note}", file=sys.stderr)
+
+
+def loads_or_removed(path: Path) -> None:
+    """ONNX Runtime loads the written model with its default (all) graph optimizations, as a user's session
+    would; else the file is removed and the error says so, rather than "wrote" a model nobody can run."""
+    import onnxruntime as ort
+
+    from harness.core.errors import ModelError
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        path.unlink(missing_ok=True)  # save_model writes one file, no external data
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX Runtime cannot load the quantized model built for this genome ({msg}); {path} was "
+                         "removed: give the layers involved float or dynamic activations") from None

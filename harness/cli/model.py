@@ -18,6 +18,7 @@ from harness.cli.common import (
     add_model,
     add_runtime,
     data_options,
+    loads_or_removed,
     model_spec,
     parse_shapes,
     print_notes,
@@ -165,7 +166,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     save_model(result, out)
     if getattr(work, "runtime", "onnxruntime") == "onnxruntime":
-        _loads_or_removed(out)
+        loads_or_removed(out)
     summary = {
         "output": str(out),
         "genome_hash": genome.hash,
@@ -180,26 +181,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         note = f", emulated layers: {', '.join(result.emulated_layers)}" if result.emulated else ""
         print(f"wrote {out} ({summary['file_bytes']:,} bytes, genome {genome.hash}{note})", file=sys.stderr)
     return 0
-
-
-def _loads_or_removed(path: Path) -> None:
-    """ONNX Runtime loads the written model with its default (all) graph optimizations, as a user's session
-    would; else the file is removed and the error says so, rather than "wrote" a model nobody can run."""
-    import onnxruntime as ort
-
-    from harness.core.errors import ModelError
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        path.unlink(missing_ok=True)
-        for extra in path.parent.glob(f"{path.name}.data"):
-            extra.unlink(missing_ok=True)
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"ONNX Runtime cannot load the quantized model built for this genome ({msg}); nothing was "
-                         "written: give the layers involved float or dynamic activations") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

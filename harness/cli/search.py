@@ -22,6 +22,7 @@ from harness.cli.common import (
     add_runtime,
     add_splits,
     data_options,
+    loads_or_removed,
     model_spec,
     parse_shapes,
 )
@@ -497,7 +498,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         atomic_write_text(dest / "recipe.json", json.dumps(recipe, indent=1))
     else:
         atomic_write_text(dest / "overrides.json", json.dumps({"TensorQuantOverrides": result.overrides}, indent=1))
-    save_model(result, dest / f"model{model_suffix(result)}")
+    written = save_model(result, dest / f"model{model_suffix(result)}")
+    if recipe is None:  # an ONNX model: ONNX Runtime loads it as a user's session would, or it is not left there
+        loads_or_removed(written)
     # objectives as the search saw them (accuracy on validation), and the point's test score beside them
     atomic_write_text(dest / "objectives.json", json.dumps({**point["objectives"], "test": point.get("test")},
                                                            indent=1))
