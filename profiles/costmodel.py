@@ -1027,7 +1027,7 @@ class Prediction:
     emulated_layers: list[str] = field(default_factory=list)
     #: the expected error of the energy and memory figures (``Profile.uncalibrated_uncertainty``: a
     #: calibration fits latency only); None: not known here
-    other_uncertainty: float | None = None
+    energy_memory_uncertainty: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -1038,7 +1038,7 @@ class Prediction:
             "energy_j": self.energy_j,
             "memory_bytes": self.memory_bytes,
             "uncertainty": self.uncertainty,
-            "energy_memory_uncertainty": self.other_uncertainty,
+            "energy_memory_uncertainty": self.energy_memory_uncertainty,
             "emulated_layers": self.emulated_layers,
             "layers": self.layers,
         }
@@ -1156,7 +1156,7 @@ class CostTable:
             uncertainty=self.profile.num("uncertainty"),
             layers=rows,
             emulated_layers=genome.emulated_layers,
-            other_uncertainty=self.profile.uncalibrated_uncertainty,
+            energy_memory_uncertainty=self.profile.uncalibrated_uncertainty,
         )
 
 

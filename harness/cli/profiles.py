@@ -121,7 +121,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _error_text(pred: Any) -> str:
     """The energy line's error: its own (a calibrated profile's energy keeps its base profile's error)."""
-    other = pred.other_uncertainty
+    other = pred.energy_memory_uncertainty
     if other is None:
         return "(error not known: energy is not calibrated and the base profile is not installed)"
     if other == pred.uncertainty:

@@ -264,7 +264,7 @@ def prediction_values(genome: Genome, table: Any, fit_n: int = 0) -> dict[str, V
         "emulated": genome.emulated,
         "fit_n": fit_n,
     }
-    other = pred.other_uncertainty
+    other = pred.energy_memory_uncertainty
     statistic = latency_statistic_of(table)  # which latency the profile predicts, where its calibration says
     return {
         "latency": Value(pred.latency_ms, "predicted",
